@@ -1,0 +1,1 @@
+"""Database models, enums and session handling (schema `notify`)."""

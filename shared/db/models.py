@@ -1,0 +1,226 @@
+"""Typed SQLAlchemy models of the `notify` schema (created by Alembic only)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.db.enums import (
+    ApiKeyScope,
+    ChannelType,
+    NotificationStatus,
+    PublishStatus,
+    TriggerType,
+    WorkflowType,
+)
+
+SCHEMA = "notify"
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _pg_enum(enum_cls: type[Any], name: str) -> Enum:
+    return Enum(
+        enum_cls,
+        name=name,
+        schema=SCHEMA,
+        values_callable=lambda members: [m.value for m in members],
+        create_type=False,
+    )
+
+
+publish_status_enum = _pg_enum(PublishStatus, "publish_status")
+channel_type_enum = _pg_enum(ChannelType, "channel_type")
+workflow_type_enum = _pg_enum(WorkflowType, "workflow_type")
+trigger_type_enum = _pg_enum(TriggerType, "trigger_type")
+notification_status_enum = _pg_enum(NotificationStatus, "notification_status")
+api_key_scope_enum = _pg_enum(ApiKeyScope, "api_key_scope")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(schema=SCHEMA, naming_convention=NAMING_CONVENTION)
+
+
+class AuditedRow:
+    """The columns every XNovu table carries."""
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    name: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    publish_status: Mapped[PublishStatus] = mapped_column(
+        publish_status_enum, nullable=False, server_default=PublishStatus.NONE.value
+    )
+    deactivated: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    enterprise_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    business_id: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )
+    created_by: Mapped[str | None] = mapped_column(Text)
+    updated_by: Mapped[str | None] = mapped_column(Text)
+
+
+class NotificationTemplate(AuditedRow, Base):
+    __tablename__ = "ent_notification_template"
+    __table_args__ = (
+        UniqueConstraint("enterprise_id", "template_key"),
+        Index(None, "enterprise_id", "channel_type"),
+    )
+
+    template_key: Mapped[str] = mapped_column(Text, nullable=False)
+    channel_type: Mapped[ChannelType] = mapped_column(channel_type_enum, nullable=False)
+    subject_template: Mapped[str | None] = mapped_column(Text)
+    body_template: Mapped[str] = mapped_column(Text, nullable=False)
+    variables_description: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+class NotificationWorkflow(AuditedRow, Base):
+    __tablename__ = "ent_notification_workflow"
+    __table_args__ = (
+        # Static rows carry enterprise_id NULL; the key is still unique among them.
+        UniqueConstraint("enterprise_id", "workflow_key", postgresql_nulls_not_distinct=True),
+        Index(None, "enterprise_id", "publish_status", "workflow_type"),
+    )
+
+    workflow_key: Mapped[str] = mapped_column(Text, nullable=False)
+    workflow_type: Mapped[WorkflowType] = mapped_column(workflow_type_enum, nullable=False)
+    default_channels: Mapped[list[ChannelType]] = mapped_column(
+        ARRAY(channel_type_enum), nullable=False, server_default=text("'{}'")
+    )
+    template_overrides: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    payload_schema: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    control_schema: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    tags: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+
+
+class NotificationRule(AuditedRow, Base):
+    __tablename__ = "ent_notification_rule"
+    __table_args__ = (Index(None, "enterprise_id", "notification_workflow_id"),)
+
+    notification_workflow_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("ent_notification_workflow.id"), nullable=False
+    )
+    trigger_type: Mapped[TriggerType] = mapped_column(trigger_type_enum, nullable=False)
+    trigger_config: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    rule_payload: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+class Notification(AuditedRow, Base):
+    __tablename__ = "ent_notification"
+    __table_args__ = (
+        UniqueConstraint("transaction_id"),
+        UniqueConstraint("enterprise_id", "idempotency_key"),
+        CheckConstraint("enterprise_id IS NOT NULL", name="enterprise_required"),
+        CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        # Hot API queries: keyset pages, optionally by status or workflow.
+        Index("ix_ent_notification_enterprise_id_desc", "enterprise_id", text("id DESC")),
+        Index(
+            "ix_ent_notification_enterprise_status_id",
+            "enterprise_id",
+            "notification_status",
+            text("id DESC"),
+        ),
+        Index(
+            "ix_ent_notification_enterprise_workflow_id",
+            "enterprise_id",
+            "workflow_key",
+            text("id DESC"),
+        ),
+        # Reconciler: PENDING rows not enqueued recently, PROCESSING rows whose lease ran out.
+        Index(
+            "ix_ent_notification_pending_enqueued",
+            "enqueued_at",
+            postgresql_where=text("notification_status = 'PENDING'"),
+        ),
+        Index(
+            "ix_ent_notification_processing_lease",
+            "locked_until",
+            postgresql_where=text("notification_status = 'PROCESSING'"),
+        ),
+        # Scheduled release: PENDING rows with a due date not yet published.
+        Index(
+            "ix_ent_notification_scheduled_due",
+            "scheduled_for",
+            postgresql_where=text(
+                "notification_status = 'PENDING' AND scheduled_for IS NOT NULL"
+                " AND enqueued_at IS NULL"
+            ),
+        ),
+    )
+
+    notification_workflow_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("ent_notification_workflow.id")
+    )
+    notification_rule_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("ent_notification_rule.id")
+    )
+    # The key the caller triggered; static workflows have no row to point at.
+    workflow_key: Mapped[str] = mapped_column(Text, nullable=False)
+    notification_status: Mapped[NotificationStatus] = mapped_column(
+        notification_status_enum, nullable=False, server_default=NotificationStatus.PENDING.value
+    )
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    recipients: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    channels: Mapped[list[ChannelType] | None] = mapped_column(ARRAY(channel_type_enum))
+    overrides: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    tags: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    transaction_id: Mapped[str] = mapped_column(Text, nullable=False)
+    scheduled_for: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    processed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    retracted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    retraction_reason: Mapped[str | None] = mapped_column(Text)
+    error_details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    request_fingerprint: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    enqueued_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKey(AuditedRow, Base):
+    __tablename__ = "ent_api_key"
+    __table_args__ = (
+        UniqueConstraint("key_hash"),
+        CheckConstraint(
+            "(scope = 'enterprise' AND enterprise_id IS NOT NULL) OR scope = 'service'",
+            name="enterprise_scope_has_enterprise",
+        ),
+        Index(None, "enterprise_id"),
+    )
+
+    # First characters of the key, shown in listings so a key can be recognised; never the key.
+    key_prefix: Mapped[str] = mapped_column(Text, nullable=False)
+    key_hash: Mapped[str] = mapped_column(Text, nullable=False)
+    scope: Mapped[ApiKeyScope] = mapped_column(api_key_scope_enum, nullable=False)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,104 @@
+"""All XNovu configuration: environment variables read by one pydantic-settings class."""
+
+from __future__ import annotations
+
+import uuid
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_ENTERPRISE_ID = uuid.UUID("00000000-0000-0000-0000-000000000001")
+DEV_API_KEY = "xnk_dev_0000000000000000000000000000000000000001"
+EMULATOR_SECRET_KEY = "xnovu-emulator-secret"
+
+
+class Settings(BaseSettings):
+    """Process-wide settings; every field is an environment variable of the same name."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    # Where things live. Unset DATABASE_URL / REDIS_URL make `xnovu dev` start embedded servers.
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    redis_url: str | None = Field(default=None, alias="REDIS_URL")
+    novu_api_url: str | None = Field(default=None, alias="NOVU_API_URL")
+    novu_secret_key: str | None = Field(default=None, alias="NOVU_SECRET_KEY")
+    data_dir: Path = Field(default=Path(".xnovu"), alias="XNOVU_DATA_DIR")
+
+    # Ports and bind addresses.
+    api_host: str = Field(default="127.0.0.1", alias="API_HOST")
+    api_port: int = Field(default=8000, alias="API_PORT")
+    flower_port: int = Field(default=5555, alias="FLOWER_PORT")
+    flower_basic_auth: str | None = Field(default=None, alias="FLOWER_BASIC_AUTH")
+    novu_emulator_port: int = Field(default=3100, alias="NOVU_EMULATOR_PORT")
+    embedded_postgres_port: int = Field(default=54329, alias="XNOVU_PG_PORT")
+    embedded_redis_port: int = Field(default=63790, alias="XNOVU_REDIS_PORT")
+
+    # Demo enterprise seeded by `make run`.
+    dev_enterprise_id: uuid.UUID = Field(default=DEV_ENTERPRISE_ID, alias="XNOVU_DEV_ENTERPRISE_ID")
+    dev_api_key: str = Field(default=DEV_API_KEY, alias="XNOVU_DEV_API_KEY")
+
+    # Novu client.
+    novu_timeout_seconds: float = Field(default=10.0, alias="NOVU_TIMEOUT_SECONDS")
+    novu_connect_timeout_seconds: float = Field(default=3.0, alias="NOVU_CONNECT_TIMEOUT_SECONDS")
+
+    # Delivery and retry policy.
+    delivery_max_attempts: int = Field(default=8, ge=1, alias="DELIVERY_MAX_ATTEMPTS")
+    retry_base_seconds: float = Field(default=1.0, gt=0, alias="RETRY_BASE_SECONDS")
+    retry_max_seconds: float = Field(default=300.0, gt=0, alias="RETRY_MAX_SECONDS")
+    processing_lease_seconds: int = Field(default=60, ge=5, alias="PROCESSING_LEASE_SECONDS")
+    reconcile_interval_seconds: float = Field(default=2.0, gt=0, alias="RECONCILE_INTERVAL_SECONDS")
+    redeliver_after_seconds: int = Field(default=15, ge=1, alias="REDELIVER_AFTER_SECONDS")
+    reconcile_batch_size: int = Field(default=500, ge=1, alias="RECONCILE_BATCH_SIZE")
+    # Countdowns live in broker messages only when shorter than this; longer delays stay in the
+    # database (next_attempt_at) and are released by beat. Must stay well below the visibility timeout.
+    max_countdown_seconds: int = Field(default=60, ge=0, alias="MAX_COUNTDOWN_SECONDS")
+    broker_visibility_timeout: int = Field(default=3600, ge=60, alias="BROKER_VISIBILITY_TIMEOUT")
+    worker_prefetch_multiplier: int = Field(default=1, ge=1, alias="WORKER_PREFETCH_MULTIPLIER")
+
+    # Limits of the HTTP API.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, alias="MAX_BODY_BYTES")
+    max_payload_bytes: int = Field(default=262_144, ge=256, alias="MAX_PAYLOAD_BYTES")
+    max_recipients: int = Field(default=100, ge=1, le=100, alias="MAX_RECIPIENTS")
+    max_page_size: int = Field(default=200, ge=1, alias="MAX_PAGE_SIZE")
+    db_statement_timeout_ms: int = Field(default=5000, ge=100, alias="DB_STATEMENT_TIMEOUT_MS")
+    db_pool_size: int = Field(default=10, ge=1, alias="DB_POOL_SIZE")
+
+    log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+
+    @property
+    def effective_novu_api_url(self) -> str:
+        """Real Novu when configured, otherwise the local emulator."""
+        return self.novu_api_url or f"http://127.0.0.1:{self.novu_emulator_port}"
+
+    @property
+    def effective_novu_secret_key(self) -> str:
+        """The configured secret key, or the emulator's development key."""
+        return self.novu_secret_key or EMULATOR_SECRET_KEY
+
+    def require_database_url(self) -> str:
+        """DATABASE_URL normalised for SQLAlchemy's psycopg 3 driver."""
+        if not self.database_url:
+            raise RuntimeError("DATABASE_URL is not set (run through `xnovu dev` or set it)")
+        return to_sqlalchemy_url(self.database_url)
+
+    def require_redis_url(self) -> str:
+        """REDIS_URL, or a clear error when it is missing."""
+        if not self.redis_url:
+            raise RuntimeError("REDIS_URL is not set (run through `xnovu dev` or set it)")
+        return self.redis_url
+
+
+def to_sqlalchemy_url(url: str) -> str:
+    """Accept plain postgres:// URLs and point them at the psycopg 3 driver."""
+    for prefix in ("postgresql+psycopg://", "postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()
