@@ -1,0 +1,140 @@
+"""Reading, cancelling and retrying notifications of the caller's enterprise."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from api.deps import EnterpriseDep, SessionDep
+from api.errors import ApiError, not_found
+from api.schemas import CancelRequest, NotificationPage, NotificationRead
+from shared.db.enums import NotificationStatus
+from shared.notifications.service import CancelOutcome, NotificationService
+from shared.novu.client import NovuClient
+from shared.novu.errors import NovuError
+from shared.queue import publish_deliver
+from shared.settings import get_settings
+
+router = APIRouter(prefix="/api/notifications", tags=["notifications"])
+
+_novu: NovuClient | None = None
+_novu_lock = threading.Lock()
+
+
+def novu_client() -> NovuClient:
+    """The API process's Novu client, used to cancel SENT notifications."""
+    global _novu
+    if _novu is None:
+        with _novu_lock:
+            if _novu is None:
+                _novu = NovuClient.from_settings(get_settings())
+    return _novu
+
+
+def _encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, value = raw.partition(":")
+        if prefix != "id":
+            raise ValueError(raw)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_cursor", "the cursor is not one this API issued") from exc
+
+
+@router.get("", response_model=NotificationPage)
+def list_notifications(
+    session: SessionDep,
+    enterprise_id: EnterpriseDep,
+    status: NotificationStatus | None = None,
+    workflowId: Annotated[str | None, Query(max_length=255)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> NotificationPage:
+    """Newest first, in keyset pages: pass `nextCursor` back as `cursor` for the next page."""
+    limit = min(limit, get_settings().max_page_size)
+    rows = NotificationService(session).list_notifications(
+        enterprise_id,
+        status=status,
+        workflow_key=workflowId,
+        limit=limit + 1,
+        before_id=_decode_cursor(cursor) if cursor else None,
+    )
+    page = rows[:limit]
+    next_cursor = _encode_cursor(page[-1].id) if len(rows) > limit else None
+    return NotificationPage(items=[NotificationRead.of(r) for r in page], nextCursor=next_cursor)
+
+
+@router.get("/{notification_id}", response_model=NotificationRead)
+def get_notification(
+    notification_id: int, session: SessionDep, enterprise_id: EnterpriseDep
+) -> NotificationRead:
+    """One notification; another enterprise's id answers 404."""
+    row = NotificationService(session).get_notification(notification_id, enterprise_id)
+    if row is None:
+        raise not_found("notification")
+    return NotificationRead.of(row)
+
+
+@router.post("/{notification_id}/cancel", response_model=NotificationRead)
+def cancel_notification(
+    notification_id: int,
+    session: SessionDep,
+    enterprise_id: EnterpriseDep,
+    body: CancelRequest | None = None,
+) -> NotificationRead:
+    """PENDING → RETRACTED; SENT → RETRACTED when Novu still had steps to cancel."""
+
+    def cancel_at_novu(transaction_id: str) -> bool:
+        try:
+            return novu_client().cancel(transaction_id)
+        except NovuError as exc:
+            raise ApiError(
+                502, "novu_unavailable", f"Novu could not cancel the transaction: {exc}"
+            ) from exc
+
+    outcome, row = NotificationService(session).cancel_notification(
+        notification_id,
+        enterprise_id,
+        reason=body.reason if body else None,
+        cancel_at_novu=cancel_at_novu,
+    )
+    session.commit()
+    if outcome is CancelOutcome.NOT_FOUND or row is None:
+        raise not_found("notification")
+    if outcome is CancelOutcome.ALREADY_DELIVERED:
+        raise ApiError(
+            409, "already_delivered", "Novu has already delivered this notification's steps"
+        )
+    if outcome is CancelOutcome.INVALID_STATE:
+        raise ApiError(
+            409,
+            "invalid_state",
+            f"a {row.notification_status.value} notification cannot be cancelled",
+        )
+    return NotificationRead.of(row)
+
+
+@router.post("/{notification_id}/retry", response_model=NotificationRead, status_code=202)
+def retry_notification(
+    notification_id: int, session: SessionDep, enterprise_id: EnterpriseDep
+) -> NotificationRead:
+    """FAILED → PENDING with a fresh attempt budget, and publish its delivery."""
+    moved, row = NotificationService(session).retry_notification(notification_id, enterprise_id)
+    session.commit()
+    if row is None:
+        raise not_found("notification")
+    if not moved:
+        raise ApiError(
+            409, "invalid_state", f"a {row.notification_status.value} notification cannot be retried"
+        )
+    publish_deliver([(row.id, enterprise_id)])
+    return NotificationRead.of(row)

@@ -1,0 +1,99 @@
+"""API keys: generated once, stored as SHA-256 hashes, resolved to a principal per request."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.db.enums import ApiKeyScope
+from shared.db.models import ApiKey
+
+KEY_PREFIX = "xnk_"
+DISPLAY_PREFIX_LENGTH = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: an enterprise key (bound) or a service key (acts for a named enterprise)."""
+
+    key_id: int
+    scope: ApiKeyScope
+    enterprise_id: uuid.UUID | None
+
+
+def hash_api_key(plaintext: str) -> str:
+    """Keys carry 256 bits of randomness, so a plain SHA-256 is a safe, fast lookup hash."""
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def generate_api_key() -> str:
+    """A new random key in its printable form."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def create_api_key(
+    session: Session,
+    *,
+    enterprise_id: uuid.UUID | None,
+    scope: ApiKeyScope,
+    name: str | None = None,
+    plaintext: str | None = None,
+) -> tuple[ApiKey, str]:
+    """Store a new key (hashed) and return the row and the key, which is never stored."""
+    if scope is ApiKeyScope.ENTERPRISE and enterprise_id is None:
+        raise ValueError("an enterprise key needs an enterprise id")
+    key = plaintext or generate_api_key()
+    row = ApiKey(
+        name=name,
+        enterprise_id=enterprise_id,
+        scope=scope,
+        key_prefix=key[:DISPLAY_PREFIX_LENGTH],
+        key_hash=hash_api_key(key),
+    )
+    session.add(row)
+    session.flush()
+    return row, key
+
+
+def ensure_api_key(
+    session: Session, *, plaintext: str, enterprise_id: uuid.UUID, name: str
+) -> ApiKey:
+    """Idempotently store a known key for an enterprise (the development seed)."""
+    existing = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_api_key(plaintext)))
+    if existing is not None:
+        return existing
+    row, _ = create_api_key(
+        session,
+        enterprise_id=enterprise_id,
+        scope=ApiKeyScope.ENTERPRISE,
+        name=name,
+        plaintext=plaintext,
+    )
+    return row
+
+
+def authenticate(session: Session, plaintext: str) -> Principal | None:
+    """The principal of a live key, or None for unknown, revoked or deactivated keys."""
+    row = session.execute(
+        select(ApiKey.id, ApiKey.scope, ApiKey.enterprise_id).where(
+            ApiKey.key_hash == hash_api_key(plaintext),
+            ApiKey.revoked_at.is_(None),
+            ApiKey.deactivated.is_(False),
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return Principal(key_id=row.id, scope=row.scope, enterprise_id=row.enterprise_id)
+
+
+def revoke_api_key(session: Session, *, key_id: int) -> None:
+    """Revoke a key; it stops authenticating at once."""
+    row = session.get(ApiKey, key_id)
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = dt.datetime.now(dt.UTC)

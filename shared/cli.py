@@ -1,0 +1,208 @@
+"""The `xnovu` command: dev, migrate, keys, novu-emulator."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import uuid
+
+import click
+import httpx
+
+from shared.settings import Settings, get_settings
+
+
+@click.group()
+def main() -> None:
+    """XNovu: notification workflows on FastAPI, Celery and PostgreSQL, delivered through Novu."""
+
+
+@main.command()
+def migrate() -> None:
+    """Apply the database migrations (DATABASE_URL)."""
+    from shared.migrate import upgrade
+
+    upgrade(get_settings().require_database_url())
+    click.echo("database migrated to head")
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys."""
+
+
+@keys.command("create")
+@click.option("--enterprise", "enterprise_id", type=click.UUID, help="Enterprise the key acts for.")
+@click.option("--service", is_flag=True, help="A service key: may act for any enterprise it names.")
+@click.option("--name", default=None, help="A label to recognise the key by.")
+def keys_create(enterprise_id: uuid.UUID | None, service: bool, name: str | None) -> None:
+    """Create an API key and print it once; only its hash is stored."""
+    from shared.apikeys import create_api_key
+    from shared.db.enums import ApiKeyScope
+    from shared.db.session import transaction
+
+    if not service and enterprise_id is None:
+        raise click.UsageError("--enterprise is required for an enterprise key")
+    scope = ApiKeyScope.SERVICE if service else ApiKeyScope.ENTERPRISE
+    with transaction() as session:
+        row, key = create_api_key(session, enterprise_id=enterprise_id, scope=scope, name=name)
+        key_id = row.id
+    click.echo(key)
+    click.echo(f"(key id {key_id}, scope {scope.value}; it is not shown again)", err=True)
+
+
+@main.command("novu-emulator")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=None, help="Default: NOVU_EMULATOR_PORT (3100).")
+def novu_emulator(host: str, port: int | None) -> None:
+    """Run the local stand-in for Novu's REST API."""
+    from shared.novu.emulator import serve
+
+    settings = get_settings()
+    serve(host, port or settings.novu_emulator_port, settings.effective_novu_secret_key)
+
+
+@main.command()
+@click.option("--worker-concurrency", type=int, default=2, show_default=True)
+def dev(worker_concurrency: int) -> None:
+    """Run the whole stack (what `make run` runs): embedded PostgreSQL and Redis unless
+    DATABASE_URL / REDIS_URL are set, migrations, demo seed, then API, worker, beat, Flower
+    and the Novu emulator. Ctrl-C or SIGTERM stops everything it started."""
+    from honcho.manager import Manager
+
+    settings = get_settings()
+    servers = _start_embedded_servers(settings)
+    exit_code = 1
+    try:
+        env = _child_env(settings, servers)
+        child_settings = Settings.model_validate(env)
+        _migrate_and_seed(child_settings)
+        manager = Manager()
+        for name, command in _processes(child_settings, worker_concurrency).items():
+            manager.add_process(name, command, env=env)
+        threading.Thread(target=_announce_when_ready, args=(child_settings,), daemon=True).start()
+        manager.loop()
+        exit_code = manager.returncode or 0
+    finally:
+        for server in reversed(servers):
+            server.stop()
+    sys.exit(exit_code)
+
+
+def _start_embedded_servers(settings: Settings) -> list:  # type: ignore[type-arg]
+    from shared.devstack import EmbeddedPostgres, EmbeddedRedis
+
+    data_dir = settings.data_dir.resolve()
+    servers = []
+    try:
+        if not settings.database_url:
+            pg = EmbeddedPostgres(data_dir / "postgres", settings.embedded_postgres_port)
+            click.echo(f"starting embedded PostgreSQL on :{settings.embedded_postgres_port}")
+            pg.start()
+            servers.append(pg)
+        if not settings.redis_url:
+            rd = EmbeddedRedis(data_dir / "redis", settings.embedded_redis_port)
+            click.echo(f"starting embedded Redis on :{settings.embedded_redis_port}")
+            rd.start()
+            servers.append(rd)
+    except BaseException:
+        for server in reversed(servers):
+            server.stop()
+        raise
+    return servers
+
+
+def _child_env(settings: Settings, servers: list) -> dict[str, str]:  # type: ignore[type-arg]
+    from shared.devstack import EmbeddedPostgres, EmbeddedRedis
+
+    env = dict(os.environ)
+    for server in servers:
+        if isinstance(server, EmbeddedPostgres):
+            env["DATABASE_URL"] = server.url
+        elif isinstance(server, EmbeddedRedis):
+            env["REDIS_URL"] = server.url
+    env.setdefault("XNOVU_DATA_DIR", str(settings.data_dir.resolve()))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _migrate_and_seed(settings: Settings) -> None:
+    from shared.db.session import reset_engine, transaction
+    from shared.migrate import upgrade
+    from shared.seed import seed_demo
+
+    upgrade(settings.require_database_url())
+    os.environ["DATABASE_URL"] = settings.require_database_url()
+    get_settings.cache_clear()
+    reset_engine()
+    with transaction() as session:
+        seed_demo(session, settings)
+    reset_engine()
+
+
+def _processes(settings: Settings, worker_concurrency: int) -> dict[str, str]:
+    py = sys.executable
+    data_dir = settings.data_dir.resolve()
+    flower_auth = f" --basic-auth={settings.flower_basic_auth}" if settings.flower_basic_auth else ""
+    processes = {
+        "api": f"{py} -m uvicorn api.app:app --host {settings.api_host} --port {settings.api_port}",
+        "worker": (
+            f"{py} -m celery -A worker.celery_app worker --loglevel=INFO -E"
+            f" --concurrency={worker_concurrency} -Q xnovu.deliver,xnovu.maintenance"
+            f" --hostname=xnovu-worker@%h"
+        ),
+        "beat": (
+            f"{py} -m celery -A worker.celery_app beat --loglevel=INFO"
+            f" --schedule={data_dir / 'celerybeat-schedule'}"
+        ),
+        "flower": (
+            f"{py} -m celery -A worker.celery_app flower --address=127.0.0.1"
+            f" --port={settings.flower_port}{flower_auth}"
+        ),
+    }
+    if not settings.novu_api_url:
+        processes["novu"] = f"{py} -m shared.cli novu-emulator --port {settings.novu_emulator_port}"
+    return processes
+
+
+def _announce_when_ready(settings: Settings, timeout: float = 120.0) -> None:
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{api}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        click.echo(f"the API did not become ready at {api} within {timeout:.0f}s", err=True)
+        return
+    novu = settings.effective_novu_api_url
+    click.echo(
+        f"""
+XNovu is running.
+  API          {api}        (OpenAPI docs: {api}/docs)
+  Flower       http://127.0.0.1:{settings.flower_port}
+  Novu         {novu}{"   (local emulator: " + novu + "/_emulator/events)" if not settings.novu_api_url else ""}
+  Enterprise   {settings.dev_enterprise_id}
+  API key      {settings.dev_api_key}
+
+Try it:
+  curl -s -X POST {api}/api/trigger \\
+    -H 'Authorization: Bearer {settings.dev_api_key}' \\
+    -H 'Content-Type: application/json' \\
+    -d '{{"workflowId": "user-signup", "payload": {{"userId": "u-1", "email": "ada@example.com", "name": "Ada"}}}}'
+
+Then: curl -s {api}/api/notifications/<notificationId> -H 'Authorization: Bearer {settings.dev_api_key}'
+Press Ctrl-C to stop everything.
+""",
+    )
+
+
+if __name__ == "__main__":
+    main()
+
+

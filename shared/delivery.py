@@ -1,0 +1,174 @@
+"""Delivering one notification: claim → resolve workflow → render → trigger Novu → record.
+
+Each step commits on its own so that a crash at any point leaves a row the reconciler can
+finish: PROCESSING with a lease, or PENDING. The transactionId fixed at insert makes a
+repeated trigger harmless, because Novu drops a transactionId it has already seen.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from shared.db.enums import ChannelType
+from shared.db.models import Notification
+from shared.db.session import transaction
+from shared.notifications import transitions
+from shared.novu.client import NovuClient
+from shared.novu.retry import backoff_delay
+from shared.novu.errors import NovuPermanentError, NovuRetryableError
+from shared.novu.schemas import TriggerEvent
+from shared.rendering import RenderError, render_channel
+from shared.settings import Settings
+from shared.workflows.registry import get_registry
+
+log = logging.getLogger(__name__)
+
+# Key under which XNovu's own data travels in the Novu payload (the bridge reads it back).
+XNOVU_PAYLOAD_KEY = "_xnovu"
+# Novu step ids of each channel, as the bridge declares them.
+STEP_IDS: dict[ChannelType, str] = {
+    ChannelType.EMAIL: "email",
+    ChannelType.IN_APP: "in_app",
+    ChannelType.SMS: "sms",
+    ChannelType.PUSH: "push",
+    ChannelType.CHAT: "chat",
+}
+
+
+class Outcome(enum.StrEnum):
+    SENT = "sent"
+    FAILED = "failed"
+    RETRY = "retry"
+    SKIPPED = "skipped"
+    LOST_RACE = "lost_race"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    outcome: Outcome
+    retry_in: float | None = None
+    message_published: bool = False
+
+
+class PermanentDeliveryError(Exception):
+    """Delivery cannot succeed by retrying (no such workflow, a template error, no recipient)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_trigger_event(row: Notification) -> TriggerEvent:
+    """The Novu trigger for a claimed row, with every channel rendered up front."""
+    assert row.enterprise_id is not None
+    workflow = get_registry().get_workflow(row.workflow_key, row.enterprise_id)
+    if workflow is None:
+        raise PermanentDeliveryError("workflow_not_found", f"no workflow {row.workflow_key!r}")
+    rendered: dict[str, Any] = {}
+    try:
+        for channel, content in workflow.channels.items():
+            rendered[STEP_IDS[channel]] = render_channel(channel, content, row.payload).as_dict()
+    except RenderError as exc:
+        raise PermanentDeliveryError("render_failed", str(exc)) from exc
+
+    to: list[Any] = list(row.recipients)
+    if workflow.subscriber is not None:
+        derived = workflow.subscriber(row.payload)
+        if derived is not None:
+            # The derived subscriber carries the contact details of the first recipient.
+            to = [
+                {k: v for k, v in derived.items() if v is not None}
+                if recipient == derived.get("subscriberId")
+                else recipient
+                for recipient in to
+            ]
+    if not to:
+        raise PermanentDeliveryError("no_recipients", "the notification has no recipients")
+
+    payload = dict(row.payload)
+    payload[XNOVU_PAYLOAD_KEY] = {
+        "enterpriseId": str(row.enterprise_id),
+        "notificationId": row.id,
+        "channels": sorted(rendered),
+        "rendered": rendered,
+    }
+    return TriggerEvent.model_validate(
+        {
+            "name": row.workflow_key,
+            "to": to,
+            "payload": payload,
+            "overrides": row.overrides or None,
+            "transactionId": row.transaction_id,
+        }
+    )
+
+
+def deliver(
+    notification_id: int, enterprise_id: uuid.UUID, *, novu: NovuClient, settings: Settings
+) -> DeliveryResult:
+    """Run one delivery attempt of a notification and record its outcome."""
+    with transaction() as session:
+        row = transitions.claim_pending(
+            session,
+            notification_id=notification_id,
+            enterprise_id=enterprise_id,
+            lease_seconds=settings.processing_lease_seconds,
+        )
+    if row is None:
+        # Already claimed, sent, retracted, not due yet, or a duplicate message: nothing to do.
+        return DeliveryResult(Outcome.SKIPPED)
+    attempt = row.attempts
+    ids = {"notification_id": notification_id, "enterprise_id": enterprise_id, "attempt": attempt}
+
+    try:
+        event = build_trigger_event(row)
+        novu.trigger(event)
+    except PermanentDeliveryError as exc:
+        return _fail(ids, {"code": exc.code, "message": str(exc), "attempt": attempt})
+    except NovuPermanentError as exc:
+        return _fail(ids, _novu_error("novu_rejected", exc, attempt))
+    except NovuRetryableError as exc:
+        error = _novu_error("novu_unavailable", exc, attempt)
+        if attempt >= settings.delivery_max_attempts:
+            error["code"] = "attempts_exhausted"
+            return _fail(ids, error)
+        delay = backoff_delay(
+            attempt,
+            base=settings.retry_base_seconds,
+            cap=settings.retry_max_seconds,
+            retry_after=exc.retry_after,
+        )
+        by_message = delay <= settings.max_countdown_seconds
+        with transaction() as session:
+            moved = transitions.schedule_retry(
+                session, **ids, delay_seconds=delay, error=error, message_published=by_message
+            )
+        if not moved:
+            return DeliveryResult(Outcome.LOST_RACE)
+        log.info("notification %s attempt %s retry in %.1fs: %s", notification_id, attempt, delay, exc)
+        return DeliveryResult(Outcome.RETRY, retry_in=delay, message_published=by_message)
+
+    with transaction() as session:
+        moved = transitions.mark_sent(session, **ids)
+    return DeliveryResult(Outcome.SENT if moved else Outcome.LOST_RACE)
+
+
+def _fail(ids: dict[str, Any], error: dict[str, Any]) -> DeliveryResult:
+    with transaction() as session:
+        moved = transitions.mark_failed(session, **ids, error=error)
+    log.warning("notification %s failed: %s", ids["notification_id"], error)
+    return DeliveryResult(Outcome.FAILED if moved else Outcome.LOST_RACE)
+
+
+def _novu_error(code: str, exc: NovuPermanentError | NovuRetryableError, attempt: int) -> dict[str, Any]:
+    return {
+        "code": code,
+        "message": str(exc),
+        "statusCode": exc.status_code,
+        "novu": exc.body,
+        "attempt": attempt,
+    }

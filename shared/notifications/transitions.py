@@ -1,0 +1,285 @@
+"""The state machine of a notification, one conditional UPDATE per transition.
+
+Every transition names the state it expects, so two actors (a worker and a cancel, two
+workers, a worker and the reconciler) can never both win. Worker transitions also name the
+attempt they belong to, a fencing token: a worker whose lease ran out and whose row was
+claimed again cannot overwrite the newer attempt's outcome.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Row, and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from shared.db.enums import NotificationStatus as S
+from shared.db.models import Notification
+
+N = Notification
+
+
+def _due() -> Any:
+    now = func.now()
+    return and_(
+        or_(N.scheduled_for.is_(None), N.scheduled_for <= now),
+        or_(N.next_attempt_at.is_(None), N.next_attempt_at <= now),
+    )
+
+
+def claim_pending(
+    session: Session, *, notification_id: int, enterprise_id: uuid.UUID, lease_seconds: int
+) -> Notification | None:
+    """PENDING → PROCESSING for a due row; None when someone else has it or it is not due."""
+    stmt = (
+        update(N)
+        .where(
+            N.id == notification_id,
+            N.enterprise_id == enterprise_id,
+            N.notification_status == S.PENDING,
+            _due(),
+        )
+        .values(
+            notification_status=S.PROCESSING,
+            attempts=N.attempts + 1,
+            locked_until=func.now() + dt.timedelta(seconds=lease_seconds),
+            next_attempt_at=None,
+            updated_at=func.now(),
+        )
+        .returning(N)
+    )
+    return session.scalars(stmt, execution_options={"synchronize_session": False}).one_or_none()
+
+
+def _from_processing(notification_id: int, enterprise_id: uuid.UUID, attempt: int) -> Any:
+    return and_(
+        N.id == notification_id,
+        N.enterprise_id == enterprise_id,
+        N.notification_status == S.PROCESSING,
+        N.attempts == attempt,
+    )
+
+
+def mark_sent(
+    session: Session, *, notification_id: int, enterprise_id: uuid.UUID, attempt: int
+) -> bool:
+    """PROCESSING → SENT after Novu accepted the trigger."""
+    result = session.execute(
+        update(N)
+        .where(_from_processing(notification_id, enterprise_id, attempt))
+        .values(
+            notification_status=S.SENT,
+            processed_at=func.now(),
+            locked_until=None,
+            error_details=None,
+            updated_at=func.now(),
+        )
+        .returning(N.id),
+        execution_options={"synchronize_session": False},
+    )
+    return result.first() is not None
+
+
+def mark_failed(
+    session: Session,
+    *,
+    notification_id: int,
+    enterprise_id: uuid.UUID,
+    attempt: int,
+    error: dict[str, Any],
+) -> bool:
+    """PROCESSING → FAILED with the reason (permanent error or attempts exhausted)."""
+    result = session.execute(
+        update(N)
+        .where(_from_processing(notification_id, enterprise_id, attempt))
+        .values(
+            notification_status=S.FAILED,
+            processed_at=func.now(),
+            locked_until=None,
+            error_details=error,
+            updated_at=func.now(),
+        )
+        .returning(N.id),
+        execution_options={"synchronize_session": False},
+    )
+    return result.first() is not None
+
+
+def schedule_retry(
+    session: Session,
+    *,
+    notification_id: int,
+    enterprise_id: uuid.UUID,
+    attempt: int,
+    delay_seconds: float,
+    error: dict[str, Any],
+    message_published: bool,
+) -> bool:
+    """PROCESSING → PENDING with next_attempt_at. When a countdown message carries the retry,
+    enqueued_at is set to when it becomes due, so the reconciler leaves it alone until then;
+    otherwise enqueued_at is cleared and beat releases the row when it is due."""
+    next_at = func.now() + dt.timedelta(seconds=delay_seconds)
+    result = session.execute(
+        update(N)
+        .where(_from_processing(notification_id, enterprise_id, attempt))
+        .values(
+            notification_status=S.PENDING,
+            next_attempt_at=next_at,
+            locked_until=None,
+            enqueued_at=next_at if message_published else None,
+            error_details=error,
+            updated_at=func.now(),
+        )
+        .returning(N.id),
+        execution_options={"synchronize_session": False},
+    )
+    return result.first() is not None
+
+
+def retract_pending(
+    session: Session, *, notification_id: int, enterprise_id: uuid.UUID, reason: str | None
+) -> Notification | None:
+    """PENDING → RETRACTED; the worker's claim will then find nothing to send."""
+    return _retract(session, notification_id, enterprise_id, S.PENDING, reason)
+
+
+def retract_sent(
+    session: Session, *, notification_id: int, enterprise_id: uuid.UUID, reason: str | None
+) -> Notification | None:
+    """SENT → RETRACTED, after Novu confirmed it cancelled the pending steps."""
+    return _retract(session, notification_id, enterprise_id, S.SENT, reason)
+
+
+def _retract(
+    session: Session,
+    notification_id: int,
+    enterprise_id: uuid.UUID,
+    expected: S,
+    reason: str | None,
+) -> Notification | None:
+    stmt = (
+        update(N)
+        .where(
+            N.id == notification_id,
+            N.enterprise_id == enterprise_id,
+            N.notification_status == expected,
+        )
+        .values(
+            notification_status=S.RETRACTED,
+            retracted_at=func.now(),
+            retraction_reason=reason,
+            locked_until=None,
+            updated_at=func.now(),
+        )
+        .returning(N)
+    )
+    return session.scalars(stmt, execution_options={"synchronize_session": False}).one_or_none()
+
+
+def requeue_failed(
+    session: Session, *, notification_id: int, enterprise_id: uuid.UUID
+) -> Notification | None:
+    """FAILED → PENDING (the retry API), with a fresh attempt budget."""
+    stmt = (
+        update(N)
+        .where(
+            N.id == notification_id,
+            N.enterprise_id == enterprise_id,
+            N.notification_status == S.FAILED,
+        )
+        .values(
+            notification_status=S.PENDING,
+            attempts=0,
+            next_attempt_at=None,
+            processed_at=None,
+            enqueued_at=func.now(),
+            updated_at=func.now(),
+        )
+        .returning(N)
+    )
+    return session.scalars(stmt, execution_options={"synchronize_session": False}).one_or_none()
+
+
+def expire_leases(
+    session: Session, *, max_attempts: int, limit: int
+) -> tuple[Sequence[Row[Any]], int]:
+    """PROCESSING rows whose worker died: back to PENDING (to be published again), or FAILED
+    when their attempts are spent. Returns the rows to publish and the number failed."""
+    expired = (
+        select(N.id)
+        .where(N.notification_status == S.PROCESSING, N.locked_until < func.now())
+        .order_by(N.locked_until)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    failed = session.execute(
+        update(N)
+        .where(N.id.in_(expired), N.attempts >= max_attempts)
+        .values(
+            notification_status=S.FAILED,
+            processed_at=func.now(),
+            locked_until=None,
+            error_details=func.jsonb_build_object(
+                "code", "attempts_exhausted", "message", "worker lease expired on the last attempt"
+            ),
+            updated_at=func.now(),
+        )
+        .returning(N.id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    requeued = session.execute(
+        update(N)
+        .where(N.id.in_(expired), N.attempts < max_attempts)
+        .values(
+            notification_status=S.PENDING,
+            locked_until=None,
+            next_attempt_at=None,
+            enqueued_at=func.now(),
+            updated_at=func.now(),
+        )
+        .returning(N.id, N.enterprise_id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    return requeued, len(failed)
+
+
+def mark_enqueued(
+    session: Session, *, stale_after_seconds: int | None, limit: int
+) -> Sequence[Row[Any]]:
+    """Due PENDING rows never published (scheduled, long retries, broker was down) and, when
+    stale_after_seconds is given, rows published that long ago and still not consumed: stamp
+    enqueued_at and return them for publishing."""
+    unpublished: Any = N.enqueued_at.is_(None)
+    if stale_after_seconds is not None:
+        cutoff = func.now() - dt.timedelta(seconds=stale_after_seconds)
+        unpublished = or_(unpublished, N.enqueued_at < cutoff)
+    stale = (
+        select(N.id)
+        .where(N.notification_status == S.PENDING, unpublished, _due())
+        .order_by(N.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return session.execute(
+        update(N)
+        .where(N.id.in_(stale))
+        .values(enqueued_at=func.now())
+        .returning(N.id, N.enterprise_id),
+        execution_options={"synchronize_session": False},
+    ).all()
+
+
+def clear_enqueued(session: Session, *, notification_ids: Sequence[int]) -> None:
+    """Forget that these rows were published (the publish failed), so beat picks them up."""
+    if notification_ids:
+        session.execute(
+            update(N)
+            .where(N.id.in_(list(notification_ids)), N.notification_status == S.PENDING)
+            .values(enqueued_at=None),
+            execution_options={"synchronize_session": False},
+        )

@@ -1,0 +1,98 @@
+"""The emulator's fault configuration: what `POST /_emulator/faults` accepts.
+
+See the package docstring for the format. Status rules are mutually
+exclusive outcomes of one random draw per trigger request, so their rates add
+up (at most 1): `[{500, 0.1}, {429, 0.05}, {400, 0.01}]` fails 16 % of calls.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# Top-level keys of the one-rule shorthand `{"status": 500, "rate": 0.3, ...}`.
+_SHORTHAND_RULE_KEYS = ("status", "rate", "retryAfter", "sticky", "message")
+
+
+class _FaultModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class StatusFault(_FaultModel):
+    """With probability `rate`, a trigger request is answered `status` and nothing is recorded."""
+
+    status: int = Field(ge=400, le=599)
+    rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    retry_after: int | None = Field(default=None, ge=0, alias="retryAfter")
+    # Sticky: the failure happens inside Novu's handler, so Novu caches it under the
+    # request's Idempotency-Key and replays it for 24 h. Otherwise it comes from in
+    # front of Novu's idempotency layer (gateway, throttler) and is not remembered.
+    sticky: bool = False
+    message: str | None = Field(default=None, max_length=1000)
+
+    def retry_after_header(self) -> str | None:
+        """`Retry-After` to send: always for 429 (1 s unless set), otherwise only when set."""
+        if self.retry_after is not None:
+            return str(self.retry_after)
+        return "1" if self.status == 429 else None
+
+
+class FaultConfig(_FaultModel):
+    """Every fault the emulator injects; the default injects none."""
+
+    rules: tuple[StatusFault, ...] = ()
+    latency_ms: int = Field(default=0, ge=0, le=120_000, alias="latencyMs")
+    drop_rate: float = Field(default=0.0, ge=0.0, le=1.0, alias="dropRate")
+    drop_after_accept_rate: float = Field(default=0.0, ge=0.0, le=1.0, alias="dropAfterAcceptRate")
+    hold_seconds: float = Field(default=0.0, ge=0.0, le=86_400.0, alias="holdSeconds")
+    rate_limit_per_second: int | None = Field(default=None, ge=1, alias="rateLimitPerSecond")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_shorthand_rule(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not any(key in data for key in _SHORTHAND_RULE_KEYS):
+            return data
+        if "status" not in data:
+            raise ValueError("`rate`, `retryAfter`, `sticky` and `message` need a `status`")
+        if "rules" in data:
+            raise ValueError("give either a top-level `status` or `rules`, not both")
+        rest = {key: value for key, value in data.items() if key not in _SHORTHAND_RULE_KEYS}
+        rule = {key: data[key] for key in _SHORTHAND_RULE_KEYS if key in data}
+        return {**rest, "rules": [rule]}
+
+    @model_validator(mode="after")
+    def _rates_fit_one_draw(self) -> FaultConfig:
+        if sum(rule.rate for rule in self.rules) > 1.0 + 1e-9:
+            raise ValueError("the rates of all status rules must add up to at most 1")
+        return self
+
+    def pick_status_fault(self, rng: random.Random) -> StatusFault | None:
+        """The status rule that fires for this request, if any (one draw for all rules)."""
+        if not self.rules:
+            return None
+        draw = rng.random()
+        threshold = 0.0
+        for rule in self.rules:
+            threshold += rule.rate
+            if draw < threshold:
+                return rule
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """The configuration as `GET /_emulator/faults` shows it."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def parse_fault_config(document: Any) -> FaultConfig:
+    """Validate a `POST /_emulator/faults` body; raises `pydantic.ValidationError`."""
+    return FaultConfig.model_validate(document)
+
+
+def validation_problems(exc: ValidationError) -> list[dict[str, str]]:
+    """A JSON-safe list of what was wrong with a fault configuration."""
+    return [
+        {"field": ".".join(str(part) for part in error["loc"]) or "(body)", "message": error["msg"]}
+        for error in exc.errors(include_url=False)
+    ]

@@ -1,0 +1,41 @@
+"""Validation of trigger payloads against a workflow's JSON Schema."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import SchemaError
+
+
+@lru_cache(maxsize=1024)
+def _validator(schema_json: str) -> Draft202012Validator:
+    return Draft202012Validator(json.loads(schema_json), format_checker=FormatChecker())
+
+
+def payload_errors(schema: dict[str, Any] | None, payload: dict[str, Any]) -> list[dict[str, str]]:
+    """Every way the payload fails the schema, as `{field, message}`; empty when it passes."""
+    if not schema:
+        return []
+    try:
+        validator = _validator(json.dumps(schema, sort_keys=True))
+    except SchemaError as exc:
+        return [{"field": "", "message": f"the workflow's payload schema is invalid: {exc.message}"}]
+    errors = []
+    for err in sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.path))):
+        path = ".".join(str(part) for part in err.absolute_path)
+        if err.validator == "required" and isinstance(err.instance, dict):
+            # Name the missing property itself, not its parent.
+            missing = [name for name in err.validator_value if name not in err.instance]
+            for name in missing:
+                errors.append({"field": f"{path}.{name}" if path else name, "message": err.message})
+            continue
+        errors.append({"field": path or "payload", "message": err.message})
+    return errors
+
+
+def json_size(value: Any) -> int:
+    """Bytes of the compact JSON encoding of a value."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())

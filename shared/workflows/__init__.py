@@ -1,0 +1,1 @@
+"""Workflows: static ones defined in Python, dynamic ones from the database."""

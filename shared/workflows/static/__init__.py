@@ -1,0 +1,1 @@
+"""Static workflows that ship with XNovu, one package each."""

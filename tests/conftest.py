@@ -1,0 +1,269 @@
+"""The real stack for the test suite: embedded PostgreSQL and Redis, the Novu emulator, a real
+`celery worker` process and `celery beat`, and the API app (in-process through TestClient).
+
+Settings come from environment variables set here before any XNovu module reads them, with
+short timings so retries and the reconciler act within seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+TEST_TIMINGS = {
+    "RECONCILE_INTERVAL_SECONDS": "0.5",
+    "REDELIVER_AFTER_SECONDS": "3",
+    "RETRY_BASE_SECONDS": "0.2",
+    "RETRY_MAX_SECONDS": "1",
+    "PROCESSING_LEASE_SECONDS": "5",
+    "DELIVERY_MAX_ATTEMPTS": "4",
+    "NOVU_TIMEOUT_SECONDS": "3",
+    "MAX_PAYLOAD_BYTES": "65536",
+    "MAX_BODY_BYTES": "262144",
+    "LOG_LEVEL": "WARNING",
+}
+
+
+@dataclass
+class Stack:
+    tmp: Path
+    postgres: EmbeddedPostgres
+    redis: EmbeddedRedis
+    database_url: str
+    redis_url: str
+    emulator_url: str
+    env: dict[str, str]
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("wb")
+    return subprocess.Popen(
+        args, env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("stack")
+    postgres = EmbeddedPostgres(tmp / "pg", free_port(), fast=True)
+    redis_server = EmbeddedRedis(tmp / "redis", free_port())
+    database_url = postgres.start()
+    redis_url = redis_server.start()
+    emulator_port = free_port()
+    env = {
+        **os.environ,
+        **TEST_TIMINGS,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "NOVU_API_URL": f"http://127.0.0.1:{emulator_port}",
+        "NOVU_EMULATOR_PORT": str(emulator_port),
+        "XNOVU_DATA_DIR": str(tmp / "data"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("NOVU_SECRET_KEY", None)
+    os.environ.update(env)
+    os.environ.pop("NOVU_SECRET_KEY", None)
+    from shared.settings import get_settings
+
+    get_settings.cache_clear()
+    from shared.migrate import upgrade
+
+    upgrade(database_url)
+    try:
+        yield Stack(
+            tmp=tmp,
+            postgres=postgres,
+            redis=redis_server,
+            database_url=database_url,
+            redis_url=redis_url,
+            emulator_url=f"http://127.0.0.1:{emulator_port}",
+            env=env,
+        )
+    finally:
+        redis_server.stop()
+        postgres.stop()
+
+
+@pytest.fixture(scope="session")
+def novu_emulator(stack: Stack) -> Iterator[str]:
+    """The emulator as its own process (`xnovu novu-emulator`), as `make run` starts it."""
+    port = stack.emulator_url.rsplit(":", 1)[1]
+    proc = _spawn(
+        [sys.executable, "-m", "shared.cli", "novu-emulator", "--port", port],
+        stack.env,
+        stack.tmp / "emulator.log",
+    )
+    try:
+        _wait_for(
+            lambda: httpx.get(f"{stack.emulator_url}/_emulator/stats").status_code == 200,
+            20,
+            f"the Novu emulator (log: {stack.tmp / 'emulator.log'})",
+        )
+        yield stack.emulator_url
+    finally:
+        _stop(proc)
+
+
+class Worker:
+    """A real `celery worker` (and `celery beat`) process against the test stack."""
+
+    def __init__(self, stack: Stack, name: str = "worker", concurrency: int = 2) -> None:
+        self.stack = stack
+        self.name = name
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.beat: subprocess.Popen[bytes] | None = None
+        self.log = stack.tmp / f"{name}.log"
+
+    def start(self, *, with_beat: bool = True) -> None:
+        hostname = f"{self.name}-{uuid.uuid4().hex[:6]}@test"
+        self.proc = _spawn(
+            [
+                sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+                "--loglevel=INFO", "-E", f"--concurrency={self.concurrency}",
+                "-Q", "xnovu.deliver,xnovu.maintenance", f"--hostname={hostname}",
+                "--without-mingle", "--without-gossip",
+            ],
+            self.stack.env,
+            self.log,
+        )
+        if with_beat:
+            self.beat = _spawn(
+                [
+                    sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat",
+                    "--loglevel=INFO", f"--schedule={self.stack.tmp / (self.name + '-beat')}",
+                ],
+                self.stack.env,
+                self.stack.tmp / f"{self.name}-beat.log",
+            )
+        from shared.queue import producer
+
+        def pong() -> bool:
+            replies = producer().control.ping(destination=[hostname], timeout=0.5)
+            return bool(replies)
+
+        _wait_for(pong, 60, f"celery worker {hostname} (log: {self.log})")
+
+    def stop(self) -> None:
+        for proc in (self.beat, self.proc):
+            if proc is not None:
+                _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def worker(stack: Stack, novu_emulator: str) -> Iterator[Worker]:
+    w = Worker(stack)
+    w.start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="session")
+def app(stack: Stack) -> Any:
+    from api.app import create_app
+
+    return create_app()
+
+
+@pytest.fixture()
+def client(app: Any) -> Iterator[Any]:
+    from fastapi.testclient import TestClient
+
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@dataclass(frozen=True)
+class Tenant:
+    enterprise_id: uuid.UUID
+    api_key: str
+    key_id: int
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+def make_tenant(*, service: bool = False) -> Tenant:
+    """A new enterprise with its own API key (or a service key), committed."""
+    from shared.apikeys import create_api_key
+    from shared.db.enums import ApiKeyScope
+    from shared.db.session import transaction
+
+    enterprise_id = uuid.uuid4()
+    scope = ApiKeyScope.SERVICE if service else ApiKeyScope.ENTERPRISE
+    with transaction() as session:
+        row, key = create_api_key(
+            session, enterprise_id=None if service else enterprise_id, scope=scope, name="test"
+        )
+        key_id = row.id
+    return Tenant(enterprise_id=enterprise_id, api_key=key, key_id=key_id)
+
+
+@pytest.fixture()
+def tenant(stack: Stack) -> Tenant:
+    return make_tenant()
+
+
+@pytest.fixture()
+def emulator(novu_emulator: str) -> Iterator[httpx.Client]:
+    """An HTTP client for the emulator's control endpoints; faults are cleared afterwards."""
+    with httpx.Client(base_url=novu_emulator, timeout=10) as http:
+        http.delete("/_emulator/faults")
+        yield http
+        http.delete("/_emulator/faults")
+
+
+def signup_payload(user: str | None = None) -> dict[str, Any]:
+    user = user or f"u-{uuid.uuid4().hex[:8]}"
+    return {"userId": user, "email": f"{user}@example.com", "name": "Ada Lovelace"}
+
+
+def wait_for_status(
+    client: Any, tenant: Tenant, notification_id: int, statuses: set[str], timeout: float = 15
+) -> dict[str, Any]:
+    """Poll the API until the notification reaches one of `statuses`; returns its body."""
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/notifications/{notification_id}", headers=tenant.headers).json()
+        if body.get("notification_status") in statuses:
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"notification {notification_id} stayed {body.get('notification_status')}: {body}")

@@ -1,0 +1,45 @@
+"""The Celery application of the worker and beat processes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from shared.db.session import reset_engine
+from shared.queue import TaskName, celery_config
+from shared.settings import get_settings
+
+settings = get_settings()
+
+app = Celery("xnovu", include=["worker.tasks.deliver", "worker.tasks.maintenance"])
+app.conf.update(celery_config(settings))
+app.conf.beat_schedule = {
+    "reconcile": {
+        "task": TaskName.RECONCILE.value,
+        "schedule": settings.reconcile_interval_seconds,
+        # A tick that could not run in time is dropped: the next one does the same work.
+        "options": {"expires": settings.reconcile_interval_seconds * 5},
+    },
+    "release-due-notifications": {
+        "task": TaskName.RELEASE_DUE.value,
+        "schedule": 1.0,
+        "options": {"expires": 5.0},
+    },
+}
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    # A forked pool process must not share the parent's database sockets.
+    reset_engine()
+
+
+@worker_process_shutdown.connect
+def _close_connections(**_: Any) -> None:
+    reset_engine()
+
+
+logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -1,0 +1,53 @@
+"""deliver_notification: one attempt of one notification, by id."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+
+from celery import Task
+from sqlalchemy.exc import OperationalError
+
+from shared.delivery import Outcome, deliver
+from shared.novu.client import NovuClient
+from shared.queue import TaskName, publish_deliver
+from shared.settings import get_settings
+from worker.celery_app import app
+
+log = logging.getLogger(__name__)
+
+_client: NovuClient | None = None
+_client_lock = threading.Lock()
+
+
+def novu_client() -> NovuClient:
+    """One pooled Novu client per worker process."""
+    global _client
+    if _client is None:
+        with _client_lock:
+            if _client is None:
+                _client = NovuClient.from_settings(get_settings())
+    return _client
+
+
+@app.task(
+    name=TaskName.DELIVER_NOTIFICATION.value,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    # A database outage is retried a few times from the message; beyond that the row stays
+    # PENDING or PROCESSING and the reconciler brings it back.
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_backoff_max=30,
+    max_retries=5,
+)
+def deliver_notification(self: Task, notification_id: int, enterprise_id: str) -> str:
+    """Claim, render and hand one notification to Novu; schedule its retry if Novu failed."""
+    settings = get_settings()
+    enterprise = uuid.UUID(enterprise_id)
+    result = deliver(notification_id, enterprise, novu=novu_client(), settings=settings)
+    if result.outcome is Outcome.RETRY and result.message_published and result.retry_in is not None:
+        publish_deliver([(notification_id, enterprise)], countdown=result.retry_in)
+    return result.outcome.value

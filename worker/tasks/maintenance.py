@@ -1,0 +1,62 @@
+"""Beat tasks: release due rows and reconcile lost messages and dead workers' leases.
+
+Both are safe to run twice at once (SKIP LOCKED and conditional updates), so an overlap
+during a beat failover is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from shared.db.session import transaction
+from shared.notifications import transitions
+from shared.queue import TaskName, publish_deliver
+from shared.settings import get_settings
+from worker.celery_app import app
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name=TaskName.RELEASE_DUE.value, acks_late=False)
+def release_due_notifications() -> int:
+    """Publish PENDING rows that became due and were never published (scheduled, long retries)."""
+    settings = get_settings()
+    with transaction() as session:
+        rows = transitions.mark_enqueued(
+            session, stale_after_seconds=None, limit=settings.reconcile_batch_size
+        )
+    return _publish(rows)
+
+
+@app.task(name=TaskName.RECONCILE.value, acks_late=False)
+def reconcile() -> dict[str, int]:
+    """Requeue PROCESSING rows whose lease ran out and republish PENDING rows nobody consumed."""
+    settings = get_settings()
+    with transaction() as session:
+        requeued, failed = transitions.expire_leases(
+            session, max_attempts=settings.delivery_max_attempts, limit=settings.reconcile_batch_size
+        )
+    with transaction() as session:
+        stale = transitions.mark_enqueued(
+            session,
+            stale_after_seconds=settings.redeliver_after_seconds,
+            limit=settings.reconcile_batch_size,
+        )
+    published = _publish([*requeued, *stale])
+    if requeued or stale or failed:
+        log.info(
+            "reconcile: %d leases expired, %d failed, %d republished",
+            len(requeued),
+            failed,
+            len(stale),
+        )
+    return {"leases_expired": len(requeued), "failed": failed, "republished": published}
+
+
+def _publish(rows: list | tuple) -> int:  # type: ignore[type-arg]
+    items = [(row.id, row.enterprise_id) for row in rows]
+    failed = publish_deliver(items)
+    if failed:
+        with transaction() as session:
+            transitions.clear_enqueued(session, notification_ids=failed)
+    return len(items) - len(failed)
