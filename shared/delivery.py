@@ -13,11 +13,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from shared.db.enums import ChannelType
 from shared.db.models import Notification
 from shared.db.session import transaction
 from shared.notifications import transitions
-from shared.novu.client import NovuClient
+from shared.novu.client import NovuClient, trigger_idempotency_key
 from shared.novu.retry import backoff_delay
 from shared.novu.errors import NovuPermanentError, NovuRetryableError
 from shared.novu.schemas import TriggerEvent
@@ -96,15 +98,23 @@ def build_trigger_event(row: Notification) -> TriggerEvent:
         "channels": sorted(rendered),
         "rendered": rendered,
     }
-    return TriggerEvent.model_validate(
-        {
-            "name": row.workflow_key,
-            "to": to,
-            "payload": payload,
-            "overrides": row.overrides or None,
-            "transactionId": row.transaction_id,
-        }
-    )
+    try:
+        return TriggerEvent.model_validate(
+            {
+                "name": row.workflow_key,
+                "to": to,
+                "payload": payload,
+                "overrides": row.overrides or None,
+                "transactionId": row.transaction_id,
+            }
+        )
+    except ValidationError as exc:
+        raise PermanentDeliveryError("invalid_trigger", f"cannot build the Novu trigger: {exc}") from exc
+
+
+def attempt_idempotency_key(transaction_id: str, attempt: int) -> str:
+    """The Idempotency-Key of one attempt: deterministic, and new for each attempt."""
+    return f"{trigger_idempotency_key(transaction_id)}-{attempt}"
 
 
 def deliver(
@@ -126,7 +136,10 @@ def deliver(
 
     try:
         event = build_trigger_event(row)
-        novu.trigger(event)
+        # transactionId is what keeps Novu from sending twice. The Idempotency-Key is fixed per
+        # attempt: Novu keeps a key's answer, errors included, for 24 h, so one key for every
+        # attempt would replay a transient 500 forever.
+        novu.trigger(event, idempotency_key=attempt_idempotency_key(row.transaction_id, attempt))
     except PermanentDeliveryError as exc:
         return _fail(ids, {"code": exc.code, "message": str(exc), "attempt": attempt})
     except NovuPermanentError as exc:

@@ -6,13 +6,13 @@ directory holding `initdb`, `pg_ctl` and `postgres` to use other binaries. Redis
 Without either, the binaries on `PATH` are tried.
 
 Both servers run in their own session, so a Ctrl-C sent to the terminal's process group reaches
-the app processes but not the servers: callers stop them explicitly, last. Anything this process
+the app processes but not the servers: callers stop them explicitly, last. Whatever this process
 started and did not stop is stopped at interpreter exit. A server left running by a process that
 died is reused by the next `start()` on the same data directory and port.
 
-PostgreSQL refuses to run as root. Under euid 0 it runs as the system user `pgserver` (the one the
-`pgserver` package itself creates; `useradd` makes it if missing), which owns the data directory;
-every ancestor of the data directory and the wheel's binaries gets the "others may traverse" bit.
+PostgreSQL refuses to run as root. Under euid 0 it runs as the system user `pgserver` (the one
+the `pgserver` package creates; `useradd` makes it if missing), which owns the data directory;
+the ancestors of the data directory and of the binaries get the "others may traverse" bit.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import psutil
@@ -41,22 +40,22 @@ PG_DATABASE = "xnovu"
 PG_SYSTEM_USER = "pgserver"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
-_SUN_PATH_MAX = 107  # bytes of a unix socket path, less the terminating NUL
+_SUN_PATH_MAX = 107  # bytes in a unix socket path, less the terminating NUL
 
 
 class DevStackError(RuntimeError):
-    """An embedded server could not be started or stopped."""
+    """An embedded server could not be started."""
 
 
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
 def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
@@ -66,29 +65,28 @@ def _port_in_use(host: str, port: int) -> bool:
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    return f"last lines of {path}:\n" + "\n".join(text.splitlines()[-lines:])
+    return f"last lines of {path}:\n" + "\n".join(_read(path).splitlines()[-lines:])
+
+
+def _read(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        return path.read_text(errors="replace")
+    return ""
 
 
 def _live_process(pid: int, name: str) -> psutil.Process | None:
     """The process `pid` if it is alive and its name starts with `name` (guards PID reuse)."""
-    try:
+    with contextlib.suppress(psutil.Error):
         proc = psutil.Process(pid)
         if proc.status() != psutil.STATUS_ZOMBIE and proc.name().startswith(name):
             return proc
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        pass
     return None
 
 
 def _package_dir(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)  # locates without importing (pgserver has atexit hooks)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
+    spec = importlib.util.find_spec(name)  # locates without importing: pgserver has atexit hooks
+    locations = spec.submodule_search_locations if spec else None
+    return Path(next(iter(locations))) if locations else None
 
 
 def _find_binary(env_var: str, bundled: Path | None, name: str) -> Path:
@@ -108,16 +106,11 @@ def _add_mode(path: Path, bits: int) -> None:
 
 
 def _system_user() -> pwd.struct_passwd:
-    try:
+    with contextlib.suppress(KeyError):
         return pwd.getpwnam(PG_SYSTEM_USER)
-    except KeyError:
-        cmd = ["useradd", "--system", "--no-create-home", "--shell", "/bin/false", PG_SYSTEM_USER]
-        subprocess.run(cmd, check=True, capture_output=True)
-        return pwd.getpwnam(PG_SYSTEM_USER)
-
-
-def _redis_quote(value: object) -> str:
-    return '"{}"'.format(str(value).replace("\\", "\\\\").replace('"', '\\"'))
+    cmd = ["useradd", "--system", "--no-create-home", "--shell", "/bin/false", PG_SYSTEM_USER]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return pwd.getpwnam(PG_SYSTEM_USER)
 
 
 _RUNNING: dict[int, _EmbeddedServer] = {}
@@ -132,6 +125,8 @@ def _stop_leftovers() -> None:
 
 
 class _EmbeddedServer:
+    """What both servers share: own session, readiness wait, exit-time stop, `with` support."""
+
     def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1") -> None:
         self.data_dir = data_dir.resolve()
         self.port = port
@@ -145,32 +140,25 @@ class _EmbeddedServer:
     def stop(self) -> None:
         raise NotImplementedError
 
-    def _mark_started(self) -> None:
-        self._owner_pid = os.getpid()
-        _RUNNING[id(self)] = self
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
-    def _mark_stopped(self) -> None:
-        _RUNNING.pop(id(self), None)
-        if self._proc is not None:  # reap our child, so no zombie is left
-            try:
-                self._proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
-
-    def _check_port_free(self) -> None:
-        if _port_in_use(self.host, self.port):
-            raise DevStackError(f"port {self.host}:{self.port} is in use by another process")
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def _spawn(self, cmd: list[str], log: Path, **kwargs: Any) -> None:
-        with log.open("ab") as out:  # own session: a terminal Ctrl-C must not reach the server
+        if _port_in_use(self.host, self.port):
+            raise DevStackError(f"port {self.host}:{self.port} is in use by another process")
+        if self._proc is not None:
+            self._proc.poll()  # reap a crashed predecessor
+        with log.open("ab") as out:  # own session: a terminal's Ctrl-C must not reach the server
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, **kwargs,
             )  # fmt: skip
 
-    def _wait(self, ready: Any, log: Path, what: str) -> None:
+    def _wait_until(self, ready: Callable[[], bool], log: Path, what: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while not ready():
             if self._proc is not None and self._proc.poll() is not None:
@@ -180,22 +168,24 @@ class _EmbeddedServer:
                 self.stop()
                 raise DevStackError(f"{what} not ready in {START_TIMEOUT:.0f}s; {_log_tail(log)}")
             time.sleep(0.05)
+        self._owner_pid = os.getpid()
+        _RUNNING[id(self)] = self
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:  # fmt: skip
-        self.stop()
+    def _forget(self) -> None:
+        _RUNNING.pop(id(self), None)
+        if self._proc is not None:  # our child: reap it, so no zombie is left
+            try:
+                self._proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
 
 
 class EmbeddedPostgres(_EmbeddedServer):
-    """PostgreSQL in `data_dir`, listening on host:port, trust auth, database `xnovu`.
+    """PostgreSQL in `data_dir` on host:port, trust auth, database `xnovu`, log `postgres.log`.
 
-    `fast=True` turns fsync off (tests); the default keeps data safe across a crash.
+    `fast=True` turns fsync off (tests); the default keeps committed data across a crash.
     """
 
     def __init__(
@@ -203,11 +193,12 @@ class EmbeddedPostgres(_EmbeddedServer):
     ) -> None:
         super().__init__(data_dir, port, host)
         self.fast = fast
-        pginstall = _package_dir("pgserver")
-        bundled = pginstall / "pginstall" / "bin" / "postgres" if pginstall else None
-        self.bin_dir = _find_binary("XNOVU_PG_BIN", bundled, "postgres")
-        if self.bin_dir.is_file():
-            self.bin_dir = self.bin_dir.parent
+        pgserver = _package_dir("pgserver")
+        bundled = pgserver / "pginstall" / "bin" / "postgres" if pgserver else None
+        found = _find_binary("XNOVU_PG_BIN", bundled, "postgres")
+        self.bin_dir = found.parent if found.is_file() else found
+        if not (self.bin_dir / "postgres").is_file():
+            raise DevStackError(f"no postgres binary in {self.bin_dir}")
         self.log_path = self.data_dir / "postgres.log"
 
     @property
@@ -215,10 +206,8 @@ class EmbeddedPostgres(_EmbeddedServer):
         return f"postgresql://{PG_SUPERUSER}@{self.host}:{self.port}/{PG_DATABASE}"
 
     def _pidfile(self) -> list[str]:
-        try:
-            return (self.data_dir / "postmaster.pid").read_text().splitlines()
-        except OSError:
-            return []
+        """postmaster.pid: pid, data dir, start time, port, socket dir, host, shmem, status."""
+        return [line.strip() for line in _read(self.data_dir / "postmaster.pid").splitlines()]
 
     def _postmaster(self) -> psutil.Process | None:
         lines = self._pidfile()
@@ -226,7 +215,7 @@ class EmbeddedPostgres(_EmbeddedServer):
 
     def _ready(self) -> bool:
         lines = self._pidfile()
-        if len(lines) < 8 or lines[3].strip() != str(self.port) or lines[7].strip() != "ready":
+        if lines[3:4] != [str(self.port)] or lines[7:8] != ["ready"]:
             return False
         with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 1):
             return True
@@ -238,94 +227,102 @@ class EmbeddedPostgres(_EmbeddedServer):
 
     def start(self) -> str:
         """Start (initdb on first use) or reuse the server; create database `xnovu`; return URL."""
-        postmaster = self._postmaster()
-        if postmaster is not None and self._pidfile()[3].strip() != str(self.port):
-            self.stop()  # our data dir, another port: a server of an older run
-            postmaster = None
-        if postmaster is None:
-            (self.data_dir / "postmaster.pid").unlink(missing_ok=True)  # stale
-            self._check_port_free()
+        if self._postmaster() is not None and self._pidfile()[3:4] != [str(self.port)]:
+            self.stop()  # our data dir on another port: a server of an older run
+        if self._postmaster() is None:
             self._prepare()
-            self._spawn([str(self.bin_dir / "postgres"), "-D", str(self.data_dir)],
-                        self.log_path, **self._as_user())  # fmt: skip
-        self._wait(self._ready, self.log_path, "PostgreSQL")
+            cmd = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)]
+            self._spawn(cmd, self.log_path, **self._run_options())
+        self._wait_until(self._ready, self.log_path, "PostgreSQL")
         admin_url = self.url.rsplit("/", 1)[0] + "/postgres"
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,))
             if exists.fetchone() is None:
                 conn.execute(f"CREATE DATABASE {PG_DATABASE}")
-        self._mark_started()
         return self.url
 
     def stop(self) -> None:
-        """Fast shutdown (`pg_ctl stop -m fast`); a no-op when nothing runs."""
+        """Fast shutdown (`pg_ctl stop -m fast`), SIGKILL if that fails; no-op when stopped."""
         postmaster = self._postmaster()
         if postmaster is not None:
-            cmd = [str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast",
-                   "-w", "-t", str(int(STOP_TIMEOUT))]  # fmt: skip
-            done = subprocess.run(cmd, capture_output=True, check=False, **self._as_user())
+            cmd = [str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast"]
+            cmd += ["-w", "-t", str(int(STOP_TIMEOUT))]
+            done = subprocess.run(cmd, capture_output=True, check=False, **self._run_options())
             if done.returncode != 0 and postmaster.is_running():
                 postmaster.kill()
                 postmaster.wait(STOP_TIMEOUT)
-        self._mark_stopped()
+        self._forget()
 
-    def _as_user(self) -> dict[str, Any]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        kwargs: dict[str, Any] = {"env": env, "cwd": self.data_dir}
+    def _run_options(self) -> dict[str, Any]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+        options: dict[str, Any] = {"env": env, "cwd": self.data_dir}
         if os.geteuid() == 0:
             user = _system_user()
-            kwargs.update(user=user.pw_uid, group=user.pw_gid, extra_groups=[])
-        return kwargs
+            options.update(user=user.pw_uid, group=user.pw_gid, extra_groups=[])
+        return options
 
     def _prepare(self) -> None:
+        """Clear what a dead server left, initdb if needed, write `xnovu.conf`."""
+        (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
+        orphans = [p for p in psutil.process_iter() if self._is_orphan_backend(p)]
+        _, alive = psutil.wait_procs(orphans, timeout=5)  # they exit once the postmaster died
+        for proc in alive:
+            proc.kill()
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.data_dir.chmod(0o700)
         if os.geteuid() == 0:
             self._grant_access(_system_user())
         if not (self.data_dir / "PG_VERSION").exists():
-            cmd = [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", PG_SUPERUSER,
-                   "--auth=trust", "--encoding=UTF8", "--no-locale"]  # fmt: skip
-            if self.fast:
-                cmd.append("--no-sync")
-            done = subprocess.run(cmd, capture_output=True, text=True, **self._as_user())
+            cmd = [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", PG_SUPERUSER]
+            cmd += ["--auth=trust", "--encoding=UTF8", "--no-locale"]
+            cmd += ["--no-sync"] if self.fast else []
+            done = subprocess.run(cmd, capture_output=True, text=True, **self._run_options())
             if done.returncode != 0:
                 raise DevStackError(f"initdb failed:\n{done.stdout}{done.stderr}")
             with (self.data_dir / "postgresql.conf").open("a") as conf:
                 conf.write("\ninclude_if_exists = 'xnovu.conf'\n")
-        socket_dir = str(self.data_dir)
-        if len(f"{socket_dir}/.s.PGSQL.{self.port}".encode()) > _SUN_PATH_MAX:
+        socket_dir = str(self.data_dir).replace("'", "''")
+        if len(f"{self.data_dir}/.s.PGSQL.{self.port}".encode()) > _SUN_PATH_MAX:
             socket_dir = ""  # too long for a unix socket: TCP only
         safe = "off" if self.fast else "on"
         settings = {
-            "listen_addresses": f"'{self.host}'", "port": str(self.port),
-            "unix_socket_directories": "'{}'".format(socket_dir.replace("'", "''")),
-            "max_connections": "200", "fsync": safe, "synchronous_commit": safe,
-            "full_page_writes": safe, "logging_collector": "off",
+            "listen_addresses": f"'{self.host}'", "port": self.port,
+            "unix_socket_directories": f"'{socket_dir}'", "max_connections": 200,
+            "fsync": safe, "synchronous_commit": safe, "full_page_writes": safe,
         }  # fmt: skip
-        conf_text = "".join(f"{key} = {value}\n" for key, value in settings.items())
-        (self.data_dir / "xnovu.conf").write_text(conf_text)
+        conf_path = self.data_dir / "xnovu.conf"
+        conf_path.write_text("".join(f"{key} = {value}\n" for key, value in settings.items()))
         if os.geteuid() == 0:
-            user = _system_user()
-            os.chown(self.data_dir / "xnovu.conf", user.pw_uid, user.pw_gid)
+            os.chown(conf_path, _system_user().pw_uid, _system_user().pw_gid)
+
+    def _is_orphan_backend(self, proc: psutil.Process) -> bool:
+        with contextlib.suppress(psutil.Error):
+            return proc.name() == "postgres" and Path(proc.cwd()) == self.data_dir
+        return False
 
     def _grant_access(self, user: pwd.struct_passwd) -> None:
         for parent in [*self.data_dir.parents, *self.bin_dir.parents]:
             _add_mode(parent, stat.S_IXOTH)  # traverse only, no listing
-        for path in [self.data_dir, *self.data_dir.iterdir()]:  # e.g. logs we created as root
+        for path in [self.data_dir, *self.data_dir.iterdir()]:  # e.g. a log we created as root
             if path.lstat().st_uid != user.pw_uid:
                 os.lchown(path, user.pw_uid, user.pw_gid)
         pgserver = _package_dir("pgserver")
-        if pgserver is not None and pgserver in self.bin_dir.parents:
-            for dirpath, _, files in os.walk(pgserver / "pginstall"):
-                _add_mode(Path(dirpath), stat.S_IROTH | stat.S_IXOTH)
-                for name in files:
-                    path = Path(dirpath, name)
-                    bits = stat.S_IXOTH if path.lstat().st_mode & stat.S_IXUSR else 0
-                    _add_mode(path, stat.S_IROTH | bits)
+        if pgserver is None or pgserver not in self.bin_dir.parents:
+            return
+        for dirpath, _, files in os.walk(pgserver / "pginstall"):  # wheel may be root-only
+            _add_mode(Path(dirpath), stat.S_IROTH | stat.S_IXOTH)
+            for name in files:
+                path = Path(dirpath, name)
+                executable = stat.S_IXOTH if path.lstat().st_mode & stat.S_IXUSR else 0
+                _add_mode(path, stat.S_IROTH | executable)
+
+
+def _redis_quote(value: object) -> str:
+    return '"{}"'.format(str(value).replace("\\", "\\\\").replace('"', '\\"'))
 
 
 class EmbeddedRedis(_EmbeddedServer):
-    """Redis in `data_dir` (AOF everysec, noeviction), listening on host:port."""
+    """Redis in `data_dir` on host:port: AOF (everysec), noeviction, log `redis.log`."""
 
     def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1") -> None:
         super().__init__(data_dir, port, host)
@@ -341,11 +338,10 @@ class EmbeddedRedis(_EmbeddedServer):
 
     def _server(self) -> psutil.Process | None:
         if self._proc is not None and self._proc.poll() is None:
-            return psutil.Process(self._proc.pid)
-        try:
-            return _live_process(int(self.pid_path.read_text().strip()), "redis")
-        except (OSError, ValueError):
-            return None
+            return _live_process(self._proc.pid, "")
+        with contextlib.suppress(OSError, ValueError):
+            return _live_process(int(self.pid_path.read_text()), "redis")
+        return None
 
     def _pong(self) -> bool:
         with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 1) as s:
@@ -359,10 +355,10 @@ class EmbeddedRedis(_EmbeddedServer):
 
     def start(self) -> str:
         """Start the server, or reuse one already serving this data dir; return its URL."""
-        if self._server() is not None and not self._pong():
-            self.stop()  # a server of an older run, on another port or hung
+        conf = self.data_dir / "redis.conf"
+        if self._server() is not None and f"\nport {self.port}\n" not in _read(conf):
+            self.stop()  # our data dir on another port: a server of an older run
         if self._server() is None:
-            self._check_port_free()
             self.data_dir.mkdir(parents=True, exist_ok=True)
             settings = {
                 "bind": self.host, "port": self.port, "dir": _redis_quote(self.data_dir),
@@ -370,19 +366,17 @@ class EmbeddedRedis(_EmbeddedServer):
                 "daemonize": "no", "appendonly": "yes", "appendfsync": "everysec",
                 "maxmemory-policy": "noeviction",
             }  # fmt: skip
-            conf = self.data_dir / "redis.conf"
             conf.write_text("".join(f"{key} {value}\n" for key, value in settings.items()))
             self._spawn([str(self.binary), str(conf)], self.log_path, cwd=self.data_dir)
-        self._wait(self._pong, self.log_path, "Redis")
-        self._mark_started()
+        self._wait_until(self._pong, self.log_path, "Redis")  # PING fails while AOF loads
         return self.url
 
     def stop(self) -> None:
-        """SIGTERM (Redis saves and syncs the AOF), SIGKILL if it hangs; a no-op when stopped."""
+        """SIGTERM (Redis syncs the AOF and saves), SIGKILL if it hangs; no-op when stopped."""
         self._signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        """SIGKILL, as a crash would; data written to the AOF survives."""
+        """SIGKILL, as a crash would; what reached the AOF survives."""
         self._signal(signal.SIGKILL)
 
     def restart(self) -> None:
@@ -394,12 +388,12 @@ class EmbeddedRedis(_EmbeddedServer):
         server = self._server()
         if server is not None:
             server.send_signal(signum)
-            if self._proc is None:
-                try:
+            if self._proc is None:  # not our child: wait by polling
+                with contextlib.suppress(psutil.TimeoutExpired):
                     server.wait(STOP_TIMEOUT)
-                except psutil.TimeoutExpired:
+                with contextlib.suppress(psutil.NoSuchProcess):
                     server.kill()
-        self._mark_stopped()
+        self._forget()
 
 
 @contextlib.contextmanager

@@ -22,6 +22,14 @@ from shared.db.models import Notification
 N = Notification
 
 
+# ORM UPDATE … RETURNING refreshes rows already in the session instead of keeping stale copies.
+_RETURNING_OPTIONS = {"synchronize_session": False, "populate_existing": True}
+
+
+def _one_or_none(session: Session, stmt: Any) -> Notification | None:
+    return session.scalars(stmt, execution_options=_RETURNING_OPTIONS).one_or_none()
+
+
 def _due() -> Any:
     now = func.now()
     return and_(
@@ -51,7 +59,7 @@ def claim_pending(
         )
         .returning(N)
     )
-    return session.scalars(stmt, execution_options={"synchronize_session": False}).one_or_none()
+    return _one_or_none(session, stmt)
 
 
 def _from_processing(notification_id: int, enterprise_id: uuid.UUID, attempt: int) -> Any:
@@ -176,7 +184,7 @@ def _retract(
         )
         .returning(N)
     )
-    return session.scalars(stmt, execution_options={"synchronize_session": False}).one_or_none()
+    return _one_or_none(session, stmt)
 
 
 def requeue_failed(
@@ -200,7 +208,7 @@ def requeue_failed(
         )
         .returning(N)
     )
-    return session.scalars(stmt, execution_options={"synchronize_session": False}).one_or_none()
+    return _one_or_none(session, stmt)
 
 
 def expire_leases(

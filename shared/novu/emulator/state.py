@@ -135,7 +135,8 @@ class EmulatorState:
 
     def reset(self) -> None:
         """Forget every trigger, counter, fault and idempotency key."""
-        self.set_faults(FaultConfig())
+        self.faults = FaultConfig()
+        self.bucket = TokenBucket(DEFAULT_RATE_LIMIT_PER_SECOND, custom=False)
         self.triggers.clear()
         self.by_transaction.clear()
         self.idempotency.clear()

@@ -1,0 +1,326 @@
+"""The emulated Novu endpoints: trigger, bulk trigger and cancel, with Novu's checks and faults.
+
+A request passes the layers in Novu's order: body parsing, authentication,
+rate limiting, the Idempotency-Key interceptor, then the handler. Injected
+faults sit where their real counterparts would (see `StatusFault.sticky`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import random
+import uuid
+from collections.abc import Collection
+from enum import StrEnum
+from typing import Any
+from urllib.parse import unquote
+
+from shared.novu.emulator.faults import FaultConfig, StatusFault
+from shared.novu.emulator.http import (
+    Disconnect,
+    HttpRequest,
+    HttpResponse,
+    Outcome,
+    json_response,
+    reason_phrase,
+)
+from shared.novu.emulator.state import BULK_COST, EmulatorState, iso_now
+from shared.novu.emulator.validation import (
+    MAX_PAYLOAD_BYTES,
+    FieldErrors,
+    bulk_envelope_errors,
+    flat_messages,
+    json_size,
+    payload_too_large_message,
+    recipients,
+    trigger_errors,
+)
+
+logger = logging.getLogger(__name__)
+
+TRIGGER_PATH = "/v1/events/trigger"
+BULK_TRIGGER_PATH = "/v1/events/trigger/bulk"
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+IDEMPOTENCY_DOCS_LINK = "https://docs.novu.co/additional-resources/idempotency"
+_FAULT_MESSAGES = {
+    500: "Internal server error, contact support and provide them with the errorId",
+    429: "API rate limit exceeded",
+}
+
+
+class Endpoint(StrEnum):
+    TRIGGER = "trigger"
+    BULK_TRIGGER = "bulk-trigger"
+    CANCEL = "cancel"
+
+
+def not_found(request: HttpRequest) -> HttpResponse:
+    """Express's answer for a route nobody serves."""
+    return novu_error(404, request.target, f"Cannot {request.method} {request.path}")
+
+
+def method_not_allowed(request: HttpRequest, allowed: str) -> HttpResponse:
+    """405 for a known path asked with the wrong method (Novu itself answers 404 here)."""
+    message = f"Cannot {request.method} {request.path}"
+    return novu_error(405, request.target, message).with_headers(("Allow", allowed))
+
+
+def novu_error(status: int, path: str, message: Any, **extra: Any) -> HttpResponse:
+    """An error in the shape of Novu's exception filter: statusCode, timestamp, path, message."""
+    body: dict[str, Any] = {
+        "statusCode": status,
+        "timestamp": iso_now(),
+        "path": path,
+        "message": message,
+    }
+    if status == 500:
+        body["errorId"] = str(uuid.uuid4())
+    elif status != 429:  # Nest's ThrottlerException carries no `error` label.
+        body["error"] = reason_phrase(status)
+    body.update(extra)
+    return json_response(status, body)
+
+
+def validation_error(path: str, errors: FieldErrors) -> HttpResponse:
+    """Novu's 422 for a body that fails its DTO checks."""
+    return novu_error(422, path, "Validation failed", errors=errors)
+
+
+def body_hash(body: Any) -> str:
+    """Fingerprint of a JSON body for the Idempotency-Key check (key order matters, as in Novu)."""
+    encoded = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def _route(request: HttpRequest) -> tuple[Endpoint, str] | HttpResponse:
+    path = request.path.rstrip("/") or "/"
+    if path == TRIGGER_PATH:
+        if request.method == "POST":
+            return Endpoint.TRIGGER, ""
+        return method_not_allowed(request, "POST")
+    prefix = TRIGGER_PATH + "/"
+    if not path.startswith(prefix) or "/" in path[len(prefix) :]:
+        return not_found(request)
+    if path == BULK_TRIGGER_PATH and request.method == "POST":
+        return Endpoint.BULK_TRIGGER, ""
+    if request.method == "DELETE":
+        return Endpoint.CANCEL, unquote(path[len(prefix) :])
+    return method_not_allowed(request, "POST, DELETE" if path == BULK_TRIGGER_PATH else "DELETE")
+
+
+class NovuApi:
+    """Answers `/v1/...` requests as Novu would, plus the configured faults."""
+
+    def __init__(
+        self,
+        state: EmulatorState,
+        secret_key: str,
+        *,
+        workflows: Collection[str] | None,
+        rng: random.Random,
+    ) -> None:
+        self.state = state
+        self._secret_key = secret_key.encode()
+        self._workflows = frozenset(workflows) if workflows is not None else None
+        self._rng = rng
+
+    async def handle(self, request: HttpRequest) -> Outcome:
+        """The outcome of one `/v1` request: an answer, or a dropped connection."""
+        self.state.counters["requests"] += 1
+        faults = self.state.faults  # One configuration for the whole request.
+        route = _route(request)
+        if isinstance(route, HttpResponse):
+            return await self._after_latency(route, faults)
+        endpoint, transaction_id = route
+        if self._fires(faults.drop_rate):
+            self.state.fault_counts["drop"] += 1
+            return Disconnect("drop fault")
+
+        body: Any = None
+        if endpoint is not Endpoint.CANCEL:
+            body = _parse_json(request)
+            if isinstance(body, HttpResponse):
+                return await self._after_latency(body, faults)
+        denied = self._authentication_error(request)
+        if denied is not None:
+            return await self._after_latency(novu_error(401, request.target, denied), faults)
+
+        cost = BULK_COST if endpoint is Endpoint.BULK_TRIGGER else 1
+        verdict = self.state.bucket.take(cost, enforce=faults.rate_limit_per_second is not None)
+        if not verdict.allowed:
+            self.state.fault_counts["rateLimited"] += 1
+            throttled = novu_error(429, request.target, _FAULT_MESSAGES[429]).with_headers(
+                ("Retry-After", str(verdict.reset_seconds)), *verdict.headers
+            )
+            return await self._after_latency(throttled, faults)
+
+        rule = faults.pick_status_fault(self._rng) if endpoint is not Endpoint.CANCEL else None
+        if rule is not None and not rule.sticky:
+            failed = self._fault_response(request, rule).with_headers(*verdict.headers)
+            return await self._after_latency(failed, faults)
+
+        key = request.headers.get("idempotency-key") if request.method == "POST" else None
+        if key is not None:
+            repeat = self._idempotency_check(request, key, body)
+            if repeat is not None:
+                return await self._after_latency(repeat.with_headers(*verdict.headers), faults)
+        # The first request holds its Idempotency-Key in flight for the whole delay.
+        await self._after_latency(None, faults)
+        try:
+            if rule is not None:
+                response, accepted = self._fault_response(request, rule), False
+            else:
+                response, accepted = self._dispatch(request, endpoint, body, transaction_id)
+        except Exception:
+            if key is not None:
+                self.state.finish_idempotent(key, None)
+            raise
+        if key is not None:
+            self.state.finish_idempotent(key, response)
+            response = response.with_headers(("Idempotency-Key", key))
+        if accepted and self._fires(faults.drop_after_accept_rate):
+            self.state.fault_counts["dropAfterAccept"] += 1
+            return Disconnect("dropAfterAccept fault")
+        return response.with_headers(*verdict.headers)
+
+    def _fires(self, rate: float) -> bool:
+        return rate > 0 and self._rng.random() < rate
+
+    async def _after_latency(
+        self, outcome: HttpResponse | None, faults: FaultConfig
+    ) -> HttpResponse | None:
+        if faults.latency_ms:
+            self.state.fault_counts["latency"] += 1
+            await asyncio.sleep(faults.latency_ms / 1000)
+        return outcome
+
+    def _authentication_error(self, request: HttpRequest) -> str | None:
+        """Novu's 401 message for the request's Authorization header, or None when it is valid."""
+        header = request.headers.get("authorization", "")
+        if not header:
+            return "Missing authorization header"
+        scheme, _, credential = header.partition(" ")
+        if scheme not in ("ApiKey", "Bearer"):
+            return f'Invalid authentication scheme: "{scheme}"'
+        if scheme == "Bearer" or not credential:
+            return "Unauthorized"
+        if not hmac.compare_digest(credential.encode(), self._secret_key):
+            return "API Key not found"
+        return None
+
+    def _fault_response(self, request: HttpRequest, rule: StatusFault) -> HttpResponse:
+        self.state.fault_counts[f"status:{rule.status}"] += 1
+        logger.info("injecting HTTP %s for %s %s", rule.status, request.method, request.path)
+        message = rule.message or _FAULT_MESSAGES.get(rule.status) or reason_phrase(rule.status)
+        response = novu_error(rule.status, request.target, message).with_headers(
+            ("X-Emulator-Fault", f"status:{rule.status}")
+        )
+        retry_after = rule.retry_after_header()
+        return response.with_headers(("Retry-After", retry_after)) if retry_after else response
+
+    def _idempotency_check(self, request: HttpRequest, key: str, body: Any) -> HttpResponse | None:
+        """The answer for a repeated Idempotency-Key, or None after marking a new one in flight."""
+        if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+            message = (
+                f'idempotencyKey "{key}" has exceeded the maximum allowed length of '
+                f"{MAX_IDEMPOTENCY_KEY_CHARS} characters"
+            )
+            return novu_error(400, request.target, message)
+        fingerprint = body_hash(body)
+        entry = self.state.idempotency_entry(key)
+        if entry is None:
+            self.state.start_idempotent(key, fingerprint)
+            return None
+        headers = (("Idempotency-Key", key), ("Link", IDEMPOTENCY_DOCS_LINK))
+        if entry.response is None:
+            self.state.counters["idempotency_in_flight"] += 1
+            message = f'Request with key "{key}" is currently being processed. Please retry after 1 second'
+            return novu_error(409, request.target, message).with_headers(
+                ("Retry-After", "1"), *headers
+            )
+        if entry.body_hash != fingerprint:
+            self.state.counters["idempotency_mismatch"] += 1
+            message = f'Request with key "{key}" is being reused for a different body'
+            return novu_error(422, request.target, message).with_headers(*headers)
+        self.state.counters["idempotency_replayed"] += 1
+        return entry.response.with_headers(("Idempotency-Key", key), ("Idempotency-Replay", "true"))
+
+    def _dispatch(
+        self, request: HttpRequest, endpoint: Endpoint, body: Any, transaction_id: str
+    ) -> tuple[HttpResponse, bool]:
+        """The handler's answer, and whether it accepted triggers (201)."""
+        if endpoint is Endpoint.TRIGGER:
+            return self._trigger(request, body)
+        if endpoint is Endpoint.BULK_TRIGGER:
+            return self._bulk_trigger(request, body)
+        return json_response(200, {"data": self.state.cancel(transaction_id)}), False
+
+    def _trigger(self, request: HttpRequest, body: Any) -> tuple[HttpResponse, bool]:
+        errors = trigger_errors(body)
+        if errors:
+            return validation_error(request.target, errors), False
+        size = json_size(body)
+        if size > MAX_PAYLOAD_BYTES:
+            return novu_error(413, request.target, payload_too_large_message(size)), False
+        if not self._knows(body["name"]):
+            return novu_error(422, request.target, "workflow_not_found"), False
+        return json_response(201, {"data": self._accept(body)}), True
+
+    def _bulk_trigger(self, request: HttpRequest, body: Any) -> tuple[HttpResponse, bool]:
+        errors = bulk_envelope_errors(body)
+        if errors:
+            return validation_error(request.target, errors), False
+        events: list[Any] = body["events"]
+        for index, event in enumerate(events):
+            size = json_size(event)
+            if size > MAX_PAYLOAD_BYTES:
+                name = event.get("name") if isinstance(event, dict) else None
+                message = payload_too_large_message(size, index=index, name=name)
+                return novu_error(413, request.target, message), False
+        results = [self._bulk_event_result(event) for event in events]
+        return json_response(201, {"data": results}), True
+
+    def _bulk_event_result(self, event: Any) -> dict[str, Any]:
+        # Novu's bulk handler turns each event's failure into an `error` result.
+        errors = trigger_errors(event)
+        if errors:
+            return {"acknowledged": True, "status": "error", "error": flat_messages(errors)}
+        if not self._knows(event["name"]):
+            return {"acknowledged": True, "status": "error", "error": ["workflow_not_found"]}
+        return self._accept(event)
+
+    def _knows(self, workflow: str) -> bool:
+        if not workflow:
+            return False
+        return self._workflows is None or workflow in self._workflows
+
+    def _accept(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Queue one valid trigger; a transactionId seen before is acknowledged but dropped."""
+        transaction_id = event.get("transactionId") or str(uuid.uuid4())
+        if not recipients(event["to"]):
+            return {
+                "acknowledged": True,
+                "status": "invalid_recipients",
+                "transactionId": transaction_id,
+            }
+        self.state.record(transaction_id, event)
+        return {"acknowledged": True, "status": "processed", "transactionId": transaction_id}
+
+
+def _parse_json(request: HttpRequest) -> Any:
+    """The request's JSON body (`{}` when empty, as body-parser gives), or a 400 answer."""
+    if not request.body.strip():
+        return {}
+    try:
+        document = json.loads(request.body.decode("utf-8"))
+    except UnicodeDecodeError:
+        return novu_error(400, request.target, "Request body is not valid UTF-8")
+    except json.JSONDecodeError as exc:
+        return novu_error(400, request.target, f"{exc.msg} in JSON at position {exc.pos}")
+    if not isinstance(document, dict | list):  # body-parser's strict mode
+        return novu_error(400, request.target, "JSON body must be an object or an array")
+    return document
