@@ -42,13 +42,14 @@ def _processes_in(root: Path) -> list[psutil.Process]:
 
 @pytest.fixture
 def root(tmp_path: Path) -> Iterator[Path]:
-    """A tmp dir that must hold no running server, and leave no child of ours, at the end."""
+    """A tmp dir that must hold no running server, and leave no new child of ours, at the end."""
+    children_before = set(psutil.Process().children(recursive=True))
     yield tmp_path
     leftovers = _processes_in(tmp_path)
     for proc in leftovers:
         proc.kill()
     assert leftovers == []
-    assert psutil.Process().children(recursive=True) == []
+    assert set(psutil.Process().children(recursive=True)) <= children_before
 
 
 def test_postgres_keeps_rows_across_stop_and_start(root: Path) -> None:
@@ -78,21 +79,59 @@ def test_postgres_keeps_rows_across_stop_and_start(root: Path) -> None:
     pg.stop()
 
 
-def test_postgres_server_left_by_a_dead_process_is_reused(root: Path) -> None:
-    port = free_port()
+def _starter(root: Path, pg_port: int, redis_port: int, then: str) -> subprocess.Popen[str]:
+    """A process, in its own process group, that starts both servers and then runs `then`."""
     script = f"""
-        import os
+        import os, signal, sys
         from pathlib import Path
-        from shared.devstack import EmbeddedPostgres
-        EmbeddedPostgres(Path({str(root / "pg")!r}), {port}, fast=True).start()
-        os._exit(0)  # no atexit: the server is left running, as after a SIGKILL
+        from shared.devstack import embedded_stack
+        signal.signal(signal.SIGINT, lambda *_: print("interrupted", flush=True))
+        with embedded_stack(Path({str(root)!r}), pg_port={pg_port}, redis_port={redis_port},
+                            fast=True):
+            print("ready", flush=True)
+            {then}
     """
-    subprocess.run([sys.executable, "-c", textwrap.dedent(script)], check=True)
-    pg = EmbeddedPostgres(root / "pg", port, fast=True)
-    assert pg.is_running()
-    with pg, psycopg.connect(pg.url) as conn:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def test_servers_survive_ctrl_c_to_the_starters_process_group(root: Path) -> None:
+    pg_port, redis_port = free_port(), free_port()
+    starter = _starter(root, pg_port, redis_port, then="sys.stdin.read()")
+    assert starter.stdout is not None and starter.stdout.readline() == "ready\n"
+    os.killpg(starter.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    assert starter.stdout.readline() == "interrupted\n"
+    assert EmbeddedPostgres(root / "postgres", pg_port).is_running()
+    assert EmbeddedRedis(root / "redis", redis_port).is_running()
+    starter.communicate("", timeout=60)  # stdin closed: the starter stops both
+    assert starter.returncode == 0
+    assert not EmbeddedPostgres(root / "postgres", pg_port).is_running()
+    assert not EmbeddedRedis(root / "redis", redis_port).is_running()
+
+
+def test_servers_left_by_a_dead_starter_are_reused(root: Path) -> None:
+    pg_port, redis_port = free_port(), free_port()
+    starter = _starter(root, pg_port, redis_port, then="os._exit(0)")  # no cleanup at all
+    assert starter.communicate(timeout=60)[0] == "ready\n"
+    pg = EmbeddedPostgres(root / "postgres", pg_port, fast=True)
+    server = EmbeddedRedis(root / "redis", redis_port)
+    assert pg.is_running() and server.is_running()
+    with pg, server, psycopg.connect(pg.url) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert redis.Redis.from_url(server.url).ping()
+    assert not pg.is_running() and not server.is_running()
+
+
+def test_postgres_ignores_a_stale_pid_file_whose_pid_was_reused(root: Path) -> None:
+    pg = EmbeddedPostgres(root / "pg", free_port(), fast=True)
+    with pg:
+        pidfile = (root / "pg" / "postmaster.pid").read_text()
+    (root / "pg" / "postmaster.pid").write_text(f"{os.getpid()}\n" + pidfile.split("\n", 1)[1])
     assert not pg.is_running()
+    with pg:
+        assert pg.is_running()
 
 
 def test_postgres_recovers_after_postmaster_is_killed(root: Path) -> None:

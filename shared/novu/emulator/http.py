@@ -111,8 +111,9 @@ async def serve_connection(
     handler: Handler,
     *,
     max_body_bytes: int,
+    keep_alive: Callable[[], bool],
 ) -> None:
-    """Answer requests on one connection until either side closes it."""
+    """Answer requests on one connection until either side closes it or `keep_alive()` is false."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
     try:
         while True:
@@ -127,6 +128,8 @@ async def serve_connection(
             if isinstance(outcome, Disconnect):
                 logger.debug("closing without an answer: %s", outcome.reason)
                 return
+            if not keep_alive():
+                outcome = HttpResponse(outcome.status, outcome.body, outcome.headers, close=True)
             await _send(conn, writer, outcome, head_only=request.method == "HEAD")
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return

@@ -169,7 +169,7 @@ class NovuApi:
             if repeat is not None:
                 return await self._after_latency(repeat.with_headers(*verdict.headers), faults)
         # The first request holds its Idempotency-Key in flight for the whole delay.
-        await self._after_latency(None, faults)
+        await self._delay(faults)
         try:
             if rule is not None:
                 response, accepted = self._fault_response(request, rule), False
@@ -190,13 +190,14 @@ class NovuApi:
     def _fires(self, rate: float) -> bool:
         return rate > 0 and self._rng.random() < rate
 
-    async def _after_latency(
-        self, outcome: HttpResponse | None, faults: FaultConfig
-    ) -> HttpResponse | None:
+    async def _delay(self, faults: FaultConfig) -> None:
         if faults.latency_ms:
             self.state.fault_counts["latency"] += 1
             await asyncio.sleep(faults.latency_ms / 1000)
-        return outcome
+
+    async def _after_latency(self, response: HttpResponse, faults: FaultConfig) -> HttpResponse:
+        await self._delay(faults)
+        return response
 
     def _authentication_error(self, request: HttpRequest) -> str | None:
         """Novu's 401 message for the request's Authorization header, or None when it is valid."""
@@ -238,7 +239,10 @@ class NovuApi:
         headers = (("Idempotency-Key", key), ("Link", IDEMPOTENCY_DOCS_LINK))
         if entry.response is None:
             self.state.counters["idempotency_in_flight"] += 1
-            message = f'Request with key "{key}" is currently being processed. Please retry after 1 second'
+            message = (
+                f'Request with key "{key}" is currently being processed. '
+                "Please retry after 1 second"
+            )
             return novu_error(409, request.target, message).with_headers(
                 ("Retry-After", "1"), *headers
             )

@@ -1,0 +1,77 @@
+"""A local stand-in for Novu's REST API, for `make run` and the tests.
+
+Same paths, bodies, envelopes, status codes, limits and deduplication as Novu
+(see /work/shared/NOVU.md), plus fault injection. One asyncio process; all
+state is in memory and lost on exit.
+
+Novu endpoints (need `Authorization: ApiKey <secret key>`, else 401):
+- `POST /v1/events/trigger` -> 201 `{"data": {acknowledged, status, transactionId}}`.
+  422 for a body failing Novu's checks (`name`, `to` with at most 100 recipients,
+  ...) or an unknown workflow (only when a set of workflows was configured),
+  413 when the event is over 512 KB. A transactionId already accepted gets 201
+  `processed` again but is not recorded twice (counted as a duplicate).
+- `POST /v1/events/trigger/bulk` `{"events": [...]}` (1 to 100, else 422) ->
+  201 `{"data": [result, ...]}`; an invalid event gets its own `status: "error"`
+  result, an event over 512 KB fails the whole call with 413.
+- `DELETE /v1/events/trigger/{transactionId}` -> `{"data": true}` when the
+  trigger is still held (see `holdSeconds`) and is now cancelled, else `false`.
+- `Idempotency-Key` on POST (at most 255 characters, else 400), kept 24 h: while
+  the first request is in flight the same key gets 409 with `Retry-After: 1`;
+  afterwards the same body gets the stored answer again with
+  `Idempotency-Replay: true`, a different body gets 422. Stored answers include
+  Novu's own 4xx errors, as Novu does.
+- Answers carry `RateLimit-Limit/-Remaining/-Reset/-Policy` from Novu's token
+  bucket (trigger category, 5 s window, 10 % burst, a bulk call costs 100). The
+  bucket only refuses (429 + `Retry-After`) when `rateLimitPerSecond` is set.
+
+Emulator endpoints (no authentication):
+- `GET /_emulator/events[?transactionId=X]`: accepted triggers in order, each
+  `{transactionId, name, to, payload, overrides?, actor?, tenant?, context?,
+  receivedAt, cancelled}`.
+- `GET /_emulator/stats`: `{accepted, duplicates, cancelled, requests,
+  idempotency: {replayed, inFlightConflicts, bodyMismatches}, faults: {latency,
+  drop, dropAfterAccept, rateLimited, "status:500": N, ...}}`. `requests` counts
+  every `/v1` request; `faults` counts faults actually injected, by kind.
+- `GET /_emulator/faults` shows, `POST /_emulator/faults` replaces (omitted
+  fields take their defaults) and `DELETE /_emulator/faults` clears the faults.
+- `POST /_emulator/reset`: forget triggers, counters, faults and idempotency keys.
+
+Fault configuration (`POST /_emulator/faults`; invalid -> 400 JSON):
+
+    {
+      "rules": [                       # status faults, on trigger and bulk calls only
+        {"status": 500, "rate": 0.10},
+        {"status": 429, "rate": 0.05, "retryAfter": 2},
+        {"status": 400, "rate": 0.01, "message": "bad luck"},
+        {"status": 500, "rate": 0.02, "sticky": true}
+      ],
+      "latencyMs": 200,                # delays every /v1 answer
+      "dropRate": 0.02,                # close the connection before doing anything
+      "dropAfterAcceptRate": 0.02,     # record the trigger(s), then close without answering
+      "holdSeconds": 0,                # accepted triggers stay cancellable this long
+      "rateLimitPerSecond": null       # enforce Novu's token bucket at this rate
+    }
+
+One status rule may be given inline instead of `rules`:
+`{"status": 500, "rate": 0.3, "retryAfter": 1}`. One random draw per request
+picks at most one rule, so rates add up (their sum must be at most 1). `rate`
+defaults to 1. A status fault answers a Novu-shaped error (header
+`X-Emulator-Fault: status:<code>`) and records nothing; 429 always carries
+`Retry-After` (1 s unless `retryAfter` is set), other statuses only when it is
+set. A plain status fault happens in front of Novu's idempotency layer (like a
+gateway error or the throttler), so nothing is remembered for the request's
+Idempotency-Key; a `sticky` one happens inside Novu's handler, so Novu caches it
+under the key and replays it to every retry with that key for 24 h.
+"""
+
+from shared.novu.emulator.faults import FaultConfig, StatusFault
+from shared.novu.emulator.server import EmulatorServer, RunningEmulator, serve, start_in_thread
+
+__all__ = [
+    "EmulatorServer",
+    "FaultConfig",
+    "RunningEmulator",
+    "StatusFault",
+    "serve",
+    "start_in_thread",
+]

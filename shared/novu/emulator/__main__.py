@@ -1,0 +1,26 @@
+"""`python -m shared.novu.emulator [--host H] [--port P]`: the emulator without the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from shared.novu.emulator.server import serve
+from shared.settings import get_settings
+
+
+def main() -> None:
+    """Serve on the configured port with the configured (or the development) secret key."""
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="python -m shared.novu.emulator")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=settings.novu_emulator_port)
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
+    )
+    serve(args.host, args.port, settings.effective_novu_secret_key)
+
+
+if __name__ == "__main__":
+    main()

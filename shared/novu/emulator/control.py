@@ -1,0 +1,90 @@
+"""The emulator's own endpoints under `/_emulator` (no authentication): inspect, fault, reset."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.novu.emulator.faults import FaultConfig, parse_fault_config, validation_problems
+from shared.novu.emulator.http import HttpRequest, HttpResponse, json_response
+from shared.novu.emulator.state import EmulatorState
+
+logger = logging.getLogger(__name__)
+
+CONTROL_PREFIX = "/_emulator"
+
+
+def _problem(status: int, message: str, **extra: Any) -> HttpResponse:
+    return json_response(status, {"statusCode": status, "message": message, **extra})
+
+
+class ControlApi:
+    """Answers `/_emulator/...` requests."""
+
+    def __init__(self, state: EmulatorState) -> None:
+        self.state = state
+
+    def handle(self, request: HttpRequest) -> HttpResponse:
+        """The answer to one control request."""
+        path = request.path.rstrip("/")
+        routes = {
+            f"{CONTROL_PREFIX}/events": {"GET": self._events},
+            f"{CONTROL_PREFIX}/stats": {"GET": self._stats},
+            f"{CONTROL_PREFIX}/faults": {
+                "GET": self._faults,
+                "POST": self._set_faults,
+                "DELETE": self._clear_faults,
+            },
+            f"{CONTROL_PREFIX}/reset": {"POST": self._reset},
+        }
+        methods = routes.get(path)
+        if methods is None:
+            return _problem(404, f"Cannot {request.method} {request.path}")
+        action = methods.get(request.method)
+        if action is None:
+            allowed = ", ".join(methods)
+            return _problem(405, f"Cannot {request.method} {request.path}").with_headers(
+                ("Allow", allowed)
+            )
+        return action(request)
+
+    def _events(self, request: HttpRequest) -> HttpResponse:
+        wanted = request.query.get("transactionId")
+        return json_response(
+            200,
+            [
+                trigger.to_json()
+                for trigger in self.state.triggers
+                if wanted is None or trigger.transaction_id in wanted
+            ],
+        )
+
+    def _stats(self, request: HttpRequest) -> HttpResponse:
+        return json_response(200, self.state.stats_json())
+
+    def _faults(self, request: HttpRequest) -> HttpResponse:
+        return json_response(200, self.state.faults.to_json())
+
+    def _set_faults(self, request: HttpRequest) -> HttpResponse:
+        try:
+            document = json.loads(request.body or b"{}")
+        except ValueError as exc:
+            return _problem(400, f"malformed JSON: {exc}")
+        try:
+            faults = parse_fault_config(document)
+        except ValidationError as exc:
+            return _problem(400, "invalid fault configuration", errors=validation_problems(exc))
+        self.state.set_faults(faults)
+        logger.info("faults set: %s", faults.to_json())
+        return json_response(200, faults.to_json())
+
+    def _clear_faults(self, request: HttpRequest) -> HttpResponse:
+        self.state.set_faults(FaultConfig())
+        return json_response(200, self.state.faults.to_json())
+
+    def _reset(self, request: HttpRequest) -> HttpResponse:
+        self.state.reset()
+        return json_response(200, {"reset": True})

@@ -1,0 +1,225 @@
+"""Running the emulator: the asyncio server, a blocking `serve`, and a background-thread runner."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import threading
+from collections.abc import Collection
+from contextlib import suppress
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from shared.novu.emulator.control import CONTROL_PREFIX, ControlApi
+from shared.novu.emulator.http import HttpRequest, Outcome, json_response, serve_connection
+from shared.novu.emulator.novu_api import NovuApi, not_found
+from shared.novu.emulator.state import EmulatorState
+from shared.settings import EMULATOR_SECRET_KEY
+
+logger = logging.getLogger(__name__)
+
+# Novu's body parser takes up to 20 MB on /v1/events; the 512 KB limit is per event.
+MAX_REQUEST_BODY_BYTES = 20 * 1024 * 1024
+SHUTDOWN_GRACE_SECONDS = 2.0
+
+
+class EmulatorServer:
+    """The emulator as an asyncio server: `await start()`, then `await close()`, in one loop."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        secret_key: str = EMULATOR_SECRET_KEY,
+        *,
+        workflows: Collection[str] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        """`workflows`: the workflow ids Novu knows (None: any); `seed` makes faults repeatable."""
+        if not secret_key:
+            raise ValueError("secret_key must not be empty")
+        self.host = host
+        self.state = EmulatorState()
+        self._requested_port = port
+        self._novu = NovuApi(self.state, secret_key, workflows=workflows, rng=random.Random(seed))
+        self._control = ControlApi(self.state)
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self._busy: set[asyncio.Task[None]] = set()  # Connections inside a request handler.
+        self._closing = False
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when 0 was asked for)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the emulator is not listening")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        """Base URL for clients; wildcard bind addresses are reached through loopback."""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind and start accepting connections."""
+        self._closing = False
+        self._server = await asyncio.start_server(
+            self._on_connection, self.host, self._requested_port
+        )
+        logger.info("Novu emulator listening on %s", self.url)
+
+    async def close(self) -> None:
+        """Stop accepting, drop idle connections, give requests in progress a moment to finish."""
+        if self._server is None:
+            return
+        self._closing = True
+        self._server.close()
+        for task in self._connections - self._busy:
+            task.cancel()
+        if self._busy:
+            await asyncio.wait(set(self._busy), timeout=SHUTDOWN_GRACE_SECONDS)
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), SHUTDOWN_GRACE_SECONDS)
+        self._server = None
+        logger.info("Novu emulator stopped")
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await serve_connection(
+                reader,
+                writer,
+                self._handle,
+                max_body_bytes=MAX_REQUEST_BODY_BYTES,
+                keep_alive=lambda: not self._closing,
+            )
+        finally:
+            self._connections.discard(task)
+
+    async def _handle(self, request: HttpRequest) -> Outcome:
+        task = asyncio.current_task()
+        assert task is not None
+        self._busy.add(task)
+        try:
+            if request.path == CONTROL_PREFIX or request.path.startswith(CONTROL_PREFIX + "/"):
+                return self._control.handle(request)
+            if request.path.startswith("/v1/"):
+                return await self._novu.handle(request)
+            return not_found(request)
+        except Exception:
+            logger.exception("emulator failed on %s %s", request.method, request.target)
+            return json_response(500, {"statusCode": 500, "message": "emulator error"})
+        finally:
+            self._busy.discard(task)
+
+
+async def _serve_until_signalled(server: EmulatorServer) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await server.start()
+        await stop.wait()
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+        await server.close()
+
+
+def serve(host: str, port: int, secret_key: str) -> None:
+    """Run the emulator in the foreground until SIGINT or SIGTERM, then exit cleanly."""
+    asyncio.run(_serve_until_signalled(EmulatorServer(host, port, secret_key)))
+
+
+@dataclass(slots=True)
+class _Startup:
+    ready: threading.Event = field(default_factory=threading.Event)
+    loop: asyncio.AbstractEventLoop | None = None
+    stop: asyncio.Event | None = None
+    error: BaseException | None = None
+
+
+class RunningEmulator:
+    """An emulator serving from a background thread; `stop()` (or `with`) shuts it down."""
+
+    def __init__(self, server: EmulatorServer, thread: threading.Thread, startup: _Startup) -> None:
+        self.server = server
+        self.url = server.url
+        self.port = server.port
+        self._thread = thread
+        self._startup = startup
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Shut the server down and wait for its thread; calling it twice is harmless."""
+        loop, stop = self._startup.loop, self._startup.stop
+        if loop is not None and stop is not None and self._thread.is_alive():
+            with suppress(RuntimeError):  # The loop may have closed in the meantime.
+                loop.call_soon_threadsafe(stop.set)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise RuntimeError(f"the Novu emulator thread did not stop within {timeout} s")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_in_thread(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    secret_key: str = EMULATOR_SECRET_KEY,
+    *,
+    workflows: Collection[str] | None = None,
+    seed: int | None = None,
+) -> RunningEmulator:
+    """Start an emulator on its own event loop in a daemon thread; returns once it listens."""
+    server = EmulatorServer(host, port, secret_key, workflows=workflows, seed=seed)
+    startup = _Startup()
+
+    async def main() -> None:
+        startup.loop = asyncio.get_running_loop()
+        startup.stop = asyncio.Event()
+        try:
+            await server.start()
+        except BaseException as exc:
+            startup.error = exc
+            return
+        finally:
+            startup.ready.set()
+        try:
+            await startup.stop.wait()
+        finally:
+            await server.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), name="novu-emulator", daemon=True)
+    thread.start()
+    if not startup.ready.wait(timeout=10.0):
+        raise RuntimeError("the Novu emulator did not start within 10 s")
+    if startup.error is not None:
+        thread.join()
+        raise startup.error
+    return RunningEmulator(server, thread, startup)

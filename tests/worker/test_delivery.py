@@ -1,0 +1,199 @@
+"""The delivery pipeline end to end: API → PostgreSQL → Redis → real celery worker → Novu emulator."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+from sqlalchemy import select, update
+
+from shared.db.enums import NotificationStatus
+from shared.db.models import Notification
+from shared.db.session import transaction
+from shared.queue import publish_deliver
+from tests.conftest import signup_payload, wait_for_status
+
+pytestmark = pytest.mark.integration
+
+
+def _trigger(client, tenant, **extra):
+    response = client.post(
+        "/api/trigger",
+        json={"workflowId": "user-signup", "payload": signup_payload(), **extra},
+        headers=tenant.headers,
+    )
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def _events(emulator, transaction_id):
+    return emulator.get("/_emulator/events", params={"transactionId": transaction_id}).json()
+
+
+def _row(notification_id: int) -> Notification:
+    with transaction() as session:
+        return session.scalars(select(Notification).where(Notification.id == notification_id)).one()
+
+
+def _wait_until(predicate, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_trigger_reaches_sent_and_novu_records_it_once(client, tenant, worker, emulator):
+    accepted = _trigger(client, tenant)
+    row = wait_for_status(client, tenant, accepted["notificationId"], {"SENT", "FAILED"})
+    assert row["notification_status"] == "SENT", row
+    assert row["transaction_id"] == accepted["transactionId"]
+    assert row["processed_at"] is not None
+    events = _events(emulator, accepted["transactionId"])
+    assert len(events) == 1
+    event = events[0]
+    assert event["name"] == "user-signup"
+    rendered = event["payload"]["_xnovu"]["rendered"]
+    assert rendered["email"]["subject"] == "Welcome to XNovu, Ada Lovelace!"
+    assert "<h1>Welcome, Ada Lovelace!</h1>" in rendered["email"]["body"]
+    assert "Ada Lovelace" in rendered["in_app"]["body"]
+    assert event["payload"]["_xnovu"]["enterpriseId"] == str(tenant.enterprise_id)
+
+
+def test_html_in_the_payload_is_escaped_in_email_and_in_app(client, tenant, worker, emulator):
+    payload = {**signup_payload(), "name": "<script>x</script>"}
+    accepted = client.post(
+        "/api/trigger", json={"workflowId": "user-signup", "payload": payload}, headers=tenant.headers
+    ).json()
+    wait_for_status(client, tenant, accepted["notificationId"], {"SENT"})
+    rendered = _events(emulator, accepted["transactionId"])[0]["payload"]["_xnovu"]["rendered"]
+    assert "<script>" not in rendered["email"]["body"]
+    assert "&lt;script&gt;" in rendered["in_app"]["body"]
+
+
+def test_retryable_errors_are_retried_until_sent(client, tenant, worker, emulator):
+    emulator.post("/_emulator/faults", json={"status": 500, "rate": 1.0})
+    accepted = _trigger(client, tenant)
+    _wait_until(lambda: _row(accepted["notificationId"]).attempts >= 2, what="a second attempt")
+    emulator.delete("/_emulator/faults")
+    row = wait_for_status(client, tenant, accepted["notificationId"], {"SENT", "FAILED"})
+    assert row["notification_status"] == "SENT"
+    assert row["attempts"] >= 2
+    assert len(_events(emulator, accepted["transactionId"])) == 1
+
+
+def test_permanent_error_fails_with_novus_answer(client, tenant, worker, emulator):
+    emulator.post("/_emulator/faults", json={"status": 400, "rate": 1.0})
+    accepted = _trigger(client, tenant)
+    row = wait_for_status(client, tenant, accepted["notificationId"], {"SENT", "FAILED"})
+    assert row["notification_status"] == "FAILED"
+    assert row["attempts"] == 1
+    assert row["error_details"]["code"] == "novu_rejected"
+    assert row["error_details"]["statusCode"] == 400
+    assert _events(emulator, accepted["transactionId"]) == []
+
+
+def test_exhausted_attempts_fail_with_the_last_error(client, tenant, worker, emulator):
+    emulator.post("/_emulator/faults", json={"status": 503, "rate": 1.0})
+    accepted = _trigger(client, tenant)
+    row = wait_for_status(client, tenant, accepted["notificationId"], {"SENT", "FAILED"}, timeout=30)
+    assert row["notification_status"] == "FAILED"
+    assert row["attempts"] == 4  # DELIVERY_MAX_ATTEMPTS in the test settings
+    assert row["error_details"]["code"] == "attempts_exhausted"
+    assert row["error_details"]["statusCode"] == 503
+
+
+def test_connection_lost_after_novu_accepted_does_not_send_twice(client, tenant, worker, emulator):
+    emulator.post("/_emulator/faults", json={"dropAfterAcceptRate": 1.0})
+    accepted = _trigger(client, tenant)
+    _wait_until(lambda: len(_events(emulator, accepted["transactionId"])) == 1, what="the accept")
+    _wait_until(lambda: _row(accepted["notificationId"]).attempts >= 1, what="the first attempt")
+    emulator.delete("/_emulator/faults")
+    row = wait_for_status(client, tenant, accepted["notificationId"], {"SENT", "FAILED"})
+    assert row["notification_status"] == "SENT"
+    assert row["attempts"] >= 2
+    assert len(_events(emulator, accepted["transactionId"])) == 1
+
+
+def test_retracted_notification_is_never_sent_even_with_its_message_queued(
+    client, tenant, worker, emulator
+):
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    held = _trigger(client, tenant, scheduledFor=later)
+    cancelled = client.post(f"/api/notifications/{held['notificationId']}/cancel", headers=tenant.headers)
+    assert cancelled.json()["notification_status"] == "RETRACTED"
+    # Make it due and publish its message anyway, as a stale queue would.
+    with transaction() as session:
+        session.execute(
+            update(Notification)
+            .where(Notification.id == held["notificationId"])
+            .values(scheduled_for=None)
+        )
+    assert publish_deliver([(held["notificationId"], tenant.enterprise_id)]) == []
+    control = _trigger(client, tenant)
+    wait_for_status(client, tenant, control["notificationId"], {"SENT"})
+    time.sleep(0.5)
+    assert _row(held["notificationId"]).notification_status is NotificationStatus.RETRACTED
+    assert _events(emulator, held["transactionId"]) == []
+
+
+def test_scheduled_notification_waits_in_the_database_until_due(client, tenant, worker, emulator):
+    due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
+    accepted = _trigger(client, tenant, scheduledFor=due.isoformat())
+    time.sleep(1.0)
+    assert _row(accepted["notificationId"]).notification_status is NotificationStatus.PENDING
+    row = wait_for_status(client, tenant, accepted["notificationId"], {"SENT"}, timeout=10)
+    assert dt.datetime.fromisoformat(row["processed_at"]) >= due
+    assert len(_events(emulator, accepted["transactionId"])) == 1
+
+
+def test_reconciler_publishes_a_pending_row_whose_message_was_lost(client, tenant, worker, emulator):
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    accepted = _trigger(client, tenant, scheduledFor=later)
+    # A due row whose message was published long ago and never consumed.
+    with transaction() as session:
+        session.execute(
+            update(Notification)
+            .where(Notification.id == accepted["notificationId"])
+            .values(scheduled_for=None, enqueued_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
+        )
+    row = wait_for_status(client, tenant, accepted["notificationId"], {"SENT"}, timeout=10)
+    assert row["attempts"] == 1
+
+
+def test_reconciler_requeues_a_row_whose_worker_died_mid_delivery(client, tenant, worker, emulator):
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    accepted = _trigger(client, tenant, scheduledFor=later)
+    with transaction() as session:
+        session.execute(
+            update(Notification)
+            .where(Notification.id == accepted["notificationId"])
+            .values(
+                scheduled_for=None,
+                notification_status=NotificationStatus.PROCESSING,
+                attempts=1,
+                locked_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1),
+            )
+        )
+    row = wait_for_status(client, tenant, accepted["notificationId"], {"SENT"}, timeout=10)
+    assert row["attempts"] == 2
+
+
+def test_cancel_sent_retracts_while_novu_still_holds_it(client, tenant, worker, emulator):
+    emulator.post("/_emulator/faults", json={"holdSeconds": 60})
+    accepted = _trigger(client, tenant)
+    wait_for_status(client, tenant, accepted["notificationId"], {"SENT"})
+    response = client.post(f"/api/notifications/{accepted['notificationId']}/cancel", headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["notification_status"] == "RETRACTED"
+
+
+def test_cancel_sent_after_delivery_is_409_already_delivered(client, tenant, worker, emulator):
+    accepted = _trigger(client, tenant)
+    wait_for_status(client, tenant, accepted["notificationId"], {"SENT"})
+    response = client.post(f"/api/notifications/{accepted['notificationId']}/cancel", headers=tenant.headers)
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "already_delivered"
+    assert _row(accepted["notificationId"]).notification_status is NotificationStatus.SENT
