@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -83,6 +84,7 @@ def dev(worker_concurrency: int) -> None:
         for name, command in _processes(child_settings, worker_concurrency).items():
             manager.add_process(name, command, env=env)
         threading.Thread(target=_announce_when_ready, args=(child_settings,), daemon=True).start()
+        threading.Thread(target=_stop_when_orphaned, daemon=True).start()
         manager.loop()
         exit_code = manager.returncode or 0
     finally:
@@ -165,6 +167,15 @@ def _processes(settings: Settings, worker_concurrency: int) -> dict[str, str]:
     if not settings.novu_api_url:
         processes["novu"] = f"{py} -m shared.cli novu-emulator --port {settings.novu_emulator_port}"
     return processes
+
+
+def _stop_when_orphaned() -> None:
+    """`make run` killed by SIGTERM does not pass it on; when our parent goes away, stop as if
+    we had received it, so nothing is left behind."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _announce_when_ready(settings: Settings, timeout: float = 120.0) -> None:
