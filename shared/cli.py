@@ -82,7 +82,11 @@ def dev(worker_concurrency: int) -> None:
         _migrate_and_seed(child_settings)
         manager = Manager()
         for name, command in _processes(child_settings, worker_concurrency).items():
-            manager.add_process(name, command, env=env)
+            process_env = dict(env)
+            if name == "flower" and not child_settings.flower_basic_auth:
+                # Bound to 127.0.0.1 only; lets scripts read /api/tasks without credentials.
+                process_env["FLOWER_UNAUTHENTICATED_API"] = "true"
+            manager.add_process(name, command, env=process_env)
         threading.Thread(target=_announce_when_ready, args=(child_settings,), daemon=True).start()
         threading.Thread(target=_stop_when_orphaned, daemon=True).start()
         manager.loop()

@@ -1,0 +1,120 @@
+"""`xnovu dev` (what `make run` runs), tried as a new user would: start it, run the printed curl,
+watch the notification reach SENT, find it at the emulator and in Flower, then stop it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from shared.devstack import free_port
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float, log: list[str]) -> None:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line:
+            log.append(line)
+            if marker in line:
+                return
+        elif proc.poll() is not None:
+            break
+        else:
+            time.sleep(0.1)
+    raise AssertionError(f"{marker!r} not printed; output:\n{''.join(log[-80:])}")
+
+
+def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
+    ports = {
+        "API_PORT": free_port(),
+        "FLOWER_PORT": free_port(),
+        "NOVU_EMULATOR_PORT": free_port(),
+        "XNOVU_PG_PORT": free_port(),
+        "XNOVU_REDIS_PORT": free_port(),
+    }
+    env = {k: v for k, v in os.environ.items() if k not in {
+        "DATABASE_URL", "REDIS_URL", "NOVU_API_URL", "NOVU_SECRET_KEY", "FLOWER_BASIC_AUTH"}}
+    env.update({k: str(v) for k, v in ports.items()})
+    env["XNOVU_DATA_DIR"] = str(tmp_path / "data")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "dev"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    log: list[str] = []
+    try:
+        _read_until(proc, "Press Ctrl-C to stop everything", 120, log)
+        banner = "".join(log)
+        api = f"http://127.0.0.1:{ports['API_PORT']}"
+        assert f"{api}" in banner and "curl -s -X POST" in banner
+        key = next(line.split()[-1] for line in log if "API key" in line)
+
+        response = httpx.post(
+            f"{api}/api/trigger",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"workflowId": "user-signup",
+                  "payload": {"userId": "u-1", "email": "ada@example.com", "name": "Ada"}},
+        )
+        assert response.status_code == 202, response.text
+        accepted = response.json()
+        assert accepted["notificationId"] and accepted["transactionId"]
+
+        deadline = time.monotonic() + 20
+        row: dict = {}
+        while time.monotonic() < deadline:
+            row = httpx.get(f"{api}/api/notifications/{accepted['notificationId']}",
+                            headers={"Authorization": f"Bearer {key}"}).json()
+            if row["notification_status"] in {"SENT", "FAILED"}:
+                break
+            time.sleep(0.1)
+        assert row["notification_status"] == "SENT", row
+        assert row["transaction_id"] == accepted["transactionId"]
+
+        events = httpx.get(f"http://127.0.0.1:{ports['NOVU_EMULATOR_PORT']}/_emulator/events").json()
+        assert [e["transactionId"] for e in events] == [accepted["transactionId"]]
+
+        flower = f"http://127.0.0.1:{ports['FLOWER_PORT']}"
+        deadline = time.monotonic() + 30
+        tasks: dict = {}
+        while time.monotonic() < deadline:
+            try:
+                tasks = httpx.get(f"{flower}/api/tasks", timeout=5).json()
+            except (httpx.HTTPError, ValueError):
+                tasks = {}
+            names = {t.get("name") for t in tasks.values()}
+            if "xnovu.deliver_notification" in names:
+                break
+            time.sleep(0.5)
+        deliver = [t for t in tasks.values() if t.get("name") == "xnovu.deliver_notification"]
+        assert deliver, f"Flower lists no deliver task: {tasks}"
+        assert any(str(accepted["notificationId"]) in (t.get("args") or "") for t in deliver)
+    finally:
+        children = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    # Nothing it started is left behind, embedded servers included.
+    time.sleep(0.5)
+    left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert left == [], f"left running: {[(c.pid, c.name()) for c in left]}"
+    leftover_pg = [
+        p for p in psutil.process_iter(["name", "cmdline"])
+        if p.info["name"] in {"postgres", "redis-server"}
+        and str(tmp_path) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert leftover_pg == []
