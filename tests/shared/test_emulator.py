@@ -95,7 +95,7 @@ def emulator() -> Iterator[Emulator]:
     [
         (None, "Missing authorization header"),
         ("ApiKey wrong-key", "API Key not found"),
-        ("ApiKey ", "Unauthorized"),
+        ("ApiKey", "Unauthorized"),
         ("Bearer some.jwt.token", "Unauthorized"),
         (f"Token {SECRET}", 'Invalid authentication scheme: "Token"'),
     ],
@@ -755,6 +755,8 @@ def test_stop_closes_open_connections_and_frees_the_port() -> None:
         client.post(TRIGGER, json=make_event())
     client.close()
     with socket.socket() as probe:
+        # Closed connections linger in TIME_WAIT; the listening socket itself must be gone.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", port))
 
 

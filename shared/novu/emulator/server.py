@@ -47,7 +47,7 @@ class EmulatorServer:
         self._novu = NovuApi(self.state, secret_key, workflows=workflows, rng=random.Random(seed))
         self._control = ControlApi(self.state)
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._busy: set[asyncio.Task[None]] = set()  # Connections inside a request handler.
         self._closing = False
 
@@ -81,14 +81,16 @@ class EmulatorServer:
             return
         self._closing = True
         self._server.close()
-        for task in self._connections - self._busy:
-            task.cancel()
-        if self._busy:
-            await asyncio.wait(set(self._busy), timeout=SHUTDOWN_GRACE_SECONDS)
+        # An idle connection sees end-of-stream and ends; a busy one answers, then ends.
+        for task, writer in self._connections.items():
+            if task not in self._busy:
+                writer.close()
+        if self._connections:
+            await asyncio.wait(set(self._connections), timeout=SHUTDOWN_GRACE_SECONDS)
         for task in list(self._connections):
             task.cancel()
         if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
+            await asyncio.wait(set(self._connections), timeout=SHUTDOWN_GRACE_SECONDS)
         with suppress(TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), SHUTDOWN_GRACE_SECONDS)
         self._server = None
@@ -99,7 +101,7 @@ class EmulatorServer:
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
+        self._connections[task] = writer
         try:
             await serve_connection(
                 reader,
@@ -108,8 +110,11 @@ class EmulatorServer:
                 max_body_bytes=MAX_REQUEST_BODY_BYTES,
                 keep_alive=lambda: not self._closing,
             )
+        except asyncio.CancelledError:
+            # Only close() cancels connections; ending quietly keeps asyncio from logging it.
+            logger.debug("connection cancelled at shutdown")
         finally:
-            self._connections.discard(task)
+            del self._connections[task]
 
     async def _handle(self, request: HttpRequest) -> Outcome:
         task = asyncio.current_task()
