@@ -296,9 +296,7 @@ def test_bulk_of_100_events_answers_one_result_per_event_in_order(emulator: Emul
         ("not-a-list", "events must be an array"),
     ],
 )
-def test_bulk_outside_1_to_100_events_is_422(
-    emulator: Emulator, events: Any, message: str
-) -> None:
+def test_bulk_outside_1_to_100_events_is_422(emulator: Emulator, events: Any, message: str) -> None:
     response = emulator.http.post(BULK, json={"events": events})
 
     assert response.status_code == 422
@@ -482,7 +480,11 @@ def test_429_fault_carries_retry_after(emulator: Emulator) -> None:
 
 def test_several_status_rules_are_active_at_once(emulator: Emulator) -> None:
     emulator.set_faults(
-        rules=[{"status": 500, "rate": 0.5}, {"status": 429, "rate": 0.3}, {"status": 400, "rate": 0.2}]
+        rules=[
+            {"status": 500, "rate": 0.5},
+            {"status": 429, "rate": 0.3},
+            {"status": 400, "rate": 0.2},
+        ]
     )
 
     statuses = [emulator.trigger(make_event()).status_code for _ in range(60)]
@@ -750,7 +752,9 @@ def test_stop_closes_open_connections_and_frees_the_port() -> None:
     running.stop()  # Harmless the second time.
 
     assert time.monotonic() - started < 1.5
-    assert not any(thread.name == "novu-emulator" and thread.is_alive() for thread in threading.enumerate())
+    assert not any(
+        thread.name == "novu-emulator" and thread.is_alive() for thread in threading.enumerate()
+    )
     with pytest.raises(httpx.TransportError):
         client.post(TRIGGER, json=make_event())
     client.close()

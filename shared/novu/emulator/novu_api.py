@@ -162,17 +162,31 @@ class NovuApi:
         if rule is not None and not rule.sticky:
             failed = self._fault_response(request, rule).with_headers(*verdict.headers)
             return await self._after_latency(failed, faults)
+        outcome = await self._handle_admitted(request, endpoint, body, transaction_id, rule, faults)
+        if isinstance(outcome, HttpResponse):
+            return outcome.with_headers(*verdict.headers)
+        return outcome
 
+    async def _handle_admitted(
+        self,
+        request: HttpRequest,
+        endpoint: Endpoint,
+        body: Any,
+        transaction_id: str,
+        sticky_fault: StatusFault | None,
+        faults: FaultConfig,
+    ) -> Outcome:
+        """Past authentication and throttling: Novu's Idempotency-Key layer, then its handler."""
         key = request.headers.get("idempotency-key") if request.method == "POST" else None
         if key is not None:
             repeat = self._idempotency_check(request, key, body)
             if repeat is not None:
-                return await self._after_latency(repeat.with_headers(*verdict.headers), faults)
+                return await self._after_latency(repeat, faults)
         # The first request holds its Idempotency-Key in flight for the whole delay.
         await self._delay(faults)
         try:
-            if rule is not None:
-                response, accepted = self._fault_response(request, rule), False
+            if sticky_fault is not None:
+                response, accepted = self._fault_response(request, sticky_fault), False
             else:
                 response, accepted = self._dispatch(request, endpoint, body, transaction_id)
         except Exception:
@@ -185,7 +199,7 @@ class NovuApi:
         if accepted and self._fires(faults.drop_after_accept_rate):
             self.state.fault_counts["dropAfterAccept"] += 1
             return Disconnect("dropAfterAccept fault")
-        return response.with_headers(*verdict.headers)
+        return response
 
     def _fires(self, rate: float) -> bool:
         return rate > 0 and self._rng.random() < rate
