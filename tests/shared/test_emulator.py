@@ -42,7 +42,7 @@ def compact_size(document: Any) -> int:
 
 
 @dataclass
-class Emulator:
+class EmulatedNovu:
     """A running emulator and an authenticated keep-alive client for it."""
 
     running: RunningEmulator
@@ -79,12 +79,12 @@ class Emulator:
 
 
 @pytest.fixture
-def emulator() -> Iterator[Emulator]:
+def novu() -> Iterator[EmulatedNovu]:
     with (
         start_in_thread(secret_key=SECRET, seed=20240601) as running,
         httpx.Client(base_url=running.url, headers=AUTH, timeout=10.0) as http,
     ):
-        yield Emulator(running, http)
+        yield EmulatedNovu(running, http)
 
 
 # --- authentication -------------------------------------------------------------------
@@ -101,10 +101,10 @@ def emulator() -> Iterator[Emulator]:
     ],
 )
 def test_request_without_the_secret_key_is_401(
-    emulator: Emulator, authorization: str | None, message: str
+    novu: EmulatedNovu, authorization: str | None, message: str
 ) -> None:
     headers = {"Authorization": authorization} if authorization else {}
-    with httpx.Client(base_url=emulator.running.url, headers=headers) as anonymous:
+    with httpx.Client(base_url=novu.running.url, headers=headers) as anonymous:
         response = anonymous.post(TRIGGER, json=make_event())
 
     assert response.status_code == 401
@@ -113,16 +113,16 @@ def test_request_without_the_secret_key_is_401(
     assert body["message"] == message
     assert body["error"] == "Unauthorized"
     assert body["path"] == TRIGGER
-    assert emulator.events() == []
+    assert novu.events() == []
 
 
 # --- trigger --------------------------------------------------------------------------
 
 
-def test_trigger_is_201_processed_and_recorded(emulator: Emulator) -> None:
+def test_trigger_is_201_processed_and_recorded(novu: EmulatedNovu) -> None:
     event = make_event(overrides={"email": {"from": "a@b.c"}})
 
-    response = emulator.trigger(event)
+    response = novu.trigger(event)
 
     assert response.status_code == 201
     assert response.json() == {
@@ -135,26 +135,26 @@ def test_trigger_is_201_processed_and_recorded(emulator: Emulator) -> None:
     assert response.headers["RateLimit-Limit"] == "3000"
     assert int(response.headers["RateLimit-Remaining"]) < 3300
     assert 'category="trigger"' in response.headers["RateLimit-Policy"]
-    [recorded] = emulator.events()
+    [recorded] = novu.events()
     assert recorded["transactionId"] == event["transactionId"]
     assert recorded["name"] == "welcome"
     assert recorded["to"] == "subscriber-1"
     assert recorded["payload"] == {"firstName": "Ada"}
     assert recorded["overrides"] == {"email": {"from": "a@b.c"}}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", recorded["receivedAt"])
-    assert emulator.stats()["accepted"] == 1
+    assert novu.stats()["accepted"] == 1
 
 
-def test_trigger_without_transaction_id_gets_a_generated_one(emulator: Emulator) -> None:
+def test_trigger_without_transaction_id_gets_a_generated_one(novu: EmulatedNovu) -> None:
     event = make_event()
     del event["transactionId"]
 
-    response = emulator.trigger(event)
+    response = novu.trigger(event)
 
     assert response.status_code == 201
     transaction_id = response.json()["data"]["transactionId"]
     assert uuid.UUID(transaction_id)
-    assert [e["transactionId"] for e in emulator.events()] == [transaction_id]
+    assert [e["transactionId"] for e in novu.events()] == [transaction_id]
 
 
 @pytest.mark.parametrize(
@@ -167,20 +167,20 @@ def test_trigger_without_transaction_id_gets_a_generated_one(emulator: Emulator)
         [f"subscriber-{n}" for n in range(100)],
     ],
 )
-def test_every_recipient_form_is_accepted(emulator: Emulator, to: Any) -> None:
-    response = emulator.trigger(make_event(to=to))
+def test_every_recipient_form_is_accepted(novu: EmulatedNovu, to: Any) -> None:
+    response = novu.trigger(make_event(to=to))
 
     assert response.status_code == 201
-    assert emulator.events()[0]["to"] == to
+    assert novu.events()[0]["to"] == to
 
 
 def test_repeated_transaction_id_is_acknowledged_but_not_recorded_again(
-    emulator: Emulator,
+    novu: EmulatedNovu,
 ) -> None:
     event = make_event()
 
-    first = emulator.trigger(event)
-    second = emulator.trigger({**event, "payload": {"firstName": "Grace"}})
+    first = novu.trigger(event)
+    second = novu.trigger({**event, "payload": {"firstName": "Grace"}})
 
     assert first.status_code == second.status_code == 201
     assert second.json()["data"] == {
@@ -188,10 +188,10 @@ def test_repeated_transaction_id_is_acknowledged_but_not_recorded_again(
         "status": "processed",
         "transactionId": event["transactionId"],
     }
-    events = emulator.events()
+    events = novu.events()
     assert len(events) == 1
     assert events[0]["payload"] == {"firstName": "Ada"}
-    stats = emulator.stats()
+    stats = novu.stats()
     assert (stats["accepted"], stats["duplicates"]) == (1, 1)
 
 
@@ -212,20 +212,20 @@ def test_repeated_transaction_id_is_acknowledged_but_not_recorded_again(
     ],
 )
 def test_invalid_trigger_is_422_with_field_errors(
-    emulator: Emulator, body: dict[str, Any], field: str, message: str
+    novu: EmulatedNovu, body: dict[str, Any], field: str, message: str
 ) -> None:
-    response = emulator.trigger(body)
+    response = novu.trigger(body)
 
     assert response.status_code == 422
     error = response.json()
     assert error["statusCode"] == 422
     assert error["path"] == TRIGGER
     assert any(message in text for text in error["errors"][field]["messages"])
-    assert emulator.events() == []
+    assert novu.events() == []
 
 
 def test_payload_of_exactly_512_kb_is_accepted_and_one_byte_more_is_413(
-    emulator: Emulator,
+    novu: EmulatedNovu,
 ) -> None:
     event = make_event(payload={"blob": ""})
     event["payload"]["blob"] = "x" * (MAX_PAYLOAD_BYTES - compact_size(event))
@@ -233,8 +233,8 @@ def test_payload_of_exactly_512_kb_is_accepted_and_one_byte_more_is_413(
     too_big = make_event(payload={"blob": event["payload"]["blob"]})
     too_big["transactionId"] = event["transactionId"] + "9"
 
-    accepted = emulator.trigger(event)
-    rejected = emulator.trigger(too_big)
+    accepted = novu.trigger(event)
+    rejected = novu.trigger(too_big)
 
     assert accepted.status_code == 201
     assert rejected.status_code == 413
@@ -242,7 +242,7 @@ def test_payload_of_exactly_512_kb_is_accepted_and_one_byte_more_is_413(
         f"Payload size ({MAX_PAYLOAD_BYTES + 1} bytes) exceeds maximum allowed size of "
         "524288 bytes (512KB). Note: Attachments are excluded from this limit."
     )
-    assert [e["transactionId"] for e in emulator.events()] == [event["transactionId"]]
+    assert [e["transactionId"] for e in novu.events()] == [event["transactionId"]]
 
 
 def test_unknown_workflow_is_422_when_the_known_workflows_are_configured() -> None:
@@ -262,29 +262,29 @@ def test_unknown_workflow_is_422_when_the_known_workflows_are_configured() -> No
     assert bulk.json()["data"][0]["error"] == ["workflow_not_found"]
 
 
-def test_malformed_json_is_400(emulator: Emulator) -> None:
-    response = emulator.http.post(
+def test_malformed_json_is_400(novu: EmulatedNovu) -> None:
+    response = novu.http.post(
         TRIGGER, content=b'{"name": "welcome",', headers={"Content-Type": "application/json"}
     )
 
     assert response.status_code == 400
     assert response.json()["statusCode"] == 400
-    assert emulator.stats()["accepted"] == 0
+    assert novu.stats()["accepted"] == 0
 
 
 # --- bulk -----------------------------------------------------------------------------
 
 
-def test_bulk_of_100_events_answers_one_result_per_event_in_order(emulator: Emulator) -> None:
+def test_bulk_of_100_events_answers_one_result_per_event_in_order(novu: EmulatedNovu) -> None:
     events = [make_event(to=f"subscriber-{n}") for n in range(100)]
 
-    response = emulator.bulk(events)
+    response = novu.bulk(events)
 
     assert response.status_code == 201
     results = response.json()["data"]
     assert [r["transactionId"] for r in results] == [e["transactionId"] for e in events]
     assert all(r == {**r, "acknowledged": True, "status": "processed"} for r in results)
-    assert len(emulator.events()) == 100
+    assert len(novu.events()) == 100
     assert response.headers["RateLimit-Policy"].split(";")[5] == 'cost="bulk"'
 
 
@@ -296,20 +296,20 @@ def test_bulk_of_100_events_answers_one_result_per_event_in_order(emulator: Emul
         ("not-a-list", "events must be an array"),
     ],
 )
-def test_bulk_outside_1_to_100_events_is_422(emulator: Emulator, events: Any, message: str) -> None:
-    response = emulator.http.post(BULK, json={"events": events})
+def test_bulk_outside_1_to_100_events_is_422(novu: EmulatedNovu, events: Any, message: str) -> None:
+    response = novu.http.post(BULK, json={"events": events})
 
     assert response.status_code == 422
     assert response.json()["errors"]["events"]["messages"] == [message]
-    assert emulator.events() == []
+    assert novu.events() == []
 
 
-def test_bulk_reports_invalid_and_repeated_events_one_by_one(emulator: Emulator) -> None:
+def test_bulk_reports_invalid_and_repeated_events_one_by_one(novu: EmulatedNovu) -> None:
     first = make_event()
     invalid = {"to": "subscriber-2", "transactionId": "tx-invalid"}
     repeat = {**first, "payload": {"again": True}}
 
-    response = emulator.bulk([first, invalid, repeat])
+    response = novu.bulk([first, invalid, repeat])
 
     assert response.status_code == 201
     results = response.json()["data"]
@@ -321,98 +321,98 @@ def test_bulk_reports_invalid_and_repeated_events_one_by_one(emulator: Emulator)
         "status": "processed",
         "transactionId": first["transactionId"],
     }
-    assert [e["transactionId"] for e in emulator.events()] == [first["transactionId"]]
-    assert emulator.stats()["duplicates"] == 1
+    assert [e["transactionId"] for e in novu.events()] == [first["transactionId"]]
+    assert novu.stats()["duplicates"] == 1
 
 
-def test_bulk_with_one_event_over_512_kb_is_413_and_records_nothing(emulator: Emulator) -> None:
+def test_bulk_with_one_event_over_512_kb_is_413_and_records_nothing(novu: EmulatedNovu) -> None:
     big = make_event(name="digest", payload={"blob": "x" * MAX_PAYLOAD_BYTES})
 
-    response = emulator.bulk([make_event(), big])
+    response = novu.bulk([make_event(), big])
 
     assert response.status_code == 413
     assert response.json()["message"].startswith('Event at index 1 (workflow: "digest")')
-    assert emulator.events() == []
+    assert novu.events() == []
 
 
 # --- cancel ---------------------------------------------------------------------------
 
 
-def test_cancel_within_hold_seconds_is_true_once(emulator: Emulator) -> None:
-    emulator.set_faults(holdSeconds=30)
+def test_cancel_within_hold_seconds_is_true_once(novu: EmulatedNovu) -> None:
+    novu.set_faults(holdSeconds=30)
     event = make_event()
-    emulator.trigger(event)
+    novu.trigger(event)
 
-    first = emulator.cancel(event["transactionId"])
-    second = emulator.cancel(event["transactionId"])
+    first = novu.cancel(event["transactionId"])
+    second = novu.cancel(event["transactionId"])
 
     assert first.status_code == 200
     assert first.json() == {"data": True}
     assert second.json() == {"data": False}
-    assert emulator.stats()["cancelled"] == 1
-    assert emulator.events()[0]["cancelled"] is True
+    assert novu.stats()["cancelled"] == 1
+    assert novu.events()[0]["cancelled"] is True
 
 
-def test_cancel_after_hold_seconds_or_of_unknown_transaction_is_false(emulator: Emulator) -> None:
-    emulator.set_faults(holdSeconds=0.2)
+def test_cancel_after_hold_seconds_or_of_unknown_transaction_is_false(novu: EmulatedNovu) -> None:
+    novu.set_faults(holdSeconds=0.2)
     held = make_event()
-    emulator.trigger(held)
+    novu.trigger(held)
     time.sleep(0.3)
-    emulator.clear_faults()
+    novu.clear_faults()
     never_held = make_event()
-    emulator.trigger(never_held)
+    novu.trigger(never_held)
 
-    assert emulator.cancel(held["transactionId"]).json() == {"data": False}
-    assert emulator.cancel(never_held["transactionId"]).json() == {"data": False}
-    assert emulator.cancel("tx-unknown").json() == {"data": False}
-    assert emulator.stats()["cancelled"] == 0
+    assert novu.cancel(held["transactionId"]).json() == {"data": False}
+    assert novu.cancel(never_held["transactionId"]).json() == {"data": False}
+    assert novu.cancel("tx-unknown").json() == {"data": False}
+    assert novu.stats()["cancelled"] == 0
 
 
 # --- Idempotency-Key ------------------------------------------------------------------
 
 
-def test_same_idempotency_key_and_body_replays_the_stored_answer(emulator: Emulator) -> None:
+def test_same_idempotency_key_and_body_replays_the_stored_answer(novu: EmulatedNovu) -> None:
     event = make_event()
     del event["transactionId"]  # Only the key can stop this from being recorded twice.
 
-    first = emulator.trigger(event, **{"Idempotency-Key": "key-1"})
-    replay = emulator.trigger(event, **{"Idempotency-Key": "key-1"})
+    first = novu.trigger(event, **{"Idempotency-Key": "key-1"})
+    replay = novu.trigger(event, **{"Idempotency-Key": "key-1"})
 
     assert first.status_code == replay.status_code == 201
     assert first.headers["Idempotency-Key"] == "key-1"
     assert "Idempotency-Replay" not in first.headers
     assert replay.headers["Idempotency-Replay"] == "true"
     assert replay.json() == first.json()
-    assert len(emulator.events()) == 1
-    assert emulator.stats()["idempotency"]["replayed"] == 1
+    assert len(novu.events()) == 1
+    assert novu.stats()["idempotency"]["replayed"] == 1
 
 
-def test_same_idempotency_key_with_another_body_is_422(emulator: Emulator) -> None:
-    emulator.trigger(make_event(), **{"Idempotency-Key": "key-2"})
+def test_same_idempotency_key_with_another_body_is_422(novu: EmulatedNovu) -> None:
+    novu.trigger(make_event(), **{"Idempotency-Key": "key-2"})
 
-    response = emulator.trigger(make_event(), **{"Idempotency-Key": "key-2"})
+    response = novu.trigger(make_event(), **{"Idempotency-Key": "key-2"})
 
     assert response.status_code == 422
     assert response.json()["message"] == (
         'Request with key "key-2" is being reused for a different body'
     )
-    assert len(emulator.events()) == 1
+    assert len(novu.events()) == 1
 
 
-def test_same_idempotency_key_while_the_first_is_in_flight_is_409(emulator: Emulator) -> None:
-    emulator.set_faults(latencyMs=500)
+def test_same_idempotency_key_while_the_first_is_in_flight_is_409(novu: EmulatedNovu) -> None:
+    novu.set_faults(latencyMs=500)
     event = make_event()
     headers = {**AUTH, "Idempotency-Key": "key-3"}
 
     def send() -> httpx.Response:
-        return httpx.post(emulator.running.url + TRIGGER, json=event, headers=headers, timeout=10)
+        return httpx.post(novu.running.url + TRIGGER, json=event, headers=headers, timeout=10)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         first = pool.submit(send)
         time.sleep(0.15)
         conflict = send()
         original = first.result()
-    emulator.clear_faults()
+    novu.clear_faults()
     later = send()
 
     assert original.status_code == 201
@@ -423,24 +423,24 @@ def test_same_idempotency_key_while_the_first_is_in_flight_is_409(emulator: Emul
     )
     assert later.status_code == 201
     assert later.headers["Idempotency-Replay"] == "true"
-    assert emulator.stats()["idempotency"]["inFlightConflicts"] == 1
-    assert len(emulator.events()) == 1
+    assert novu.stats()["idempotency"]["inFlightConflicts"] == 1
+    assert len(novu.events()) == 1
 
 
-def test_idempotency_key_over_255_characters_is_400(emulator: Emulator) -> None:
-    response = emulator.trigger(make_event(), **{"Idempotency-Key": "k" * 256})
-    accepted = emulator.trigger(make_event(), **{"Idempotency-Key": "k" * 255})
+def test_idempotency_key_over_255_characters_is_400(novu: EmulatedNovu) -> None:
+    response = novu.trigger(make_event(), **{"Idempotency-Key": "k" * 256})
+    accepted = novu.trigger(make_event(), **{"Idempotency-Key": "k" * 255})
 
     assert response.status_code == 400
     assert "maximum allowed length of 255 characters" in response.json()["message"]
     assert accepted.status_code == 201
 
 
-def test_a_novu_validation_error_is_replayed_for_its_idempotency_key(emulator: Emulator) -> None:
+def test_a_novu_validation_error_is_replayed_for_its_idempotency_key(novu: EmulatedNovu) -> None:
     body = {"to": "subscriber-1"}
 
-    first = emulator.trigger(body, **{"Idempotency-Key": "key-4"})
-    again = emulator.trigger(body, **{"Idempotency-Key": "key-4"})
+    first = novu.trigger(body, **{"Idempotency-Key": "key-4"})
+    again = novu.trigger(body, **{"Idempotency-Key": "key-4"})
 
     assert first.status_code == again.status_code == 422
     assert again.headers["Idempotency-Replay"] == "true"
@@ -449,37 +449,37 @@ def test_a_novu_validation_error_is_replayed_for_its_idempotency_key(emulator: E
 # --- faults ---------------------------------------------------------------------------
 
 
-def test_status_fault_answers_the_status_and_records_nothing(emulator: Emulator) -> None:
-    emulator.set_faults(status=500, rate=1.0)
+def test_status_fault_answers_the_status_and_records_nothing(novu: EmulatedNovu) -> None:
+    novu.set_faults(status=500, rate=1.0)
 
-    response = emulator.trigger(make_event())
+    response = novu.trigger(make_event())
 
     assert response.status_code == 500
     body = response.json()
     assert body["statusCode"] == 500
     assert uuid.UUID(body["errorId"])
     assert "Retry-After" not in response.headers
-    assert emulator.events() == []
-    assert emulator.stats()["faults"]["status:500"] == 1
+    assert novu.events() == []
+    assert novu.stats()["faults"]["status:500"] == 1
 
 
-def test_429_fault_carries_retry_after(emulator: Emulator) -> None:
-    emulator.set_faults(status=429)
-    default = emulator.trigger(make_event())
-    emulator.set_faults(status=503, retryAfter=7)
-    unavailable = emulator.bulk([make_event()])
+def test_429_fault_carries_retry_after(novu: EmulatedNovu) -> None:
+    novu.set_faults(status=429)
+    default = novu.trigger(make_event())
+    novu.set_faults(status=503, retryAfter=7)
+    unavailable = novu.bulk([make_event()])
 
     assert default.status_code == 429
     assert default.headers["Retry-After"] == "1"
     assert default.json()["message"] == "API rate limit exceeded"
     assert unavailable.status_code == 503
     assert unavailable.headers["Retry-After"] == "7"
-    faults = emulator.stats()["faults"]
+    faults = novu.stats()["faults"]
     assert (faults["status:429"], faults["status:503"]) == (1, 1)
 
 
-def test_several_status_rules_are_active_at_once(emulator: Emulator) -> None:
-    emulator.set_faults(
+def test_several_status_rules_are_active_at_once(novu: EmulatedNovu) -> None:
+    novu.set_faults(
         rules=[
             {"status": 500, "rate": 0.5},
             {"status": 429, "rate": 0.3},
@@ -487,117 +487,117 @@ def test_several_status_rules_are_active_at_once(emulator: Emulator) -> None:
         ]
     )
 
-    statuses = [emulator.trigger(make_event()).status_code for _ in range(60)]
+    statuses = [novu.trigger(make_event()).status_code for _ in range(60)]
 
-    faults = emulator.stats()["faults"]
+    faults = novu.stats()["faults"]
     assert set(statuses) == {500, 429, 400}
     assert faults["status:500"] + faults["status:429"] + faults["status:400"] == 60
     assert faults["status:500"] == statuses.count(500)
-    assert emulator.events() == []
+    assert novu.events() == []
 
 
-def test_cancel_is_not_hit_by_status_faults(emulator: Emulator) -> None:
-    emulator.set_faults(status=500)
+def test_cancel_is_not_hit_by_status_faults(novu: EmulatedNovu) -> None:
+    novu.set_faults(status=500)
 
-    assert emulator.cancel("tx-unknown").json() == {"data": False}
+    assert novu.cancel("tx-unknown").json() == {"data": False}
 
 
-def test_plain_status_fault_is_not_remembered_for_the_idempotency_key(emulator: Emulator) -> None:
+def test_plain_status_fault_is_not_remembered_for_the_idempotency_key(novu: EmulatedNovu) -> None:
     event = make_event()
-    emulator.set_faults(status=500)
-    failed = emulator.trigger(event, **{"Idempotency-Key": "key-5"})
-    emulator.clear_faults()
+    novu.set_faults(status=500)
+    failed = novu.trigger(event, **{"Idempotency-Key": "key-5"})
+    novu.clear_faults()
 
-    retried = emulator.trigger(event, **{"Idempotency-Key": "key-5"})
+    retried = novu.trigger(event, **{"Idempotency-Key": "key-5"})
 
     assert failed.status_code == 500
     assert retried.status_code == 201
     assert "Idempotency-Replay" not in retried.headers
-    assert len(emulator.events()) == 1
+    assert len(novu.events()) == 1
 
 
-def test_sticky_status_fault_is_replayed_for_the_idempotency_key(emulator: Emulator) -> None:
+def test_sticky_status_fault_is_replayed_for_the_idempotency_key(novu: EmulatedNovu) -> None:
     event = make_event()
-    emulator.set_faults(status=500, sticky=True)
-    failed = emulator.trigger(event, **{"Idempotency-Key": "key-6"})
-    emulator.clear_faults()
+    novu.set_faults(status=500, sticky=True)
+    failed = novu.trigger(event, **{"Idempotency-Key": "key-6"})
+    novu.clear_faults()
 
-    replayed = emulator.trigger(event, **{"Idempotency-Key": "key-6"})
-    fresh_key = emulator.trigger(event, **{"Idempotency-Key": "key-7"})
+    replayed = novu.trigger(event, **{"Idempotency-Key": "key-6"})
+    fresh_key = novu.trigger(event, **{"Idempotency-Key": "key-7"})
 
     assert failed.status_code == replayed.status_code == 500
     assert replayed.headers["Idempotency-Replay"] == "true"
     assert fresh_key.status_code == 201
-    assert emulator.stats()["faults"]["status:500"] == 1
+    assert novu.stats()["faults"]["status:500"] == 1
 
 
-def test_latency_fault_delays_every_answer(emulator: Emulator) -> None:
-    emulator.set_faults(latencyMs=300)
+def test_latency_fault_delays_every_answer(novu: EmulatedNovu) -> None:
+    novu.set_faults(latencyMs=300)
 
     started = time.monotonic()
-    response = emulator.cancel("tx-unknown")
+    response = novu.cancel("tx-unknown")
     elapsed = time.monotonic() - started
 
     assert response.status_code == 200
     assert elapsed >= 0.3
-    assert emulator.stats()["faults"]["latency"] == 1
+    assert novu.stats()["faults"]["latency"] == 1
 
 
-def test_drop_fault_closes_the_connection_without_recording(emulator: Emulator) -> None:
-    emulator.set_faults(dropRate=1.0)
+def test_drop_fault_closes_the_connection_without_recording(novu: EmulatedNovu) -> None:
+    novu.set_faults(dropRate=1.0)
 
     with pytest.raises(httpx.TransportError):
-        emulator.trigger(make_event())
+        novu.trigger(make_event())
 
-    emulator.clear_faults()
-    stats = emulator.stats()
+    novu.clear_faults()
+    stats = novu.stats()
     assert stats["faults"]["drop"] == 1
     assert stats["accepted"] == 0
-    assert emulator.trigger(make_event()).status_code == 201  # The client recovers.
+    assert novu.trigger(make_event()).status_code == 201  # The client recovers.
 
 
 def test_drop_after_accept_records_the_trigger_then_closes_the_connection(
-    emulator: Emulator,
+    novu: EmulatedNovu,
 ) -> None:
     event = make_event()
-    emulator.set_faults(dropAfterAcceptRate=1.0)
+    novu.set_faults(dropAfterAcceptRate=1.0)
 
     with pytest.raises(httpx.TransportError):
-        emulator.trigger(event, **{"Idempotency-Key": "key-8"})
+        novu.trigger(event, **{"Idempotency-Key": "key-8"})
 
-    assert [e["transactionId"] for e in emulator.events()] == [event["transactionId"]]
-    emulator.clear_faults()
-    same_key = emulator.trigger(event, **{"Idempotency-Key": "key-8"})
-    no_key = emulator.trigger(event)
+    assert [e["transactionId"] for e in novu.events()] == [event["transactionId"]]
+    novu.clear_faults()
+    same_key = novu.trigger(event, **{"Idempotency-Key": "key-8"})
+    no_key = novu.trigger(event)
     assert same_key.status_code == 201
     assert same_key.headers["Idempotency-Replay"] == "true"
     assert no_key.status_code == 201
-    stats = emulator.stats()
+    stats = novu.stats()
     assert stats["faults"]["dropAfterAccept"] == 1
     assert (stats["accepted"], stats["duplicates"]) == (1, 1)
 
 
-def test_drop_after_accept_of_a_bulk_records_all_its_events(emulator: Emulator) -> None:
+def test_drop_after_accept_of_a_bulk_records_all_its_events(novu: EmulatedNovu) -> None:
     events = [make_event() for _ in range(3)]
-    emulator.set_faults(dropAfterAcceptRate=1.0)
+    novu.set_faults(dropAfterAcceptRate=1.0)
 
     with pytest.raises(httpx.TransportError):
-        emulator.bulk(events)
+        novu.bulk(events)
 
-    assert len(emulator.events()) == 3
+    assert len(novu.events()) == 3
 
 
-def test_rate_limit_is_enforced_when_configured(emulator: Emulator) -> None:
-    emulator.set_faults(rateLimitPerSecond=1)  # 5 tokens per 5 s window, no burst.
+def test_rate_limit_is_enforced_when_configured(novu: EmulatedNovu) -> None:
+    novu.set_faults(rateLimitPerSecond=1)  # 5 tokens per 5 s window, no burst.
 
-    statuses = [emulator.trigger(make_event()).status_code for _ in range(6)]
-    throttled = emulator.trigger(make_event())
+    statuses = [novu.trigger(make_event()).status_code for _ in range(6)]
+    throttled = novu.trigger(make_event())
 
     assert statuses == [201] * 5 + [429]
     assert throttled.headers["RateLimit-Remaining"] == "0"
     assert 1 <= int(throttled.headers["Retry-After"]) <= 5
-    assert emulator.stats()["faults"]["rateLimited"] == 2
-    assert len(emulator.events()) == 5
+    assert novu.stats()["faults"]["rateLimited"] == 2
+    assert len(novu.events()) == 5
 
 
 @pytest.mark.parametrize(
@@ -612,20 +612,20 @@ def test_rate_limit_is_enforced_when_configured(emulator: Emulator) -> None:
         {"surprise": True},
     ],
 )
-def test_invalid_fault_configuration_is_400(emulator: Emulator, config: dict[str, Any]) -> None:
-    response = emulator.http.post("/_emulator/faults", json=config)
+def test_invalid_fault_configuration_is_400(novu: EmulatedNovu, config: dict[str, Any]) -> None:
+    response = novu.http.post("/_emulator/faults", json=config)
 
     assert response.status_code == 400
     assert response.json()["errors"]
-    assert emulator.http.get("/_emulator/faults").json()["rules"] == []
+    assert novu.http.get("/_emulator/faults").json()["rules"] == []
 
 
-def test_fault_configuration_is_shown_and_cleared(emulator: Emulator) -> None:
-    emulator.set_faults(status=500, rate=0.25, latencyMs=10, holdSeconds=3)
+def test_fault_configuration_is_shown_and_cleared(novu: EmulatedNovu) -> None:
+    novu.set_faults(status=500, rate=0.25, latencyMs=10, holdSeconds=3)
 
-    shown = emulator.http.get("/_emulator/faults").json()
-    emulator.clear_faults()
-    cleared = emulator.http.get("/_emulator/faults").json()
+    shown = novu.http.get("/_emulator/faults").json()
+    novu.clear_faults()
+    cleared = novu.http.get("/_emulator/faults").json()
 
     assert shown["rules"] == [
         {"status": 500, "rate": 0.25, "retryAfter": None, "sticky": False, "message": None}
@@ -638,40 +638,40 @@ def test_fault_configuration_is_shown_and_cleared(emulator: Emulator) -> None:
 # --- inspection, reset, routing -------------------------------------------------------
 
 
-def test_events_can_be_filtered_by_transaction_id(emulator: Emulator) -> None:
+def test_events_can_be_filtered_by_transaction_id(novu: EmulatedNovu) -> None:
     events = [make_event() for _ in range(3)]
     for event in events:
-        emulator.trigger(event)
+        novu.trigger(event)
 
-    [found] = emulator.events(events[1]["transactionId"])
+    [found] = novu.events(events[1]["transactionId"])
 
     assert found["transactionId"] == events[1]["transactionId"]
-    assert emulator.events("tx-missing") == []
+    assert novu.events("tx-missing") == []
 
 
-def test_reset_forgets_triggers_counters_faults_and_keys(emulator: Emulator) -> None:
-    emulator.trigger(make_event(), **{"Idempotency-Key": "key-9"})
-    emulator.set_faults(latencyMs=5)
+def test_reset_forgets_triggers_counters_faults_and_keys(novu: EmulatedNovu) -> None:
+    novu.trigger(make_event(), **{"Idempotency-Key": "key-9"})
+    novu.set_faults(latencyMs=5)
 
-    response = emulator.http.post("/_emulator/reset")
+    response = novu.http.post("/_emulator/reset")
 
     assert response.status_code == 200
-    assert emulator.events() == []
-    stats = emulator.stats()
+    assert novu.events() == []
+    stats = novu.stats()
     assert (stats["accepted"], stats["requests"], stats["faults"]["latency"]) == (0, 0, 0)
-    assert emulator.http.get("/_emulator/faults").json()["latencyMs"] == 0
-    reused = emulator.trigger(make_event(), **{"Idempotency-Key": "key-9"})
+    assert novu.http.get("/_emulator/faults").json()["latencyMs"] == 0
+    reused = novu.trigger(make_event(), **{"Idempotency-Key": "key-9"})
     assert reused.status_code == 201
     assert "Idempotency-Replay" not in reused.headers
 
 
-def test_requests_counts_every_v1_request(emulator: Emulator) -> None:
-    emulator.trigger(make_event())
-    emulator.trigger({"name": "welcome"})
-    emulator.cancel("tx-unknown")
-    emulator.events()
+def test_requests_counts_every_v1_request(novu: EmulatedNovu) -> None:
+    novu.trigger(make_event())
+    novu.trigger({"name": "welcome"})
+    novu.cancel("tx-unknown")
+    novu.events()
 
-    assert emulator.stats()["requests"] == 3
+    assert novu.stats()["requests"] == 3
 
 
 @pytest.mark.parametrize(
@@ -686,9 +686,9 @@ def test_requests_counts_every_v1_request(emulator: Emulator) -> None:
     ],
 )
 def test_unknown_path_is_404_and_wrong_method_is_405(
-    emulator: Emulator, method: str, path: str, status: int
+    novu: EmulatedNovu, method: str, path: str, status: int
 ) -> None:
-    response = emulator.http.request(method, path)
+    response = novu.http.request(method, path)
 
     assert response.status_code == status
     assert response.json()["statusCode"] == status
@@ -696,11 +696,11 @@ def test_unknown_path_is_404_and_wrong_method_is_405(
         assert response.headers["Allow"]
 
 
-def test_error_bodies_match_novus_own_sdk_models(emulator: Emulator) -> None:
+def test_error_bodies_match_novus_own_sdk_models(novu: EmulatedNovu) -> None:
     models = pytest.importorskip("novu_py.models")
-    unauthorized = httpx.post(emulator.running.url + TRIGGER, json=make_event())
-    invalid = emulator.trigger({"name": "welcome"})
-    accepted = emulator.trigger(make_event())
+    unauthorized = httpx.post(novu.running.url + TRIGGER, json=make_event())
+    invalid = novu.trigger({"name": "welcome"})
+    accepted = novu.trigger(make_event())
 
     models.ErrorDtoData.model_validate(unauthorized.json())
     validation = models.ValidationErrorDtoData.model_validate(invalid.json())
@@ -713,10 +713,10 @@ def test_error_bodies_match_novus_own_sdk_models(emulator: Emulator) -> None:
 # --- connections and lifecycle --------------------------------------------------------
 
 
-def test_keep_alive_serves_many_requests_on_one_connection(emulator: Emulator) -> None:
+def test_keep_alive_serves_many_requests_on_one_connection(novu: EmulatedNovu) -> None:
     local_addresses = set()
     for _ in range(5):
-        response = emulator.trigger(make_event())
+        response = novu.trigger(make_event())
         assert response.status_code == 201
         stream = response.extensions["network_stream"]
         local_addresses.add(stream.get_extra_info("client_addr"))
@@ -724,11 +724,11 @@ def test_keep_alive_serves_many_requests_on_one_connection(emulator: Emulator) -
     assert len(local_addresses) == 1
 
 
-def test_concurrent_connections_are_answered_in_parallel(emulator: Emulator) -> None:
-    emulator.set_faults(latencyMs=400)
+def test_concurrent_connections_are_answered_in_parallel(novu: EmulatedNovu) -> None:
+    novu.set_faults(latencyMs=400)
 
     def send(_: int) -> int:
-        url = emulator.running.url + TRIGGER
+        url = novu.running.url + TRIGGER
         return httpx.post(url, json=make_event(), headers=AUTH, timeout=10).status_code
 
     started = time.monotonic()
@@ -738,7 +738,7 @@ def test_concurrent_connections_are_answered_in_parallel(emulator: Emulator) -> 
 
     assert statuses == [201] * 10
     assert elapsed < 2.0  # One after another would take at least 4 s.
-    assert emulator.stats()["accepted"] == 10
+    assert novu.stats()["accepted"] == 10
 
 
 def test_stop_closes_open_connections_and_frees_the_port() -> None:
