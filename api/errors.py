@@ -6,6 +6,7 @@ Every error body is `{"error": {"code", "message", "details"?}}`; nothing answer
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -42,7 +43,7 @@ def error_response(
     code: str,
     message: str,
     details: Any = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
@@ -99,7 +100,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database_down(_: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable: %s", exc)
         return error_response(
-            503, "database_unavailable", "the database is unavailable, try again", headers={"Retry-After": "2"}
+            503,
+            "database_unavailable",
+            "the database is unavailable, try again",
+            headers={"Retry-After": "2"},
         )
 
     @app.exception_handler(DBAPIError)

@@ -8,11 +8,17 @@ import sys
 import threading
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 import click
 import httpx
 
 from shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from shared.devstack import EmbeddedPostgres, EmbeddedRedis
+
+    EmbeddedServer = EmbeddedPostgres | EmbeddedRedis
 
 
 @click.group()
@@ -97,11 +103,11 @@ def dev(worker_concurrency: int) -> None:
     sys.exit(exit_code)
 
 
-def _start_embedded_servers(settings: Settings) -> list:  # type: ignore[type-arg]
+def _start_embedded_servers(settings: Settings) -> list[EmbeddedServer]:
     from shared.devstack import EmbeddedPostgres, EmbeddedRedis
 
     data_dir = settings.data_dir.resolve()
-    servers = []
+    servers: list[EmbeddedServer] = []
     try:
         if not settings.database_url:
             pg = EmbeddedPostgres(data_dir / "postgres", settings.embedded_postgres_port)
@@ -120,7 +126,7 @@ def _start_embedded_servers(settings: Settings) -> list:  # type: ignore[type-ar
     return servers
 
 
-def _child_env(settings: Settings, servers: list) -> dict[str, str]:  # type: ignore[type-arg]
+def _child_env(settings: Settings, servers: list[EmbeddedServer]) -> dict[str, str]:
     from shared.devstack import EmbeddedPostgres, EmbeddedRedis
 
     env = dict(os.environ)
@@ -151,7 +157,9 @@ def _migrate_and_seed(settings: Settings) -> None:
 def _processes(settings: Settings, worker_concurrency: int) -> dict[str, str]:
     py = sys.executable
     data_dir = settings.data_dir.resolve()
-    flower_auth = f" --basic-auth={settings.flower_basic_auth}" if settings.flower_basic_auth else ""
+    flower_auth = (
+        f" --basic-auth={settings.flower_basic_auth}" if settings.flower_basic_auth else ""
+    )
     processes = {
         "api": f"{py} -m uvicorn api.app:app --host {settings.api_host} --port {settings.api_port}",
         "worker": (
@@ -196,28 +204,35 @@ def _announce_when_ready(settings: Settings, timeout: float = 120.0) -> None:
         click.echo(f"the API did not become ready at {api} within {timeout:.0f}s", err=True)
         return
     novu = settings.effective_novu_api_url
+    if not settings.novu_api_url:
+        novu += f"   (local emulator; accepted triggers at {novu}/_emulator/events)"
+    auth = f"-H 'Authorization: Bearer {settings.dev_api_key}'"
+    payload = '{"userId": "u-1", "email": "ada@example.com", "name": "Ada"}'
+    body = f'{{"workflowId": "user-signup", "payload": {payload}}}'
     click.echo(
-        f"""
-XNovu is running.
-  API          {api}        (OpenAPI docs: {api}/docs)
-  Flower       http://127.0.0.1:{settings.flower_port}
-  Novu         {novu}{"   (local emulator: " + novu + "/_emulator/events)" if not settings.novu_api_url else ""}
-  Enterprise   {settings.dev_enterprise_id}
-  API key      {settings.dev_api_key}
-
-Try it:
-  curl -s -X POST {api}/api/trigger \\
-    -H 'Authorization: Bearer {settings.dev_api_key}' \\
-    -H 'Content-Type: application/json' \\
-    -d '{{"workflowId": "user-signup", "payload": {{"userId": "u-1", "email": "ada@example.com", "name": "Ada"}}}}'
-
-Then: curl -s {api}/api/notifications/<notificationId> -H 'Authorization: Bearer {settings.dev_api_key}'
-Press Ctrl-C to stop everything.
-""",
+        "\n".join(
+            [
+                "",
+                "XNovu is running.",
+                f"  API          {api}   (OpenAPI docs: {api}/docs)",
+                f"  Flower       http://127.0.0.1:{settings.flower_port}",
+                f"  Novu         {novu}",
+                f"  Enterprise   {settings.dev_enterprise_id}",
+                f"  API key      {settings.dev_api_key}",
+                "",
+                "Try it:",
+                f"  curl -s -X POST {api}/api/trigger \\",
+                f"    {auth} \\",
+                "    -H 'Content-Type: application/json' \\",
+                f"    -d '{body}'",
+                "",
+                f"Then: curl -s {api}/api/notifications/<notificationId> {auth}",
+                "Press Ctrl-C to stop everything.",
+                "",
+            ]
+        )
     )
 
 
 if __name__ == "__main__":
     main()
-
-

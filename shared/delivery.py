@@ -20,8 +20,8 @@ from shared.db.models import Notification
 from shared.db.session import transaction
 from shared.notifications import transitions
 from shared.novu.client import NovuClient, trigger_idempotency_key
-from shared.novu.retry import backoff_delay
 from shared.novu.errors import NovuPermanentError, NovuRetryableError
+from shared.novu.retry import backoff_delay
 from shared.novu.schemas import TriggerEvent
 from shared.rendering import RenderError, render_channel
 from shared.settings import Settings
@@ -109,7 +109,9 @@ def build_trigger_event(row: Notification) -> TriggerEvent:
             }
         )
     except ValidationError as exc:
-        raise PermanentDeliveryError("invalid_trigger", f"cannot build the Novu trigger: {exc}") from exc
+        raise PermanentDeliveryError(
+            "invalid_trigger", f"cannot build the Novu trigger: {exc}"
+        ) from exc
 
 
 def attempt_idempotency_key(transaction_id: str, attempt: int) -> str:
@@ -132,7 +134,7 @@ def deliver(
         # Already claimed, sent, retracted, not due yet, or a duplicate message: nothing to do.
         return DeliveryResult(Outcome.SKIPPED)
     attempt = row.attempts
-    ids = {"notification_id": notification_id, "enterprise_id": enterprise_id, "attempt": attempt}
+    ids = _AttemptIds(notification_id, enterprise_id, attempt)
 
     try:
         event = build_trigger_event(row)
@@ -158,26 +160,51 @@ def deliver(
         by_message = delay <= settings.max_countdown_seconds
         with transaction() as session:
             moved = transitions.schedule_retry(
-                session, **ids, delay_seconds=delay, error=error, message_published=by_message
+                session,
+                notification_id=notification_id,
+                enterprise_id=enterprise_id,
+                attempt=attempt,
+                delay_seconds=delay,
+                error=error,
+                message_published=by_message,
             )
         if not moved:
             return DeliveryResult(Outcome.LOST_RACE)
-        log.info("notification %s attempt %s retry in %.1fs: %s", notification_id, attempt, delay, exc)
+        log.info(
+            "notification %s attempt %s retry in %.1fs: %s", notification_id, attempt, delay, exc
+        )
         return DeliveryResult(Outcome.RETRY, retry_in=delay, message_published=by_message)
 
     with transaction() as session:
-        moved = transitions.mark_sent(session, **ids)
+        moved = transitions.mark_sent(
+            session, notification_id=notification_id, enterprise_id=enterprise_id, attempt=attempt
+        )
     return DeliveryResult(Outcome.SENT if moved else Outcome.LOST_RACE)
 
 
-def _fail(ids: dict[str, Any], error: dict[str, Any]) -> DeliveryResult:
+@dataclass(frozen=True, slots=True)
+class _AttemptIds:
+    notification_id: int
+    enterprise_id: uuid.UUID
+    attempt: int
+
+
+def _fail(ids: _AttemptIds, error: dict[str, Any]) -> DeliveryResult:
     with transaction() as session:
-        moved = transitions.mark_failed(session, **ids, error=error)
-    log.warning("notification %s failed: %s", ids["notification_id"], error)
+        moved = transitions.mark_failed(
+            session,
+            notification_id=ids.notification_id,
+            enterprise_id=ids.enterprise_id,
+            attempt=ids.attempt,
+            error=error,
+        )
+    log.warning("notification %s failed: %s", ids.notification_id, error)
     return DeliveryResult(Outcome.FAILED if moved else Outcome.LOST_RACE)
 
 
-def _novu_error(code: str, exc: NovuPermanentError | NovuRetryableError, attempt: int) -> dict[str, Any]:
+def _novu_error(
+    code: str, exc: NovuPermanentError | NovuRetryableError, attempt: int
+) -> dict[str, Any]:
     return {
         "code": code,
         "message": str(exc),

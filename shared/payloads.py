@@ -22,7 +22,9 @@ def payload_errors(schema: dict[str, Any] | None, payload: dict[str, Any]) -> li
     try:
         validator = _validator(json.dumps(schema, sort_keys=True))
     except SchemaError as exc:
-        return [{"field": "", "message": f"the workflow's payload schema is invalid: {exc.message}"}]
+        return [
+            {"field": "", "message": f"the workflow's payload schema is invalid: {exc.message}"}
+        ]
     errors = []
     for err in sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.path))):
         path = ".".join(str(part) for part in err.absolute_path)

@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     redeliver_after_seconds: int = Field(default=15, ge=1, alias="REDELIVER_AFTER_SECONDS")
     reconcile_batch_size: int = Field(default=500, ge=1, alias="RECONCILE_BATCH_SIZE")
     # Countdowns live in broker messages only when shorter than this; longer delays stay in the
-    # database (next_attempt_at) and are released by beat. Must stay well below the visibility timeout.
+    # database (next_attempt_at) and are released by beat. Keep it well below the visibility
+    # timeout.
     max_countdown_seconds: int = Field(default=60, ge=0, alias="MAX_COUNTDOWN_SECONDS")
     broker_visibility_timeout: int = Field(default=3600, ge=60, alias="BROKER_VISIBILITY_TIMEOUT")
     worker_prefetch_multiplier: int = Field(default=1, ge=1, alias="WORKER_PREFETCH_MULTIPLIER")

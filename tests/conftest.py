@@ -155,10 +155,20 @@ class Worker:
         hostname = f"{self.name}-{uuid.uuid4().hex[:6]}@test"
         self.proc = _spawn(
             [
-                sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                "--loglevel=INFO", "-E", f"--concurrency={self.concurrency}",
-                "-Q", "xnovu.deliver,xnovu.maintenance", f"--hostname={hostname}",
-                "--without-mingle", "--without-gossip",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "--loglevel=INFO",
+                "-E",
+                f"--concurrency={self.concurrency}",
+                "-Q",
+                "xnovu.deliver,xnovu.maintenance",
+                f"--hostname={hostname}",
+                "--without-mingle",
+                "--without-gossip",
             ],
             self.stack.env,
             self.log,
@@ -166,8 +176,14 @@ class Worker:
         if with_beat:
             self.beat = _spawn(
                 [
-                    sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat",
-                    "--loglevel=INFO", f"--schedule={self.stack.tmp / (self.name + '-beat')}",
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "worker.celery_app",
+                    "beat",
+                    "--loglevel=INFO",
+                    f"--schedule={self.stack.tmp / (self.name + '-beat')}",
                 ],
                 self.stack.env,
                 self.stack.tmp / f"{self.name}-beat.log",
@@ -266,4 +282,6 @@ def wait_for_status(
         if body.get("notification_status") in statuses:
             return body
         time.sleep(0.1)
-    raise AssertionError(f"notification {notification_id} stayed {body.get('notification_status')}: {body}")
+    raise AssertionError(
+        f"notification {notification_id} stayed {body.get('notification_status')}: {body}"
+    )

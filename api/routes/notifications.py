@@ -134,7 +134,9 @@ def retry_notification(
         raise not_found("notification")
     if not moved:
         raise ApiError(
-            409, "invalid_state", f"a {row.notification_status.value} notification cannot be retried"
+            409,
+            "invalid_state",
+            f"a {row.notification_status.value} notification cannot be retried",
         )
     publish_deliver([(row.id, enterprise_id)])
     return NotificationRead.of(row)

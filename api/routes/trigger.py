@@ -60,7 +60,9 @@ def trigger(
         )
     errors = payload_errors(workflow.payload_schema, body.payload)
     if errors:
-        raise ApiError(422, "invalid_payload", "the payload does not match the workflow's schema", errors)
+        raise ApiError(
+            422, "invalid_payload", "the payload does not match the workflow's schema", errors
+        )
 
     service = NotificationService(session)
     if body.notificationId is not None:
@@ -135,7 +137,9 @@ def _recipients(body: TriggerRequest, workflow: StaticWorkflow) -> list[str]:
     )
 
 
-def _existing(service: NotificationService, body: TriggerRequest, enterprise_id: Any) -> Notification:
+def _existing(
+    service: NotificationService, body: TriggerRequest, enterprise_id: Any
+) -> Notification:
     """Trigger a notification another service already recorded (the original `notificationId`)."""
     assert body.notificationId is not None
     row = service.get_notification(body.notificationId, enterprise_id)

@@ -71,7 +71,9 @@ class NotificationService:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def get_notification(self, notification_id: int, enterprise_id: uuid.UUID) -> Notification | None:
+    def get_notification(
+        self, notification_id: int, enterprise_id: uuid.UUID
+    ) -> Notification | None:
         """One notification of this enterprise, or None (another enterprise's id is None too)."""
         return self.session.scalars(
             select(Notification).where(
@@ -197,7 +199,7 @@ class NotificationService:
     def retry_notification(
         self, notification_id: int, enterprise_id: uuid.UUID
     ) -> tuple[bool, Notification | None]:
-        """FAILED → PENDING; (False, row) when the row is in another state, (False, None) if absent."""
+        """FAILED → PENDING; (False, row) from another state, (False, None) if absent."""
         row = transitions.requeue_failed(
             self.session, notification_id=notification_id, enterprise_id=enterprise_id
         )

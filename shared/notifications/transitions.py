@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.enums import NotificationStatus as S
@@ -211,9 +211,15 @@ def requeue_failed(
     return _one_or_none(session, stmt)
 
 
-def expire_leases(
-    session: Session, *, max_attempts: int, limit: int
-) -> tuple[Sequence[Row[Any]], int]:
+# (notification id, enterprise id): what a deliver message carries.
+Target = tuple[int, uuid.UUID]
+
+
+def _targets(rows: Sequence[Any]) -> list[Target]:
+    return [(row.id, row.enterprise_id) for row in rows]
+
+
+def expire_leases(session: Session, *, max_attempts: int, limit: int) -> tuple[list[Target], int]:
     """PROCESSING rows whose worker died: back to PENDING (to be published again), or FAILED
     when their attempts are spent. Returns the rows to publish and the number failed."""
     expired = (
@@ -252,12 +258,10 @@ def expire_leases(
         .returning(N.id, N.enterprise_id),
         execution_options={"synchronize_session": False},
     ).all()
-    return requeued, len(failed)
+    return _targets(requeued), len(failed)
 
 
-def mark_enqueued(
-    session: Session, *, stale_after_seconds: int | None, limit: int
-) -> Sequence[Row[Any]]:
+def mark_enqueued(session: Session, *, stale_after_seconds: int | None, limit: int) -> list[Target]:
     """Due PENDING rows never published (scheduled, long retries, broker was down) and, when
     stale_after_seconds is given, rows published that long ago and still not consumed: stamp
     enqueued_at and return them for publishing."""
@@ -273,13 +277,14 @@ def mark_enqueued(
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
-    return session.execute(
+    rows = session.execute(
         update(N)
         .where(N.id.in_(stale))
         .values(enqueued_at=func.now())
         .returning(N.id, N.enterprise_id),
         execution_options={"synchronize_session": False},
     ).all()
+    return _targets(rows)
 
 
 def clear_enqueued(session: Session, *, notification_ids: Sequence[int]) -> None:

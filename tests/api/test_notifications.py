@@ -16,7 +16,12 @@ def _scheduled(client, tenant, **extra):
     later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
     response = client.post(
         "/api/trigger",
-        json={"workflowId": "user-signup", "payload": signup_payload(), "scheduledFor": later, **extra},
+        json={
+            "workflowId": "user-signup",
+            "payload": signup_payload(),
+            "scheduledFor": later,
+            **extra,
+        },
         headers=tenant.headers,
     )
     assert response.status_code == 202, response.text
@@ -85,7 +90,9 @@ def test_bad_cursor_and_bad_status_are_client_errors(client, tenant):
 def test_cancel_pending_retracts_and_repeating_it_answers_the_same(client, tenant):
     nid = _scheduled(client, tenant)
     first = client.post(
-        f"/api/notifications/{nid}/cancel", json={"reason": "user opted out"}, headers=tenant.headers
+        f"/api/notifications/{nid}/cancel",
+        json={"reason": "user opted out"},
+        headers=tenant.headers,
     )
     assert first.status_code == 200, first.text
     body = first.json()

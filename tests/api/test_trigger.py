@@ -84,7 +84,9 @@ def test_service_key_acts_for_the_enterprise_it_names(client, stack):
 def test_payload_over_the_limit_is_413(client, tenant):
     payload = {**signup_payload(), "blob": "x" * 70_000}
     response = client.post(
-        "/api/trigger", json={"workflowId": "user-signup", "payload": payload}, headers=tenant.headers
+        "/api/trigger",
+        json={"workflowId": "user-signup", "payload": payload},
+        headers=tenant.headers,
     )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"

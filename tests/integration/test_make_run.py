@@ -45,13 +45,21 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
         "XNOVU_PG_PORT": free_port(),
         "XNOVU_REDIS_PORT": free_port(),
     }
-    env = {k: v for k, v in os.environ.items() if k not in {
-        "DATABASE_URL", "REDIS_URL", "NOVU_API_URL", "NOVU_SECRET_KEY", "FLOWER_BASIC_AUTH"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in {"DATABASE_URL", "REDIS_URL", "NOVU_API_URL", "NOVU_SECRET_KEY", "FLOWER_BASIC_AUTH"}
+    }
     env.update({k: str(v) for k, v in ports.items()})
     env["XNOVU_DATA_DIR"] = str(tmp_path / "data")
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "dev"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     log: list[str] = []
     try:
@@ -64,8 +72,10 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
         response = httpx.post(
             f"{api}/api/trigger",
             headers={"Authorization": f"Bearer {key}"},
-            json={"workflowId": "user-signup",
-                  "payload": {"userId": "u-1", "email": "ada@example.com", "name": "Ada"}},
+            json={
+                "workflowId": "user-signup",
+                "payload": {"userId": "u-1", "email": "ada@example.com", "name": "Ada"},
+            },
         )
         assert response.status_code == 202, response.text
         accepted = response.json()
@@ -74,15 +84,19 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
         deadline = time.monotonic() + 20
         row: dict = {}
         while time.monotonic() < deadline:
-            row = httpx.get(f"{api}/api/notifications/{accepted['notificationId']}",
-                            headers={"Authorization": f"Bearer {key}"}).json()
+            row = httpx.get(
+                f"{api}/api/notifications/{accepted['notificationId']}",
+                headers={"Authorization": f"Bearer {key}"},
+            ).json()
             if row["notification_status"] in {"SENT", "FAILED"}:
                 break
             time.sleep(0.1)
         assert row["notification_status"] == "SENT", row
         assert row["transaction_id"] == accepted["transactionId"]
 
-        events = httpx.get(f"http://127.0.0.1:{ports['NOVU_EMULATOR_PORT']}/_emulator/events").json()
+        events = httpx.get(
+            f"http://127.0.0.1:{ports['NOVU_EMULATOR_PORT']}/_emulator/events"
+        ).json()
         assert [e["transactionId"] for e in events] == [accepted["transactionId"]]
 
         flower = f"http://127.0.0.1:{ports['FLOWER_PORT']}"
@@ -113,7 +127,8 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
     left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert left == [], f"left running: {[(c.pid, c.name()) for c in left]}"
     leftover_pg = [
-        p for p in psutil.process_iter(["name", "cmdline"])
+        p
+        for p in psutil.process_iter(["name", "cmdline"])
         if p.info["name"] in {"postgres", "redis-server"}
         and str(tmp_path) in " ".join(p.info["cmdline"] or [])
     ]

@@ -72,17 +72,23 @@ def test_cancel_after_claim_loses(pending):
     nid, enterprise = pending
     assert _claim(nid, enterprise) is not None
     with transaction() as session:
-        assert transitions.retract_pending(
-            session, notification_id=nid, enterprise_id=enterprise, reason=None
-        ) is None
+        assert (
+            transitions.retract_pending(
+                session, notification_id=nid, enterprise_id=enterprise, reason=None
+            )
+            is None
+        )
 
 
 def test_claim_after_cancel_loses(pending):
     nid, enterprise = pending
     with transaction() as session:
-        assert transitions.retract_pending(
-            session, notification_id=nid, enterprise_id=enterprise, reason="stop"
-        ) is not None
+        assert (
+            transitions.retract_pending(
+                session, notification_id=nid, enterprise_id=enterprise, reason="stop"
+            )
+            is not None
+        )
     assert _claim(nid, enterprise) is None
 
 
@@ -96,7 +102,7 @@ def test_a_stale_attempt_cannot_record_an_outcome(pending):
             .values(locked_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
         )
         requeued, failed = transitions.expire_leases(session, max_attempts=5, limit=10)
-    assert (nid, enterprise) in [tuple(r) for r in requeued] and failed == 0
+    assert (nid, enterprise) in requeued and failed == 0
     second = _claim(nid, enterprise)
     assert second is not None and second.attempts == 2
     with transaction() as session:
@@ -118,7 +124,7 @@ def test_expired_lease_on_the_last_attempt_fails_the_row(pending):
             .values(locked_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
         )
         requeued, failed = transitions.expire_leases(session, max_attempts=1, limit=10)
-    assert failed == 1 and nid not in [r.id for r in requeued]
+    assert failed == 1 and (nid, enterprise) not in requeued
     with transaction() as session:
         row = NotificationService(session).get_notification(nid, enterprise)
         assert row is not None and row.notification_status is S.FAILED
@@ -129,11 +135,19 @@ def test_sent_cannot_go_back_to_pending_or_failed(pending):
     nid, enterprise = pending
     assert _claim(nid, enterprise) is not None
     with transaction() as session:
-        assert transitions.mark_sent(session, notification_id=nid, enterprise_id=enterprise, attempt=1)
+        assert transitions.mark_sent(
+            session, notification_id=nid, enterprise_id=enterprise, attempt=1
+        )
         assert not transitions.mark_failed(
             session, notification_id=nid, enterprise_id=enterprise, attempt=1, error={}
         )
-        assert transitions.retract_pending(
-            session, notification_id=nid, enterprise_id=enterprise, reason=None
-        ) is None
-        assert transitions.requeue_failed(session, notification_id=nid, enterprise_id=enterprise) is None
+        assert (
+            transitions.retract_pending(
+                session, notification_id=nid, enterprise_id=enterprise, reason=None
+            )
+            is None
+        )
+        assert (
+            transitions.requeue_failed(session, notification_id=nid, enterprise_id=enterprise)
+            is None
+        )

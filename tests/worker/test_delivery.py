@@ -1,4 +1,4 @@
-"""The delivery pipeline end to end: API → PostgreSQL → Redis → real celery worker → Novu emulator."""
+"""The delivery pipeline end to end: API → PostgreSQL → Redis → celery worker → Novu emulator."""
 
 from __future__ import annotations
 
@@ -65,7 +65,9 @@ def test_trigger_reaches_sent_and_novu_records_it_once(client, tenant, worker, e
 def test_html_in_the_payload_is_escaped_in_email_and_in_app(client, tenant, worker, emulator):
     payload = {**signup_payload(), "name": "<script>x</script>"}
     accepted = client.post(
-        "/api/trigger", json={"workflowId": "user-signup", "payload": payload}, headers=tenant.headers
+        "/api/trigger",
+        json={"workflowId": "user-signup", "payload": payload},
+        headers=tenant.headers,
     ).json()
     wait_for_status(client, tenant, accepted["notificationId"], {"SENT"})
     rendered = _events(emulator, accepted["transactionId"])[0]["payload"]["_xnovu"]["rendered"]
@@ -98,7 +100,9 @@ def test_permanent_error_fails_with_novus_answer(client, tenant, worker, emulato
 def test_exhausted_attempts_fail_with_the_last_error(client, tenant, worker, emulator):
     emulator.post("/_emulator/faults", json={"status": 503, "rate": 1.0})
     accepted = _trigger(client, tenant)
-    row = wait_for_status(client, tenant, accepted["notificationId"], {"SENT", "FAILED"}, timeout=30)
+    row = wait_for_status(
+        client, tenant, accepted["notificationId"], {"SENT", "FAILED"}, timeout=30
+    )
     assert row["notification_status"] == "FAILED"
     assert row["attempts"] == 4  # DELIVERY_MAX_ATTEMPTS in the test settings
     assert row["error_details"]["code"] == "attempts_exhausted"
@@ -122,7 +126,9 @@ def test_retracted_notification_is_never_sent_even_with_its_message_queued(
 ):
     later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
     held = _trigger(client, tenant, scheduledFor=later)
-    cancelled = client.post(f"/api/notifications/{held['notificationId']}/cancel", headers=tenant.headers)
+    cancelled = client.post(
+        f"/api/notifications/{held['notificationId']}/cancel", headers=tenant.headers
+    )
     assert cancelled.json()["notification_status"] == "RETRACTED"
     # Make it due and publish its message anyway, as a stale queue would.
     with transaction() as session:
@@ -149,7 +155,9 @@ def test_scheduled_notification_waits_in_the_database_until_due(client, tenant, 
     assert len(_events(emulator, accepted["transactionId"])) == 1
 
 
-def test_reconciler_publishes_a_pending_row_whose_message_was_lost(client, tenant, worker, emulator):
+def test_reconciler_publishes_a_pending_row_whose_message_was_lost(
+    client, tenant, worker, emulator
+):
     later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
     accepted = _trigger(client, tenant, scheduledFor=later)
     # A due row whose message was published long ago and never consumed.
@@ -157,7 +165,9 @@ def test_reconciler_publishes_a_pending_row_whose_message_was_lost(client, tenan
         session.execute(
             update(Notification)
             .where(Notification.id == accepted["notificationId"])
-            .values(scheduled_for=None, enqueued_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
+            .values(
+                scheduled_for=None, enqueued_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+            )
         )
     row = wait_for_status(client, tenant, accepted["notificationId"], {"SENT"}, timeout=10)
     assert row["attempts"] == 1
@@ -185,7 +195,9 @@ def test_cancel_sent_retracts_while_novu_still_holds_it(client, tenant, worker, 
     emulator.post("/_emulator/faults", json={"holdSeconds": 60})
     accepted = _trigger(client, tenant)
     wait_for_status(client, tenant, accepted["notificationId"], {"SENT"})
-    response = client.post(f"/api/notifications/{accepted['notificationId']}/cancel", headers=tenant.headers)
+    response = client.post(
+        f"/api/notifications/{accepted['notificationId']}/cancel", headers=tenant.headers
+    )
     assert response.status_code == 200, response.text
     assert response.json()["notification_status"] == "RETRACTED"
 
@@ -193,7 +205,9 @@ def test_cancel_sent_retracts_while_novu_still_holds_it(client, tenant, worker, 
 def test_cancel_sent_after_delivery_is_409_already_delivered(client, tenant, worker, emulator):
     accepted = _trigger(client, tenant)
     wait_for_status(client, tenant, accepted["notificationId"], {"SENT"})
-    response = client.post(f"/api/notifications/{accepted['notificationId']}/cancel", headers=tenant.headers)
+    response = client.post(
+        f"/api/notifications/{accepted['notificationId']}/cancel", headers=tenant.headers
+    )
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "already_delivered"
     assert _row(accepted["notificationId"]).notification_status is NotificationStatus.SENT

@@ -34,7 +34,9 @@ def reconcile() -> dict[str, int]:
     settings = get_settings()
     with transaction() as session:
         requeued, failed = transitions.expire_leases(
-            session, max_attempts=settings.delivery_max_attempts, limit=settings.reconcile_batch_size
+            session,
+            max_attempts=settings.delivery_max_attempts,
+            limit=settings.reconcile_batch_size,
         )
     with transaction() as session:
         stale = transitions.mark_enqueued(
@@ -53,8 +55,7 @@ def reconcile() -> dict[str, int]:
     return {"leases_expired": len(requeued), "failed": failed, "republished": published}
 
 
-def _publish(rows: list | tuple) -> int:  # type: ignore[type-arg]
-    items = [(row.id, row.enterprise_id) for row in rows]
+def _publish(items: list[transitions.Target]) -> int:
     failed = publish_deliver(items)
     if failed:
         with transaction() as session:
