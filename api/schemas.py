@@ -24,7 +24,7 @@ class TriggerRequest(BaseModel):
     enterpriseId: uuid.UUID | None = None
     subscriberId: str | None = Field(default=None, min_length=1, max_length=255)
     recipients: list[Recipient] | None = Field(default=None, min_length=1)
-    notificationId: int | None = Field(default=None, ge=1)
+    notificationId: int | None = Field(default=None, ge=1, le=2**63 - 1)
     scheduledFor: AwareDatetime | None = None
     overrides: dict[str, Any] | None = None
     tags: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(

@@ -7,7 +7,7 @@ import binascii
 import threading
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from api.deps import EnterpriseDep, SessionDep
 from api.errors import ApiError, not_found
@@ -20,6 +20,9 @@ from shared.queue import publish_deliver
 from shared.settings import get_settings
 
 router = APIRouter(prefix="/api/notifications", tags=["notifications"])
+
+# Ids are BIGINT: anything outside that range cannot exist and is a 422, not a database error.
+NotificationId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 _novu: NovuClient | None = None
 _novu_lock = threading.Lock()
@@ -75,7 +78,7 @@ def list_notifications(
 
 @router.get("/{notification_id}", response_model=NotificationRead)
 def get_notification(
-    notification_id: int, session: SessionDep, enterprise_id: EnterpriseDep
+    notification_id: NotificationId, session: SessionDep, enterprise_id: EnterpriseDep
 ) -> NotificationRead:
     """One notification; another enterprise's id answers 404."""
     row = NotificationService(session).get_notification(notification_id, enterprise_id)
@@ -86,7 +89,7 @@ def get_notification(
 
 @router.post("/{notification_id}/cancel", response_model=NotificationRead)
 def cancel_notification(
-    notification_id: int,
+    notification_id: NotificationId,
     session: SessionDep,
     enterprise_id: EnterpriseDep,
     body: CancelRequest | None = None,
@@ -125,7 +128,7 @@ def cancel_notification(
 
 @router.post("/{notification_id}/retry", response_model=NotificationRead, status_code=202)
 def retry_notification(
-    notification_id: int, session: SessionDep, enterprise_id: EnterpriseDep
+    notification_id: NotificationId, session: SessionDep, enterprise_id: EnterpriseDep
 ) -> NotificationRead:
     """FAILED → PENDING with a fresh attempt budget, and publish its delivery."""
     moved, row = NotificationService(session).retry_notification(notification_id, enterprise_id)

@@ -136,3 +136,14 @@ def test_healthz_and_readyz(client):
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_ids_beyond_bigint_are_422_not_a_database_error(client, tenant):
+    huge = 2**70
+    assert client.get(f"/api/notifications/{huge}", headers=tenant.headers).status_code == 422
+    response = client.post(
+        "/api/trigger",
+        json={"workflowId": "user-signup", "payload": signup_payload(), "notificationId": huge},
+        headers=tenant.headers,
+    )
+    assert response.status_code == 422
