@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Query
 
 from api.deps import EnterpriseDep, SessionDep
 from api.errors import ApiError, not_found
-from api.schemas import CancelRequest, NotificationPage, NotificationRead
+from api.schemas.notifications import CancelRequest, NotificationPage, NotificationRead
 from shared.db.enums import NotificationStatus
 from shared.notifications.service import CancelOutcome, NotificationService
 from shared.novu.client import NovuClient

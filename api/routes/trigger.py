@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Response
 
 from api.deps import PrincipalDep, SessionDep, resolve_enterprise
 from api.errors import ApiError
-from api.schemas import TriggerRequest, TriggerResponse
+from api.schemas.notifications import TriggerRequest, TriggerResponse
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
 from shared.notifications.service import (
