@@ -66,6 +66,22 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(default=5000, ge=100, alias="DB_STATEMENT_TIMEOUT_MS")
     db_pool_size: int = Field(default=10, ge=1, alias="DB_POOL_SIZE")
 
+    # Workflows and templates.
+    workflows_dir: Path | None = Field(default=None, alias="XNOVU_WORKFLOWS_DIR")
+    registry_check_interval_seconds: float = Field(
+        default=2.0, gt=0, le=5, alias="REGISTRY_CHECK_INTERVAL_SECONDS"
+    )
+    template_cache_ttl_seconds: float = Field(
+        default=300.0, ge=0, alias="TEMPLATE_CACHE_TTL_SECONDS"
+    )
+    template_max_output_bytes: int = Field(
+        default=1_000_000, ge=1024, alias="TEMPLATE_MAX_OUTPUT_BYTES"
+    )
+    template_render_timeout_seconds: float = Field(
+        default=2.0, gt=0, alias="TEMPLATE_RENDER_TIMEOUT_SECONDS"
+    )
+    template_max_depth: int = Field(default=5, ge=1, le=20, alias="TEMPLATE_MAX_DEPTH")
+
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 
     @property

@@ -205,6 +205,21 @@ class Notification(AuditedRow, Base):
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     enqueued_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # Channels rendered with default content because their template was missing.
+    render_fallbacks: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+
+
+class RegistryGeneration(Base):
+    """Bumped by a reload: every process drops its cached workflows and templates of that
+    enterprise when it sees a newer generation (checked every few seconds)."""
+
+    __tablename__ = "registry_generation"
+
+    enterprise_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("1"))
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
 
 
 class ApiKey(AuditedRow, Base):

@@ -47,6 +47,7 @@ def test_upgrade_creates_every_table_then_downgrade_removes_them(empty_database)
         "ent_notification_rule",
         "ent_notification",
         "ent_api_key",
+        "registry_generation",
     }
     assert {"notification_status", "channel_type", "publish_status"} <= types
 
