@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.routes import health, notifications, trigger
+from api.routes import health, notifications, stats, trigger, workflows
 from shared.settings import get_settings
 
 
@@ -25,6 +25,8 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(trigger.router)
     app.include_router(notifications.router)
+    app.include_router(workflows.router)
+    app.include_router(stats.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
 

@@ -234,5 +234,13 @@ def _announce_when_ready(settings: Settings, timeout: float = 120.0) -> None:
     )
 
 
+def _register_subcommands() -> None:
+    from shared.workflows.cli import workflows
+
+    main.add_command(workflows)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     main()

@@ -11,11 +11,11 @@ import enum
 import logging
 import uuid
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-from shared.db.enums import ChannelType
 from shared.db.models import Notification
 from shared.db.session import transaction
 from shared.notifications import transitions
@@ -23,22 +23,19 @@ from shared.novu.client import NovuClient, trigger_idempotency_key
 from shared.novu.errors import NovuPermanentError, NovuRetryableError
 from shared.novu.retry import backoff_delay
 from shared.novu.schemas import TriggerEvent
-from shared.rendering import RenderError, render_channel
+from shared.rendering import RenderError
+from shared.templates.renderer import TemplateNotFound, get_template_renderer
 from shared.settings import Settings
+from shared.workflows.instance import WorkflowInstance
 from shared.workflows.registry import get_registry
 
 log = logging.getLogger(__name__)
 
 # Key under which XNovu's own data travels in the Novu payload (the bridge reads it back).
 XNOVU_PAYLOAD_KEY = "_xnovu"
-# Novu step ids of each channel, as the bridge declares them.
-STEP_IDS: dict[ChannelType, str] = {
-    ChannelType.EMAIL: "email",
-    ChannelType.IN_APP: "in_app",
-    ChannelType.SMS: "sms",
-    ChannelType.PUSH: "push",
-    ChannelType.CHAT: "chat",
-}
+# What a channel says when its template is missing (the fallback is recorded on the row).
+FALLBACK_SUBJECT = "{{ _workflow_name }}"
+FALLBACK_BODY = "{{ message if message is string else 'You have a new notification.' }}"
 
 
 class Outcome(enum.StrEnum):
@@ -64,30 +61,65 @@ class PermanentDeliveryError(Exception):
         self.code = code
 
 
-def build_trigger_event(row: Notification) -> TriggerEvent:
+@dataclass(frozen=True, slots=True)
+class PreparedTrigger:
+    event: TriggerEvent
+    render_fallbacks: list[dict[str, Any]]
+
+
+def render_workflow(
+    workflow: WorkflowInstance, enterprise_id: uuid.UUID, payload: Mapping[str, Any]
+) -> tuple[dict[str, dict[str, str]], list[dict[str, Any]]]:
+    """Every channel's content by step id, and the channels that fell back to default content."""
+    renderer = get_template_renderer()
+    rendered: dict[str, dict[str, str]] = {}
+    fallbacks: list[dict[str, Any]] = []
+    for step in workflow.steps:
+        if step.content is not None:
+            content = renderer.render_source(
+                step.channel,
+                step.content.subject,
+                step.content.body,
+                payload,
+                enterprise_id=enterprise_id,
+            )
+        else:
+            assert step.template_id is not None
+            try:
+                content = renderer.render_template(step.template_id, enterprise_id, payload)
+            except TemplateNotFound as exc:
+                fallbacks.append(
+                    {"channel": step.channel.value, "templateId": step.template_id, "reason": str(exc)}
+                )
+                content = renderer.render_source(
+                    step.channel,
+                    FALLBACK_SUBJECT,
+                    FALLBACK_BODY,
+                    {**payload, "_workflow_name": workflow.name or workflow.key},
+                    enterprise_id=enterprise_id,
+                )
+        rendered[step.step_id] = content.as_dict()
+    return rendered, fallbacks
+
+
+def build_trigger_event(row: Notification) -> PreparedTrigger:
     """The Novu trigger for a claimed row, with every channel rendered up front."""
     assert row.enterprise_id is not None
     workflow = get_registry().get_workflow(row.workflow_key, row.enterprise_id)
     if workflow is None:
         raise PermanentDeliveryError("workflow_not_found", f"no workflow {row.workflow_key!r}")
-    rendered: dict[str, Any] = {}
     try:
-        for channel, content in workflow.channels.items():
-            rendered[STEP_IDS[channel]] = render_channel(channel, content, row.payload).as_dict()
+        rendered, fallbacks = render_workflow(workflow, row.enterprise_id, row.payload)
     except RenderError as exc:
         raise PermanentDeliveryError("render_failed", str(exc)) from exc
 
-    to: list[Any] = list(row.recipients)
-    if workflow.subscriber is not None:
-        derived = workflow.subscriber(row.payload)
-        if derived is not None:
-            # The derived subscriber carries the contact details of the first recipient.
-            to = [
-                {k: v for k, v in derived.items() if v is not None}
-                if recipient == derived.get("subscriberId")
-                else recipient
-                for recipient in to
-            ]
+    derived = workflow.default_subscriber(row.payload)
+    to: list[Any] = [
+        {k: v for k, v in derived.items() if v is not None}
+        if derived is not None and recipient == derived.get("subscriberId")
+        else recipient
+        for recipient in row.recipients
+    ]
     if not to:
         raise PermanentDeliveryError("no_recipients", "the notification has no recipients")
 
@@ -95,11 +127,12 @@ def build_trigger_event(row: Notification) -> TriggerEvent:
     payload[XNOVU_PAYLOAD_KEY] = {
         "enterpriseId": str(row.enterprise_id),
         "notificationId": row.id,
+        "workflowType": workflow.workflow_type.value,
         "channels": sorted(rendered),
         "rendered": rendered,
     }
     try:
-        return TriggerEvent.model_validate(
+        event = TriggerEvent.model_validate(
             {
                 "name": row.workflow_key,
                 "to": to,
@@ -109,9 +142,8 @@ def build_trigger_event(row: Notification) -> TriggerEvent:
             }
         )
     except ValidationError as exc:
-        raise PermanentDeliveryError(
-            "invalid_trigger", f"cannot build the Novu trigger: {exc}"
-        ) from exc
+        raise PermanentDeliveryError("invalid_trigger", f"cannot build the Novu trigger: {exc}") from exc
+    return PreparedTrigger(event=event, render_fallbacks=fallbacks)
 
 
 def attempt_idempotency_key(transaction_id: str, attempt: int) -> str:
@@ -137,11 +169,14 @@ def deliver(
     ids = _AttemptIds(notification_id, enterprise_id, attempt)
 
     try:
-        event = build_trigger_event(row)
+        prepared = build_trigger_event(row)
         # transactionId is what keeps Novu from sending twice. The Idempotency-Key is fixed per
         # attempt: Novu keeps a key's answer, errors included, for 24 h, so one key for every
         # attempt would replay a transient 500 forever.
-        novu.trigger(event, idempotency_key=attempt_idempotency_key(row.transaction_id, attempt))
+        novu.trigger(
+            prepared.event,
+            idempotency_key=attempt_idempotency_key(row.transaction_id, attempt),
+        )
     except PermanentDeliveryError as exc:
         return _fail(ids, {"code": exc.code, "message": str(exc), "attempt": attempt})
     except NovuPermanentError as exc:
@@ -177,7 +212,11 @@ def deliver(
 
     with transaction() as session:
         moved = transitions.mark_sent(
-            session, notification_id=notification_id, enterprise_id=enterprise_id, attempt=attempt
+            session,
+            notification_id=notification_id,
+            enterprise_id=enterprise_id,
+            attempt=attempt,
+            render_fallbacks=prepared.render_fallbacks or None,
         )
     return DeliveryResult(Outcome.SENT if moved else Outcome.LOST_RACE)
 

@@ -22,7 +22,7 @@ from shared.notifications.transitions import clear_enqueued
 from shared.payloads import json_size, payload_errors
 from shared.queue import publish_deliver
 from shared.settings import get_settings
-from shared.workflows.definition import StaticWorkflow
+from shared.workflows.instance import WorkflowInstance
 from shared.workflows.registry import get_registry
 
 router = APIRouter(tags=["trigger"])
@@ -35,6 +35,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"description": "The notification is not in a state that can be triggered"},
     413: {"description": "Payload over the limit"},
     422: {"description": "Invalid body, payload failing the workflow's schema, key reused"},
+    503: {"description": "The database is unavailable"},
 }
 
 
@@ -69,7 +70,7 @@ def trigger(
         row = _existing(service, body, enterprise_id)
         created = False
     else:
-        recipients = _recipients(body, workflow)
+        recipients = _recipients(body, workflow, enterprise_id)
         if len(recipients) > settings.max_recipients:
             raise ApiError(
                 422, "too_many_recipients", f"at most {settings.max_recipients} recipients"
@@ -82,6 +83,7 @@ def trigger(
                 NewNotification(
                     enterprise_id=enterprise_id,
                     workflow_key=body.workflowId,
+                    notification_workflow_id=workflow.workflow_id,
                     payload=body.payload,
                     recipients=recipients,
                     overrides=body.overrides,
@@ -121,20 +123,18 @@ def trigger(
     )
 
 
-def _recipients(body: TriggerRequest, workflow: StaticWorkflow) -> list[str]:
+def _recipients(body: TriggerRequest, workflow: WorkflowInstance, enterprise_id: Any) -> list[str]:
+    """Who receives it: the trigger's recipients or subscriberId, else the subscriber the
+    workflow derives from the payload, else the enterprise itself (its own Novu subscriber,
+    as the original XNovu's default subscriber)."""
     if body.recipients:
         return body.recipients
     if body.subscriberId:
         return [body.subscriberId]
-    if workflow.subscriber is not None:
-        derived = workflow.subscriber(body.payload)
-        if derived and derived.get("subscriberId"):
-            return [str(derived["subscriberId"])]
-    raise ApiError(
-        422,
-        "recipients_required",
-        "name a subscriberId or recipients; this workflow cannot derive one from the payload",
-    )
+    derived = workflow.default_subscriber(body.payload)
+    if derived and derived.get("subscriberId"):
+        return [str(derived["subscriberId"])]
+    return [str(enterprise_id)]
 
 
 def _existing(

@@ -66,6 +66,7 @@ class NotificationRead(BaseModel):
     retracted_at: dt.datetime | None
     retraction_reason: str | None
     error_details: dict[str, Any] | None
+    render_fallbacks: list[dict[str, Any]] | None
     attempts: int
     next_attempt_at: dt.datetime | None
     created_at: dt.datetime

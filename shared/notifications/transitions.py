@@ -72,7 +72,12 @@ def _from_processing(notification_id: int, enterprise_id: uuid.UUID, attempt: in
 
 
 def mark_sent(
-    session: Session, *, notification_id: int, enterprise_id: uuid.UUID, attempt: int
+    session: Session,
+    *,
+    notification_id: int,
+    enterprise_id: uuid.UUID,
+    attempt: int,
+    render_fallbacks: list[dict[str, Any]] | None = None,
 ) -> bool:
     """PROCESSING → SENT after Novu accepted the trigger."""
     result = session.execute(
@@ -83,6 +88,7 @@ def mark_sent(
             processed_at=func.now(),
             locked_until=None,
             error_details=None,
+            render_fallbacks=render_fallbacks,
             updated_at=func.now(),
         )
         .returning(N.id),

@@ -42,6 +42,10 @@ def novu_client() -> NovuClient:
     retry_backoff=True,
     retry_backoff_max=30,
     max_retries=5,
+    # Backstop only: Novu calls and rendering have their own, shorter limits. A task killed here
+    # leaves its row PROCESSING, and the reconciler retries it when the lease runs out.
+    soft_time_limit=45,
+    time_limit=60,
 )
 def deliver_notification(self: Task, notification_id: int, enterprise_id: str) -> str:
     """Claim, render and hand one notification to Novu; schedule its retry if Novu failed."""

@@ -1,0 +1,422 @@
+"""WorkflowDiscovery: static workflows found in directories, one package per workflow.
+
+Rules (as the original XNovu's discovery, in Python):
+- each subdirectory of a workflows directory is one workflow and must contain `__init__.py`;
+- its key is the kebab-case of the directory name (`user_signup`, `UserSignup` → `user-signup`);
+- directories starting with `.` or `_` are ignored (`__pycache__`, `_common` helpers);
+- the package defines a module-level `workflow`, a StaticWorkflow whose key is that key.
+An invalid workflow is logged and skipped; it never stops the others.
+
+The built-in directory is imported as the package `shared.workflows.static`. Any other directory
+(XNOVU_WORKFLOWS_DIR) is imported without touching sys.path: it becomes a synthetic package
+`xnovu_workflows_<hash of its path>` and each workflow a subpackage of it, so names never clash
+with installed packages or with another directory, and relative imports work inside a workflow
+(`from .content import BODY`) and across it (`from .._common import footer`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.machinery
+import importlib.util
+import keyword
+import logging
+import re
+import sys
+import threading
+import traceback
+import types
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.settings import Settings, get_settings
+from shared.workflows.definition import (
+    WORKFLOW_KEY_PATTERN,
+    ProblemCode,
+    StaticWorkflow,
+    WorkflowDefinitionError,
+)
+
+log = logging.getLogger(__name__)
+
+BUILTIN_PACKAGE = "shared.workflows.static"
+SYNTHETIC_PACKAGE_PREFIX = "xnovu_workflows_"
+WORKFLOW_ATTRIBUTE = "workflow"
+
+# Imports of user directories register synthetic packages in sys.modules; one at a time.
+_import_lock = threading.RLock()
+
+__all__ = [
+    "BUILTIN_PACKAGE",
+    "DiscoveredWorkflow",
+    "ProblemCode",
+    "ValidationReport",
+    "WorkflowProblem",
+    "builtin_workflows_dir",
+    "derive_workflow_key",
+    "discover_all_static_workflows",
+    "discover_static_workflows",
+    "get_all_workflows_status",
+    "scan_workflow_directories",
+    "static_workflow_dirs",
+    "validate_workflow_directories",
+    "validate_workflow_directory",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowProblem:
+    """One reason a workflow (or a workflows directory) cannot be used."""
+
+    path: str
+    code: ProblemCode
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "code": self.code.value, "message": self.message}
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Every problem of a workflows directory, and the keys of the workflows that are fine."""
+
+    workflows: list[str]
+    problems: list[WorkflowProblem]
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "workflows": list(self.workflows),
+            "problems": [problem.as_dict() for problem in self.problems],
+        }
+
+
+@dataclass
+class DiscoveredWorkflow:
+    """One workflow directory as scanned: its key, the loaded workflow, what is wrong with it."""
+
+    path: Path
+    root: Path
+    key: str
+    workflow: StaticWorkflow | None = None
+    problems: list[WorkflowProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.workflow is not None and not self.problems
+
+    def status(self) -> dict[str, Any]:
+        """`{key, path, status, channels, error}` for status pages and the CLI."""
+        return {
+            "key": self.key,
+            "path": str(self.path),
+            "status": "ok" if self.ok else "invalid",
+            "channels": [c.value for c in self.workflow.channels] if self.workflow else [],
+            "error": "; ".join(p.message for p in self.problems) or None,
+        }
+
+    def _problem(self, code: ProblemCode, message: str) -> None:
+        self.problems.append(WorkflowProblem(str(self.path), code, message))
+
+
+def derive_workflow_key(directory_name: str) -> str:
+    """The kebab-case key of a workflow directory: `user_signup`, `BuildingAlert`, `HTTPError`
+    → `user-signup`, `building-alert`, `http-error`."""
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1-\2", directory_name)
+    name = re.sub(r"([a-z0-9])([A-Z])", r"\1-\2", name)
+    name = re.sub(r"[^A-Za-z0-9]+", "-", name)
+    return name.strip("-").lower()
+
+
+def builtin_workflows_dir() -> Path:
+    """The directory of the static workflows that ship with XNovu."""
+    return Path(__file__).resolve().parent / "static"
+
+
+def static_workflow_dirs(settings: Settings) -> list[Path]:
+    """Where static workflows come from: the built-in directory, then XNOVU_WORKFLOWS_DIR."""
+    dirs = [builtin_workflows_dir()]
+    if settings.workflows_dir is not None:
+        extra = settings.workflows_dir.expanduser()
+        if not _same_path(extra, dirs[0]):
+            dirs.append(extra)
+    return dirs
+
+
+def scan_workflow_directories(
+    directories: Sequence[Path], *, reload: bool = False
+) -> tuple[list[DiscoveredWorkflow], list[WorkflowProblem]]:
+    """Import every workflow directory under each root and check it: the entries (ok or not)
+    and the problems of the roots themselves. A key found in two directories of one root is a
+    problem for both; a key already found in an earlier root is a problem for the later one."""
+    entries: list[DiscoveredWorkflow] = []
+    root_problems: list[WorkflowProblem] = []
+    for root in directories:
+        if not root.is_dir():
+            root_problems.append(
+                WorkflowProblem(
+                    str(root), ProblemCode.NOT_A_DIRECTORY, f"{root} is not a directory"
+                )
+            )
+            continue
+        package = BUILTIN_PACKAGE if _same_path(root, builtin_workflows_dir()) else None
+        entries.extend(_scan_root(root, package=package, reload=reload))
+    _mark_duplicates(entries)
+    return entries, root_problems
+
+
+def discover_static_workflows(
+    directory: Path | None = None, *, package: str | None = None, reload: bool = False
+) -> list[StaticWorkflow]:
+    """The valid workflows of one directory (default: the built-in one). `package` names the
+    importable package that directory is; without it a directory other than the built-in one
+    is imported as a synthetic package. Invalid workflows are logged and skipped. `reload`
+    re-imports modules already imported."""
+    if directory is None:
+        if package is None:
+            directory, package = builtin_workflows_dir(), BUILTIN_PACKAGE
+        else:
+            directory = _package_dir(package)
+    elif package is None and _same_path(directory, builtin_workflows_dir()):
+        package = BUILTIN_PACKAGE
+    if not directory.is_dir():
+        log.warning("static workflows directory %s does not exist; nothing discovered", directory)
+        return []
+    entries = _scan_root(directory, package=package, reload=reload)
+    _mark_duplicates(entries)
+    return _usable(entries)
+
+
+def discover_all_static_workflows(
+    directories: Sequence[Path], *, reload: bool = False
+) -> list[StaticWorkflow]:
+    """The valid workflows of several directories (see `static_workflow_dirs`); on a key found
+    in two of them the first directory wins. Problems are logged and skipped."""
+    entries, root_problems = scan_workflow_directories(directories, reload=reload)
+    for problem in root_problems:
+        log.warning("static workflows directory skipped: %s", problem.message)
+    return _usable(entries)
+
+
+def validate_workflow_directory(path: Path) -> ValidationReport:
+    """Every problem of one workflows directory (the parent of the workflow packages)."""
+    return validate_workflow_directories([path])
+
+
+def validate_workflow_directories(paths: Sequence[Path]) -> ValidationReport:
+    """Every problem of several workflows directories, duplicates across them included. Modules
+    are imported afresh, so the report describes the files as they are now."""
+    entries, problems = scan_workflow_directories(paths, reload=True)
+    for root in paths:
+        if root.is_dir() and not any(_same_path(e.root, root) for e in entries):
+            hint = ""
+            if (root / "__init__.py").is_file():
+                hint = "; if it is one workflow, validate its parent directory"
+            problems.append(
+                WorkflowProblem(
+                    str(root),
+                    ProblemCode.NO_WORKFLOWS,
+                    f"no workflow directories found in {root}{hint}",
+                )
+            )
+    for entry in entries:
+        problems.extend(entry.problems)
+    return ValidationReport(
+        workflows=sorted(entry.key for entry in entries if entry.ok), problems=problems
+    )
+
+
+def get_all_workflows_status(directories: Sequence[Path] | None = None) -> list[dict[str, Any]]:
+    """`{key, path, status: ok|invalid, channels, error}` of every workflow directory found in
+    the given directories (default: the configured ones)."""
+    if directories is None:
+        directories = static_workflow_dirs(get_settings())
+    entries, root_problems = scan_workflow_directories(directories)
+    for problem in root_problems:
+        log.warning("static workflows directory skipped: %s", problem.message)
+    return [entry.status() for entry in entries]
+
+
+# -- scanning -------------------------------------------------------------------------------
+
+
+def _scan_root(root: Path, *, package: str | None, reload: bool) -> list[DiscoveredWorkflow]:
+    entries = []
+    for path in sorted(root.iterdir(), key=lambda p: p.name):
+        if not path.is_dir() or path.name.startswith((".", "_")):
+            continue
+        entry = DiscoveredWorkflow(path=path, root=root, key=derive_workflow_key(path.name))
+        _inspect(entry, package=package, reload=reload)
+        entries.append(entry)
+    return entries
+
+
+def _inspect(entry: DiscoveredWorkflow, *, package: str | None, reload: bool) -> None:
+    key_valid = bool(WORKFLOW_KEY_PATTERN.match(entry.key))
+    if not key_valid:
+        entry._problem(
+            ProblemCode.INVALID_KEY,
+            f"directory name {entry.path.name!r} gives no valid kebab-case key",
+        )
+    if not (entry.path / "__init__.py").is_file():
+        entry._problem(ProblemCode.MISSING_INIT, f"{entry.path.name}/__init__.py is missing")
+        return
+    try:
+        module = _import_workflow_package(entry.path, entry.root, package=package, reload=reload)
+    except WorkflowDefinitionError as exc:
+        for problem in exc.problems:
+            entry._problem(problem.code, problem.message)
+        return
+    except (Exception, SystemExit) as exc:
+        log.debug("importing workflow %s failed", entry.path, exc_info=True)
+        entry._problem(ProblemCode.IMPORT_ERROR, _describe_import_error(exc, entry.path))
+        return
+    obj = getattr(module, WORKFLOW_ATTRIBUTE, None)
+    if obj is None:
+        entry._problem(
+            ProblemCode.NO_WORKFLOW_OBJECT,
+            f"{entry.path.name}/__init__.py defines no module-level `{WORKFLOW_ATTRIBUTE}`",
+        )
+        return
+    if not isinstance(obj, StaticWorkflow):
+        entry._problem(
+            ProblemCode.WRONG_TYPE,
+            f"`{WORKFLOW_ATTRIBUTE}` is a {type(obj).__name__}, not a StaticWorkflow",
+        )
+        return
+    entry.workflow = obj
+    if key_valid and obj.key != entry.key:
+        entry._problem(
+            ProblemCode.KEY_MISMATCH,
+            f"workflow key {obj.key!r} does not match {entry.key!r}, the key its directory "
+            f"{entry.path.name!r} gives",
+        )
+
+
+def _mark_duplicates(entries: list[DiscoveredWorkflow]) -> None:
+    by_key: dict[str, list[DiscoveredWorkflow]] = {}
+    for entry in entries:
+        by_key.setdefault(entry.key, []).append(entry)
+    for key, group in by_key.items():
+        if len(group) < 2:
+            continue
+        first_root = [e for e in group if e.root == group[0].root]
+        # Two directories of one root are equally ambiguous: neither is used. Across roots the
+        # earlier root (the built-in one) keeps its workflow.
+        keeper = group[0] if len(first_root) == 1 else None
+        for entry in group:
+            if entry is keeper:
+                continue
+            others = ", ".join(str(e.path) for e in group if e is not entry)
+            entry._problem(ProblemCode.DUPLICATE_KEY, f"key {key!r} is also derived by {others}")
+
+
+def _usable(entries: list[DiscoveredWorkflow]) -> list[StaticWorkflow]:
+    usable = []
+    for entry in entries:
+        for problem in entry.problems:
+            log.warning(
+                "static workflow %s skipped: %s [%s]", entry.path, problem.message, problem.code
+            )
+        if entry.ok and entry.workflow is not None:
+            usable.append(entry.workflow)
+    return usable
+
+
+# -- importing ------------------------------------------------------------------------------
+
+
+def _import_workflow_package(
+    path: Path, root: Path, *, package: str | None, reload: bool
+) -> types.ModuleType:
+    """Import the package of one workflow directory under a name unique to its path."""
+    with _import_lock:
+        if package is not None and path.name.isidentifier():
+            name = f"{package}.{path.name}"
+            if reload:
+                _forget(name)
+            return importlib.import_module(name)
+        parent = package if package is not None else _synthetic_package(root)
+        importlib.import_module(parent)
+        name = f"{parent}.{_module_segment(path.name)}"
+        if not reload and name in sys.modules:
+            return sys.modules[name]
+        _forget(name)
+        importlib.invalidate_caches()
+        spec = importlib.util.spec_from_file_location(
+            name, path / "__init__.py", submodule_search_locations=[str(path)]
+        )
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path / '__init__.py'}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            _forget(name)
+            raise
+        return module
+
+
+def _synthetic_package(root: Path) -> str:
+    """Register (once) an empty package whose __path__ is the root, so that the workflows below
+    it are its subpackages, whatever the root is called and wherever it lives."""
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    name = f"{SYNTHETIC_PACKAGE_PREFIX}{digest}"
+    if name not in sys.modules:
+        spec = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
+        spec.submodule_search_locations = [str(root.resolve())]
+        module = importlib.util.module_from_spec(spec)
+        module.__doc__ = f"Static workflows of {root.resolve()}"
+        sys.modules[name] = module
+    return name
+
+
+def _module_segment(directory_name: str) -> str:
+    if directory_name.isidentifier() and not keyword.iskeyword(directory_name):
+        return directory_name
+    # `user-signup` and `user_signup` both exist when their keys clash; keep them apart.
+    digest = hashlib.sha256(directory_name.encode()).hexdigest()[:8]
+    return "wf_" + re.sub(r"\W", "_", directory_name) + "_" + digest
+
+
+def _forget(name: str) -> None:
+    """Drop a module and its submodules, so the next import runs the files again."""
+    for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[loaded]
+
+
+def _package_dir(package: str) -> Path:
+    module = importlib.import_module(package)
+    return Path(next(iter(module.__path__)))
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _describe_import_error(exc: BaseException, path: Path) -> str:
+    where = ""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if _is_within(Path(frame.filename), path):
+            where = f" (at {Path(frame.filename).name}:{frame.lineno})"
+            break
+    return f"import failed: {type(exc).__name__}: {exc}{where}"
+
+
+def _is_within(file: Path, directory: Path) -> bool:
+    try:
+        file.resolve().relative_to(directory.resolve())
+    except (ValueError, OSError):
+        return False
+    return True

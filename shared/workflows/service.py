@@ -1,0 +1,227 @@
+"""WorkflowService: `ent_notification_workflow` rows of one enterprise.
+
+Takes a session and never commits. Every mutation bumps the enterprise's registry generation,
+so every process drops its cached workflows within seconds.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Select, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared.db.enums import ChannelType, PublishStatus, WorkflowType
+from shared.db.models import NotificationTemplate, NotificationWorkflow
+from shared.generation import bump_generation
+from shared.workflows.config import TEMPLATE_OVERRIDE_KEYS, WorkflowConfig
+
+W = NotificationWorkflow
+UNUSABLE_TEMPLATE_STATUSES = (PublishStatus.DELETED, PublishStatus.DISCARD)
+EDITABLE_FIELDS = frozenset(
+    {
+        "name",
+        "description",
+        "default_channels",
+        "template_overrides",
+        "payload_schema",
+        "control_schema",
+        "tags",
+        "business_id",
+    }
+)
+
+
+class DuplicateWorkflowKey(Exception):
+    """The enterprise already has a workflow with this key."""
+
+
+class WorkflowService:
+    """Enterprise-scoped reads and writes of workflows."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def _scoped(self, enterprise_id: uuid.UUID) -> Select[tuple[NotificationWorkflow]]:
+        return select(W).where(W.enterprise_id == enterprise_id)
+
+    def get_workflow(self, workflow_id: int, enterprise_id: uuid.UUID) -> NotificationWorkflow | None:
+        """One workflow of this enterprise."""
+        return self.session.scalars(
+            self._scoped(enterprise_id).where(W.id == workflow_id)
+        ).one_or_none()
+
+    def get_workflow_by_key(
+        self, workflow_key: str, enterprise_id: uuid.UUID
+    ) -> NotificationWorkflow | None:
+        """The enterprise's workflow with this key."""
+        return self.session.scalars(
+            self._scoped(enterprise_id).where(W.workflow_key == workflow_key)
+        ).one_or_none()
+
+    def get_all_workflows(
+        self, enterprise_id: uuid.UUID, *, include_deactivated: bool = False
+    ) -> Sequence[NotificationWorkflow]:
+        """The enterprise's workflows (active ones unless asked otherwise), by key."""
+        stmt = self._scoped(enterprise_id)
+        if not include_deactivated:
+            stmt = stmt.where(W.deactivated.is_(False))
+        return self.session.scalars(stmt.order_by(W.workflow_key)).all()
+
+    def get_published_workflows(self, enterprise_id: uuid.UUID) -> Sequence[NotificationWorkflow]:
+        """Active, published workflows: the ones that can be triggered."""
+        return self.session.scalars(
+            self._scoped(enterprise_id)
+            .where(W.deactivated.is_(False), W.publish_status == PublishStatus.PUBLISH)
+            .order_by(W.workflow_key)
+        ).all()
+
+    def get_dynamic_workflows(self, enterprise_id: uuid.UUID) -> Sequence[NotificationWorkflow]:
+        """Active dynamic workflows of the enterprise."""
+        return self.session.scalars(
+            self._scoped(enterprise_id)
+            .where(W.deactivated.is_(False), W.workflow_type == WorkflowType.DYNAMIC)
+            .order_by(W.workflow_key)
+        ).all()
+
+    def get_static_workflows(self, enterprise_id: uuid.UUID) -> Sequence[NotificationWorkflow]:
+        """Active static workflow rows: shared ones (no enterprise) and the enterprise's own."""
+        return self.session.scalars(
+            select(W)
+            .where(
+                or_(W.enterprise_id == enterprise_id, W.enterprise_id.is_(None)),
+                W.deactivated.is_(False),
+                W.workflow_type == WorkflowType.STATIC,
+            )
+            .order_by(W.workflow_key)
+        ).all()
+
+    def create_workflow(
+        self, enterprise_id: uuid.UUID, data: Mapping[str, Any], *, created_by: str | None = None
+    ) -> NotificationWorkflow:
+        """A new workflow (DRAFT unless `publish_status` says otherwise)."""
+        row = W(
+            enterprise_id=enterprise_id,
+            workflow_key=data["workflow_key"],
+            workflow_type=data.get("workflow_type", WorkflowType.DYNAMIC),
+            publish_status=data.get("publish_status", PublishStatus.DRAFT),
+            created_by=created_by,
+            updated_by=created_by,
+            **{k: v for k, v in data.items() if k in EDITABLE_FIELDS},
+        )
+        try:
+            with self.session.begin_nested():
+                self.session.add(row)
+                self.session.flush()
+        except IntegrityError as exc:
+            raise DuplicateWorkflowKey(data["workflow_key"]) from exc
+        bump_generation(self.session, enterprise_id)
+        return row
+
+    def update_workflow(
+        self,
+        workflow_id: int,
+        changes: Mapping[str, Any],
+        enterprise_id: uuid.UUID,
+        *,
+        updated_by: str | None = None,
+    ) -> NotificationWorkflow | None:
+        """Apply changes to editable fields; None when the workflow is not the enterprise's."""
+        row = self.get_workflow(workflow_id, enterprise_id)
+        if row is None:
+            return None
+        for name, value in changes.items():
+            if name not in EDITABLE_FIELDS:
+                raise ValueError(f"{name} cannot be changed")
+            setattr(row, name, value)
+        row.updated_by = updated_by
+        self.session.flush()
+        bump_generation(self.session, enterprise_id)
+        return row
+
+    def publish_workflow(self, workflow_id: int, enterprise_id: uuid.UUID) -> NotificationWorkflow | None:
+        """Make a workflow triggerable."""
+        return self._set(workflow_id, enterprise_id, publish_status=PublishStatus.PUBLISH)
+
+    def unpublish_workflow(
+        self, workflow_id: int, enterprise_id: uuid.UUID
+    ) -> NotificationWorkflow | None:
+        """Back to DRAFT: triggers answer 404 again."""
+        return self._set(workflow_id, enterprise_id, publish_status=PublishStatus.DRAFT)
+
+    def deactivate_workflow(
+        self, workflow_id: int, enterprise_id: uuid.UUID
+    ) -> NotificationWorkflow | None:
+        """Switch a workflow off without deleting it."""
+        return self._set(workflow_id, enterprise_id, deactivated=True)
+
+    def _set(
+        self, workflow_id: int, enterprise_id: uuid.UUID, **values: Any
+    ) -> NotificationWorkflow | None:
+        row = self.get_workflow(workflow_id, enterprise_id)
+        if row is None:
+            return None
+        for name, value in values.items():
+            setattr(row, name, value)
+        self.session.flush()
+        bump_generation(self.session, enterprise_id)
+        return row
+
+    @staticmethod
+    def parse_workflow_config(workflow: NotificationWorkflow) -> WorkflowConfig:
+        """The configuration a database row describes."""
+        overrides = workflow.template_overrides or {}
+
+        def template(channel: ChannelType) -> int | None:
+            value = overrides.get(TEMPLATE_OVERRIDE_KEYS[channel])
+            return int(value) if isinstance(value, int | str) and str(value).isdigit() else None
+
+        return WorkflowConfig(
+            workflow_key=workflow.workflow_key,
+            workflow_type=workflow.workflow_type,
+            channels=list(workflow.default_channels or []),
+            email_template_id=template(ChannelType.EMAIL),
+            in_app_template_id=template(ChannelType.IN_APP),
+            sms_template_id=template(ChannelType.SMS),
+            push_template_id=template(ChannelType.PUSH),
+            payload_schema=workflow.payload_schema,
+            control_schema=workflow.control_schema,
+            tags=list(workflow.tags or []),
+            name=workflow.name,
+            description=workflow.description,
+            workflow_id=workflow.id,
+        )
+
+    def template_problems(self, config: WorkflowConfig, enterprise_id: uuid.UUID) -> list[str]:
+        """Templates a configuration names that the enterprise does not have for that channel."""
+        wanted = {
+            channel: config.template_id(channel)
+            for channel in config.channels
+            if config.template_id(channel) is not None
+        }
+        if not wanted:
+            return []
+        found = {
+            row.id: row.channel_type
+            for row in self.session.execute(
+                select(NotificationTemplate.id, NotificationTemplate.channel_type).where(
+                    NotificationTemplate.enterprise_id == enterprise_id,
+                    NotificationTemplate.id.in_([t for t in wanted.values() if t is not None]),
+                    NotificationTemplate.deactivated.is_(False),
+                    NotificationTemplate.publish_status.not_in(UNUSABLE_TEMPLATE_STATUSES),
+                )
+            )
+        }
+        problems = []
+        for channel, template_id in wanted.items():
+            if template_id not in found:
+                problems.append(f"{TEMPLATE_OVERRIDE_KEYS[channel]} {template_id} does not exist")
+            elif found[template_id] is not channel:
+                problems.append(
+                    f"{TEMPLATE_OVERRIDE_KEYS[channel]} {template_id} is a "
+                    f"{found[template_id].value} template, not {channel.value}"
+                )
+        return problems

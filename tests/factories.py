@@ -1,0 +1,74 @@
+"""Factories for test data created through the API, as a user would."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+CHANNEL_SOURCES = {
+    "EMAIL": ("[{{ priority | default('low') | upper }}] {{ buildingId }}", "<p>{{ message }}</p>"),
+    "IN_APP": ("Building {{ buildingId }}", "{{ message }}"),
+    "SMS": (None, "{{ message }}"),
+    "PUSH": ("Alert", "{{ message }}"),
+}
+
+
+def create_template(
+    client: Any,
+    tenant: Any,
+    channel: str,
+    *,
+    key: str | None = None,
+    subject: str | None = None,
+    body: str | None = None,
+) -> dict[str, Any]:
+    """A template of the tenant's enterprise (201 asserted)."""
+    default_subject, default_body = CHANNEL_SOURCES[channel]
+    response = client.post(
+        "/api/templates",
+        json={
+            "template_key": key or f"{channel.lower().replace('_', '-')}-{uuid.uuid4().hex[:8]}",
+            "name": f"{channel} template",
+            "channel_type": channel,
+            "subject_template": subject if subject is not None else default_subject,
+            "body_template": body or default_body,
+        },
+        headers=tenant.headers,
+    )
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def create_workflow(
+    client: Any,
+    tenant: Any,
+    key: str,
+    *,
+    publish: bool = False,
+    payload_schema: dict[str, Any] | None = None,
+    **templates: dict[str, Any],
+) -> dict[str, Any]:
+    """A DYNAMIC workflow with one template per channel given (EMAIL=…, IN_APP=…)."""
+    override_keys = {
+        "EMAIL": "emailTemplateId",
+        "IN_APP": "inAppTemplateId",
+        "SMS": "smsTemplateId",
+        "PUSH": "pushTemplateId",
+    }
+    body: dict[str, Any] = {
+        "workflow_key": key,
+        "name": key.replace("-", " ").title(),
+        "workflow_type": "DYNAMIC",
+        "default_channels": list(templates),
+        "template_overrides": {override_keys[c]: t["id"] for c, t in templates.items()},
+    }
+    if payload_schema is not None:
+        body["payload_schema"] = payload_schema
+    response = client.post("/api/workflows", json=body, headers=tenant.headers)
+    assert response.status_code == 201, response.text
+    workflow = dict(response.json())
+    if publish:
+        published = client.post(f"/api/workflows/{workflow['id']}/publish", headers=tenant.headers)
+        assert published.status_code == 200, published.text
+        workflow = dict(published.json())
+    return workflow

@@ -1,0 +1,54 @@
+"""A reload made through one API process reaches another API process within 5 s."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from shared.devstack import free_port
+from tests.conftest import REPO, _stop, _wait_for
+from tests.factories import create_template, create_workflow
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def second_api(stack):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.app:app", "--port", str(port), "--log-level", "warning"],
+        cwd=REPO,
+        env={**stack.env, "REGISTRY_CHECK_INTERVAL_SECONDS": "2"},
+        stdout=subprocess.DEVNULL,
+        stderr=(stack.tmp / "second-api.log").open("wb"),
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, 30, "the second API")
+        yield url
+    finally:
+        _stop(proc)
+
+
+def _status(url, tenant, key):
+    body = {"workflowId": key, "payload": {"message": "m"}, "scheduledFor": "2999-01-01T00:00:00Z"}
+    return httpx.post(f"{url}/api/trigger", json=body, headers=tenant.headers).status_code
+
+
+def test_publish_and_unpublish_reach_the_other_process_within_5_seconds(client, tenant, second_api):
+    email = create_template(client, tenant, "EMAIL")
+    workflow = create_workflow(client, tenant, "cross-process", EMAIL=email)
+    assert _status(second_api, tenant, "cross-process") == 404  # loaded there, as a draft
+
+    for action, expected in (("publish", 202), ("unpublish", 404)):
+        assert client.post(f"/api/workflows/{workflow['id']}/{action}", headers=tenant.headers).status_code == 200
+        assert client.post("/api/workflows/reload", headers=tenant.headers).status_code == 200
+        started = time.monotonic()
+        while _status(second_api, tenant, "cross-process") != expected:
+            assert time.monotonic() - started < 5, f"{action} did not reach the other process in 5 s"
+            time.sleep(0.2)
