@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.routes import health, notifications, stats, trigger, workflows
+from api.routes import health, notifications, novu_bridge, stats, templates, trigger, workflows
 from shared.settings import get_settings
 
 
@@ -25,8 +25,10 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(trigger.router)
     app.include_router(notifications.router)
+    app.include_router(templates.router)
     app.include_router(workflows.router)
     app.include_router(stats.router)
+    app.include_router(novu_bridge.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
 

@@ -63,12 +63,23 @@ def keys_create(enterprise_id: uuid.UUID | None, service: bool, name: str | None
 @main.command("novu-emulator")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=None, help="Default: NOVU_EMULATOR_PORT (3100).")
-def novu_emulator(host: str, port: int | None) -> None:
+@click.option(
+    "--bridge-url",
+    default=None,
+    help="Framework bridge to execute accepted triggers on, e.g. "
+    "http://127.0.0.1:8000/api/novu. Default: NOVU_BRIDGE_URL (unset: no bridge calls).",
+)
+def novu_emulator(host: str, port: int | None, bridge_url: str | None) -> None:
     """Run the local stand-in for Novu's REST API."""
     from shared.novu.emulator import serve
 
     settings = get_settings()
-    serve(host, port or settings.novu_emulator_port, settings.effective_novu_secret_key)
+    serve(
+        host,
+        port or settings.novu_emulator_port,
+        settings.effective_novu_secret_key,
+        bridge_url=bridge_url or settings.novu_bridge_url,
+    )
 
 
 @main.command()

@@ -156,15 +156,18 @@ def deliver(
 ) -> DeliveryResult:
     """Run one delivery attempt of a notification and record its outcome."""
     with transaction() as session:
-        row = transitions.claim_pending(
+        claimed = transitions.claim_pending_with_generation(
             session,
             notification_id=notification_id,
             enterprise_id=enterprise_id,
             lease_seconds=settings.processing_lease_seconds,
         )
-    if row is None:
+    if claimed is None:
         # Already claimed, sent, retracted, not due yet, or a duplicate message: nothing to do.
         return DeliveryResult(Outcome.SKIPPED)
+    row, generation = claimed
+    # A reload that happened before this claim is honoured by this very delivery.
+    get_registry().observe_generation(enterprise_id, generation)
     attempt = row.attempts
     ids = _AttemptIds(notification_id, enterprise_id, attempt)
 

@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     # Novu client.
     novu_timeout_seconds: float = Field(default=10.0, alias="NOVU_TIMEOUT_SECONDS")
     novu_connect_timeout_seconds: float = Field(default=3.0, alias="NOVU_CONNECT_TIMEOUT_SECONDS")
+    # The bridge (/api/novu) checks Novu's HMAC signature on every call but health-check. Only a
+    # development setup talking to a Novu that cannot sign may switch it off; a warning is
+    # logged on first use.
+    novu_bridge_verify_signatures: bool = Field(
+        default=True, alias="NOVU_BRIDGE_VERIFY_SIGNATURES"
+    )
+    # Where the Novu emulator calls the bridge to execute steps (unset: it does not).
+    novu_bridge_url: str | None = Field(default=None, alias="NOVU_BRIDGE_URL")
 
     # Delivery and retry policy.
     delivery_max_attempts: int = Field(default=8, ge=1, alias="DELIVERY_MAX_ATTEMPTS")

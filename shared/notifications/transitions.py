@@ -17,7 +17,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.enums import NotificationStatus as S
-from shared.db.models import Notification
+from shared.db.models import Notification, RegistryGeneration
 
 N = Notification
 
@@ -42,6 +42,25 @@ def claim_pending(
     session: Session, *, notification_id: int, enterprise_id: uuid.UUID, lease_seconds: int
 ) -> Notification | None:
     """PENDING → PROCESSING for a due row; None when someone else has it or it is not due."""
+    claimed = claim_pending_with_generation(
+        session,
+        notification_id=notification_id,
+        enterprise_id=enterprise_id,
+        lease_seconds=lease_seconds,
+    )
+    return claimed[0] if claimed is not None else None
+
+
+def claim_pending_with_generation(
+    session: Session, *, notification_id: int, enterprise_id: uuid.UUID, lease_seconds: int
+) -> tuple[Notification, int] | None:
+    """The claim, plus the enterprise's registry generation read in the same statement, so a
+    worker notices a reload before it renders, at no extra round trip."""
+    generation = (
+        select(func.coalesce(func.max(RegistryGeneration.generation), 0))
+        .where(RegistryGeneration.enterprise_id == enterprise_id)
+        .scalar_subquery()
+    )
     stmt = (
         update(N)
         .where(
@@ -57,9 +76,10 @@ def claim_pending(
             next_attempt_at=None,
             updated_at=func.now(),
         )
-        .returning(N)
+        .returning(N, generation)
     )
-    return _one_or_none(session, stmt)
+    row = session.execute(stmt, execution_options=_RETURNING_OPTIONS).one_or_none()
+    return (row[0], int(row[1])) if row is not None else None
 
 
 def _from_processing(notification_id: int, enterprise_id: uuid.UUID, attempt: int) -> Any:

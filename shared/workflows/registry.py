@@ -149,6 +149,17 @@ class WorkflowRegistry:
             return self._enterprises[enterprise_id]
         return entry
 
+    def observe_generation(self, enterprise_id: uuid.UUID, generation: int) -> None:
+        """Reload the enterprise now if `generation` (read elsewhere, e.g. with a claim) is
+        not the one its cached workflows and templates came from."""
+        entry = self._enterprises.get(enterprise_id)
+        if entry is None:
+            self.load_enterprise_workflows(enterprise_id)
+        elif entry.generation != generation:
+            self.reload_enterprise_workflows(enterprise_id)
+        else:
+            entry.checked_at = time.monotonic()
+
     # -- lookups ----------------------------------------------------------------------------
 
     def get_workflow(

@@ -30,11 +30,28 @@ Emulator endpoints (no authentication):
   receivedAt, cancelled}`.
 - `GET /_emulator/stats`: `{accepted, duplicates, cancelled, requests,
   idempotency: {replayed, inFlightConflicts, bodyMismatches}, faults: {latency,
-  drop, dropAfterAccept, rateLimited, "status:500": N, ...}}`. `requests` counts
-  every `/v1` request; `faults` counts faults actually injected, by kind.
+  drop, dropAfterAccept, rateLimited, "status:500": N, ...}, bridge: {...}}`.
+  `requests` counts every `/v1` request; `faults` counts faults actually injected, by kind.
 - `GET /_emulator/faults` shows, `POST /_emulator/faults` replaces (omitted
   fields take their defaults) and `DELETE /_emulator/faults` clears the faults.
-- `POST /_emulator/reset`: forget triggers, counters, faults and idempotency keys.
+- `POST /_emulator/reset`: forget triggers, messages, counters, faults and idempotency
+  keys, and restore the bridge configuration the emulator was started with.
+- `GET /_emulator/config` shows, `POST /_emulator/config` replaces and
+  `DELETE /_emulator/config` restores (to `--bridge-url` / NOVU_BRIDGE_URL) the Framework
+  bridge configuration: `{bridgeUrl, timeoutMs, attempts, retryBaseMs,
+  discoverTtlSeconds}` (see config.py).
+- `GET /_emulator/messages[?transactionId=&subscriberId=&workflowId=&stepId=&channel=]`:
+  what the bridge's steps delivered, in order, each `{transactionId, workflowId, stepId,
+  channel, subscriberId, outputs, deliveredAt}`.
+
+Framework bridge (Novu's side, see bridge.py): with a bridge URL configured, or a `bridgeUrl`
+in the trigger body, every accepted trigger is executed in the background after its 201:
+the workflow's steps are discovered (`GET ?action=discover`, cached), then each step is
+POSTed to `?action=execute` per subscriber, signed with the secret key as Novu signs bridge
+calls, with Novu's 5 s timeout and retries. A step answered with `options.skip` delivers
+nothing; any other answer is recorded as a message. `stats.bridge` counts `calls` (HTTP
+requests), `failures` (requests without a 2xx answer), `retries`, `discovers`, `executed`,
+`skipped`, `delivered`, `errors` (steps or discoveries given up) and shows `lastError`.
 
 Fault configuration (`POST /_emulator/faults`; invalid -> 400 JSON):
 

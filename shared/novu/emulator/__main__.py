@@ -1,4 +1,5 @@
-"""`python -m shared.novu.emulator [--host H] [--port P]`: the emulator without the CLI."""
+"""`python -m shared.novu.emulator [--host H] [--port P] [--bridge-url URL]`: the emulator
+without the CLI."""
 
 from __future__ import annotations
 
@@ -15,11 +16,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m shared.novu.emulator")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=settings.novu_emulator_port)
+    parser.add_argument(
+        "--bridge-url",
+        default=settings.novu_bridge_url,
+        help="Framework bridge to execute triggers on (default: NOVU_BRIDGE_URL; none)",
+    )
     args = parser.parse_args()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
     )
-    serve(args.host, args.port, settings.effective_novu_secret_key)
+    serve(args.host, args.port, settings.effective_novu_secret_key, bridge_url=args.bridge_url)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared.novu.emulator.config import parse_bridge_config
 from shared.novu.emulator.faults import FaultConfig, parse_fault_config, validation_problems
 from shared.novu.emulator.http import HttpRequest, HttpResponse, json_response
 from shared.novu.emulator.state import EmulatorState
@@ -39,6 +40,12 @@ class ControlApi:
                 "DELETE": self._clear_faults,
             },
             f"{CONTROL_PREFIX}/reset": {"POST": self._reset},
+            f"{CONTROL_PREFIX}/config": {
+                "GET": self._config,
+                "POST": self._set_config,
+                "DELETE": self._restore_config,
+            },
+            f"{CONTROL_PREFIX}/messages": {"GET": self._messages},
         }
         methods = routes.get(path)
         if methods is None:
@@ -84,6 +91,41 @@ class ControlApi:
     def _clear_faults(self, request: HttpRequest) -> HttpResponse:
         self.state.set_faults(FaultConfig())
         return json_response(200, self.state.faults.to_json())
+
+    def _config(self, request: HttpRequest) -> HttpResponse:
+        return json_response(200, self.state.bridge.to_json())
+
+    def _set_config(self, request: HttpRequest) -> HttpResponse:
+        try:
+            document = json.loads(request.body or b"{}")
+        except ValueError as exc:
+            return _problem(400, f"malformed JSON: {exc}")
+        try:
+            config = parse_bridge_config(document)
+        except ValidationError as exc:
+            return _problem(400, "invalid configuration", errors=validation_problems(exc))
+        self.state.bridge = config
+        logger.info("bridge configuration set: %s", config.to_json())
+        return json_response(200, config.to_json())
+
+    def _restore_config(self, request: HttpRequest) -> HttpResponse:
+        self.state.bridge = self.state.startup_bridge
+        return json_response(200, self.state.bridge.to_json())
+
+    def _messages(self, request: HttpRequest) -> HttpResponse:
+        filters = {
+            name: request.query[name]
+            for name in ("transactionId", "subscriberId", "workflowId", "channel", "stepId")
+            if name in request.query
+        }
+        return json_response(
+            200,
+            [
+                message
+                for message in self.state.messages
+                if all(message.get(name) in wanted for name, wanted in filters.items())
+            ],
+        )
 
     def _reset(self, request: HttpRequest) -> HttpResponse:
         self.state.reset()

@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import unquote
 
+from shared.novu.emulator.bridge import BridgeRunner
 from shared.novu.emulator.faults import FaultConfig, StatusFault
 from shared.novu.emulator.http import (
     Disconnect,
@@ -122,11 +123,13 @@ class NovuApi:
         *,
         workflows: Collection[str] | None,
         rng: random.Random,
+        bridge: BridgeRunner | None = None,
     ) -> None:
         self.state = state
         self._secret_key = secret_key.encode()
         self._workflows = frozenset(workflows) if workflows is not None else None
         self._rng = rng
+        self._bridge = bridge
 
     async def handle(self, request: HttpRequest) -> Outcome:
         """The outcome of one `/v1` request: an answer, or a dropped connection."""
@@ -325,7 +328,9 @@ class NovuApi:
                 "status": "invalid_recipients",
                 "transactionId": transaction_id,
             }
-        self.state.record(transaction_id, event)
+        if self.state.record(transaction_id, event) and self._bridge is not None:
+            # Novu's workers run the steps after the 201; so does the bridge runner.
+            self._bridge.schedule(self.state.by_transaction[transaction_id])
         return {"acknowledged": True, "status": "processed", "transactionId": transaction_id}
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
+from shared.novu.emulator.bridge import BridgeRunner
+from shared.novu.emulator.config import BridgeConfig
 from shared.novu.emulator.control import CONTROL_PREFIX, ControlApi
 from shared.novu.emulator.http import HttpRequest, Outcome, json_response, serve_connection
 from shared.novu.emulator.novu_api import NovuApi, not_found
@@ -37,14 +39,24 @@ class EmulatorServer:
         *,
         workflows: Collection[str] | None = None,
         seed: int | None = None,
+        bridge_url: str | None = None,
     ) -> None:
-        """`workflows`: the workflow ids Novu knows (None: any); `seed` makes faults repeatable."""
+        """`workflows`: the workflow ids Novu knows (None: any); `seed` makes faults repeatable;
+        `bridge_url`: the Framework bridge to execute accepted triggers on (None: none)."""
         if not secret_key:
             raise ValueError("secret_key must not be empty")
         self.host = host
         self.state = EmulatorState()
+        self.state.startup_bridge = self.state.bridge = BridgeConfig(bridge_url=bridge_url)
         self._requested_port = port
-        self._novu = NovuApi(self.state, secret_key, workflows=workflows, rng=random.Random(seed))
+        self.bridge = BridgeRunner(self.state, secret_key)
+        self._novu = NovuApi(
+            self.state,
+            secret_key,
+            workflows=workflows,
+            rng=random.Random(seed),
+            bridge=self.bridge,
+        )
         self._control = ControlApi(self.state)
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
@@ -93,6 +105,7 @@ class EmulatorServer:
             await asyncio.wait(set(self._connections), timeout=SHUTDOWN_GRACE_SECONDS)
         with suppress(TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), SHUTDOWN_GRACE_SECONDS)
+        await self.bridge.close()
         self._server = None
         logger.info("Novu emulator stopped")
 
@@ -148,9 +161,10 @@ async def _serve_until_signalled(server: EmulatorServer) -> None:
         await server.close()
 
 
-def serve(host: str, port: int, secret_key: str) -> None:
+def serve(host: str, port: int, secret_key: str, *, bridge_url: str | None = None) -> None:
     """Run the emulator in the foreground until SIGINT or SIGTERM, then exit cleanly."""
-    asyncio.run(_serve_until_signalled(EmulatorServer(host, port, secret_key)))
+    server = EmulatorServer(host, port, secret_key, bridge_url=bridge_url)
+    asyncio.run(_serve_until_signalled(server))
 
 
 @dataclass(slots=True)
@@ -200,9 +214,12 @@ def start_in_thread(
     *,
     workflows: Collection[str] | None = None,
     seed: int | None = None,
+    bridge_url: str | None = None,
 ) -> RunningEmulator:
     """Start an emulator on its own event loop in a daemon thread; returns once it listens."""
-    server = EmulatorServer(host, port, secret_key, workflows=workflows, seed=seed)
+    server = EmulatorServer(
+        host, port, secret_key, workflows=workflows, seed=seed, bridge_url=bridge_url
+    )
     startup = _Startup()
 
     async def main() -> None:

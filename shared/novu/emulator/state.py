@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from shared.novu.emulator.config import BridgeConfig
 from shared.novu.emulator.faults import FaultConfig
 from shared.novu.emulator.http import HttpResponse
 
@@ -132,9 +133,22 @@ class EmulatorState:
     bucket: TokenBucket = field(
         default_factory=lambda: TokenBucket(DEFAULT_RATE_LIMIT_PER_SECOND, custom=False)
     )
+    # The bridge configuration in force, and the one the emulator was started with.
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    startup_bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    # Messages the bridge's step outputs delivered, in order (`GET /_emulator/messages`).
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    bridge_last_error: dict[str, Any] | None = None
+    # Bumped by reset(): bridge runs started before it record nothing afterwards.
+    epoch: int = 0
 
     def reset(self) -> None:
-        """Forget every trigger, counter, fault and idempotency key."""
+        """Forget every trigger, message, counter, fault and idempotency key, and go back to
+        the bridge configuration the emulator was started with."""
+        self.epoch += 1
+        self.bridge = self.startup_bridge
+        self.messages.clear()
+        self.bridge_last_error = None
         self.faults = FaultConfig()
         self.bucket = TokenBucket(DEFAULT_RATE_LIMIT_PER_SECOND, custom=False)
         self.triggers.clear()
@@ -167,6 +181,11 @@ class EmulatorState:
         self.by_transaction[transaction_id] = trigger
         self.counters["accepted"] += 1
         return True
+
+    def record_message(self, message: dict[str, Any]) -> None:
+        """Keep a message a bridge step delivered."""
+        self.messages.append(message)
+        self.counters["bridge_delivered"] += 1
 
     def cancel(self, transaction_id: str) -> bool:
         """Cancel a trigger still held (see `holdSeconds`); False if unknown, done or cancelled."""
@@ -227,4 +246,15 @@ class EmulatorState:
                 "bodyMismatches": self.counters["idempotency_mismatch"],
             },
             "faults": faults,
+            "bridge": {
+                "calls": self.counters["bridge_calls"],
+                "failures": self.counters["bridge_failures"],
+                "retries": self.counters["bridge_retries"],
+                "discovers": self.counters["bridge_discovers"],
+                "executed": self.counters["bridge_executed"],
+                "skipped": self.counters["bridge_skipped"],
+                "delivered": self.counters["bridge_delivered"],
+                "errors": self.counters["bridge_errors"],
+                "lastError": self.bridge_last_error,
+            },
         }

@@ -1,0 +1,210 @@
+"""`execute` and `preview` of one step: the outputs Novu delivers for a channel.
+
+What @novu/framework 2.13.2 does (client.ts `executeWorkflow`), and what the bridge does in its
+place:
+- `execute` without `payload` is ExecutionEventPayloadInvalidError with
+  `data: {message}`; a payload failing the workflow's schema is the same error with
+  `data: [{path, message}]` (`path` a JSON Pointer).
+- Steps before the requested one are "hydrated" from `state`; one missing there is
+  ExecutionStateCorruptError (`execute` only: `preview` makes up missing state).
+- A skipped step answers `outputs: {}, options: {skip: true}`; skip conditions are not
+  evaluated in `preview`.
+- The step's outputs are checked against its output schema
+  (ExecutionStateOutputInvalidError), and a failure of the step's own code is
+  StepExecutionFailedError (502, which Novu does not retry).
+
+XNovu's steps are channels. The enterprise comes from `payload._xnovu.enterpriseId` (or a
+top-level `payload.enterpriseId`), the workflow from the registry as the worker resolves it, and
+the outputs from `payload._xnovu.rendered[stepId]`: the content the worker rendered before
+triggering. When that is absent (a trigger that did not come from XNovu's worker) the step is
+rendered here from the workflow's inline content or the enterprise's template. A declared step
+whose channel the enterprise's workflow does not enable is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from api.bridge import errors
+from api.bridge.catalog import CatalogCache
+from api.bridge.protocol import CHANNEL_BY_STEP_ID, PostAction, step_rank
+from api.bridge.schemas import OUTPUT_SCHEMAS, problems
+from shared.db.enums import ChannelType
+from shared.delivery import FALLBACK_BODY, FALLBACK_SUBJECT, XNOVU_PAYLOAD_KEY
+from shared.templates.renderer import RenderedContent, TemplateNotFound, get_template_renderer
+from shared.templates.sandbox import RenderError
+from shared.workflows.instance import ChannelStep, WorkflowInstance
+from shared.workflows.registry import get_registry
+
+log = logging.getLogger(__name__)
+
+PAYLOAD_REQUIRED = "Event `payload` is required"
+
+
+def execute_step(
+    *,
+    action: PostAction,
+    workflow_id: str,
+    step_id: str,
+    event: Mapping[str, Any],
+    catalog: CatalogCache,
+) -> dict[str, Any]:
+    """The answer to `execute` (or `preview`) of `step_id` of `workflow_id` for this event."""
+    started = time.perf_counter()
+    payload = event.get("payload")
+    if payload is None:
+        if action is PostAction.EXECUTE:
+            raise errors.payload_invalid(workflow_id, {"message": PAYLOAD_REQUIRED})
+        payload = {}
+    if not isinstance(payload, dict):
+        raise errors.payload_invalid(workflow_id, [{"path": "", "message": "must be object"}])
+    xnovu = payload.get(XNOVU_PAYLOAD_KEY)
+    xnovu = xnovu if isinstance(xnovu, dict) else {}
+    variables = {k: v for k, v in payload.items() if k != XNOVU_PAYLOAD_KEY}
+    enterprise_id = _enterprise(workflow_id, xnovu, payload)
+
+    workflow = get_registry().get_workflow(workflow_id, enterprise_id)
+    if workflow is None:
+        if enterprise_id is None and catalog.has_workflow(workflow_id):
+            raise errors.payload_invalid(
+                workflow_id,
+                [
+                    {
+                        "path": f"/{XNOVU_PAYLOAD_KEY}/enterpriseId",
+                        "message": "is required: the workflow is defined per enterprise",
+                    }
+                ],
+            )
+        raise errors.workflow_not_found(
+            workflow_id, str(enterprise_id) if enterprise_id is not None else None
+        )
+
+    channel = CHANNEL_BY_STEP_ID.get(step_id)
+    step = workflow.step(channel) if channel is not None else None
+    if channel is None or (step is None and not catalog.declares(workflow_id, channel)):
+        raise errors.step_not_found(workflow_id, step_id)
+
+    if action is PostAction.EXECUTE:
+        _check_state(workflow_id, workflow, channel, event.get("state"))
+        if workflow.payload_schema:
+            failures = problems(workflow.payload_schema, variables)
+            if failures:
+                raise errors.payload_invalid(workflow_id, failures)
+
+    if step is None:
+        return _result({}, skip=True, started=started)
+    rendered = xnovu.get("rendered")
+    carried = rendered.get(step_id) if isinstance(rendered, dict) else None
+    if isinstance(carried, dict):
+        outputs = _outputs(channel, carried.get("subject"), carried.get("body"))
+    else:
+        content = _render(action, workflow, step, enterprise_id, variables)
+        outputs = _outputs(channel, content.subject, content.body)
+    failures = problems(OUTPUT_SCHEMAS[channel], outputs)
+    if failures:
+        raise errors.output_invalid(workflow_id, step_id, failures)
+    return _result(outputs, skip=False, started=started)
+
+
+def _enterprise(
+    workflow_id: str, xnovu: Mapping[str, Any], payload: Mapping[str, Any]
+) -> uuid.UUID | None:
+    """The enterprise the event is for: `_xnovu.enterpriseId`, else `enterpriseId`."""
+    for path, source in ((f"/{XNOVU_PAYLOAD_KEY}/enterpriseId", xnovu), ("/enterpriseId", payload)):
+        value = source.get("enterpriseId")
+        if value is None:
+            continue
+        parsed = _as_uuid(value)
+        if parsed is None:
+            raise errors.payload_invalid(
+                workflow_id, [{"path": path, "message": "must be a UUID string"}]
+            )
+        return parsed
+    return None
+
+
+def _as_uuid(value: Any) -> uuid.UUID | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def _check_state(
+    workflow_id: str, workflow: WorkflowInstance, channel: ChannelType, state: Any
+) -> None:
+    """Every enabled step before this one must be in `state`, as Novu sends the results of the
+    steps it ran before; a missing one means the event lost part of its history."""
+    reported = (
+        {entry.get("stepId") for entry in state if isinstance(entry, dict)}
+        if isinstance(state, list)
+        else set()
+    )
+    for earlier in workflow.steps:
+        if step_rank(earlier.channel) < step_rank(channel) and earlier.step_id not in reported:
+            raise errors.state_corrupt(workflow_id, earlier.step_id)
+
+
+def _outputs(channel: ChannelType, subject: Any, body: Any) -> dict[str, Any]:
+    """A channel's content in the shape its step type outputs."""
+    if channel is ChannelType.EMAIL:
+        return {"subject": subject, "body": body}
+    if channel is ChannelType.PUSH:
+        return {"subject": subject if subject is not None else "", "body": body}
+    if channel is ChannelType.IN_APP:
+        # An empty optional subject is left out: the schema wants a non-empty one or none.
+        return {"subject": subject, "body": body} if subject else {"body": body}
+    return {"body": body}
+
+
+def _render(
+    action: PostAction,
+    workflow: WorkflowInstance,
+    step: ChannelStep,
+    enterprise_id: uuid.UUID | None,
+    variables: dict[str, Any],
+) -> RenderedContent:
+    """Render one step now, as the worker would have (fallback content for a missing template)."""
+    renderer = get_template_renderer()
+    try:
+        if step.content is not None:
+            return renderer.render_source(
+                step.channel,
+                step.content.subject,
+                step.content.body,
+                variables,
+                enterprise_id=enterprise_id,
+            )
+        assert step.template_id is not None and enterprise_id is not None
+        try:
+            return renderer.render_template(step.template_id, enterprise_id, variables)
+        except TemplateNotFound as exc:
+            log.warning("bridge: %s; %s falls back to default content", exc, step.step_id)
+            return renderer.render_source(
+                step.channel,
+                FALLBACK_SUBJECT,
+                FALLBACK_BODY,
+                {**variables, "_workflow_name": workflow.name or workflow.key},
+                enterprise_id=enterprise_id,
+            )
+    except RenderError as exc:
+        raise errors.step_failed(workflow.key, step.step_id, action.value, str(exc)) from exc
+
+
+def _result(outputs: dict[str, Any], *, skip: bool, started: float) -> dict[str, Any]:
+    return {
+        "outputs": outputs,
+        "providers": {},
+        "options": {"skip": skip},
+        "metadata": {
+            "status": "success",
+            "error": False,
+            "duration": (time.perf_counter() - started) * 1000,
+        },
+    }

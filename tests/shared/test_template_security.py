@@ -1,0 +1,242 @@
+"""The sandbox against injection and resource exhaustion: every case is refused with a
+RenderError (or renders inert), quickly, and without building the huge value first."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from shared.db.enums import ChannelType
+from shared.settings import Settings
+from shared.templates import (
+    RenderError,
+    RenderLimitExceeded,
+    TemplateRenderer,
+    TemplateSecurityError,
+    validate_template_source,
+)
+
+TIMEOUT = 0.5
+
+
+@pytest.fixture(scope="module")
+def renderer() -> TemplateRenderer:
+    return TemplateRenderer(
+        Settings().model_copy(
+            update={
+                "template_render_timeout_seconds": TIMEOUT,
+                "template_max_output_bytes": 100_000,
+            }
+        )
+    )
+
+
+def render(renderer: TemplateRenderer, body: str, channel: ChannelType = ChannelType.IN_APP,
+           **variables: Any) -> str:  # fmt: skip
+    return renderer.render_source(channel, None, body, variables, enterprise_id=None).body
+
+
+# -- injection ------------------------------------------------------------------------------
+
+REFUSED_AS_UNSAFE = {
+    "str_class_mro": "{{ ''.__class__.__mro__ }}",
+    "subclasses": "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "list_base_subclasses": "{{ [].__class__.__base__.__subclasses__() }}",
+    "cycler_globals": "{{ cycler.__init__.__globals__ }}",
+    "joiner_globals_os": "{{ joiner.__init__.__globals__.os.popen('id').read() }}",
+    "namespace_globals_sys": "{{ namespace.__init__.__globals__['sys'].modules }}",
+    "range_globals": "{{ range.__globals__ }}",
+    "xnovu_render_globals": "{{ xnovu_render.__globals__ }}",
+    "template_reference_context": "{{ self._TemplateReference__context }}",
+    "self_dict": "{{ self.__dict__ }}",
+    "loop_class": "{% for i in [1] %}{{ loop.__class__ }}{% endfor %}",
+    "attr_filter": "{{ ''|attr('__class__') }}",
+    "attr_filter_format": "{{ ''|attr('format') }}",
+    "subscript_dunder": "{{ ''['__class__'] }}",
+    "str_format_attribute_walk": "{{ '{0.__class__.__mro__}'.format('') }}",
+    "str_format_map": "{{ '{x.__class__}'.format_map({'x': 1}) }}",
+    "str_format_method": "{{ ''.format }}",
+    "markup_format": "{{ ('<b>{}</b>'|safe).format(1) }}",
+    "type_mro": "{{ dict.mro() }}",
+    "int_to_bytes": "{{ (1).to_bytes(1000000000, 'big') }}",
+    "str_encode": "{{ 'x'.encode() }}",
+    "str_translate": "{{ 'aaaa'.translate({97: 'b'}) }}",
+    "generator_frame": "{{ ([1]|map('string')).gi_frame }}",
+    "payload_dict_class": "{{ payload.__class__ }}",
+    "for_over_subclasses": (
+        "{% for c in ().__class__.__base__.__subclasses__() %}{{ c }}{% endfor %}"
+    ),
+    "map_attribute_dunder_joined": "{{ 'ab'|map(attribute='__class__')|join }}",
+}
+
+
+@pytest.mark.parametrize("body", REFUSED_AS_UNSAFE.values(), ids=REFUSED_AS_UNSAFE.keys())
+def test_attribute_injection_is_refused(renderer, body):
+    with pytest.raises(TemplateSecurityError, match="unsafe") as info:
+        render(renderer, body, payload={"a": 1})
+    assert "<module" not in str(info.value)
+
+
+UNDEFINED_GLOBALS = {
+    "lipsum_globals": "{{ lipsum.__globals__ }}",
+    "lipsum_call": "{{ lipsum(1000000) }}",
+    "request": "{{ request }}",
+    "config_items": "{{ config.items() }}",
+    "request_application_globals": "{{ request.application.__globals__ }}",
+    "url_for_globals": "{{ url_for.__globals__['os'] }}",
+    "get_flashed_messages": "{{ get_flashed_messages.__globals__ }}",
+}
+
+
+@pytest.mark.parametrize("body", UNDEFINED_GLOBALS.values(), ids=UNDEFINED_GLOBALS.keys())
+def test_framework_and_dropped_globals_are_undefined(renderer, body):
+    with pytest.raises(RenderError, match="is undefined"):
+        render(renderer, body)
+
+
+def test_probing_renders_inert(renderer):
+    assert render(renderer, "{{ ''.__class__ is defined }}") == "False"
+    assert render(renderer, "{{ range(3) }}") == "range(0, 3)"
+    assert render(renderer, "{{ '%s'|format(payload) }}", payload={"k": "<v>"}) == (
+        "{&#39;k&#39;: &#39;&lt;v&gt;&#39;}"
+    )
+
+
+def test_include_import_and_extends_have_no_loader(renderer):
+    for body in ("{% include 'x' %}", "{% import 'x' as y %}", "{% extends 'x' %}"):
+        with pytest.raises(RenderError, match="not supported"):
+            render(renderer, body)
+        assert validate_template_source(None, body)[0]["line"] == 1
+
+
+def test_autoescape_protects_html_bodies_from_payload(renderer):
+    evil = "<script>alert(1)</script>"
+    assert "<script>" not in render(renderer, "{{ x }}", x=evil)
+    assert "<script>" not in render(renderer, "{{ 'a' ~ x }}", x=evil)
+    assert "<script>" not in render(renderer, "{{ '%s'|format(x) }}", x=evil)
+
+
+# -- resource limits ------------------------------------------------------------------------
+
+LIMITS = {
+    "nested_range_loop_without_output": (
+        "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+    ),
+    "nested_loops_over_a_string": (
+        "{% set s = 'x' * 1000 %}"
+        "{% for a in s %}{% for b in s %}{% for c in s %}{% endfor %}{% endfor %}{% endfor %}"
+    ),
+    "exponential_macro_recursion": (
+        "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}"
+        "{{ f(60) }}"
+    ),
+    "infinite_macro_recursion": "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
+    "infinite_recursive_loop": "{% for x in [1] recursive %}{{ loop([1]) }}{% endfor %}",
+    "huge_range": "{{ range(10 ** 12)|list }}",
+    "string_repetition": "{{ 'x' * 1000000000 }}",
+    "list_repetition": "{{ [0] * 1000000000 }}",
+    "power_tower": "{{ 9 ** (9 ** 9) }}",
+    "big_int_product": "{% set n = 10 ** 700 %}{{ n * n }}",
+    "concat_doubling": (
+        "{% set ns = namespace(s='x') %}"
+        "{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}"
+    ),
+    "plus_doubling": (
+        "{% set ns = namespace(s=['x']) %}"
+        "{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s|length }}"
+    ),
+    "printf_width": "{{ '%999999999s' % 'x' }}",
+    "printf_precision": "{{ '%.999999999f' % 1.0 }}",
+    "printf_star_width": "{{ '%*s' % (999999999, 'x') }}",
+    "format_filter_width": "{{ '%999999999d'|format(1) }}",
+    "center_filter": "{{ 'x'|center(999999999) }}",
+    "center_method": "{{ 'x'.center(999999999) }}",
+    "ljust_method": "{{ 'x'.ljust(999999999) }}",
+    "zfill_method": "{{ '1'.zfill(999999999) }}",
+    "indent_filter": "{{ ('a\n' * 1000)|indent(999999) }}",
+    "replace_method_empty_old": "{{ ('x' * 10000).replace('', 'y' * 10000) }}",
+    "replace_filter": "{{ ('x' * 10000)|replace('x', 'y' * 10000) }}",
+    "wordwrap_filter": "{{ ('a ' * 10000)|wordwrap(1, wrapstring='y' * 10000) }}",
+    "urlize_filter": "{{ ('a.com ' * 5000)|urlize(target='y' * 10000) }}",
+    "join_method": "{{ ('y' * 10000).join(range(1000)|map('string')) }}",
+    "join_filter": "{{ range(1000)|join('y' * 10000) }}",
+    "batch_fill": "{{ [1]|batch(999999999, 'x')|list }}",
+    "slice_count": "{{ [1]|slice(999999999)|list }}",
+    "print_shared_references": "{{ [['x' * 10000] * 1000] * 1000 }}",
+    "string_filter_of_big_list": "{{ ([['x' * 10000] * 1000] * 1000)|string }}",
+    "tojson_of_big_list": "{{ ([['x' * 10000] * 1000] * 1000)|tojson }}",
+    "macro_buffer": (
+        "{% macro m() %}{% for i in range(100000) %}{{ s }}{% endfor %}{% endmacro %}"
+        "{{ m()|length }}"
+    ),
+    "set_block_buffer": (
+        "{% set b %}{% for i in range(100000) %}{{ s }}{% endfor %}{% endset %}{{ b|length }}"
+    ),
+    "filter_block_buffer": (
+        "{% filter length %}{% for i in range(100000) %}{{ s }}{% endfor %}{% endfilter %}"
+    ),
+    "streamed_output": "{% for i in range(100000) %}{{ s }}{% endfor %}",
+    "cyclic_namespace": "{% set ns = namespace() %}{% set ns.me = ns %}{{ ns }}",
+}
+
+
+@pytest.mark.parametrize("body", LIMITS.values(), ids=LIMITS.keys())
+def test_resource_exhaustion_is_stopped(renderer, body):
+    started = time.monotonic()
+    with pytest.raises(RenderLimitExceeded):
+        render(renderer, body, ChannelType.SMS, s="z" * 100)
+    assert time.monotonic() - started < TIMEOUT + 1.5
+
+
+def test_the_timeout_message_is_the_reason(renderer):
+    body = LIMITS["nested_range_loop_without_output"]
+    with pytest.raises(
+        RenderLimitExceeded, match=f"rendering timed out: it took longer than {TIMEOUT:g} s"
+    ):
+        render(renderer, body)
+
+
+def test_sum_adds_numbers_only(renderer):
+    assert render(renderer, "{{ [1, 2.5]|sum }}") == "3.5"
+    with pytest.raises(RenderError, match="adds numbers only"):
+        render(renderer, "{{ [[1], [2]]|sum(start=[]) }}")
+
+
+def test_errors_from_python_become_render_errors(renderer):
+    with pytest.raises(RenderError, match="ZeroDivisionError"):
+        render(renderer, "{{ 1 // 0 }}")
+    with pytest.raises(RenderError, match="TypeError"):
+        render(renderer, "{{ 'a' + 1 }}")
+
+
+def test_compiling_a_hostile_template_does_not_fold_it():
+    # Constant folding runs filters at compile time: the guards make it bail out, so saving
+    # such a template is fast and harmless (rendering it is then refused).
+    started = time.monotonic()
+    assert validate_template_source(None, "{{ 'x'|center(999999999) }}{{ 'y' * 10**9 }}") == []
+    [deep] = validate_template_source(None, "{{ " + "[" * 5000 + "]" * 5000 + " }}")
+    assert deep["message"] == "the template is nested too deeply to compile"
+    assert time.monotonic() - started < 2
+
+
+def test_reasonable_templates_still_work(renderer):
+    body = (
+        "{% for item in items %}{{ loop.index }}. {{ item.name|title }} x{{ item.qty }}"
+        " = {{ '%.2f'|format(item.qty * item.price) }}{% if not loop.last %}, {% endif %}"
+        "{% endfor %} | {{ items|map(attribute='qty')|sum }} items"
+        " | {{ ', '.join(tags) }} | {{ note|default('-')|upper }} | {{ 2 ** 10 }}"
+        " | {{ 'ab' * 3 }} | {{ range(3)|join('-') }} | {{ 'a-b'.replace('-', '+') }}"
+    )
+    out = render(
+        renderer,
+        body,
+        ChannelType.SMS,
+        items=[{"name": "tea", "qty": 2, "price": 1.5}, {"name": "cake", "qty": 1, "price": 3}],
+        tags=["x", "y"],
+    )
+    assert (
+        out
+        == "1. Tea x2 = 3.00, 2. Cake x1 = 3.00 | 3 items | x, y | - | 1024 | ababab | 0-1-2 | a+b"
+    )
