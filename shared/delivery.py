@@ -10,8 +10,8 @@ from __future__ import annotations
 import enum
 import logging
 import uuid
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,8 +24,8 @@ from shared.novu.errors import NovuPermanentError, NovuRetryableError
 from shared.novu.retry import backoff_delay
 from shared.novu.schemas import TriggerEvent
 from shared.rendering import RenderError
-from shared.templates.renderer import TemplateNotFound, get_template_renderer
 from shared.settings import Settings
+from shared.templates.renderer import TemplateNotFound, get_template_renderer
 from shared.workflows.instance import WorkflowInstance
 from shared.workflows.registry import get_registry
 
@@ -89,7 +89,11 @@ def render_workflow(
                 content = renderer.render_template(step.template_id, enterprise_id, payload)
             except TemplateNotFound as exc:
                 fallbacks.append(
-                    {"channel": step.channel.value, "templateId": step.template_id, "reason": str(exc)}
+                    {
+                        "channel": step.channel.value,
+                        "templateId": step.template_id,
+                        "reason": str(exc),
+                    }
                 )
                 content = renderer.render_source(
                     step.channel,
@@ -142,7 +146,9 @@ def build_trigger_event(row: Notification) -> PreparedTrigger:
             }
         )
     except ValidationError as exc:
-        raise PermanentDeliveryError("invalid_trigger", f"cannot build the Novu trigger: {exc}") from exc
+        raise PermanentDeliveryError(
+            "invalid_trigger", f"cannot build the Novu trigger: {exc}"
+        ) from exc
     return PreparedTrigger(event=event, render_fallbacks=fallbacks)
 
 

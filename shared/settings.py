@@ -45,9 +45,7 @@ class Settings(BaseSettings):
     # The bridge (/api/novu) checks Novu's HMAC signature on every call but health-check. Only a
     # development setup talking to a Novu that cannot sign may switch it off; a warning is
     # logged on first use.
-    novu_bridge_verify_signatures: bool = Field(
-        default=True, alias="NOVU_BRIDGE_VERIFY_SIGNATURES"
-    )
+    novu_bridge_verify_signatures: bool = Field(default=True, alias="NOVU_BRIDGE_VERIFY_SIGNATURES")
     # Where the Novu emulator calls the bridge to execute steps (unset: it does not).
     novu_bridge_url: str | None = Field(default=None, alias="NOVU_BRIDGE_URL")
 

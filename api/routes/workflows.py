@@ -82,7 +82,9 @@ def create_workflow(
 
 
 @router.get("/{workflow_id}", response_model=WorkflowRead)
-def get_workflow(workflow_id: WorkflowId, session: SessionDep, enterprise_id: EnterpriseDep) -> WorkflowRead:
+def get_workflow(
+    workflow_id: WorkflowId, session: SessionDep, enterprise_id: EnterpriseDep
+) -> WorkflowRead:
     """One workflow of the enterprise."""
     row = WorkflowService(session).get_workflow(workflow_id, enterprise_id)
     if row is None:
@@ -138,7 +140,10 @@ def _transition(name: str) -> Any:
 
 for _name in ("publish", "unpublish", "deactivate"):
     router.add_api_route(
-        f"/{{workflow_id}}/{_name}", _transition(_name), methods=["POST"], response_model=WorkflowRead
+        f"/{{workflow_id}}/{_name}",
+        _transition(_name),
+        methods=["POST"],
+        response_model=WorkflowRead,
     )
 
 

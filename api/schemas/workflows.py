@@ -11,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.db.enums import ChannelType, PublishStatus, WorkflowType
 from shared.db.models import NotificationWorkflow
 
-WorkflowKey = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")]
+WorkflowKey = Annotated[
+    str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")
+]
 Tag = Annotated[str, Field(min_length=1, max_length=100)]
 TemplateId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 

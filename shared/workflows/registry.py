@@ -74,7 +74,9 @@ class WorkflowRegistry:
             entry.invalid.pop(workflow_key, None)
         return instance
 
-    def unregister_workflow(self, workflow_key: str, enterprise_id: uuid.UUID | None = None) -> bool:
+    def unregister_workflow(
+        self, workflow_key: str, enterprise_id: uuid.UUID | None = None
+    ) -> bool:
         """Forget a workflow: the enterprise's dynamic one, or the static one without an id."""
         with self._lock:
             if enterprise_id is None:
@@ -91,7 +93,8 @@ class WorkflowRegistry:
             generation = current_generation(session, enterprise_id)
             service = WorkflowService(session)
             rows = [
-                row for row in service.get_published_workflows(enterprise_id)
+                row
+                for row in service.get_published_workflows(enterprise_id)
                 if row.workflow_type.value == "DYNAMIC"
             ]
             configs = [service.parse_workflow_config(row) for row in rows]

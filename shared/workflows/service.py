@@ -45,10 +45,12 @@ class WorkflowService:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def _scoped(self, enterprise_id: uuid.UUID) -> Select[tuple[NotificationWorkflow]]:
+    def _scoped(self, enterprise_id: uuid.UUID) -> Select[NotificationWorkflow]:
         return select(W).where(W.enterprise_id == enterprise_id)
 
-    def get_workflow(self, workflow_id: int, enterprise_id: uuid.UUID) -> NotificationWorkflow | None:
+    def get_workflow(
+        self, workflow_id: int, enterprise_id: uuid.UUID
+    ) -> NotificationWorkflow | None:
         """One workflow of this enterprise."""
         return self.session.scalars(
             self._scoped(enterprise_id).where(W.id == workflow_id)
@@ -142,7 +144,9 @@ class WorkflowService:
         bump_generation(self.session, enterprise_id)
         return row
 
-    def publish_workflow(self, workflow_id: int, enterprise_id: uuid.UUID) -> NotificationWorkflow | None:
+    def publish_workflow(
+        self, workflow_id: int, enterprise_id: uuid.UUID
+    ) -> NotificationWorkflow | None:
         """Make a workflow triggerable."""
         return self._set(workflow_id, enterprise_id, publish_status=PublishStatus.PUBLISH)
 

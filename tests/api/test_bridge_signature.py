@@ -87,7 +87,9 @@ def test_malformed_header_is_signature_invalid(client, header):
 
 def test_timestamp_six_minutes_old_is_signature_expired(client, body):
     stale = now_ms() - 6 * 60 * 1000
-    assert_401(post(client, body, sign(secret(), body, timestamp_ms=stale)), "SignatureExpiredError")
+    assert_401(
+        post(client, body, sign(secret(), body, timestamp_ms=stale)), "SignatureExpiredError"
+    )
     future = now_ms() + 6 * 60 * 1000
     assert_401(get(client, sign(secret(), timestamp_ms=future)), "SignatureExpiredError")
 
@@ -154,9 +156,7 @@ def test_digest_comparison_is_constant_time(monkeypatch, body):
     assert len(calls) == 2
 
 
-def test_switching_verification_off_accepts_unsigned_calls_and_warns(
-    client, monkeypatch, caplog
-):
+def test_switching_verification_off_accepts_unsigned_calls_and_warns(client, monkeypatch, caplog):
     monkeypatch.setattr(get_settings(), "novu_bridge_verify_signatures", False)
     monkeypatch.setattr(novu_bridge, "_warned_unsigned", False)
     with caplog.at_level(logging.WARNING, logger="api.routes.novu_bridge"):

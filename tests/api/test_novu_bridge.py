@@ -55,18 +55,27 @@ def bridge_get(client: Any, action: str | None = None, **params: str) -> Any:
 
 
 def bridge_post(
-    client: Any, event: Any, *, action: str = "execute", headers: dict[str, str] | None = None,
+    client: Any,
+    event: Any,
+    *,
+    action: str = "execute",
+    headers: dict[str, str] | None = None,
     **params: str,
 ) -> Any:
     """A POST of `event` as compact JSON, signed over exactly the bytes sent."""
     body = compact(event)
     sent = {"content-type": "application/json", "novu-signature": sign(secret(), body)}
     return client.post(
-        BRIDGE, params={"action": action, **params}, content=body, headers={**sent, **(headers or {})}
+        BRIDGE,
+        params={"action": action, **params},
+        content=body,
+        headers={**sent, **(headers or {})},
     )
 
 
-def event(payload: Any, *, state: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+def event(
+    payload: Any, *, state: list[dict[str, Any]] | None = None, **extra: Any
+) -> dict[str, Any]:
     """An execute body as Novu's worker sends it."""
     return {
         "payload": payload,
@@ -129,7 +138,12 @@ def building(client: Any, tenant: Any) -> dict[str, Any]:
     email = create_template(client, tenant, "EMAIL")
     in_app = create_template(client, tenant, "IN_APP")
     create_workflow(
-        client, tenant, key, publish=True, payload_schema=BUILDING_SCHEMA, EMAIL=email,
+        client,
+        tenant,
+        key,
+        publish=True,
+        payload_schema=BUILDING_SCHEMA,
+        EMAIL=email,
         IN_APP=in_app,
     )
     return {"key": key, "tenant": tenant}
@@ -213,7 +227,12 @@ def test_discover_steps_carry_each_channels_output_and_result_schemas(client):
     assert email["properties"]["preheader"] == {"type": "string"}
     assert email["properties"]["useProviderDefaults"] == {"type": "boolean"}
     assert set(email["properties"]) == {
-        "subject", "body", "from", "replyTo", "preheader", "useProviderDefaults"
+        "subject",
+        "body",
+        "from",
+        "replyTo",
+        "preheader",
+        "useProviderDefaults",
     }
     assert steps["email"]["results"]["schema"] == EMPTY
 
@@ -253,12 +272,21 @@ def test_dynamic_key_of_several_enterprises_is_declared_once_with_the_union_of_c
     key = f"shared-{uuid.uuid4().hex[:8]}"
     first, second = make_tenant(), make_tenant()
     create_workflow(
-        client, first, key, publish=True, payload_schema=BUILDING_SCHEMA,
+        client,
+        first,
+        key,
+        publish=True,
+        payload_schema=BUILDING_SCHEMA,
         EMAIL=create_template(client, first, "EMAIL"),
     )
     create_workflow(
-        client, second, key, publish=True, payload_schema=BUILDING_SCHEMA,
-        SMS=create_template(client, second, "SMS"), IN_APP=create_template(client, second, "IN_APP"),
+        client,
+        second,
+        key,
+        publish=True,
+        payload_schema=BUILDING_SCHEMA,
+        SMS=create_template(client, second, "SMS"),
+        IN_APP=create_template(client, second, "IN_APP"),
     )
     workflow = discovered(client, key)
     assert set(workflow) >= WORKFLOW_KEYS
@@ -271,10 +299,16 @@ def test_differing_payload_schemas_of_one_key_are_declared_as_any_object(client)
     key = f"mixed-{uuid.uuid4().hex[:8]}"
     first, second = make_tenant(), make_tenant()
     create_workflow(
-        client, first, key, publish=True, payload_schema=BUILDING_SCHEMA,
+        client,
+        first,
+        key,
+        publish=True,
+        payload_schema=BUILDING_SCHEMA,
         EMAIL=create_template(client, first, "EMAIL"),
     )
-    create_workflow(client, second, key, publish=True, EMAIL=create_template(client, second, "EMAIL"))
+    create_workflow(
+        client, second, key, publish=True, EMAIL=create_template(client, second, "EMAIL")
+    )
     schema = discovered(client, key)["payload"]["schema"]
     assert schema["type"] == "object"
     assert schema["additionalProperties"] is True
@@ -295,9 +329,10 @@ def test_drafts_and_deactivated_workflows_are_not_declared(client, tenant):
 
 def test_code_action_describes_a_workflow_and_a_step(client):
     assert bridge_get(client, "code", workflowId="user-signup").json()["code"]
-    assert "email" in bridge_get(client, "code", workflowId="user-signup", stepId="email").json()[
-        "code"
-    ]
+    assert (
+        "email"
+        in bridge_get(client, "code", workflowId="user-signup", stepId="email").json()["code"]
+    )
     assert_bridge_error(
         bridge_get(client, "code", workflowId="no-such"), 404, "WorkflowNotFoundError"
     )
@@ -313,9 +348,7 @@ def test_execute_returns_the_content_carried_in_the_payload(client, building):
         "in_app": {"subject": "Hi", "body": "In-app A"},
     }
     payload = {"buildingId": "b-1", "message": "m", "_xnovu": xnovu(tenant.enterprise_id, rendered)}
-    response = bridge_post(
-        client, event(payload), workflowId=building["key"], stepId="email"
-    )
+    response = bridge_post(client, event(payload), workflowId=building["key"], stepId="email")
     assert response.status_code == 200, response.text
     body = response.json()
     assert_execute_shape(body, skip=False)
@@ -344,7 +377,9 @@ def test_execute_without_rendered_content_renders_the_enterprises_templates(clie
 
 def test_enterprise_may_be_named_at_the_top_level_of_the_payload(client, tenant):
     key = f"plain-{uuid.uuid4().hex[:8]}"
-    create_workflow(client, tenant, key, publish=True, IN_APP=create_template(client, tenant, "IN_APP"))
+    create_workflow(
+        client, tenant, key, publish=True, IN_APP=create_template(client, tenant, "IN_APP")
+    )
     plain = {"buildingId": "b-7", "message": "m", "enterpriseId": str(tenant.enterprise_id)}
     in_app = bridge_post(client, event(plain), workflowId=key, stepId="in_app")
     assert in_app.status_code == 200, in_app.text
@@ -364,7 +399,11 @@ def test_channel_the_enterprise_does_not_enable_is_skipped(client):
     key = f"shared-{uuid.uuid4().hex[:8]}"
     both, email_only = make_tenant(), make_tenant()
     create_workflow(
-        client, both, key, publish=True, EMAIL=create_template(client, both, "EMAIL"),
+        client,
+        both,
+        key,
+        publish=True,
+        EMAIL=create_template(client, both, "EMAIL"),
         IN_APP=create_template(client, both, "IN_APP"),
     )
     create_workflow(
@@ -380,7 +419,9 @@ def test_channel_the_enterprise_does_not_enable_is_skipped(client):
     assert body["outputs"] == {}
     # The same step of the enterprise that enables it is not skipped.
     payload["_xnovu"] = xnovu(both.enterprise_id)
-    other = bridge_post(client, event(payload, state=done("email")), workflowId=key, stepId="in_app")
+    other = bridge_post(
+        client, event(payload, state=done("email")), workflowId=key, stepId="in_app"
+    )
     assert other.json()["options"] == {"skip": False}
 
 
@@ -416,7 +457,9 @@ def test_payload_without_the_xnovu_key_is_validated_against_the_workflow_schema(
 
 def test_execute_without_a_payload_is_400(client):
     response = bridge_post(
-        client, {"controls": {}, "state": [], "subscriber": {}}, workflowId="user-signup",
+        client,
+        {"controls": {}, "state": [], "subscriber": {}},
+        workflowId="user-signup",
         stepId="email",
     )
     body = assert_bridge_error(response, 400, "ExecutionEventPayloadInvalidError")
@@ -440,11 +483,15 @@ def test_unknown_step_is_404(client, step_id):
 
 
 def test_missing_state_of_an_earlier_step_is_400(client):
-    response = bridge_post(client, event(signup_payload()), workflowId="user-signup", stepId="in_app")
+    response = bridge_post(
+        client, event(signup_payload()), workflowId="user-signup", stepId="in_app"
+    )
     body = assert_bridge_error(response, 400, "ExecutionStateCorruptError")
     assert body["data"] == {"workflowId": "user-signup", "stepId": "email"}
     fine = bridge_post(
-        client, event(signup_payload(), state=done("email")), workflowId="user-signup",
+        client,
+        event(signup_payload(), state=done("email")),
+        workflowId="user-signup",
         stepId="in_app",
     )
     assert fine.status_code == 200
@@ -452,8 +499,14 @@ def test_missing_state_of_an_earlier_step_is_400(client):
 
 @pytest.mark.parametrize(
     ("method", "action"),
-    [("POST", "discover"), ("POST", "trigger"), ("POST", "health-check"), ("GET", "execute"),
-     ("GET", "nonsense"), ("POST", "nonsense")],
+    [
+        ("POST", "discover"),
+        ("POST", "trigger"),
+        ("POST", "health-check"),
+        ("GET", "execute"),
+        ("GET", "nonsense"),
+        ("POST", "nonsense"),
+    ],
 )
 def test_unknown_action_for_the_method_is_400(client, method, action):
     if method == "GET":

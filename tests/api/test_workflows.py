@@ -137,7 +137,10 @@ def test_dynamic_workflow_shadows_a_static_one_for_its_enterprise_only(client, t
     )
     mine = client.post(
         "/api/trigger",
-        json={"workflowId": "user-signup", "payload": {"userId": "u", "email": "a@b.co", "name": "A"}},
+        json={
+            "workflowId": "user-signup",
+            "payload": {"userId": "u", "email": "a@b.co", "name": "A"},
+        },
         headers=tenant.headers,
     )
     assert mine.status_code == 422  # my dynamic workflow's schema wants `shadow`

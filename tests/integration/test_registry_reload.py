@@ -20,7 +20,16 @@ pytestmark = pytest.mark.integration
 def second_api(stack):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.app:app", "--port", str(port), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.app:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         cwd=REPO,
         env={**stack.env, "REGISTRY_CHECK_INTERVAL_SECONDS": "2"},
         stdout=subprocess.DEVNULL,
@@ -46,9 +55,16 @@ def test_publish_and_unpublish_reach_the_other_process_within_5_seconds(client, 
     assert _status(second_api, tenant, "cross-process") == 404  # loaded there, as a draft
 
     for action, expected in (("publish", 202), ("unpublish", 404)):
-        assert client.post(f"/api/workflows/{workflow['id']}/{action}", headers=tenant.headers).status_code == 200
+        assert (
+            client.post(
+                f"/api/workflows/{workflow['id']}/{action}", headers=tenant.headers
+            ).status_code
+            == 200
+        )
         assert client.post("/api/workflows/reload", headers=tenant.headers).status_code == 200
         started = time.monotonic()
         while _status(second_api, tenant, "cross-process") != expected:
-            assert time.monotonic() - started < 5, f"{action} did not reach the other process in 5 s"
+            assert time.monotonic() - started < 5, (
+                f"{action} did not reach the other process in 5 s"
+            )
             time.sleep(0.2)

@@ -10,7 +10,11 @@ from tests.factories import create_template, create_workflow
 
 pytestmark = pytest.mark.integration
 
-ALERT = {"buildingId": "building-789", "message": "HVAC system failure detected", "priority": "high"}
+ALERT = {
+    "buildingId": "building-789",
+    "message": "HVAC system failure detected",
+    "priority": "high",
+}
 
 
 def _rendered(emulator, transaction_id):
@@ -70,13 +74,19 @@ def test_walkthrough_of_the_original_design(client, tenant, worker, emulator):
         headers=tenant.headers,
     )
     assert bad.status_code == 422
-    assert {d["field"] for d in bad.json()["error"]["details"]} >= {"buildingId", "message", "priority"}
+    assert {d["field"] for d in bad.json()["error"]["details"]} >= {
+        "buildingId",
+        "message",
+        "priority",
+    }
 
 
 def test_two_enterprises_with_the_same_key_get_their_own_content(client, worker, emulator):
     a, b = make_tenant(), make_tenant()
     for tenant, word in ((a, "Alpha"), (b, "Beta")):
-        email = create_template(client, tenant, "EMAIL", subject=word, body=f"<p>{word} {{{{ message }}}}</p>")
+        email = create_template(
+            client, tenant, "EMAIL", subject=word, body=f"<p>{word} {{{{ message }}}}</p>"
+        )
         create_workflow(client, tenant, "shared-key", EMAIL=email, publish=True)
     accepted_a, _ = _trigger(client, a, "shared-key", ALERT)
     accepted_b, _ = _trigger(client, b, "shared-key", ALERT)
@@ -138,7 +148,10 @@ def test_template_that_fails_to_render_fails_the_notification_with_the_reason(
     client, tenant, worker, emulator
 ):
     email = create_template(
-        client, tenant, "EMAIL", body="{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+        client,
+        tenant,
+        "EMAIL",
+        body="{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
     )
     create_workflow(client, tenant, "slow-render", EMAIL=email, publish=True)
     response = client.post(

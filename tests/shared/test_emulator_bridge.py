@@ -1,0 +1,510 @@
+"""The emulator's side of the Framework bridge: it executes accepted triggers on a bridge as
+Novu does (discover, signed execute per step and subscriber, retries, skip, messages)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from api.bridge.errors import BridgeError
+from api.bridge.signature import verify_signature
+from shared.devstack import free_port
+from shared.novu.emulator import start_in_thread
+from tests.conftest import REPO
+
+SECRET = "bridge-test-secret"
+AUTH = {"Authorization": f"ApiKey {SECRET}"}
+FAST = {"retryBaseMs": 10, "timeoutMs": 1000}
+
+
+@dataclass
+class Received:
+    method: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+@dataclass
+class FakeBridge:
+    """A bridge that checks signatures with XNovu's own verifier and answers as scripted."""
+
+    workflows: dict[str, list[str]] = field(default_factory=dict)
+    received: list[Received] = field(default_factory=list)
+    # stepId -> (status, body) answers used up in turn; then the step succeeds.
+    script: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
+    delay: float = 0.0
+    url: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answer(self, request: Received) -> tuple[int, Any]:
+        header = request.headers.get("novu-signature")
+        signed = request.body if request.method == "POST" else b"{}"
+        try:
+            verify_signature(header, signed, SECRET)
+        except BridgeError as exc:
+            return exc.status_code, exc.body()
+        if request.query.get("action") == "discover":
+            return 200, {
+                "workflows": [
+                    {"workflowId": w, "steps": [{"stepId": s, "type": s} for s in steps]}
+                    for w, steps in self.workflows.items()
+                ]
+            }
+        step = request.query.get("stepId", "")
+        with self.lock:
+            queue = self.script.get(step)
+            if queue:
+                return queue.pop(0)
+        return 200, {
+            "outputs": {"body": f"{step} for {request.json['subscriber']['subscriberId']}"},
+            "providers": {},
+            "options": {"skip": False},
+            "metadata": {"status": "success", "error": False, "duration": 1},
+        }
+
+    def executes(self) -> list[Received]:
+        return [r for r in self.received if r.query.get("action") == "execute"]
+
+    def discovers(self) -> list[Received]:
+        return [r for r in self.received if r.query.get("action") == "discover"]
+
+
+def skip_answer() -> dict[str, Any]:
+    return {
+        "outputs": {},
+        "providers": {},
+        "options": {"skip": True},
+        "metadata": {"status": "success", "error": False, "duration": 1},
+    }
+
+
+@pytest.fixture()
+def bridge() -> Iterator[FakeBridge]:
+    fake = FakeBridge(workflows={"welcome": ["email", "in_app"]})
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            parts = urlsplit(self.path)
+            request = Received(
+                method=self.command,
+                query={k: v[0] for k, v in parse_qs(parts.query).items()},
+                headers={k.lower(): v for k, v in self.headers.items()},
+                body=self.rfile.read(length) if length else b"",
+            )
+            with fake.lock:
+                fake.received.append(request)
+            if fake.delay:
+                time.sleep(fake.delay)
+            status, body = fake.answer(request)
+            raw = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        do_GET = do_POST = _serve
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}/api/novu"
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture()
+def novu() -> Iterator[httpx.Client]:
+    with (
+        start_in_thread(secret_key=SECRET) as running,
+        httpx.Client(base_url=running.url, headers=AUTH, timeout=10.0) as http,
+    ):
+        yield http
+
+
+def configure(novu: httpx.Client, bridge: FakeBridge, **extra: Any) -> dict[str, Any]:
+    response = novu.post("/_emulator/config", json={"bridgeUrl": bridge.url, **FAST, **extra})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def trigger(novu: httpx.Client, **fields: Any) -> str:
+    body = {
+        "name": "welcome",
+        "to": "sub-1",
+        "payload": {"firstName": "Ada"},
+        "transactionId": f"tx-{uuid.uuid4()}",
+        **fields,
+    }
+    response = novu.post("/v1/events/trigger", json=body)
+    assert response.status_code == 201, response.text
+    return str(body["transactionId"])
+
+
+def messages(novu: httpx.Client, **params: str) -> list[dict[str, Any]]:
+    response = novu.get("/_emulator/messages", params=params)
+    assert response.status_code == 200
+    return list(response.json())
+
+
+def bridge_stats(novu: httpx.Client) -> dict[str, Any]:
+    return dict(novu.get("/_emulator/stats").json()["bridge"])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def settled(novu: httpx.Client, expected_executions: int) -> Callable[[], bool]:
+    def check() -> bool:
+        stats = bridge_stats(novu)
+        return bool(stats["executed"] + stats["errors"] >= expected_executions)
+
+    return check
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+def test_without_a_bridge_url_nothing_is_called(novu, bridge):
+    assert novu.get("/_emulator/config").json()["bridgeUrl"] is None
+    trigger(novu)
+    time.sleep(0.2)
+    assert bridge.received == []
+    assert bridge_stats(novu)["calls"] == 0
+    assert messages(novu) == []
+
+
+def test_config_is_shown_replaced_validated_and_restored(novu, bridge):
+    shown = configure(novu, bridge, attempts=2)
+    assert shown == {
+        "bridgeUrl": bridge.url,
+        "timeoutMs": 1000,
+        "attempts": 2,
+        "retryBaseMs": 10,
+        "discoverTtlSeconds": 5.0,
+    }
+    assert novu.get("/_emulator/config").json() == shown
+    bad = novu.post("/_emulator/config", json={"bridgeUrl": "ftp://x"})
+    assert bad.status_code == 400
+    assert novu.post("/_emulator/config", json={"attempts": 0}).status_code == 400
+    assert novu.post("/_emulator/config", json={"nope": 1}).status_code == 400
+    restored = novu.delete("/_emulator/config").json()
+    assert restored["bridgeUrl"] is None and restored["attempts"] == 3
+
+
+def test_bridge_url_given_at_start_is_the_default_and_survives_reset(bridge):
+    with (
+        start_in_thread(secret_key=SECRET, bridge_url=bridge.url) as running,
+        httpx.Client(base_url=running.url, headers=AUTH) as http,
+    ):
+        assert http.get("/_emulator/config").json()["bridgeUrl"] == bridge.url
+        http.post("/_emulator/config", json={"bridgeUrl": None})
+        http.post("/_emulator/reset")
+        assert http.get("/_emulator/config").json()["bridgeUrl"] == bridge.url
+
+
+# --- execution ---------------------------------------------------------------------------
+
+
+def test_each_step_is_executed_signed_and_recorded_per_subscriber(novu, bridge):
+    configure(novu, bridge)
+    transaction_id = trigger(
+        novu, to=["sub-1", {"subscriberId": "sub-2", "email": "b@example.com"}]
+    )
+    wait_until(settled(novu, 4))
+
+    assert len(bridge.discovers()) == 1
+    discover = bridge.discovers()[0]
+    assert discover.method == "GET"
+    assert discover.headers["novu-signature"] == discover.headers["x-novu-signature"]
+    executes = bridge.executes()
+    assert [(r.json["subscriber"]["subscriberId"], r.query["stepId"]) for r in executes] == [
+        ("sub-1", "email"),
+        ("sub-1", "in_app"),
+        ("sub-2", "email"),
+        ("sub-2", "in_app"),
+    ]
+    first, second = executes[0], executes[1]
+    assert first.query == {"action": "execute", "workflowId": "welcome", "stepId": "email"}
+    assert first.headers["content-type"] == "application/json"
+    assert set(first.json) == {
+        "payload",
+        "controls",
+        "state",
+        "subscriber",
+        "workflowId",
+        "stepId",
+        "action",
+    }
+    assert first.json["payload"] == {"firstName": "Ada"}
+    assert first.json["action"] == "execute"
+    assert first.json["state"] == []
+    # Compact JSON, as JavaScript's JSON.stringify writes it, and signed over those bytes.
+    assert first.body == json.dumps(first.json, separators=(",", ":")).encode()
+    timestamp = int(first.headers["novu-signature"].split(",")[0][2:])
+    assert abs(timestamp - time.time() * 1000) < 60_000
+    assert second.json["state"] == [
+        {"stepId": "email", "outputs": {}, "state": {"status": "completed"}}
+    ]
+    assert executes[2].json["subscriber"] == {"subscriberId": "sub-2", "email": "b@example.com"}
+
+    delivered = messages(novu, transactionId=transaction_id)
+    assert len(delivered) == 4
+    message = delivered[0]
+    assert set(message) == {
+        "transactionId",
+        "workflowId",
+        "stepId",
+        "channel",
+        "subscriberId",
+        "outputs",
+        "deliveredAt",
+    }
+    assert message["transactionId"] == transaction_id
+    assert (message["workflowId"], message["stepId"], message["channel"]) == (
+        "welcome",
+        "email",
+        "email",
+    )
+    assert message["outputs"] == {"body": "email for sub-1"}
+    assert [m["stepId"] for m in messages(novu, subscriberId="sub-2")] == ["email", "in_app"]
+    stats = bridge_stats(novu)
+    assert (stats["calls"], stats["discovers"], stats["delivered"]) == (5, 1, 4)
+    assert (stats["failures"], stats["errors"], stats["retries"]) == (0, 0, 0)
+
+
+def test_in_app_state_reports_seen_and_read_to_the_next_step(novu, bridge):
+    bridge.workflows["welcome"] = ["in_app", "sms"]
+    configure(novu, bridge)
+    trigger(novu)
+    wait_until(settled(novu, 2))
+    assert bridge.executes()[1].json["state"] == [
+        {
+            "stepId": "in_app",
+            "outputs": {"seen": False, "read": False, "lastSeenDate": None, "lastReadDate": None},
+            "state": {"status": "completed"},
+        }
+    ]
+
+
+def test_skipped_step_delivers_nothing(novu, bridge):
+    bridge.script["in_app"] = [(200, skip_answer())]
+    bridge.workflows["welcome"] = ["in_app", "email"]
+    configure(novu, bridge)
+    transaction_id = trigger(novu)
+    wait_until(settled(novu, 2))
+    assert [m["stepId"] for m in messages(novu, transactionId=transaction_id)] == ["email"]
+    assert bridge.executes()[1].json["state"] == [
+        {"stepId": "in_app", "outputs": {}, "state": {"status": "skipped"}}
+    ]
+    stats = bridge_stats(novu)
+    assert (stats["executed"], stats["skipped"], stats["delivered"]) == (2, 1, 1)
+
+
+def test_trigger_is_answered_before_the_bridge_runs(novu, bridge):
+    bridge.delay = 0.5
+    configure(novu, bridge)
+    started = time.monotonic()
+    transaction_id = trigger(novu)
+    assert time.monotonic() - started < 0.4
+    assert messages(novu, transactionId=transaction_id) == []
+    wait_until(lambda: len(messages(novu, transactionId=transaction_id)) == 2)
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 503, 504])
+def test_retryable_answers_are_retried(novu, bridge, status):
+    bridge.script["email"] = [(status, {"message": "later"}), (status, {"message": "later"})]
+    configure(novu, bridge)
+    transaction_id = trigger(novu)
+    wait_until(settled(novu, 2))
+    assert [m["stepId"] for m in messages(novu, transactionId=transaction_id)] == [
+        "email",
+        "in_app",
+    ]
+    email_calls = [r for r in bridge.executes() if r.query["stepId"] == "email"]
+    assert len(email_calls) == 3
+    stats = bridge_stats(novu)
+    assert (stats["retries"], stats["failures"], stats["errors"]) == (2, 2, 0)
+    assert stats["calls"] == 1 + 3 + 1
+
+
+def test_retries_stop_after_three_attempts_and_end_the_subscribers_run(novu, bridge):
+    bridge.script["email"] = [(503, {"message": "down"})] * 5
+    configure(novu, bridge)
+    transaction_id = trigger(novu)
+    wait_until(lambda: bridge_stats(novu)["errors"] == 1)
+    assert len(bridge.executes()) == 3  # in_app is never run
+    assert messages(novu, transactionId=transaction_id) == []
+    last = bridge_stats(novu)["lastError"]
+    assert last["statusCode"] == 503 and last["stepId"] == "email"
+
+
+def test_permanent_error_is_not_retried(novu, bridge):
+    error = {"message": "bad payload", "code": "ExecutionEventPayloadInvalidError", "data": []}
+    bridge.script["email"] = [(400, error)]
+    configure(novu, bridge)
+    trigger(novu)
+    wait_until(lambda: bridge_stats(novu)["errors"] == 1)
+    assert len(bridge.executes()) == 1
+    stats = bridge_stats(novu)
+    assert stats["retries"] == 0
+    assert stats["lastError"]["code"] == "ExecutionEventPayloadInvalidError"
+
+
+def test_a_slow_bridge_times_out_and_is_retried(novu, bridge):
+    bridge.delay = 0.4
+    configure(novu, bridge, timeoutMs=100, attempts=2)
+    trigger(novu)
+    wait_until(lambda: bridge_stats(novu)["errors"] == 1)
+    stats = bridge_stats(novu)
+    assert (stats["calls"], stats["failures"], stats["retries"]) == (2, 2, 1)
+    assert "Timeout" in stats["lastError"]["message"]
+
+
+def test_unreachable_bridge_is_counted(novu):
+    novu.post("/_emulator/config", json={"bridgeUrl": f"http://127.0.0.1:{free_port()}/x", **FAST})
+    trigger(novu)
+    wait_until(lambda: bridge_stats(novu)["errors"] == 1)
+    assert bridge_stats(novu)["calls"] == 3
+
+
+def test_bridge_url_in_the_trigger_body_is_honoured(novu, bridge):
+    transaction_id = trigger(novu, bridgeUrl=bridge.url)
+    wait_until(lambda: len(messages(novu, transactionId=transaction_id)) == 2)
+    assert novu.get("/_emulator/config").json()["bridgeUrl"] is None
+
+
+def test_discovery_is_cached_and_refreshed_for_an_unknown_workflow(novu, bridge):
+    configure(novu, bridge)
+    trigger(novu)
+    trigger(novu)
+    wait_until(settled(novu, 4))
+    assert len(bridge.discovers()) == 1
+    bridge.workflows["later"] = ["sms"]
+    transaction_id = trigger(novu, name="later")
+    wait_until(lambda: len(messages(novu, transactionId=transaction_id)) == 1)
+    assert len(bridge.discovers()) == 2
+
+
+def test_workflow_the_bridge_does_not_declare_is_an_error(novu, bridge):
+    configure(novu, bridge)
+    trigger(novu, name="undeclared")
+    wait_until(lambda: bridge_stats(novu)["errors"] == 1)
+    assert bridge.executes() == []
+    assert bridge_stats(novu)["lastError"]["message"] == "workflow not discovered"
+
+
+def test_cancelled_held_trigger_is_never_executed(novu, bridge):
+    configure(novu, bridge)
+    novu.post("/_emulator/faults", json={"holdSeconds": 0.5})
+    transaction_id = trigger(novu)
+    assert novu.delete(f"/v1/events/trigger/{transaction_id}").json() == {"data": True}
+    time.sleep(0.8)
+    assert bridge.executes() == []
+
+
+def test_held_trigger_runs_when_its_hold_ends(novu, bridge):
+    configure(novu, bridge)
+    novu.post("/_emulator/faults", json={"holdSeconds": 0.3})
+    transaction_id = trigger(novu)
+    time.sleep(0.1)
+    assert bridge.executes() == []
+    wait_until(lambda: len(messages(novu, transactionId=transaction_id)) == 2)
+
+
+def test_duplicate_transaction_is_executed_once(novu, bridge):
+    configure(novu, bridge)
+    transaction_id = trigger(novu)
+    trigger(novu, transactionId=transaction_id)
+    wait_until(settled(novu, 2))
+    time.sleep(0.2)
+    assert len(bridge.executes()) == 2
+
+
+def test_bulk_triggers_are_executed_too(novu, bridge):
+    configure(novu, bridge)
+    events = [{"name": "welcome", "to": f"s-{n}", "payload": {}} for n in range(3)]
+    assert novu.post("/v1/events/trigger/bulk", json={"events": events}).status_code == 201
+    wait_until(settled(novu, 6))
+    assert {m["subscriberId"] for m in messages(novu)} == {"s-0", "s-1", "s-2"}
+
+
+def test_reset_forgets_messages_and_bridge_counters(novu, bridge):
+    configure(novu, bridge)
+    trigger(novu)
+    wait_until(settled(novu, 2))
+    novu.post("/_emulator/reset")
+    assert messages(novu) == []
+    assert bridge_stats(novu)["calls"] == 0
+    assert novu.get("/_emulator/config").json()["bridgeUrl"] is None
+
+
+# --- the command line --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "env_url"),
+    [
+        (
+            ["-m", "shared.cli", "novu-emulator", "--bridge-url", "http://127.0.0.1:9/api/novu"],
+            None,
+        ),
+        (["-m", "shared.novu.emulator"], "http://127.0.0.1:9/api/novu"),
+    ],
+)
+def test_bridge_url_from_the_command_line_or_the_environment(command, env_url):
+    port = free_port()
+    env = {**os.environ, "NOVU_EMULATOR_PORT": str(port)}
+    env.pop("NOVU_BRIDGE_URL", None)
+    if env_url:
+        env["NOVU_BRIDGE_URL"] = env_url
+    proc = subprocess.Popen(
+        [sys.executable, *command, "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/_emulator/config"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                config = httpx.get(url).json()
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the emulator did not start"
+                time.sleep(0.1)
+        assert config["bridgeUrl"] == "http://127.0.0.1:9/api/novu"
+    finally:
+        proc.terminate()
+        proc.wait(10)
