@@ -128,7 +128,7 @@ def bridge() -> Iterator[FakeBridge]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     fake.url = f"http://127.0.0.1:{server.server_address[1]}/api/novu"
     yield fake
