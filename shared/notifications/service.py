@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -63,6 +63,16 @@ class CancelOutcome(enum.StrEnum):
     ALREADY_DELIVERED = "already_delivered"
     INVALID_STATE = "invalid_state"
     NOT_FOUND = "not_found"
+
+
+# The state machine: which statuses each status may be entered from.
+LEGAL_PREDECESSORS: dict[S, frozenset[S]] = {
+    S.PENDING: frozenset({S.PROCESSING, S.FAILED}),
+    S.PROCESSING: frozenset({S.PENDING}),
+    S.SENT: frozenset({S.PROCESSING}),
+    S.FAILED: frozenset({S.PROCESSING}),
+    S.RETRACTED: frozenset({S.PENDING, S.SENT}),
+}
 
 
 class NotificationService:
@@ -124,6 +134,45 @@ class NotificationService:
         if existing.request_fingerprint != new.request_fingerprint:
             raise IdempotencyConflict(existing)
         return existing, False
+
+    def update_notification_status(
+        self,
+        notification_id: int,
+        status: S,
+        enterprise_id: uuid.UUID,
+        error_message: str | None = None,
+        transaction_id: str | None = None,
+    ) -> Notification | None:
+        """Move a notification to `status` if the state machine allows it from where it is;
+        None when it is absent or the move is illegal. The transaction id is fixed at insert:
+        one that differs is refused (ValueError)."""
+        row = self.get_notification(notification_id, enterprise_id)
+        if row is None or row.notification_status not in LEGAL_PREDECESSORS[status]:
+            return None
+        if transaction_id is not None and transaction_id != row.transaction_id:
+            raise ValueError("transaction_id is fixed when the notification is created")
+        values: dict[str, Any] = {"notification_status": status, "updated_at": func.now()}
+        if error_message is not None:
+            values["error_details"] = {"code": "status_update", "message": error_message}
+        if status in (S.SENT, S.FAILED):
+            values["processed_at"] = func.now()
+            values["locked_until"] = None
+        elif status is S.RETRACTED:
+            values["retracted_at"] = func.now()
+        elif status is S.PENDING:
+            values["next_attempt_at"] = None
+            values["enqueued_at"] = None  # beat publishes it
+        return self.session.scalars(
+            update(Notification)
+            .where(
+                Notification.id == notification_id,
+                Notification.enterprise_id == enterprise_id,
+                Notification.notification_status == row.notification_status,
+            )
+            .values(**values)
+            .returning(Notification),
+            execution_options={"synchronize_session": False, "populate_existing": True},
+        ).one_or_none()
 
     def get_notifications_by_status(
         self, status: S, enterprise_id: uuid.UUID, limit: int = 100

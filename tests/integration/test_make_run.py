@@ -99,6 +99,30 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
         ).json()
         assert [e["transactionId"] for e in events] == [accepted["transactionId"]]
 
+        # The seeded dynamic workflow of the original design renders its two templates.
+        alert = httpx.post(
+            f"{api}/api/trigger",
+            headers={"Authorization": f"Bearer {key}"},
+            json={
+                "workflowId": "building-alert",
+                "payload": {"buildingId": "b-789", "message": "HVAC failure", "priority": "high"},
+            },
+        )
+        assert alert.status_code == 202, alert.text
+        alert_tx = alert.json()["transactionId"]
+        deadline = time.monotonic() + 20
+        alert_events: list = []
+        while time.monotonic() < deadline and not alert_events:
+            alert_events = httpx.get(
+                f"http://127.0.0.1:{ports['NOVU_EMULATOR_PORT']}/_emulator/events",
+                params={"transactionId": alert_tx},
+            ).json()
+            time.sleep(0.1)
+        rendered = alert_events[0]["payload"]["_xnovu"]["rendered"]
+        assert rendered["email"]["subject"] == "[HIGH] Building b-789: HVAC failure"
+        assert "HVAC failure" in rendered["email"]["body"]
+        assert rendered["in_app"]["body"] == "High alert: HVAC failure"
+
         flower = f"http://127.0.0.1:{ports['FLOWER_PORT']}"
         deadline = time.monotonic() + 30
         tasks: dict = {}

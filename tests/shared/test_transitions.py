@@ -151,3 +151,22 @@ def test_sent_cannot_go_back_to_pending_or_failed(pending):
             transitions.requeue_failed(session, notification_id=nid, enterprise_id=enterprise)
             is None
         )
+
+
+def test_update_notification_status_follows_the_state_machine(pending):
+    nid, enterprise = pending
+    with transaction() as session:
+        service = NotificationService(session)
+        assert service.update_notification_status(nid, S.SENT, enterprise) is None  # not claimed
+        assert service.update_notification_status(nid, S.PENDING, uuid.uuid4()) is None
+        moved = service.update_notification_status(nid, S.PROCESSING, enterprise)
+        assert moved is not None and moved.notification_status is S.PROCESSING
+        failed = service.update_notification_status(nid, S.FAILED, enterprise, "provider down")
+        assert failed is not None and failed.error_details["message"] == "provider down"
+        with pytest.raises(ValueError):
+            service.update_notification_status(nid, S.PENDING, enterprise, transaction_id="other")
+        back = service.update_notification_status(nid, S.PENDING, enterprise)
+        assert back is not None and back.notification_status is S.PENDING
+        retracted = service.update_notification_status(nid, S.RETRACTED, enterprise)
+        assert retracted is not None and retracted.retracted_at is not None
+        assert service.update_notification_status(nid, S.SENT, enterprise) is None

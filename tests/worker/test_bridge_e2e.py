@@ -25,8 +25,16 @@ def bridge_api(stack) -> Iterator[str]:
     """A uvicorn API process: the emulator (another process) must reach it over HTTP."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.app:app", "--port", str(port), "--log-level",
-         "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.app:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         cwd=REPO,
         env=stack.env,
         stdout=subprocess.DEVNULL,
@@ -56,7 +64,9 @@ def bridged(emulator: httpx.Client, bridge_api: str, worker: Any) -> Iterator[ht
 
 
 def _messages(emulator: httpx.Client, transaction_id: str) -> list[dict[str, Any]]:
-    return list(emulator.get("/_emulator/messages", params={"transactionId": transaction_id}).json())
+    return list(
+        emulator.get("/_emulator/messages", params={"transactionId": transaction_id}).json()
+    )
 
 
 def _wait_for_messages(
@@ -99,7 +109,11 @@ def test_each_enterprise_receives_its_own_channels_rendered_through_the_bridge(c
     key = f"shared-key-{uuid.uuid4().hex[:6]}"
     a, b = make_tenant(), make_tenant()
     create_workflow(
-        client, a, key, publish=True, EMAIL=create_template(client, a, "EMAIL"),
+        client,
+        a,
+        key,
+        publish=True,
+        EMAIL=create_template(client, a, "EMAIL"),
         IN_APP=create_template(client, a, "IN_APP"),
     )
     create_workflow(client, b, key, publish=True, EMAIL=create_template(client, b, "EMAIL"))
@@ -113,7 +127,10 @@ def test_each_enterprise_receives_its_own_channels_rendered_through_the_bridge(c
     assert email["channel"] == "email" and in_app["channel"] == "in_app"
     assert email["subscriberId"] == in_app["subscriberId"] == "resident-a"
     assert email["workflowId"] == key
-    assert email["outputs"] == {"subject": "[HIGH] B-12", "body": "<p>Fire drill at &lt;noon&gt;</p>"}
+    assert email["outputs"] == {
+        "subject": "[HIGH] B-12",
+        "body": "<p>Fire drill at &lt;noon&gt;</p>",
+    }
     assert in_app["outputs"] == {"subject": "Building B-12", "body": "Fire drill at &lt;noon&gt;"}
 
     executed = bridged.get("/_emulator/stats").json()["bridge"]["executed"]

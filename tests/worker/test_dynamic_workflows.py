@@ -165,3 +165,21 @@ def test_template_that_fails_to_render_fails_the_notification_with_the_reason(
     assert "time" in row["error_details"]["message"].lower()
     events = emulator.get("/_emulator/events", params={"transactionId": row["transaction_id"]})
     assert events.json() == []
+
+
+def test_template_rendering_over_1_mb_fails_the_notification_with_the_reason(
+    client, tenant, worker, emulator
+):
+    email = create_template(
+        client, tenant, "EMAIL", body="{% for i in range(5000) %}{{ message * 100 }}{% endfor %}"
+    )
+    create_workflow(client, tenant, "huge-render", EMAIL=email, publish=True)
+    response = client.post(
+        "/api/trigger", json={"workflowId": "huge-render", "payload": ALERT}, headers=tenant.headers
+    )
+    row = wait_for_status(client, tenant, response.json()["notificationId"], {"SENT", "FAILED"}, 30)
+    assert row["notification_status"] == "FAILED"
+    assert row["error_details"]["code"] == "render_failed"
+    assert "bytes" in row["error_details"]["message"] or "MB" in row["error_details"]["message"]
+    events = emulator.get("/_emulator/events", params={"transactionId": row["transaction_id"]})
+    assert events.json() == []
