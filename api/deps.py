@@ -11,14 +11,17 @@ from fastapi import Depends, Header
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
+from api.ratelimit import RateLimiterDep, enforce_rate_limit
 from shared.apikeys import Principal, authenticate
 from shared.db.enums import ApiKeyScope
-from shared.db.session import session_factory
+from shared.db.session import scope_session, session_factory, unscope_session
 
 
 def get_session() -> Iterator[Session]:
     """The request's session. Routes that write call commit(); anything else is rolled back."""
     session = session_factory()()
+    # Until the request's enterprise is known, row-level security shows no enterprise's rows.
+    scope_session(session, None)
     try:
         yield session
     finally:
@@ -33,19 +36,27 @@ def _unauthorized(message: str) -> ApiError:
 
 
 def get_principal(
-    session: SessionDep, authorization: Annotated[str | None, Header()] = None
+    session: SessionDep,
+    limiter: RateLimiterDep,
+    authorization: Annotated[str | None, Header()] = None,
 ) -> Principal:
-    """The caller, from `Authorization: Bearer <api key>`."""
+    """The caller, from `Authorization: Bearer <api key>`; 429 when the key is over its rate."""
     if not authorization:
         raise _unauthorized("missing Authorization header")
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or len(token) > 256:
         raise _unauthorized("expected 'Authorization: Bearer <api key>'")
-    principal = authenticate(session, token)
-    session.rollback()  # end the read-only auth transaction; the route opens its own
+    # Keys are looked up before any enterprise is known: a system read, then back to no scope.
+    unscope_session(session)
+    try:
+        principal = authenticate(session, token)
+    finally:
+        session.rollback()  # end the read-only auth transaction; the route opens its own
+        scope_session(session, None)
     if principal is None:
         raise _unauthorized("invalid or revoked API key")
+    enforce_rate_limit(limiter, principal.key_id)
     return principal
 
 
@@ -71,10 +82,14 @@ def resolve_enterprise(principal: Principal, requested: uuid.UUID | None) -> uui
 
 def get_enterprise_id(
     principal: PrincipalDep,
+    session: SessionDep,
     x_enterprise_id: Annotated[uuid.UUID | None, Header()] = None,
 ) -> uuid.UUID:
-    """The enterprise of a request whose body does not name one."""
-    return resolve_enterprise(principal, x_enterprise_id)
+    """The enterprise of a request whose body does not name one; the request's session is
+    confined to it."""
+    enterprise_id = resolve_enterprise(principal, x_enterprise_id)
+    scope_session(session, enterprise_id)
+    return enterprise_id
 
 
 EnterpriseDep = Annotated[uuid.UUID, Depends(get_enterprise_id)]

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -65,6 +66,7 @@ class Report:
     mean_ms: float
     max_send_lag_ms: float
     statuses: dict[str, int]
+    server_cpu_percent: float | None = None
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -93,9 +95,11 @@ def execute_body(target: Target, n: int) -> tuple[str, bytes]:
         payload["_xnovu"]["enterpriseId"] = target.enterprise
     else:
         payload.update({"userId": f"u-{n}", "email": f"u{n}@example.com", "name": "Ada"})
-    state = [] if step == "email" else [
-        {"stepId": "email", "outputs": {}, "state": {"status": "completed"}}
-    ]
+    state = (
+        []
+        if step == "email"
+        else [{"stepId": "email", "outputs": {}, "state": {"status": "completed"}}]
+    )
     body = {
         "payload": payload,
         "controls": {},
@@ -156,7 +160,7 @@ async def run_load(target: Target, rate: float, duration: float) -> Report:
     def pct(p: float) -> float:
         if not latencies:
             return float("nan")
-        return latencies[min(len(latencies) - 1, int(round(p / 100 * (len(latencies) - 1))))]
+        return latencies[min(len(latencies) - 1, round(p / 100 * (len(latencies) - 1)))]
 
     return Report(
         target_rate=rate,
@@ -179,8 +183,8 @@ async def run_load(target: Target, rate: float, duration: float) -> Report:
 
 
 @contextmanager
-def embedded_api(workers: int) -> Iterator[tuple[str, dict[str, str]]]:
-    """Embedded PostgreSQL (migrated) and one uvicorn API process; yields its URL and env."""
+def embedded_api(workers: int) -> Iterator[tuple[str, dict[str, str], int]]:
+    """Embedded PostgreSQL (migrated) and one uvicorn API process; yields its URL, env, pid."""
     from shared.devstack import EmbeddedPostgres, free_port
 
     with tempfile.TemporaryDirectory(prefix="xnovu-bench-") as tmp:
@@ -191,14 +195,33 @@ def embedded_api(workers: int) -> Iterator[tuple[str, dict[str, str]]]:
         proc: subprocess.Popen[bytes] | None = None
         try:
             subprocess.run(
-                [sys.executable, "-c", f"from shared.migrate import upgrade; upgrade({database_url!r})"],
-                cwd=REPO, env=env, check=True,
+                [
+                    sys.executable,
+                    "-c",
+                    f"from shared.migrate import upgrade; upgrade({database_url!r})",
+                ],
+                cwd=REPO,
+                env=env,
+                check=True,
             )
             port = free_port()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "api.app:app", "--port", str(port),
-                 "--workers", str(workers), "--log-level", "warning", "--no-access-log"],
-                cwd=REPO, env=env, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "api.app:app",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    str(workers),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                cwd=REPO,
+                env=env,
+                start_new_session=True,
             )
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 60
@@ -211,7 +234,7 @@ def embedded_api(workers: int) -> Iterator[tuple[str, dict[str, str]]]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise SystemExit("the API did not start")
                 time.sleep(0.2)
-            yield url, env
+            yield url, env, proc.pid
         finally:
             if proc is not None:
                 proc.terminate()
@@ -235,7 +258,11 @@ def seed(url: str, env: dict[str, str]) -> tuple[str, str]:
     auth = {"Authorization": f"Bearer {key}"}
     templates = {}
     for channel, subject, body in (
-        ("EMAIL", "[{{ priority | default('low') | upper }}] {{ buildingId }}", "<p>{{ message }}</p>"),
+        (
+            "EMAIL",
+            "[{{ priority | default('low') | upper }}] {{ buildingId }}",
+            "<p>{{ message }}</p>",
+        ),
         ("IN_APP", "Building {{ buildingId }}", "{{ message }}"),
     ):
         response = httpx.post(
@@ -271,7 +298,9 @@ def seed(url: str, env: dict[str, str]) -> tuple[str, str]:
         headers=auth,
     )
     workflow.raise_for_status()
-    httpx.post(f"{url}/api/workflows/{workflow.json()['id']}/publish", headers=auth).raise_for_status()
+    httpx.post(
+        f"{url}/api/workflows/{workflow.json()['id']}/publish", headers=auth
+    ).raise_for_status()
     return "bench-alert", str(enterprise)
 
 
@@ -279,7 +308,10 @@ def print_table(report: Report, target: Target) -> None:
     rows = [
         ("target", f"{target.url}/api/novu  workflow={target.workflow}"),
         ("target rate", f"{report.target_rate:.0f} req/s for {report.duration_s:.1f} s"),
-        ("achieved rate", f"{report.achieved_rate:.1f} req/s ({report.ok} ok / {report.sent} sent)"),
+        (
+            "achieved rate",
+            f"{report.achieved_rate:.1f} req/s ({report.ok} ok / {report.sent} sent)",
+        ),
         ("errors", f"{report.errors}  statuses {report.statuses}"),
         ("latency p50", f"{report.p50_ms:.2f} ms"),
         ("latency p90", f"{report.p90_ms:.2f} ms"),
@@ -287,6 +319,8 @@ def print_table(report: Report, target: Target) -> None:
         ("latency max", f"{report.max_ms:.2f} ms  (mean {report.mean_ms:.2f} ms)"),
         ("max send lag", f"{report.max_send_lag_ms:.2f} ms"),
     ]
+    if report.server_cpu_percent is not None:
+        rows.append(("API CPU", f"{report.server_cpu_percent:.1f} % of one core"))
     width = max(len(name) for name, _ in rows)
     print("-" * 72)
     for name, value in rows:
@@ -303,16 +337,23 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn processes (no --url)")
-    parser.add_argument("--json", type=Path, default=REPO / ".xnovu" / "bench" / "bridge_bench.json")
+    parser.add_argument(
+        "--json", type=Path, default=REPO / ".xnovu" / "bench" / "bridge_bench.json"
+    )
     args = parser.parse_args()
 
     from shared.settings import get_settings
 
     secret = args.secret or get_settings().effective_novu_secret_key
 
-    def bench(url: str, workflow: str, enterprise: str | None) -> None:
+    def bench(url: str, workflow: str, enterprise: str | None, pid: int | None = None) -> None:
         target = Target(url=url, workflow=workflow, enterprise=enterprise, secret=secret)
+        server = _process_tree(pid) if pid is not None else None
+        before = _cpu_seconds(server)
         report = asyncio.run(run_load(target, args.rate, args.duration))
+        if server is not None:
+            used = _cpu_seconds(server) - before
+            report.server_cpu_percent = round(100 * used / report.duration_s, 1)
         print_table(report, target)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         document = {"target": asdict(target) | {"secret": "***"}, "workers": args.workers}
@@ -322,9 +363,21 @@ def main() -> None:
     if args.url:
         bench(args.url.rstrip("/"), args.workflow or "user-signup", args.enterprise)
         return
-    with embedded_api(args.workers) as (url, env):
+    with embedded_api(args.workers) as (url, env, pid):
         workflow, enterprise = seed(url, env)
-        bench(url, workflow, enterprise)
+        bench(url, workflow, enterprise, pid)
+
+
+def _process_tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def _cpu_seconds(processes: list[psutil.Process] | None) -> float:
+    """User + system CPU time of the API processes so far."""
+    if not processes:
+        return 0.0
+    return float(sum(p.cpu_times().user + p.cpu_times().system for p in processes))
 
 
 if __name__ == "__main__":

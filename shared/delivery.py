@@ -161,7 +161,7 @@ def deliver(
     notification_id: int, enterprise_id: uuid.UUID, *, novu: NovuClient, settings: Settings
 ) -> DeliveryResult:
     """Run one delivery attempt of a notification and record its outcome."""
-    with transaction() as session:
+    with transaction(enterprise_id) as session:
         claimed = transitions.claim_pending_with_generation(
             session,
             notification_id=notification_id,
@@ -202,7 +202,7 @@ def deliver(
             retry_after=exc.retry_after,
         )
         by_message = delay <= settings.max_countdown_seconds
-        with transaction() as session:
+        with transaction(enterprise_id) as session:
             moved = transitions.schedule_retry(
                 session,
                 notification_id=notification_id,
@@ -219,7 +219,7 @@ def deliver(
         )
         return DeliveryResult(Outcome.RETRY, retry_in=delay, message_published=by_message)
 
-    with transaction() as session:
+    with transaction(enterprise_id) as session:
         moved = transitions.mark_sent(
             session,
             notification_id=notification_id,
@@ -238,7 +238,7 @@ class _AttemptIds:
 
 
 def _fail(ids: _AttemptIds, error: dict[str, Any]) -> DeliveryResult:
-    with transaction() as session:
+    with transaction(ids.enterprise_id) as session:
         moved = transitions.mark_failed(
             session,
             notification_id=ids.notification_id,

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=262_144, ge=256, alias="MAX_PAYLOAD_BYTES")
     max_recipients: int = Field(default=100, ge=1, le=100, alias="MAX_RECIPIENTS")
     max_page_size: int = Field(default=200, ge=1, alias="MAX_PAGE_SIZE")
+    # Requests per second each API key may make, with bursts up to RATE_LIMIT_BURST; counted in
+    # Redis so that every API process shares one budget per key. 0 switches the limit off.
+    rate_limit_per_second: float = Field(default=200.0, ge=0, alias="RATE_LIMIT_PER_SECOND")
+    rate_limit_burst: int = Field(default=400, ge=1, alias="RATE_LIMIT_BURST")
+    # Where the limiter counts (unset: REDIS_URL). When it is unreachable, requests are accepted.
+    rate_limit_redis_url: str | None = Field(default=None, alias="RATE_LIMIT_REDIS_URL")
     db_statement_timeout_ms: int = Field(default=5000, ge=100, alias="DB_STATEMENT_TIMEOUT_MS")
     db_pool_size: int = Field(default=10, ge=1, alias="DB_POOL_SIZE")
 

@@ -34,6 +34,9 @@ TEST_TIMINGS = {
     "NOVU_TIMEOUT_SECONDS": "3",
     "MAX_PAYLOAD_BYTES": "65536",
     "MAX_BODY_BYTES": "262144",
+    # Far above what any test sends; tests/api/test_limits.py tests the limiter with small ones.
+    "RATE_LIMIT_PER_SECOND": "100000",
+    "RATE_LIMIT_BURST": "100000",
     "LOG_LEVEL": "WARNING",
 }
 

@@ -140,5 +140,11 @@ def step_failed(workflow_id: str, step_id: str, action: str, reason: str) -> Bri
     )
 
 
+def unavailable() -> BridgeError:
+    return BridgeError(
+        503, ErrorCode.BRIDGE_ERROR, "The bridge's database is unavailable; try again shortly"
+    )
+
+
 def unexpected() -> BridgeError:
     return BridgeError(500, ErrorCode.BRIDGE_ERROR, "Unknown BridgeError")

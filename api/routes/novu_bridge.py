@@ -16,6 +16,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from api.bridge import errors
 from api.bridge.catalog import CatalogCache, load_catalog
@@ -114,6 +116,13 @@ async def novu_bridge(
         raise errors.method_not_allowed(method)
     except BridgeError as exc:
         return _respond(exc.status_code, exc.body())
+    except (DBAPIError, PoolTimeoutError) as exc:
+        # 503 is one of the statuses Novu retries: the step runs again once the database is back.
+        log.warning("bridge %s %s: database unavailable: %s", method, action, exc)
+        failure = errors.unavailable()
+        response = _respond(failure.status_code, failure.body())
+        response.headers["retry-after"] = "2"
+        return response
     except Exception:
         log.exception("bridge %s %s failed", method, action)
         failure = errors.unexpected()

@@ -12,6 +12,7 @@ from api.errors import ApiError
 from api.schemas.notifications import TriggerRequest, TriggerResponse
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
+from shared.db.session import scope_session
 from shared.notifications.service import (
     IdempotencyConflict,
     NewNotification,
@@ -52,6 +53,7 @@ def trigger(
     """Accept a notification: it is recorded as PENDING before this answers 202."""
     settings = get_settings()
     enterprise_id = resolve_enterprise(principal, body.enterpriseId)
+    scope_session(session, enterprise_id)
     workflow = get_registry().get_workflow(body.workflowId, enterprise_id)
     if workflow is None:
         raise ApiError(404, "workflow_not_found", f"workflow {body.workflowId!r} not found")

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from shared.settings import Settings, get_settings
+
+# Row-level security (migration 0003): an enterprise-scoped transaction runs as APP_ROLE with
+# the enterprise in `xnovu.enterprise_id`, and sees only that enterprise's ent_* rows. A
+# session scoped to no enterprise ("") sees none; an unscoped session (no key in info) is a
+# system session and runs as the connecting role, e.g. the reconciler.
+APP_ROLE = "xnovu_app"
+_SCOPE = "xnovu_enterprise_scope"
 
 _lock = threading.Lock()
 _engine: Engine | None = None
@@ -58,6 +66,28 @@ def session_factory() -> sessionmaker[Session]:
     return _factory
 
 
+def scope_session(session: Session, enterprise_id: uuid.UUID | None) -> None:
+    """Confine the session's next transactions to one enterprise (None: to no enterprise)."""
+    session.info[_SCOPE] = str(enterprise_id) if enterprise_id is not None else ""
+
+
+def unscope_session(session: Session) -> None:
+    """Make the session's next transactions system transactions (cross-enterprise)."""
+    session.info.pop(_SCOPE, None)
+
+
+@event.listens_for(Session, "after_begin")
+def _apply_scope(
+    session: Session, _transaction: SessionTransaction, connection: Connection
+) -> None:
+    scope = session.info.get(_SCOPE)
+    if scope is not None:
+        connection.exec_driver_sql(
+            "SELECT set_config('role', %s, true), set_config('xnovu.enterprise_id', %s, true)",
+            (APP_ROLE, scope),
+        )
+
+
 def reset_engine() -> None:
     """Forget the engine (tests that change DATABASE_URL, and process shutdown)."""
     global _engine, _engine_pid, _factory
@@ -70,9 +100,14 @@ def reset_engine() -> None:
 
 
 @contextmanager
-def transaction() -> Iterator[Session]:
-    """One unit of work: commits on success, rolls back on any error. For task and CLI edges."""
+def transaction(enterprise_id: uuid.UUID | None = None) -> Iterator[Session]:
+    """One unit of work: commits on success, rolls back on any error. For task and CLI edges.
+
+    With an enterprise, row-level security confines it to that enterprise's rows; without, it
+    is a system transaction (reconciler, CLI, seed) that sees every enterprise."""
     session = session_factory()()
+    if enterprise_id is not None:
+        scope_session(session, enterprise_id)
     try:
         with session.begin():
             yield session

@@ -413,7 +413,7 @@ class TemplateRenderer:
             stmt = stmt.where(NotificationTemplate.id == template_id)
         else:
             stmt = stmt.where(NotificationTemplate.template_key == template_key)
-        with transaction() as session:
+        with transaction(enterprise_id) as session:
             row = session.scalars(stmt).one_or_none()
             generation = current_generation(session, enterprise_id)
             record = TemplateRecord.of(row) if row is not None and is_usable(row) else None

@@ -89,7 +89,7 @@ class WorkflowRegistry:
     def load_enterprise_workflows(self, enterprise_id: uuid.UUID) -> dict[str, WorkflowInstance]:
         """Load the enterprise's published dynamic workflows from the database, replacing what
         was cached. An invalid row is logged and skipped; it never stops the others."""
-        with transaction() as session:
+        with transaction(enterprise_id) as session:
             generation = current_generation(session, enterprise_id)
             service = WorkflowService(session)
             rows = [

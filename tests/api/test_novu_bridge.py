@@ -572,3 +572,36 @@ def test_bridge_errors_never_use_the_api_error_shape(client):
     response = client.get(BRIDGE, params={"action": "discover"})
     assert "error" not in response.json()
     assert set(response.json()) == {"message", "code"}
+
+
+class _BrokenRegistry:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def get_workflow(self, *args: Any) -> None:
+        raise self.error
+
+
+def test_database_outage_is_503_which_novu_retries(client, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from api.bridge import execute
+
+    down = OperationalError("SELECT 1", {}, Exception("connection refused"))
+    monkeypatch.setattr(execute, "get_registry", lambda: _BrokenRegistry(down))
+    response = bridge_post(
+        client, event(signup_payload()), workflowId="user-signup", stepId="email"
+    )
+    assert_bridge_error(response, 503, "BridgeError")
+    assert response.headers["retry-after"] == "2"
+
+
+def test_unexpected_failure_is_a_500_in_the_bridge_shape(client, monkeypatch):
+    from api.bridge import execute
+
+    monkeypatch.setattr(execute, "get_registry", lambda: _BrokenRegistry(RuntimeError("boom")))
+    response = bridge_post(
+        client, event(signup_payload()), workflowId="user-signup", stepId="email"
+    )
+    body = assert_bridge_error(response, 500, "BridgeError")
+    assert "boom" not in body["message"]

@@ -148,7 +148,7 @@ def test_directory_off_sys_path_is_imported_under_a_unique_package(tmp_path: Pat
     assert workflow.channels[ChannelType.SMS].body == "Order {{ orderId }} shipped. Sent by ACME"
     assert sys.path == sys_path
     assert "order_shipped" not in sys.modules
-    names = [n for n, m in sys.modules.items() if getattr(m, "workflow", None) is workflow]
+    names = [n for n, m in list(sys.modules.items()) if getattr(m, "workflow", None) is workflow]
     assert len(names) == 1
     assert names[0].startswith(SYNTHETIC_PACKAGE_PREFIX)
     assert names[0].endswith(".order_shipped")

@@ -32,6 +32,9 @@ Emulator endpoints (no authentication):
   idempotency: {replayed, inFlightConflicts, bodyMismatches}, faults: {latency,
   drop, dropAfterAccept, rateLimited, "status:500": N, ...}, bridge: {...}}`.
   `requests` counts every `/v1` request; `faults` counts faults actually injected, by kind.
+- `GET /_emulator/faults/log[?kind=status:400&transactionId=X]`: every injected fault but the
+  constant `latencyMs`, in order, each `{kind, transactionIds, status?, at}` (`kind` as in
+  `stats.faults`; `transactionIds` those the request carried). The last 100,000 are kept.
 - `GET /_emulator/faults` shows, `POST /_emulator/faults` replaces (omitted
   fields take their defaults) and `DELETE /_emulator/faults` clears the faults.
 - `POST /_emulator/reset`: forget triggers, messages, counters, faults and idempotency
@@ -63,6 +66,8 @@ Fault configuration (`POST /_emulator/faults`; invalid -> 400 JSON):
         {"status": 500, "rate": 0.02, "sticky": true}
       ],
       "latencyMs": 200,                # delays every /v1 answer
+      "latencySpikeRate": 0.1,         # and this fraction of them ...
+      "latencySpikeMs": 200,           # ... this much more
       "dropRate": 0.02,                # close the connection before doing anything
       "dropAfterAcceptRate": 0.02,     # record the trigger(s), then close without answering
       "holdSeconds": 0,                # accepted triggers stay cancellable this long
@@ -79,6 +84,13 @@ set. A plain status fault happens in front of Novu's idempotency layer (like a
 gateway error or the throttler), so nothing is remembered for the request's
 Idempotency-Key; a `sticky` one happens inside Novu's handler, so Novu caches it
 under the key and replays it to every retry with that key for 24 h.
+
+A rule with `"scope": "transaction"` is drawn apart from the others, once per transactionId
+the first time a single trigger carries it (rates of transaction-scoped rules add up to at
+most 1 among themselves); a transactionId it picked gets that answer on every single trigger
+that carries it, as a request Novu rejects for what it is would. When a request-scoped rule
+also fires, that one answers. Bulk triggers and bodies without a transactionId are not
+subject to transaction-scoped rules.
 """
 
 from shared.novu.emulator.faults import FaultConfig, StatusFault

@@ -39,6 +39,7 @@ class ControlApi:
                 "POST": self._set_faults,
                 "DELETE": self._clear_faults,
             },
+            f"{CONTROL_PREFIX}/faults/log": {"GET": self._fault_log},
             f"{CONTROL_PREFIX}/reset": {"POST": self._reset},
             f"{CONTROL_PREFIX}/config": {
                 "GET": self._config,
@@ -87,6 +88,19 @@ class ControlApi:
         self.state.set_faults(faults)
         logger.info("faults set: %s", faults.to_json())
         return json_response(200, faults.to_json())
+
+    def _fault_log(self, request: HttpRequest) -> HttpResponse:
+        kinds = request.query.get("kind")
+        wanted = request.query.get("transactionId")
+        return json_response(
+            200,
+            [
+                entry
+                for entry in self.state.fault_log
+                if (kinds is None or entry["kind"] in kinds)
+                and (wanted is None or any(tx in wanted for tx in entry["transactionIds"]))
+            ],
+        )
 
     def _clear_faults(self, request: HttpRequest) -> HttpResponse:
         self.state.set_faults(FaultConfig())

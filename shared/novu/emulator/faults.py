@@ -3,21 +3,33 @@
 See the package docstring for the format. Status rules are mutually
 exclusive outcomes of one random draw per trigger request, so their rates add
 up (at most 1): `[{500, 0.1}, {429, 0.05}, {400, 0.01}]` fails 16 % of calls.
+Rules with `"scope": "transaction"` are drawn apart from those, once per
+transactionId (their own rates add up to at most 1).
 """
 
 from __future__ import annotations
 
+import enum
 import random
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # Top-level keys of the one-rule shorthand `{"status": 500, "rate": 0.3, ...}`.
-_SHORTHAND_RULE_KEYS = ("status", "rate", "retryAfter", "sticky", "message")
+_SHORTHAND_RULE_KEYS = ("status", "rate", "retryAfter", "sticky", "message", "scope")
 
 
 class _FaultModel(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class FaultScope(enum.StrEnum):
+    # A new draw for every trigger request: a transient fault.
+    REQUEST = "request"
+    # One draw per transactionId, the first time it is seen; a transactionId it picks gets the
+    # same answer on every single trigger carrying it, as a trigger Novu rejects for what it
+    # is (a validation error) would.
+    TRANSACTION = "transaction"
 
 
 class StatusFault(_FaultModel):
@@ -31,6 +43,7 @@ class StatusFault(_FaultModel):
     # front of Novu's idempotency layer (gateway, throttler) and is not remembered.
     sticky: bool = False
     message: str | None = Field(default=None, max_length=1000)
+    scope: FaultScope = FaultScope.REQUEST
 
     def retry_after_header(self) -> str | None:
         """`Retry-After` to send: always for 429 (1 s unless set), otherwise only when set."""
@@ -44,6 +57,9 @@ class FaultConfig(_FaultModel):
 
     rules: tuple[StatusFault, ...] = ()
     latency_ms: int = Field(default=0, ge=0, le=120_000, alias="latencyMs")
+    # A spike: this fraction of /v1 requests waits latencySpikeMs more.
+    latency_spike_rate: float = Field(default=0.0, ge=0.0, le=1.0, alias="latencySpikeRate")
+    latency_spike_ms: int = Field(default=0, ge=0, le=120_000, alias="latencySpikeMs")
     drop_rate: float = Field(default=0.0, ge=0.0, le=1.0, alias="dropRate")
     drop_after_accept_rate: float = Field(default=0.0, ge=0.0, le=1.0, alias="dropAfterAcceptRate")
     hold_seconds: float = Field(default=0.0, ge=0.0, le=86_400.0, alias="holdSeconds")
@@ -55,7 +71,7 @@ class FaultConfig(_FaultModel):
         if not isinstance(data, dict) or not any(key in data for key in _SHORTHAND_RULE_KEYS):
             return data
         if "status" not in data:
-            raise ValueError("`rate`, `retryAfter`, `sticky` and `message` need a `status`")
+            raise ValueError("`rate`, `retryAfter`, `sticky`, `message`, `scope` need a `status`")
         if "rules" in data:
             raise ValueError("give either a top-level `status` or `rules`, not both")
         rest = {key: value for key, value in data.items() if key not in _SHORTHAND_RULE_KEYS}
@@ -64,21 +80,31 @@ class FaultConfig(_FaultModel):
 
     @model_validator(mode="after")
     def _rates_fit_one_draw(self) -> FaultConfig:
-        if sum(rule.rate for rule in self.rules) > 1.0 + 1e-9:
-            raise ValueError("the rates of all status rules must add up to at most 1")
+        for scope in FaultScope:
+            if sum(rule.rate for rule in self.rules if rule.scope is scope) > 1.0 + 1e-9:
+                raise ValueError(
+                    f"the rates of the {scope.value}-scoped status rules must add up to at most 1"
+                )
         return self
 
-    def pick_status_fault(self, rng: random.Random) -> StatusFault | None:
-        """The status rule that fires for this request, if any (one draw for all rules)."""
-        if not self.rules:
+    def pick_status_fault(
+        self, rng: random.Random, scope: FaultScope = FaultScope.REQUEST
+    ) -> StatusFault | None:
+        """The rule of `scope` that fires, if any (one draw for all rules of that scope)."""
+        rules = [rule for rule in self.rules if rule.scope is scope]
+        if not rules:
             return None
         draw = rng.random()
         threshold = 0.0
-        for rule in self.rules:
+        for rule in rules:
             threshold += rule.rate
             if draw < threshold:
                 return rule
         return None
+
+    def has_transaction_rules(self) -> bool:
+        """Whether any rule is decided per transactionId."""
+        return any(rule.scope is FaultScope.TRANSACTION for rule in self.rules)
 
     def to_json(self) -> dict[str, Any]:
         """The configuration as `GET /_emulator/faults` shows it."""

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from shared.novu.emulator.bridge import BridgeRunner
-from shared.novu.emulator.faults import FaultConfig, StatusFault
+from shared.novu.emulator.faults import FaultConfig, FaultScope, StatusFault
 from shared.novu.emulator.http import (
     Disconnect,
     HttpRequest,
@@ -137,34 +137,35 @@ class NovuApi:
         faults = self.state.faults  # One configuration for the whole request.
         route = _route(request)
         if isinstance(route, HttpResponse):
-            return await self._after_latency(route, faults)
+            return await self._after_latency(request, route, faults)
         endpoint, transaction_id = route
         if self._fires(faults.drop_rate):
-            self.state.fault_counts["drop"] += 1
+            self.state.log_fault("drop", _transaction_ids(request))
             return Disconnect("drop fault")
 
         body: Any = None
         if endpoint is not Endpoint.CANCEL:
             body = _parse_json(request)
             if isinstance(body, HttpResponse):
-                return await self._after_latency(body, faults)
+                return await self._after_latency(request, body, faults)
         denied = self._authentication_error(request)
         if denied is not None:
-            return await self._after_latency(novu_error(401, request.target, denied), faults)
+            denial = novu_error(401, request.target, denied)
+            return await self._after_latency(request, denial, faults)
 
         cost = BULK_COST if endpoint is Endpoint.BULK_TRIGGER else 1
         verdict = self.state.bucket.take(cost, enforce=faults.rate_limit_per_second is not None)
         if not verdict.allowed:
-            self.state.fault_counts["rateLimited"] += 1
+            self.state.log_fault("rateLimited", _transaction_ids(request))
             throttled = novu_error(429, request.target, _FAULT_MESSAGES[429]).with_headers(
                 ("Retry-After", str(verdict.reset_seconds)), *verdict.headers
             )
-            return await self._after_latency(throttled, faults)
+            return await self._after_latency(request, throttled, faults)
 
-        rule = faults.pick_status_fault(self._rng) if endpoint is not Endpoint.CANCEL else None
+        rule = self._status_fault(endpoint, body, faults)
         if rule is not None and not rule.sticky:
             failed = self._fault_response(request, rule).with_headers(*verdict.headers)
-            return await self._after_latency(failed, faults)
+            return await self._after_latency(request, failed, faults)
         outcome = await self._handle_admitted(request, endpoint, body, transaction_id, rule, faults)
         if isinstance(outcome, HttpResponse):
             return outcome.with_headers(*verdict.headers)
@@ -184,9 +185,9 @@ class NovuApi:
         if key is not None:
             repeat = self._idempotency_check(request, key, body)
             if repeat is not None:
-                return await self._after_latency(repeat, faults)
+                return await self._after_latency(request, repeat, faults)
         # The first request holds its Idempotency-Key in flight for the whole delay.
-        await self._delay(faults)
+        await self._delay(request, faults)
         try:
             if sticky_fault is not None:
                 response, accepted = self._fault_response(request, sticky_fault), False
@@ -200,20 +201,41 @@ class NovuApi:
             self.state.finish_idempotent(key, response)
             response = response.with_headers(("Idempotency-Key", key))
         if accepted and self._fires(faults.drop_after_accept_rate):
-            self.state.fault_counts["dropAfterAccept"] += 1
+            self.state.log_fault("dropAfterAccept", _transaction_ids(request))
             return Disconnect("dropAfterAccept fault")
         return response
 
     def _fires(self, rate: float) -> bool:
         return rate > 0 and self._rng.random() < rate
 
-    async def _delay(self, faults: FaultConfig) -> None:
+    def _status_fault(
+        self, endpoint: Endpoint, body: Any, faults: FaultConfig
+    ) -> StatusFault | None:
+        """The request-scoped rule drawn now, else the rule the transactionId drew (single
+        triggers with a transactionId only), else None."""
+        if endpoint is Endpoint.CANCEL:
+            return None
+        rule = faults.pick_status_fault(self._rng, FaultScope.REQUEST)
+        if rule is None and endpoint is Endpoint.TRIGGER and faults.has_transaction_rules():
+            transaction_id = body.get("transactionId") if isinstance(body, dict) else None
+            if isinstance(transaction_id, str) and transaction_id:
+                rule = self.state.transaction_fault(transaction_id, self._rng)
+        return rule
+
+    async def _delay(self, request: HttpRequest, faults: FaultConfig) -> None:
+        delay_ms = faults.latency_ms
         if faults.latency_ms:
             self.state.fault_counts["latency"] += 1
-            await asyncio.sleep(faults.latency_ms / 1000)
+        if faults.latency_spike_ms and self._fires(faults.latency_spike_rate):
+            self.state.log_fault("latencySpike", _transaction_ids(request))
+            delay_ms += faults.latency_spike_ms
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
 
-    async def _after_latency(self, response: HttpResponse, faults: FaultConfig) -> HttpResponse:
-        await self._delay(faults)
+    async def _after_latency(
+        self, request: HttpRequest, response: HttpResponse, faults: FaultConfig
+    ) -> HttpResponse:
+        await self._delay(request, faults)
         return response
 
     def _authentication_error(self, request: HttpRequest) -> str | None:
@@ -231,7 +253,8 @@ class NovuApi:
         return None
 
     def _fault_response(self, request: HttpRequest, rule: StatusFault) -> HttpResponse:
-        self.state.fault_counts[f"status:{rule.status}"] += 1
+        kind = f"status:{rule.status}"
+        self.state.log_fault(kind, _transaction_ids(request), status=rule.status)
         logger.info("injecting HTTP %s for %s %s", rule.status, request.method, request.path)
         message = rule.message or _FAULT_MESSAGES.get(rule.status) or reason_phrase(rule.status)
         response = novu_error(rule.status, request.target, message).with_headers(
@@ -332,6 +355,22 @@ class NovuApi:
             # Novu's workers run the steps after the 201; so does the bridge runner.
             self._bridge.schedule(self.state.by_transaction[transaction_id])
         return {"acknowledged": True, "status": "processed", "transactionId": transaction_id}
+
+
+def _transaction_ids(request: HttpRequest) -> list[str]:
+    """The transactionIds a trigger or bulk request carries, for the fault log (best effort)."""
+    try:
+        document = json.loads(request.body) if request.body.strip() else None
+    except ValueError:
+        return []
+    events: Any = document.get("events", [document]) if isinstance(document, dict) else []
+    if not isinstance(events, list):
+        return []
+    return [
+        event["transactionId"]
+        for event in events
+        if isinstance(event, dict) and isinstance(event.get("transactionId"), str)
+    ]
 
 
 def _parse_json(request: HttpRequest) -> Any:

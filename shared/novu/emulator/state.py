@@ -7,15 +7,16 @@ call is atomic with respect to concurrent requests.
 from __future__ import annotations
 
 import math
+import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from shared.novu.emulator.config import BridgeConfig
-from shared.novu.emulator.faults import FaultConfig
+from shared.novu.emulator.faults import FaultConfig, FaultScope, StatusFault
 from shared.novu.emulator.http import HttpResponse
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600.0
@@ -26,6 +27,8 @@ DEFAULT_RATE_LIMIT_PER_SECOND = 600
 RATE_LIMIT_WINDOW_SECONDS = 5
 RATE_LIMIT_BURST_ALLOWANCE = 0.1
 BULK_COST = 100  # A bulk trigger costs 100 tokens, a single call 1.
+# How many injected faults `GET /_emulator/faults/log` remembers (the oldest are forgotten).
+FAULT_LOG_LIMIT = 100_000
 
 
 def iso_now() -> str:
@@ -141,6 +144,10 @@ class EmulatorState:
     bridge_last_error: dict[str, Any] | None = None
     # Bumped by reset(): bridge runs started before it record nothing afterwards.
     epoch: int = 0
+    # The transaction-scoped rule each transactionId drew (None: none), and every injected
+    # fault in order, so a test can tell which transactionIds a fault hit.
+    transaction_faults: dict[str, StatusFault | None] = field(default_factory=dict)
+    fault_log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=FAULT_LOG_LIMIT))
 
     def reset(self) -> None:
         """Forget every trigger, message, counter, fault and idempotency key, and go back to
@@ -156,6 +163,8 @@ class EmulatorState:
         self.idempotency.clear()
         self.counters.clear()
         self.fault_counts.clear()
+        self.transaction_faults.clear()
+        self.fault_log.clear()
 
     def set_faults(self, faults: FaultConfig) -> None:
         """Replace the fault configuration (and the token bucket when its rate changes)."""
@@ -165,6 +174,7 @@ class EmulatorState:
                 per_second or DEFAULT_RATE_LIMIT_PER_SECOND, custom=per_second is not None
             )
         self.faults = faults
+        self.transaction_faults.clear()
 
     def record(self, transaction_id: str, body: dict[str, Any]) -> bool:
         """Keep an accepted trigger; False (and counted as a duplicate) if its id was seen."""
@@ -181,6 +191,26 @@ class EmulatorState:
         self.by_transaction[transaction_id] = trigger
         self.counters["accepted"] += 1
         return True
+
+    def transaction_fault(self, transaction_id: str, rng: random.Random) -> StatusFault | None:
+        """The transaction-scoped rule this transactionId drew, drawing on first sight."""
+        if transaction_id not in self.transaction_faults:
+            if len(self.transaction_faults) >= FAULT_LOG_LIMIT:
+                self.transaction_faults.clear()  # bounded memory; a long run redraws
+            self.transaction_faults[transaction_id] = self.faults.pick_status_fault(
+                rng, FaultScope.TRANSACTION
+            )
+        return self.transaction_faults[transaction_id]
+
+    def log_fault(
+        self, kind: str, transaction_ids: list[str], *, status: int | None = None
+    ) -> None:
+        """Count one injected fault and remember which transactionIds it hit."""
+        self.fault_counts[kind] += 1
+        entry: dict[str, Any] = {"kind": kind, "transactionIds": transaction_ids, "at": iso_now()}
+        if status is not None:
+            entry["status"] = status
+        self.fault_log.append(entry)
 
     def record_message(self, message: dict[str, Any]) -> None:
         """Keep a message a bridge step delivered."""
@@ -233,7 +263,13 @@ class EmulatorState:
 
     def stats_json(self) -> dict[str, Any]:
         """The counters as `GET /_emulator/stats` shows them."""
-        faults = {"latency": 0, "drop": 0, "dropAfterAccept": 0, "rateLimited": 0}
+        faults = {
+            "latency": 0,
+            "latencySpike": 0,
+            "drop": 0,
+            "dropAfterAccept": 0,
+            "rateLimited": 0,
+        }
         faults.update(sorted(self.fault_counts.items()))
         return {
             "accepted": self.counters["accepted"],
