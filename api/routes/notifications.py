@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import threading
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -14,7 +13,7 @@ from api.errors import ApiError, not_found
 from api.schemas.notifications import CancelRequest, NotificationPage, NotificationRead
 from shared.db.enums import NotificationStatus
 from shared.notifications.service import CancelOutcome, NotificationService
-from shared.novu.client import NovuClient
+from shared.novu.client import get_novu_client
 from shared.novu.errors import NovuError
 from shared.queue import publish_deliver
 from shared.settings import get_settings
@@ -23,19 +22,6 @@ router = APIRouter(prefix="/api/notifications", tags=["notifications"])
 
 # Ids are BIGINT: anything outside that range cannot exist and is a 422, not a database error.
 NotificationId = Annotated[int, Path(ge=1, le=2**63 - 1)]
-
-_novu: NovuClient | None = None
-_novu_lock = threading.Lock()
-
-
-def novu_client() -> NovuClient:
-    """The API process's Novu client, used to cancel SENT notifications."""
-    global _novu
-    if _novu is None:
-        with _novu_lock:
-            if _novu is None:
-                _novu = NovuClient.from_settings(get_settings())
-    return _novu
 
 
 def _encode_cursor(last_id: int) -> str:
@@ -98,7 +84,7 @@ def cancel_notification(
 
     def cancel_at_novu(transaction_id: str) -> bool:
         try:
-            return novu_client().cancel(transaction_id)
+            return get_novu_client().cancel(transaction_id)
         except NovuError as exc:
             raise ApiError(
                 502, "novu_unavailable", f"Novu could not cancel the transaction: {exc}"

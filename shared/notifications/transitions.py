@@ -91,6 +91,24 @@ def _from_processing(notification_id: int, enterprise_id: uuid.UUID, attempt: in
     )
 
 
+def _leave_processing(
+    session: Session,
+    notification_id: int,
+    enterprise_id: uuid.UUID,
+    attempt: int,
+    **values: Any,
+) -> bool:
+    """One fenced PROCESSING → X update; True when this attempt still owned the row."""
+    result = session.execute(
+        update(N)
+        .where(_from_processing(notification_id, enterprise_id, attempt))
+        .values(locked_until=None, updated_at=func.now(), **values)
+        .returning(N.id),
+        execution_options={"synchronize_session": False},
+    )
+    return result.first() is not None
+
+
 def mark_sent(
     session: Session,
     *,
@@ -100,21 +118,16 @@ def mark_sent(
     render_fallbacks: list[dict[str, Any]] | None = None,
 ) -> bool:
     """PROCESSING → SENT after Novu accepted the trigger."""
-    result = session.execute(
-        update(N)
-        .where(_from_processing(notification_id, enterprise_id, attempt))
-        .values(
-            notification_status=S.SENT,
-            processed_at=func.now(),
-            locked_until=None,
-            error_details=None,
-            render_fallbacks=render_fallbacks,
-            updated_at=func.now(),
-        )
-        .returning(N.id),
-        execution_options={"synchronize_session": False},
+    return _leave_processing(
+        session,
+        notification_id,
+        enterprise_id,
+        attempt,
+        notification_status=S.SENT,
+        processed_at=func.now(),
+        error_details=None,
+        render_fallbacks=render_fallbacks,
     )
-    return result.first() is not None
 
 
 def mark_failed(
@@ -126,20 +139,15 @@ def mark_failed(
     error: dict[str, Any],
 ) -> bool:
     """PROCESSING → FAILED with the reason (permanent error or attempts exhausted)."""
-    result = session.execute(
-        update(N)
-        .where(_from_processing(notification_id, enterprise_id, attempt))
-        .values(
-            notification_status=S.FAILED,
-            processed_at=func.now(),
-            locked_until=None,
-            error_details=error,
-            updated_at=func.now(),
-        )
-        .returning(N.id),
-        execution_options={"synchronize_session": False},
+    return _leave_processing(
+        session,
+        notification_id,
+        enterprise_id,
+        attempt,
+        notification_status=S.FAILED,
+        processed_at=func.now(),
+        error_details=error,
     )
-    return result.first() is not None
 
 
 def schedule_retry(
@@ -156,21 +164,16 @@ def schedule_retry(
     enqueued_at is set to when it becomes due, so the reconciler leaves it alone until then;
     otherwise enqueued_at is cleared and beat releases the row when it is due."""
     next_at = func.now() + dt.timedelta(seconds=delay_seconds)
-    result = session.execute(
-        update(N)
-        .where(_from_processing(notification_id, enterprise_id, attempt))
-        .values(
-            notification_status=S.PENDING,
-            next_attempt_at=next_at,
-            locked_until=None,
-            enqueued_at=next_at if message_published else None,
-            error_details=error,
-            updated_at=func.now(),
-        )
-        .returning(N.id),
-        execution_options={"synchronize_session": False},
+    return _leave_processing(
+        session,
+        notification_id,
+        enterprise_id,
+        attempt,
+        notification_status=S.PENDING,
+        next_attempt_at=next_at,
+        enqueued_at=next_at if message_published else None,
+        error_details=error,
     )
-    return result.first() is not None
 
 
 def retract_pending(

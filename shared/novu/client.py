@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -308,6 +310,25 @@ class NovuClient:
         return response
 
 
+_shared_client: NovuClient | None = None
+_shared_client_pid: int | None = None
+_shared_client_lock = threading.Lock()
+
+
+def get_novu_client() -> NovuClient:
+    """The process's pooled client, built from settings; a forked child builds its own."""
+    global _shared_client, _shared_client_pid
+    pid = os.getpid()
+    if _shared_client is None or _shared_client_pid != pid:
+        with _shared_client_lock:
+            if _shared_client is None or _shared_client_pid != pid:
+                from shared.settings import get_settings
+
+                _shared_client = NovuClient.from_settings(get_settings())
+                _shared_client_pid = pid
+    return _shared_client
+
+
 __all__ = [
     "BULK_TRIGGER_PATH",
     "TRIGGER_PATH",
@@ -319,6 +340,7 @@ __all__ = [
     "build_trigger_request",
     "bulk_idempotency_key",
     "default_headers",
+    "get_novu_client",
     "parse_bulk_trigger_response",
     "parse_cancel_response",
     "parse_rate_limit",

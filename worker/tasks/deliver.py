@@ -3,32 +3,21 @@
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
 from shared.delivery import Outcome, deliver
-from shared.novu.client import NovuClient
+from shared.novu.client import get_novu_client
 from shared.queue import TaskName, publish_deliver
 from shared.settings import get_settings
 from worker.celery_app import app
 
 log = logging.getLogger(__name__)
 
-_client: NovuClient | None = None
-_client_lock = threading.Lock()
-
-
-def novu_client() -> NovuClient:
-    """One pooled Novu client per worker process."""
-    global _client
-    if _client is None:
-        with _client_lock:
-            if _client is None:
-                _client = NovuClient.from_settings(get_settings())
-    return _client
+# The process's pooled Novu client (one per forked pool process).
+novu_client = get_novu_client
 
 
 @app.task(
