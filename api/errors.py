@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -104,6 +104,18 @@ def install_error_handlers(app: FastAPI) -> None:
             "database_unavailable",
             "the database is unavailable, try again",
             headers={"Retry-After": "2"},
+        )
+
+    @app.exception_handler(DataError)
+    async def _unstorable_value(_: Request, exc: DataError) -> JSONResponse:
+        # SQLSTATE class 22 (or psycopg refusing a value before sending it): the request carried
+        # a value PostgreSQL cannot store, e.g. a NUL character in a string or in JSON.
+        log.info("value refused by the database: %s", exc.orig)
+        return error_response(
+            422,
+            "invalid_value",
+            "the request contains a value that cannot be stored "
+            "(for example a NUL character in a string)",
         )
 
     @app.exception_handler(DBAPIError)

@@ -47,7 +47,8 @@ local allowed_at = new_tat - burst * interval
 if now < allowed_at then
   return {0, allowed_at - now}
 end
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+local ttl_ms = math.ceil((new_tat - now) / 1000) + 1
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', ttl_ms)
 return {1, 0}
 """
 

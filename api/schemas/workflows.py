@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.db.enums import ChannelType, PublishStatus, WorkflowType
 from shared.db.models import NotificationWorkflow
@@ -55,6 +55,14 @@ class WorkflowUpdate(BaseModel):
     control_schema: dict[str, Any] | None = None
     tags: list[Tag] | None = Field(default=None, max_length=20)
     business_id: str | None = Field(default=None, max_length=255)
+
+    @field_validator("default_channels")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # The column is NOT NULL: an explicit null is a 422, not a database error.
+        if value is None:
+            raise ValueError("cannot be null")
+        return value
 
 
 class WorkflowRead(BaseModel):

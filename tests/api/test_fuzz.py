@@ -12,29 +12,37 @@ Hypothesis draws the POST body (an execute/preview event) too, and signs each re
 Novu secret key as Novu does (a few requests go unsigned or badly signed, on purpose). Its
 errors have the bridge protocol's shape `{"message", "code"}`.
 
+Schemathesis's pytest loader (`schemathesis.pytest.from_fixture`) fails under pytest 9.2
+(`'Function' object has no attribute '_nodeid'`), so the tests drive schemathesis's strategy of
+each operation (`APIOperation.as_strategy`) with Hypothesis directly: schema-valid (positive)
+and schema-violating (negative) data for the API, positive for the bridge, whose schema is
+nearly empty.
+
 The number of cases run is printed at the end; CI needs at least MIN_CASES of them.
+XNOVU_FUZZ_EXAMPLES (default 30 per operation and mode) makes a deeper run.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
+import os
 import time
 import uuid
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schemathesis.config import SchemathesisConfig
+from hypothesis.errors import Unsatisfiable
+from schemathesis.generation import GenerationMode
 from sqlalchemy import update
 
+from api.bridge.signature import EMPTY_BODY, sign
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
 from shared.db.session import transaction
@@ -43,12 +51,13 @@ from tests.conftest import Tenant, make_tenant, signup_payload
 from tests.factories import create_template, create_workflow
 
 MIN_CASES = 1000
-# Per operation and phase; with the schema's 22 API and 6 bridge operations, the examples and
-# coverage phases' own cases, this runs about 2,000 cases in well under a minute.
-MAX_EXAMPLES = 45
+# Per operation and generation mode (positive, negative): with the schema's 23 API operations
+# (both modes) and 6 bridge ones (positive), about 1,500 cases in under a minute.
+MAX_EXAMPLES = int(os.environ.get("XNOVU_FUZZ_EXAMPLES", "30"))  # more for a deeper local run
 
 BRIDGE_PATH = "/api/novu"
 CASES: Counter[str] = Counter()
+SECONDS: dict[str, float] = defaultdict(float)
 FUZZ_SETTINGS = settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,
@@ -91,7 +100,9 @@ def fuzz_world(app: Any) -> FuzzWorld:
         pending = _trigger(http, tenant, scheduledFor=later)
         failed = _trigger(http, tenant, scheduledFor=later)
         retracted = _trigger(http, tenant, scheduledFor=later)
-        assert http.post(f"/api/notifications/{retracted}/cancel", headers=tenant.headers).is_success
+        assert http.post(
+            f"/api/notifications/{retracted}/cancel", headers=tenant.headers
+        ).is_success
     with transaction() as session:
         session.execute(
             update(Notification)
@@ -108,9 +119,8 @@ def fuzz_world(app: Any) -> FuzzWorld:
 
 
 @pytest.fixture(scope="module")
-def api_schema(app: Any, fuzz_world: FuzzWorld) -> Any:
-    config = SchemathesisConfig.from_dict({"headers": fuzz_world.tenant.headers})
-    return schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
+def api_schema(app: Any) -> Any:
+    return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
 @pytest.fixture(scope="module")
@@ -169,29 +179,53 @@ def _assert_api_error_shape(response: Any, label: str) -> None:
     assert isinstance(error.get("message"), str) and error["message"], f"{label}: {body!r}"
 
 
-@pytest.mark.timeout(300)
-@FUZZ_SETTINGS
-@schema.exclude(path=BRIDGE_PATH).parametrize()
-@schema.given(data=st.data())
-def test_api_answers_no_5xx_and_json_errors(case: Any, data: Any, fuzz_world: FuzzWorld) -> None:
-    _aim(case, data, fuzz_world)
+def _check_api_case(case: Any, data: st.DataObject, world: FuzzWorld) -> None:
+    _aim(case, data, world)
     response = case.call()
     CASES[case.operation.label] += 1
-    label = f"{case.operation.label} {case.path_parameters or ''}"
+    label = (
+        f"{case.operation.label} path={case.path_parameters} query={case.query} "
+        f"body={str(case.body)[:300]}"
+    )
     assert response.status_code < 500, f"{label}: {response.status_code} {response.text[:500]}"
     if response.status_code >= 400:
         _assert_api_error_shape(response, label)
 
 
-def _sign(body: bytes, secret: str) -> str:
-    timestamp = str(int(time.time() * 1000))
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={digest.hexdigest()}"
+def _fuzz(operation: Any, mode: GenerationMode, check: Callable[[Any, Any], None]) -> None:
+    """Run Hypothesis over one operation's generated cases (positive or negative data)."""
+
+    @FUZZ_SETTINGS
+    @given(case=operation.as_strategy(mode), data=st.data())
+    def run(case: Any, data: Any) -> None:
+        check(case, data)
+
+    started = time.perf_counter()
+    try:
+        run()
+    except Unsatisfiable:
+        # Nothing of the operation can be made invalid (no parameters, no body).
+        if mode is not GenerationMode.NEGATIVE:
+            raise
+    finally:
+        SECONDS[operation.label] += time.perf_counter() - started
+
+
+@pytest.mark.timeout(max(300, MAX_EXAMPLES * 10))
+def test_api_answers_no_5xx_and_json_errors(
+    api_schema: Any, fuzz_world: FuzzWorld, subtests: Any
+) -> None:
+    for operation in _operations(api_schema, bridge=False):
+        for mode in GenerationMode:
+            with subtests.test(msg=f"{operation.label} ({mode.value})"):
+                _fuzz(operation, mode, lambda case, data: _check_api_case(case, data, fuzz_world))
 
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -218,54 +252,107 @@ def _bridge_event(enterprise_id: uuid.UUID) -> st.SearchStrategy[Any]:
     return event | JSON_VALUES
 
 
-@pytest.mark.timeout(300)
-@FUZZ_SETTINGS
-@schema.include(path=BRIDGE_PATH).parametrize()
-@schema.given(data=st.data())
-def test_bridge_answers_no_5xx_and_protocol_errors(
-    case: Any, data: Any, fuzz_world: FuzzWorld, http: TestClient
-) -> None:
-    query = dict(case.query or {})
+def _check_bridge_case(case: Any, data: st.DataObject, world: FuzzWorld, http: TestClient) -> None:
+    method = case.method.upper()
+    query = {k: v for k, v in (case.query or {}).items() if v is not None}
     if data.draw(st.booleans(), label="known workflow and step"):
-        query["workflowId"] = data.draw(st.sampled_from(fuzz_world.workflow_keys))
+        query["workflowId"] = data.draw(st.sampled_from(world.workflow_keys))
         query["stepId"] = data.draw(st.sampled_from(["email", "in_app", "sms", "push", "chat"]))
     body = b""
-    if case.method.upper() == "POST":
-        body = json.dumps(data.draw(_bridge_event(fuzz_world.tenant.enterprise_id))).encode()
-    signed = body or b"{}"
+    if method == "POST":
+        body = json.dumps(data.draw(_bridge_event(world.tenant.enterprise_id))).encode()
+    signed = body or EMPTY_BODY
+    secret = get_settings().effective_novu_secret_key
+    headers = {"content-type": "application/json"}
     signature = data.draw(
         st.sampled_from(["valid"] * 8 + ["missing", "garbled", "other-body"]), label="signature"
     )
-    secret = get_settings().effective_novu_secret_key
-    headers = {"content-type": "application/json"}
     if signature == "valid":
-        headers["novu-signature"] = _sign(signed, secret)
+        headers["novu-signature"] = sign(secret, signed)
     elif signature == "garbled":
-        headers["novu-signature"] = data.draw(st.text(max_size=60).map(lambda s: s.strip()))
+        headers["novu-signature"] = data.draw(st.text(st.characters(codec="ascii"), max_size=60))
     elif signature == "other-body":
-        headers["novu-signature"] = _sign(signed + b" ", secret)
-    response = http.request(case.method.upper(), BRIDGE_PATH, params=query, content=body, headers=headers)
+        headers["novu-signature"] = sign(secret, signed + b" ")
+    response = http.request(method, BRIDGE_PATH, params=query, content=body, headers=headers)
     CASES[case.operation.label] += 1
-    label = f"{case.method.upper()} {BRIDGE_PATH} {query} {body[:200]!r}"
+    label = f"{method} {BRIDGE_PATH} {query} {body[:200]!r}"
     assert response.status_code < 500, f"{label}: {response.status_code} {response.text[:500]}"
     if response.status_code >= 400:
-        payload = response.json()
-        assert isinstance(payload, dict), f"{label}: {payload!r}"
-        assert isinstance(payload.get("message"), str), f"{label}: {payload!r}"
-        assert isinstance(payload.get("code"), str), f"{label}: {payload!r}"
+        error = response.json()
+        assert isinstance(error, dict), f"{label}: {error!r}"
+        assert isinstance(error.get("message"), str), f"{label}: {error!r}"
+        assert isinstance(error.get("code"), str), f"{label}: {error!r}"
 
 
-def test_fuzzing_ran_enough_cases(request: pytest.FixtureRequest) -> None:
+@pytest.mark.timeout(max(300, MAX_EXAMPLES * 10))
+def test_bridge_answers_no_5xx_and_protocol_errors(
+    api_schema: Any, fuzz_world: FuzzWorld, http: TestClient, subtests: Any
+) -> None:
+    for operation in _operations(api_schema, bridge=True):
+        with subtests.test(msg=operation.label):
+            _fuzz(
+                operation,
+                GenerationMode.POSITIVE,
+                lambda case, data: _check_bridge_case(case, data, fuzz_world, http),
+            )
+
+
+def test_fuzzing_ran_enough_cases(capsys: pytest.CaptureFixture[str]) -> None:
     """Runs after the two fuzz tests (file order): prints and checks how many cases they sent."""
     total = sum(CASES.values())
     if total == 0:
         pytest.skip("the fuzz tests did not run in this session")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     lines = [f"schemathesis: {total} cases over {len(CASES)} operations"]
-    lines += [f"  {count:5d}  {label}" for label, count in sorted(CASES.items())]
-    if reporter is not None:
-        reporter.write_line("")
-        for line in lines:
-            reporter.write_line(line)
-    print("\n".join(lines))
+    lines += [
+        f"  {count:5d} cases {SECONDS[label]:6.1f} s  {label}"
+        for label, count in sorted(CASES.items())
+    ]
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
     assert total >= MIN_CASES, f"only {total} fuzz cases ran; CI needs {MIN_CASES}"
+
+
+# Regressions: answers the fuzzer found to be 503s (database errors), now 422s.
+
+
+def test_patch_workflow_with_null_default_channels_is_422(client: Any, tenant: Tenant) -> None:
+    sms = create_template(client, tenant, "SMS")
+    workflow = create_workflow(client, tenant, f"null-{uuid.uuid4().hex[:8]}", SMS=sms)
+    response = client.patch(
+        f"/api/workflows/{workflow['id']}", json={"default_channels": None}, headers=tenant.headers
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["details"][0]["field"] == "default_channels"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/api/templates",
+            {"name": "a\x00b", "template_key": "nul", "channel_type": "SMS", "body_template": "hi"},
+        ),
+        (
+            "/api/templates",
+            {
+                "name": "n",
+                "template_key": "nul-json",
+                "channel_type": "SMS",
+                "body_template": "hi",
+                "variables_description": {"x": "\x00"},
+            },
+        ),
+        (
+            "/api/trigger",
+            {"workflowId": "user-signup", "payload": {**signup_payload(), "x": "\x00"}},
+        ),
+        ("/api/workflows", {"workflow_key": "nul", "name": "a\x00", "default_channels": ["SMS"]}),
+    ],
+    ids=["text column", "jsonb column", "trigger payload", "workflow name"],
+)
+def test_a_nul_character_is_422_not_a_database_error(
+    client: Any, tenant: Tenant, path: str, body: dict[str, Any]
+) -> None:
+    response = client.post(path, json=body, headers=tenant.headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_value"
