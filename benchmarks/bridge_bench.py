@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import psutil
@@ -67,6 +68,9 @@ class Report:
     max_send_lag_ms: float
     statuses: dict[str, int]
     server_cpu_percent: float | None = None
+    # The machine's 1-minute load average before and after: other work on it skews latencies.
+    load_before: float = 0.0
+    load_after: float = 0.0
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -112,19 +116,86 @@ def execute_body(target: Target, n: int) -> tuple[str, bytes]:
     return step, json.dumps(body, separators=(",", ":")).encode()
 
 
-async def _one(
-    http: httpx.AsyncClient, target: Target, n: int, results: list[tuple[float, int]]
-) -> None:
+class RawClient:
+    """A minimal keep-alive HTTP/1.1 client on asyncio streams.
+
+    An httpx request costs the client about as much CPU as the bridge spends answering it, so
+    on a small or busy machine the client, not the server, would set the latencies measured.
+    Requests are written as prepared bytes and answers read by Content-Length (uvicorn always
+    sends it for these JSON answers), over at most `limit` connections.
+    """
+
+    def __init__(self, url: str, limit: int = 128) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._slots = asyncio.Semaphore(limit)
+
+    async def send(self, raw: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
+        """Send one prepared request; its status and body. A kept-alive connection the server
+        closed meanwhile (uvicorn drops idle ones after 5 s) is replaced once, as browsers do."""
+        async with self._slots:
+            if self._idle:
+                connection = self._idle.pop()
+                try:
+                    return await self._exchange(connection, raw, timeout)
+                except (OSError, asyncio.IncompleteReadError):
+                    pass
+            connection = await asyncio.open_connection(self.host, self.port)
+            return await self._exchange(connection, raw, timeout)
+
+    async def _exchange(
+        self,
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        raw: bytes,
+        timeout: float,
+    ) -> tuple[int, bytes]:
+        reader, writer = connection
+        try:
+            writer.write(raw)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            body = await asyncio.wait_for(reader.readexactly(length), timeout)
+        except BaseException:
+            writer.close()
+            raise
+        self._idle.append(connection)
+        return status, body
+
+    async def close(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
+def prepared_request(target: Target, n: int) -> bytes:
+    """Request `n` as the bytes sent: signed now, over exactly the body that follows."""
     step, body = execute_body(target, n)
-    headers = {"content-type": "application/json", "novu-signature": signature(target.secret, body)}
-    params = {"action": "execute", "workflowId": target.workflow, "stepId": step}
+    query = urlencode({"action": "execute", "workflowId": target.workflow, "stepId": step})
+    head = (
+        f"POST /api/novu?{query} HTTP/1.1\r\n"
+        "Host: bench\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"novu-signature: {signature(target.secret, body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _one(client: RawClient, target: Target, n: int, results: list[tuple[float, int]]) -> None:
+    raw = prepared_request(target, n)
     started = time.perf_counter()
     try:
-        response = await http.post("/api/novu", params=params, content=body, headers=headers)
-        status = response.status_code
-        if status == 200 and response.json()["options"]["skip"]:
+        status, body = await client.send(raw)
+        if status == 200 and json.loads(body)["options"]["skip"]:
             status = -2  # answered, but skipped: the seeded workflow is not what we expect
-    except httpx.HTTPError:
+    except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
         status = -1
     results.append(((time.perf_counter() - started) * 1000, status))
 
@@ -133,10 +204,10 @@ async def run_load(target: Target, rate: float, duration: float) -> Report:
     """Send `rate` requests per second for `duration` seconds (open loop) and measure them."""
     total = int(rate * duration)
     results: list[tuple[float, int]] = []
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=target.url, limits=limits, timeout=10) as http:
+    client = RawClient(target.url)
+    try:
         warm: list[tuple[float, int]] = []
-        await asyncio.gather(*(_one(http, target, n, warm) for n in range(20)))
+        await asyncio.gather(*(_one(client, target, n, warm) for n in range(20)))
         bad = [status for _, status in warm if status != 200]
         if bad:
             raise SystemExit(f"warm-up failed with statuses {bad}: is the target seeded?")
@@ -149,9 +220,11 @@ async def run_load(target: Target, rate: float, duration: float) -> Report:
             if delay > 0:
                 await asyncio.sleep(delay)
             lag = max(lag, time.perf_counter() - due)
-            tasks.append(asyncio.create_task(_one(http, target, n, results)))
+            tasks.append(asyncio.create_task(_one(client, target, n, results)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
+    finally:
+        await client.close()
     latencies = sorted(ms for ms, status in results if status == 200)
     statuses: dict[str, int] = {}
     for _, status in results:
@@ -321,6 +394,13 @@ def print_table(report: Report, target: Target) -> None:
     ]
     if report.server_cpu_percent is not None:
         rows.append(("API CPU", f"{report.server_cpu_percent:.1f} % of one core"))
+    rows.append(
+        (
+            "load average",
+            f"{report.load_before:.2f} before, {report.load_after:.2f} after "
+            f"({os.cpu_count()} CPUs)",
+        )
+    )
     width = max(len(name) for name, _ in rows)
     print("-" * 72)
     for name, value in rows:
@@ -350,7 +430,9 @@ def main() -> None:
         target = Target(url=url, workflow=workflow, enterprise=enterprise, secret=secret)
         server = _process_tree(pid) if pid is not None else None
         before = _cpu_seconds(server)
+        load_before = os.getloadavg()[0]
         report = asyncio.run(run_load(target, args.rate, args.duration))
+        report.load_before, report.load_after = load_before, os.getloadavg()[0]
         if server is not None:
             used = _cpu_seconds(server) - before
             report.server_cpu_percent = round(100 * used / report.duration_s, 1)

@@ -188,7 +188,12 @@ def _processes(settings: Settings, worker_concurrency: int) -> dict[str, str]:
         ),
     }
     if not settings.novu_api_url:
-        processes["novu"] = f"{py} -m shared.cli novu-emulator --port {settings.novu_emulator_port}"
+        # The emulator plays Novu's side of the bridge too: it calls our /api/novu for each step.
+        bridge = f"http://127.0.0.1:{settings.api_port}/api/novu"
+        processes["novu"] = (
+            f"{py} -m shared.cli novu-emulator --port {settings.novu_emulator_port}"
+            f" --bridge-url {bridge}"
+        )
     return processes
 
 
@@ -216,7 +221,10 @@ def _announce_when_ready(settings: Settings, timeout: float = 120.0) -> None:
         return
     novu = settings.effective_novu_api_url
     if not settings.novu_api_url:
-        novu += f"   (local emulator; accepted triggers at {novu}/_emulator/events)"
+        novu += (
+            f"   (local emulator: triggers at {novu}/_emulator/events,"
+            f" delivered messages at {novu}/_emulator/messages)"
+        )
     auth = f"-H 'Authorization: Bearer {settings.dev_api_key}'"
     payload = '{"userId": "u-1", "email": "ada@example.com", "name": "Ada"}'
     body = f'{{"workflowId": "user-signup", "payload": {payload}}}'

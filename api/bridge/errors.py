@@ -131,9 +131,11 @@ def output_invalid(workflow_id: str, step_id: str, data: Any) -> BridgeError:
 
 
 def step_failed(workflow_id: str, step_id: str, action: str, reason: str) -> BridgeError:
-    # 502 as in the framework: a failure of the step's own code, which Novu does not retry.
+    # The framework answers 502 for a step whose own code throws. Here the step is a template
+    # that cannot render this event's data: a client error (no input gets a 5xx from XNovu),
+    # which Novu does not retry either.
     return BridgeError(
-        502,
+        400,
         ErrorCode.STEP_EXECUTION_FAILED,
         f"Failed to {action} step `{step_id}` of workflow `{workflow_id}`: {reason}",
         {"workflowId": workflow_id, "stepId": step_id, "reason": reason},

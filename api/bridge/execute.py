@@ -11,7 +11,8 @@ place:
   evaluated in `preview`.
 - The step's outputs are checked against its output schema
   (ExecutionStateOutputInvalidError), and a failure of the step's own code is
-  StepExecutionFailedError (502, which Novu does not retry).
+  StepExecutionFailedError (the framework's 502; 400 here, where the step's code is a template
+  that cannot render the event's data, and no input gets a 5xx).
 
 XNovu's steps are channels. The enterprise comes from `payload._xnovu.enterpriseId` (or a
 top-level `payload.enterpriseId`), the workflow from the registry as the worker resolves it, and

@@ -564,7 +564,7 @@ def test_template_that_cannot_render_is_a_step_failure_not_a_500(client, tenant)
     create_workflow(client, tenant, key, publish=True, EMAIL=email)
     payload = {"_xnovu": {"enterpriseId": str(tenant.enterprise_id)}}
     response = bridge_post(client, event(payload), workflowId=key, stepId="email")
-    body = assert_bridge_error(response, 502, "StepExecutionFailedError")
+    body = assert_bridge_error(response, 400, "StepExecutionFailedError")
     assert body["data"]["stepId"] == "email"
 
 

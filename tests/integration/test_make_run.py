@@ -123,6 +123,19 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
         assert "HVAC failure" in rendered["email"]["body"]
         assert rendered["in_app"]["body"] == "High alert: HVAC failure"
 
+        # Novu's side of the bridge: the emulator executed each step on our signed bridge.
+        deadline = time.monotonic() + 20
+        messages: list = []
+        while time.monotonic() < deadline and len(messages) < 2:
+            messages = httpx.get(
+                f"http://127.0.0.1:{ports['NOVU_EMULATOR_PORT']}/_emulator/messages",
+                params={"transactionId": alert_tx},
+            ).json()
+            time.sleep(0.2)
+        by_step = {m["stepId"]: m["outputs"] for m in messages}
+        assert by_step["email"]["subject"] == "[HIGH] Building b-789: HVAC failure"
+        assert by_step["in_app"]["body"] == "High alert: HVAC failure"
+
         flower = f"http://127.0.0.1:{ports['FLOWER_PORT']}"
         deadline = time.monotonic() + 30
         tasks: dict = {}

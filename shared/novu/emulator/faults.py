@@ -13,7 +13,15 @@ import enum
 import random
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 # Top-level keys of the one-rule shorthand `{"status": 500, "rate": 0.3, ...}`.
 _SHORTHAND_RULE_KEYS = ("status", "rate", "retryAfter", "sticky", "message", "scope")
@@ -44,6 +52,14 @@ class StatusFault(_FaultModel):
     sticky: bool = False
     message: str | None = Field(default=None, max_length=1000)
     scope: FaultScope = FaultScope.REQUEST
+
+    @model_serializer(mode="wrap")
+    def _omit_default_scope(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Shown only when it is not the default, so configurations read as they were written.
+        document: dict[str, Any] = handler(self)
+        if self.scope is FaultScope.REQUEST:
+            document.pop("scope", None)
+        return document
 
     def retry_after_header(self) -> str | None:
         """`Retry-After` to send: always for 429 (1 s unless set), otherwise only when set."""
