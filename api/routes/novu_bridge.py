@@ -73,16 +73,6 @@ def _event(body: bytes) -> dict[str, Any]:
     return document if isinstance(document, dict) else {}
 
 
-@router.api_route(
-    BRIDGE_PATH,
-    methods=["GET", "POST", "OPTIONS", "PUT", "PATCH", "DELETE"],
-    summary="Novu Framework bridge",
-    description=(
-        "Called by Novu, signed with the Novu secret key (`novu-signature`). GET "
-        "`?action=health-check|discover|code`, POST `?action=execute|preview&workflowId=W"
-        "&stepId=S`. Errors are `{message, code, data?}` as in @novu/framework."
-    ),
-)
 async def novu_bridge(
     request: Request,
     action: Annotated[str | None, Query()] = None,
@@ -140,3 +130,19 @@ async def _get(action: str, workflow_id: str, step_id: str | None) -> dict[str, 
         catalog = await run_in_threadpool(load_catalog)
         return catalog.code(workflow_id, step_id)
     raise errors.invalid_action(action, "GET")
+
+
+# One route per method, so each has its own OpenAPI operation id.
+for _method in ("GET", "POST", "OPTIONS", "PUT", "PATCH", "DELETE"):
+    router.add_api_route(
+        BRIDGE_PATH,
+        novu_bridge,
+        methods=[_method],
+        operation_id=f"novu_bridge_{_method.lower()}",
+        summary="Novu Framework bridge",
+        description=(
+            "Called by Novu, signed with the Novu secret key (`novu-signature`). GET "
+            "`?action=health-check|discover|code`, POST `?action=execute|preview&workflowId=W"
+            "&stepId=S`. Errors are `{message, code, data?}` as in @novu/framework."
+        ),
+    )
