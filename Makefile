@@ -26,6 +26,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# 2,000 notifications while workers, Redis, PostgreSQL connections and Novu fail (tests/chaos).
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.chaos_run --notifications 2000 --rate 50
+
+# Throughput and latency against baselines measured in the same run, on a stack of its own;
+# writes benchmarks/results.json. QUICK=1: smaller sizes, under a minute.
+bench: $(STAMP)
+	QUICK="$(QUICK)" $(BIN)/python -m benchmarks.run
+
 lint: $(STAMP)
 	$(BIN)/ruff check api worker shared migrations tests
 	$(BIN)/mypy api worker shared

@@ -14,7 +14,10 @@ from shared.settings import get_settings
 
 settings = get_settings()
 
-app = Celery("xnovu", include=["worker.tasks.deliver", "worker.tasks.maintenance"])
+app = Celery(
+    "xnovu",
+    include=["worker.tasks.deliver", "worker.tasks.batch", "worker.tasks.maintenance"],
+)
 app.conf.update(celery_config(settings))
 app.conf.beat_schedule = {
     "reconcile": {

@@ -1,10 +1,15 @@
-"""Rule 1 of "never lost": with Redis down the API still accepts, and the notification is sent
-once Redis is back (beat publishes the row the API could not)."""
+"""Rule 1 of "never lost": with Redis down the API still accepts, at once, and the notification
+is sent once Redis is back (beat publishes the rows the API could not)."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
+from collections.abc import Iterator
+from typing import Any
 
+import psutil
 import pytest
 from sqlalchemy import select
 
@@ -14,31 +19,97 @@ from tests.conftest import signup_payload, wait_for_status
 
 pytestmark = pytest.mark.integration
 
+TRIGGERS = 5
+# "Well under 2 s": a refused connection fails the publish at once; a Redis that hangs costs
+# the publish's and the rate limiter's socket timeouts (0.5 s each).
+DOWN_ANSWER_SECONDS = 0.5
+HUNG_ANSWER_SECONDS = 1.5
 
-def test_trigger_while_redis_is_down_is_accepted_and_sent_when_it_returns(
+
+def _trigger_timed(client: Any, tenant: Any) -> tuple[dict[str, Any], float]:
+    started = time.monotonic()
+    response = client.post(
+        "/api/trigger",
+        json={"workflowId": "user-signup", "payload": signup_payload()},
+        headers=tenant.headers,
+    )
+    elapsed = time.monotonic() - started
+    assert response.status_code == 202, response.text
+    return response.json(), elapsed
+
+
+def _assert_sent_once(client: Any, tenant: Any, emulator: Any, accepted: list[Any]) -> None:
+    for answer in accepted:
+        row = wait_for_status(client, tenant, answer["notificationId"], {"SENT"}, timeout=60)
+        assert row["transaction_id"] == answer["transactionId"]
+        events = emulator.get("/_emulator/events", params={"transactionId": row["transaction_id"]})
+        assert len(events.json()) == 1
+
+
+def test_trigger_while_redis_is_down_is_accepted_at_once_and_sent_when_it_returns(
     client, tenant, worker, emulator, stack
 ):
     stack.redis.stop()
     try:
-        started = time.monotonic()
-        response = client.post(
-            "/api/trigger",
-            json={"workflowId": "user-signup", "payload": signup_payload()},
-            headers=tenant.headers,
-        )
-        elapsed = time.monotonic() - started
-        assert response.status_code == 202, response.text
-        accepted = response.json()
+        timed = [_trigger_timed(client, tenant) for _ in range(TRIGGERS)]
         with transaction() as session:
-            row = session.scalars(
-                select(Notification).where(Notification.id == accepted["notificationId"])
-            ).one()
-        # Recorded, not published: it waits in PostgreSQL for beat to publish it.
-        assert row.notification_status.value == "PENDING"
+            ids = [answer["notificationId"] for answer, _ in timed]
+            statuses = session.scalars(
+                select(Notification.notification_status).where(Notification.id.in_(ids))
+            ).all()
+        # Recorded, not published: they wait in PostgreSQL for beat to publish them.
+        assert [status.value for status in statuses] == ["PENDING"] * TRIGGERS
     finally:
         stack.redis.start()
-    row = wait_for_status(client, tenant, accepted["notificationId"], {"SENT"}, timeout=60)
-    assert row["transaction_id"] == accepted["transactionId"]
-    events = emulator.get("/_emulator/events", params={"transactionId": accepted["transactionId"]})
-    assert len(events.json()) == 1
-    print(f"trigger with Redis down answered in {elapsed:.2f}s")
+    seconds = [elapsed for _, elapsed in timed]
+    assert max(seconds) < DOWN_ANSWER_SECONDS, seconds
+    _assert_sent_once(client, tenant, emulator, [answer for answer, _ in timed])
+    print(f"202 with Redis down in {', '.join(f'{s * 1000:.0f} ms' for s in seconds)}")
+
+
+@contextlib.contextmanager
+def _redis_hung(stack: Any) -> Iterator[None]:
+    """Redis frozen (SIGSTOP): connections open, nothing answers, as in a partition."""
+    server = psutil.Process(int(stack.redis.pid_path.read_text()))
+    server.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        server.send_signal(signal.SIGCONT)
+
+
+def test_trigger_while_redis_hangs_is_accepted_within_its_timeouts_and_sent_after(
+    client, tenant, worker, emulator, stack
+):
+    _trigger_timed(client, tenant)  # connections to Redis are open when it freezes
+    with _redis_hung(stack):
+        timed = [_trigger_timed(client, tenant) for _ in range(3)]
+    seconds = [elapsed for _, elapsed in timed]
+    assert max(seconds) < HUNG_ANSWER_SECONDS, seconds
+    _assert_sent_once(client, tenant, emulator, [answer for answer, _ in timed])
+    print(f"202 with Redis hung in {', '.join(f'{s * 1000:.0f} ms' for s in seconds)}")
+
+
+def test_retry_that_cannot_be_published_is_released_by_beat_when_due(
+    client, tenant, worker, emulator, stack
+):
+    from worker.tasks.deliver import deliver_notification
+
+    stack.redis.stop()
+    try:
+        answer, _ = _trigger_timed(client, tenant)
+        emulator.post("/_emulator/faults", json={"status": 500}).raise_for_status()
+        # One attempt, run here: Novu fails it, and its countdown message cannot be published.
+        outcome = deliver_notification(answer["notificationId"], str(tenant.enterprise_id))
+        assert outcome == "retry"
+        with transaction() as session:
+            row = session.scalars(
+                select(Notification).where(Notification.id == answer["notificationId"])
+            ).one()
+        assert (row.notification_status.value, row.attempts) == ("PENDING", 1)
+        # Left for beat to release when due, not for the reconciler's redelivery much later.
+        assert row.enqueued_at is None and row.next_attempt_at is not None
+        emulator.delete("/_emulator/faults").raise_for_status()
+    finally:
+        stack.redis.start()
+    _assert_sent_once(client, tenant, emulator, [answer])

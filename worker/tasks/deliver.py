@@ -8,7 +8,9 @@ import uuid
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
+from shared.db.session import transaction
 from shared.delivery import Outcome, deliver
+from shared.notifications.transitions import clear_enqueued
 from shared.novu.client import get_novu_client
 from shared.queue import TaskName, publish_deliver
 from shared.settings import get_settings
@@ -41,6 +43,12 @@ def deliver_notification(self: Task, notification_id: int, enterprise_id: str) -
     settings = get_settings()
     enterprise = uuid.UUID(enterprise_id)
     result = deliver(notification_id, enterprise, novu=novu_client(), settings=settings)
-    if result.outcome is Outcome.RETRY and result.message_published and result.retry_in is not None:
-        publish_deliver([(notification_id, enterprise)], countdown=result.retry_in)
+    by_message = result.outcome is Outcome.RETRY and result.message_published
+    if by_message and result.retry_in is not None:
+        unpublished = publish_deliver([(notification_id, enterprise)], countdown=result.retry_in)
+        if unpublished:
+            # Redis is down: beat releases the row when it is due, instead of the reconciler
+            # finding it REDELIVER_AFTER_SECONDS later.
+            with transaction(enterprise) as session:
+                clear_enqueued(session, notification_ids=unpublished)
     return result.outcome.value

@@ -1,0 +1,458 @@
+"""Delivering many notifications of one enterprise: claim → render → Novu bulk trigger → record.
+
+The batch counterpart of `shared.delivery.deliver`, with the same rules (DESIGN.md, "Never
+lost, never sent twice"), applied to up to 100 rows per statement:
+
+- claim: one `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)` moves the due PENDING
+  rows among the given ids to PROCESSING (attempt + 1, a lease) and commits. A row another
+  worker holds, or that was cancelled, sent or is not due, is simply not claimed.
+- render: every row on its own (`build_trigger_event`); a render failure fails that row only.
+- send: one `POST /v1/events/trigger/bulk` per claimed sub-batch, each event with the
+  transactionId fixed at insert, so a repeated send is dropped by Novu. Each event's result
+  decides its row; a failure of the whole call decides every row of the call: retryable →
+  the whole sub-batch is retried later, permanent → each event is sent alone, so that one bad
+  event cannot fail the others.
+- record: one `UPDATE … FROM unnest(…)` writes every row's outcome (SENT, FAILED, or PENDING
+  with next_attempt_at), each fenced by the attempt it claimed, as the single path is.
+
+Novu's latency does not serialise the task: the sub-batches of one message are pipelined,
+up to SENDS_IN_FLIGHT bulk calls in flight on a thread pool while the task thread claims and
+renders the next sub-batch and records the finished ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from sqlalchemy import BigInteger, and_, any_, bindparam, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session
+
+from shared.db.enums import NotificationStatus as S
+from shared.db.models import Notification, RegistryGeneration
+from shared.db.session import transaction
+from shared.delivery import (
+    PermanentDeliveryError,
+    PreparedTrigger,
+    attempt_idempotency_key,
+    build_trigger_event,
+)
+from shared.notifications.bulk import TABLE
+from shared.novu.client import NovuClient, bulk_idempotency_key
+from shared.novu.errors import NovuError, NovuPermanentError, NovuRetryableError, result_error
+from shared.novu.retry import backoff_delay
+from shared.novu.schemas import MAX_BULK_EVENTS, TriggerEvent, TriggerResult
+from shared.settings import Settings
+from shared.workflows.registry import get_registry
+
+log = logging.getLogger(__name__)
+
+N = Notification
+# Rows claimed by one statement and sent by one Novu bulk call.
+SUB_BATCH_SIZE = MAX_BULK_EVENTS
+# Novu bulk calls one task keeps in flight while it prepares the next sub-batch.
+SENDS_IN_FLIGHT = 4
+
+
+@dataclass(frozen=True, slots=True)
+class RowOutcome:
+    """What one attempt of one claimed row ended in."""
+
+    notification_id: int
+    attempt: int
+    status: S  # SENT, FAILED, or PENDING (retry)
+    error: dict[str, Any] | None = None
+    render_fallbacks: list[dict[str, Any]] | None = None
+    retry_in: float | None = None
+    by_message: bool = False
+
+
+@dataclass
+class BatchReport:
+    """Counts of one batch, and the retries to publish as countdown messages."""
+
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    skipped: int = 0
+    lost_race: int = 0
+    novu_calls: int = 0
+    retries: list[tuple[float, list[int]]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "claimed": self.claimed,
+            "sent": self.sent,
+            "failed": self.failed,
+            "retried": self.retried,
+            "skipped": self.skipped,
+            "lost_race": self.lost_race,
+            "novu_calls": self.novu_calls,
+        }
+
+
+# -- the two statements ---------------------------------------------------------------------
+
+
+def _due() -> Any:
+    now = func.now()
+    return and_(
+        or_(N.scheduled_for.is_(None), N.scheduled_for <= now),
+        or_(N.next_attempt_at.is_(None), N.next_attempt_at <= now),
+    )
+
+
+def claim_batch(
+    session: Session,
+    *,
+    enterprise_id: uuid.UUID,
+    notification_ids: Sequence[int],
+    lease_seconds: int,
+) -> tuple[list[Notification], int]:
+    """PENDING → PROCESSING for the due rows among `notification_ids` that nobody else holds,
+    in one statement; returns them (by id) and the enterprise's registry generation."""
+    ids = bindparam("ids", list(notification_ids), type_=ARRAY(BigInteger))
+    picked = (
+        select(N.id)
+        .where(
+            N.id == any_(ids),
+            N.enterprise_id == enterprise_id,
+            N.notification_status == S.PENDING,
+            _due(),
+        )
+        .order_by(N.id)
+        .with_for_update(skip_locked=True)
+    )
+    generation = (
+        select(func.coalesce(func.max(RegistryGeneration.generation), 0))
+        .where(RegistryGeneration.enterprise_id == enterprise_id)
+        .scalar_subquery()
+    )
+    stmt = (
+        update(N)
+        # Only the locked rows, found by primary key: the status check lives in `picked`, which
+        # re-checks it on the row it locks. Repeating it here would let the planner drive the
+        # update from the partial index of every PENDING row instead.
+        .where(N.id.in_(picked))
+        .values(
+            notification_status=S.PROCESSING,
+            attempts=N.attempts + 1,
+            locked_until=func.now() + dt.timedelta(seconds=lease_seconds),
+            next_attempt_at=None,
+            updated_at=func.now(),
+        )
+        .returning(N, generation)
+    )
+    rows = session.execute(
+        stmt, execution_options={"synchronize_session": False, "populate_existing": True}
+    ).all()
+    claimed = sorted((row[0] for row in rows), key=lambda row: row.id)
+    return claimed, int(rows[0][1]) if rows else 0
+
+
+_RECORD_OUTCOMES = text(
+    f"""
+    UPDATE {TABLE} AS n SET
+        notification_status = CAST(v.status AS notify.notification_status),
+        processed_at = CASE WHEN v.status = 'PENDING' THEN n.processed_at ELSE now() END,
+        locked_until = NULL,
+        error_details = v.error,
+        render_fallbacks = CASE WHEN v.status = 'SENT' THEN v.fallbacks
+                                ELSE n.render_fallbacks END,
+        next_attempt_at = CASE WHEN v.status = 'PENDING'
+                               THEN now() + make_interval(secs => v.delay)
+                               ELSE n.next_attempt_at END,
+        enqueued_at = CASE WHEN v.status <> 'PENDING' THEN n.enqueued_at
+                           WHEN v.by_message THEN now() + make_interval(secs => v.delay)
+                           END,
+        updated_at = now()
+    FROM unnest(
+        CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:statuses AS text[]),
+        CAST(:errors AS jsonb[]), CAST(:fallbacks AS jsonb[]), CAST(:delays AS float8[]),
+        CAST(:by_message AS boolean[])
+    ) AS v(id, attempt, status, error, fallbacks, delay, by_message)
+    WHERE n.id = v.id
+      AND n.enterprise_id = :enterprise_id
+      AND n.notification_status = 'PROCESSING'
+      AND n.attempts = v.attempt
+    RETURNING n.id
+    """
+)
+
+
+def record_outcomes(
+    session: Session, *, enterprise_id: uuid.UUID, outcomes: Sequence[RowOutcome]
+) -> set[int]:
+    """PROCESSING → SENT / FAILED / PENDING for every outcome whose attempt still owns its row,
+    in one statement; returns the ids that moved (the others lost a race: lease expired)."""
+    if not outcomes:
+        return set()
+    parameters = {
+        "enterprise_id": enterprise_id,
+        "ids": [o.notification_id for o in outcomes],
+        "attempts": [o.attempt for o in outcomes],
+        "statuses": [o.status.value for o in outcomes],
+        "errors": [_json_or_none(o.error) for o in outcomes],
+        "fallbacks": [_json_or_none(o.render_fallbacks or None) for o in outcomes],
+        "delays": [o.retry_in or 0.0 for o in outcomes],
+        "by_message": [o.by_message for o in outcomes],
+    }
+    return {row.id for row in session.execute(_RECORD_OUTCOMES, parameters)}
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
+
+
+# -- one batch ------------------------------------------------------------------------------
+
+
+CallResult = list[TriggerResult] | NovuError
+
+
+@dataclass
+class _Flight:
+    """One claimed sub-batch: rows decided before the call, and the bulk call in flight."""
+
+    rows: list[Notification]
+    prepared: dict[int, PreparedTrigger]
+    decided: list[RowOutcome]
+    call: Future[CallResult] | None
+
+
+def deliver_batch(
+    enterprise_id: uuid.UUID,
+    notification_ids: Sequence[int],
+    *,
+    novu: NovuClient,
+    settings: Settings,
+    executor: Executor,
+) -> BatchReport:
+    """Run one delivery attempt of each due PENDING row among the ids and record the outcomes.
+
+    The ids are handled in sub-batches of SUB_BATCH_SIZE, each claimed and recorded by one
+    statement; up to SENDS_IN_FLIGHT of their Novu calls run at once on `executor`.
+    """
+    report = BatchReport()
+    window: deque[_Flight] = deque()
+    ids = list(dict.fromkeys(notification_ids))  # a repeated id is claimed once anyway
+    try:
+        for start in range(0, len(ids), SUB_BATCH_SIZE):
+            chunk = ids[start : start + SUB_BATCH_SIZE]
+            flight = _launch(enterprise_id, chunk, novu, settings, executor, report)
+            if flight is not None:
+                window.append(flight)
+            # Record finished calls as soon as they are back; block only when the window is full.
+            while window and (len(window) >= SENDS_IN_FLIGHT or _done(window[0])):
+                _land(enterprise_id, window.popleft(), novu, settings, executor, report)
+        while window:
+            _land(enterprise_id, window.popleft(), novu, settings, executor, report)
+    except BaseException:
+        # Failing half-way (the database went away, a time limit): still record what the calls
+        # already in flight answered, if that can be done; rows it cannot record stay PROCESSING
+        # until the reconciler's lease check sends them again (Novu drops the repeats).
+        while window:
+            try:
+                _land(enterprise_id, window.popleft(), novu, settings, executor, report)
+            except Exception as exc:
+                log.warning("could not record a sub-batch of a failed batch: %s", exc)
+        raise
+    return report
+
+
+def _done(flight: _Flight) -> bool:
+    return flight.call is None or flight.call.done()
+
+
+def _launch(
+    enterprise_id: uuid.UUID,
+    chunk: list[int],
+    novu: NovuClient,
+    settings: Settings,
+    executor: Executor,
+    report: BatchReport,
+) -> _Flight | None:
+    """Claim a sub-batch, render it, and start its Novu call; None when nothing was claimed."""
+    with transaction(enterprise_id) as session:
+        rows, generation = claim_batch(
+            session,
+            enterprise_id=enterprise_id,
+            notification_ids=chunk,
+            lease_seconds=settings.processing_lease_seconds,
+        )
+    report.skipped += len(chunk) - len(rows)
+    if not rows:
+        return None
+    report.claimed += len(rows)
+    # A reload that happened before this claim is honoured by this very delivery.
+    get_registry().observe_generation(enterprise_id, generation)
+
+    prepared: dict[int, PreparedTrigger] = {}
+    decided: list[RowOutcome] = []
+    for row in rows:
+        try:
+            prepared[row.id] = build_trigger_event(row)
+        except PermanentDeliveryError as exc:
+            error = {"code": exc.code, "message": str(exc), "attempt": row.attempts}
+            decided.append(RowOutcome(row.id, row.attempts, S.FAILED, error=error))
+    call = None
+    if prepared:
+        to_send = [row for row in rows if row.id in prepared]
+        events = [prepared[row.id].event for row in to_send]
+        # Deterministic for this set of attempts, new for every retry (as the single path's).
+        key = bulk_idempotency_key([f"{row.transaction_id}-{row.attempts}" for row in to_send])
+        call = executor.submit(_call, lambda: novu.trigger_bulk(events, idempotency_key=key))
+        report.novu_calls += 1
+    return _Flight(rows=rows, prepared=prepared, decided=decided, call=call)
+
+
+def _call(send: Callable[[], list[TriggerResult]]) -> CallResult:
+    """Run a Novu call on a pool thread; its error is returned, to be decided by the task."""
+    try:
+        return send()
+    except NovuError as exc:
+        return exc
+
+
+def _land(
+    enterprise_id: uuid.UUID,
+    flight: _Flight,
+    novu: NovuClient,
+    settings: Settings,
+    executor: Executor,
+    report: BatchReport,
+) -> None:
+    """Wait for a sub-batch's call, decide each row, and record them all in one statement."""
+    outcomes = list(flight.decided)
+    sent_rows = [row for row in flight.rows if row.id in flight.prepared]
+    if flight.call is not None:
+        result = flight.call.result()
+        if isinstance(result, NovuPermanentError) and len(sent_rows) > 1:
+            outcomes.extend(_one_by_one(sent_rows, flight, novu, settings, executor, report))
+        elif isinstance(result, NovuError):
+            outcomes.extend(_whole_call_failed(sent_rows, result, settings))
+        else:
+            for row, event_result in zip(sent_rows, result, strict=True):
+                outcomes.append(_event_outcome(row, flight.prepared[row.id], event_result))
+
+    with transaction(enterprise_id) as session:
+        moved = record_outcomes(session, enterprise_id=enterprise_id, outcomes=outcomes)
+    retry_groups: dict[float, list[int]] = {}
+    for outcome in outcomes:
+        if outcome.notification_id not in moved:
+            report.lost_race += 1
+        elif outcome.status is S.SENT:
+            report.sent += 1
+        elif outcome.status is S.FAILED:
+            report.failed += 1
+            log.warning("notification %s failed: %s", outcome.notification_id, outcome.error)
+        else:
+            report.retried += 1
+            if outcome.by_message and outcome.retry_in is not None:
+                retry_groups.setdefault(outcome.retry_in, []).append(outcome.notification_id)
+    report.retries.extend(retry_groups.items())
+
+
+def _event_outcome(
+    row: Notification, prepared: PreparedTrigger, result: TriggerResult
+) -> RowOutcome:
+    """SENT when Novu processed the event; FAILED with Novu's answer when it did not."""
+    error = result_error(result)
+    if error is None:
+        return RowOutcome(
+            row.id, row.attempts, S.SENT, render_fallbacks=prepared.render_fallbacks or None
+        )
+    return RowOutcome(
+        row.id, row.attempts, S.FAILED, error=_novu_error("novu_rejected", error, row.attempts)
+    )
+
+
+def _whole_call_failed(
+    rows: Sequence[Notification], exc: NovuError, settings: Settings
+) -> list[RowOutcome]:
+    """Every row of a call that failed as a whole: FAILED when permanent or out of attempts,
+    otherwise back to PENDING with one backoff delay for the whole sub-batch."""
+    if isinstance(exc, NovuPermanentError):
+        return [
+            RowOutcome(
+                row.id, row.attempts, S.FAILED, _novu_error("novu_rejected", exc, row.attempts)
+            )
+            for row in rows
+        ]
+    assert isinstance(exc, NovuRetryableError)
+    delay = backoff_delay(
+        max(row.attempts for row in rows),
+        base=settings.retry_base_seconds,
+        cap=settings.retry_max_seconds,
+        retry_after=exc.retry_after,
+    )
+    by_message = delay <= settings.max_countdown_seconds
+    outcomes = []
+    for row in rows:
+        error = _novu_error("novu_unavailable", exc, row.attempts)
+        if row.attempts >= settings.delivery_max_attempts:
+            error["code"] = "attempts_exhausted"
+            outcomes.append(RowOutcome(row.id, row.attempts, S.FAILED, error=error))
+        else:
+            outcomes.append(
+                RowOutcome(
+                    row.id,
+                    row.attempts,
+                    S.PENDING,
+                    error=error,
+                    retry_in=delay,
+                    by_message=by_message,
+                )
+            )
+    log.info("batch of %d: retry in %.1fs: %s", len(rows), delay, exc)
+    return outcomes
+
+
+def _one_by_one(
+    rows: Sequence[Notification],
+    flight: _Flight,
+    novu: NovuClient,
+    settings: Settings,
+    executor: Executor,
+    report: BatchReport,
+) -> list[RowOutcome]:
+    """Novu refused the bulk call as a whole (one event too large, say): send each event on
+    its own, as the single path would, so that each row gets its own answer."""
+    calls: list[Future[CallResult]] = []
+    for row in rows:
+        key = attempt_idempotency_key(row.transaction_id, row.attempts)
+        send = partial(_trigger_one, novu, flight.prepared[row.id].event, key)
+        calls.append(executor.submit(_call, send))
+    report.novu_calls += len(calls)
+    outcomes: list[RowOutcome] = []
+    for row, call in zip(rows, calls, strict=True):
+        result = call.result()
+        if isinstance(result, NovuError):
+            outcomes.extend(_whole_call_failed([row], result, settings))
+        else:
+            outcomes.append(_event_outcome(row, flight.prepared[row.id], result[0]))
+    return outcomes
+
+
+def _trigger_one(novu: NovuClient, event: TriggerEvent, key: str) -> list[TriggerResult]:
+    return [novu.trigger(event, idempotency_key=key)]
+
+
+def _novu_error(code: str, exc: NovuError, attempt: int) -> dict[str, Any]:
+    return {
+        "code": code,
+        "message": str(exc),
+        "statusCode": exc.status_code,
+        "novu": exc.body,
+        "attempt": attempt,
+    }

@@ -1,0 +1,392 @@
+"""Batched delivery: bulk trigger → deliver_batch → Novu bulk calls, with DESIGN's guarantees.
+
+End-to-end tests run the real worker against the emulator; the per-event classification and
+the attempt fence are also checked in-process against the real database, with a Novu that
+answers from a function.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+
+from shared.batch_delivery import RowOutcome, claim_batch, deliver_batch, record_outcomes
+from shared.db.enums import NotificationStatus as S
+from shared.db.models import Notification
+from shared.db.session import transaction
+from shared.novu.client import NovuClient
+from shared.queue import publish_deliver_batch
+from shared.settings import get_settings
+from tests.conftest import signup_payload
+from tests.factories import create_template, create_workflow
+
+pytestmark = pytest.mark.integration
+
+
+def _later() -> str:
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+
+
+def _bulk(client, tenant, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    response = client.post("/api/trigger/bulk", json={"events": events}, headers=tenant.headers)
+    assert response.status_code == 202, response.text
+    results = response.json()["results"]
+    assert all(r["result"] == "accepted" for r in results), results
+    return list(results)
+
+
+def _signups(count: int, **extra: Any) -> list[dict[str, Any]]:
+    return [
+        {"workflowId": "user-signup", "payload": signup_payload(), **extra} for _ in range(count)
+    ]
+
+
+def _rows(ids: list[int]) -> list[Notification]:
+    with transaction() as session:
+        return list(
+            session.scalars(
+                select(Notification).where(Notification.id.in_(ids)).order_by(Notification.id)
+            )
+        )
+
+
+def _wait_rows(
+    ids: list[int], done, timeout: float = 30.0, what: str = "rows"
+) -> list[Notification]:
+    deadline = time.monotonic() + timeout
+    rows = _rows(ids)
+    while time.monotonic() < deadline:
+        rows = _rows(ids)
+        if all(done(row) for row in rows):
+            return rows
+        time.sleep(0.1)
+    states = Counter((row.notification_status.value, row.attempts) for row in rows)
+    raise AssertionError(f"timed out waiting for {what}: {states}")
+
+
+def _final(row: Notification) -> bool:
+    return row.notification_status in (S.SENT, S.FAILED)
+
+
+def _accepted_counts(emulator, transaction_ids: list[str]) -> Counter[str]:
+    wanted = set(transaction_ids)
+    events = emulator.get("/_emulator/events").json()
+    return Counter(e["transactionId"] for e in events if e["transactionId"] in wanted)
+
+
+def _stats(emulator) -> dict[str, Any]:
+    return dict(emulator.get("/_emulator/stats").json())
+
+
+def _make_due(ids: list[int], **values: Any) -> None:
+    """Scheduled rows become due now; enqueued_at keeps the reconciler away for a few seconds."""
+    with transaction() as session:
+        session.execute(
+            update(Notification)
+            .where(Notification.id.in_(ids))
+            .values(**{"scheduled_for": None, "enqueued_at": dt.datetime.now(dt.UTC), **values})
+        )
+
+
+# -- end to end, through the real worker ------------------------------------------------------
+
+
+def test_bulk_triggered_notifications_are_sent_once_each_in_bulk_calls(
+    client, tenant, worker, emulator
+):
+    before = _stats(emulator)["requests"]
+    results = _bulk(client, tenant, _signups(250))
+    ids = [r["notificationId"] for r in results]
+    rows = _wait_rows(ids, _final)
+    assert {row.notification_status for row in rows} == {S.SENT}
+    assert all(row.attempts == 1 and row.processed_at is not None for row in rows)
+    transaction_ids = [r["transactionId"] for r in results]
+    assert _accepted_counts(emulator, transaction_ids) == Counter(transaction_ids)
+    # 250 notifications, one deliver_batch message, three bulk calls.
+    assert _stats(emulator)["requests"] - before == 3
+    event = emulator.get("/_emulator/events", params={"transactionId": transaction_ids[0]}).json()[
+        0
+    ]
+    assert event["payload"]["_xnovu"]["notificationId"] == ids[0]
+    assert "Welcome, Ada Lovelace!" in event["payload"]["_xnovu"]["rendered"]["email"]["body"]
+
+
+def test_whole_batch_is_retried_after_500s_and_sent_once(client, tenant, worker, emulator):
+    emulator.post("/_emulator/faults", json={"status": 500, "rate": 1.0})
+    results = _bulk(client, tenant, _signups(150))
+    ids = [r["notificationId"] for r in results]
+    _wait_rows(ids, lambda row: row.attempts >= 2, what="a second attempt of every row")
+    emulator.delete("/_emulator/faults")
+    rows = _wait_rows(ids, _final)
+    assert {row.notification_status for row in rows} == {S.SENT}
+    assert all(row.attempts >= 2 and row.error_details is None for row in rows)
+    transaction_ids = [r["transactionId"] for r in results]
+    assert _accepted_counts(emulator, transaction_ids) == Counter(transaction_ids)
+
+
+def test_connection_lost_after_novu_accepted_a_bulk_call_does_not_send_twice(
+    client, tenant, worker, emulator
+):
+    duplicates_before = _stats(emulator)["duplicates"]
+    emulator.post("/_emulator/faults", json={"dropAfterAcceptRate": 1.0})
+    results = _bulk(client, tenant, _signups(60))
+    ids = [r["notificationId"] for r in results]
+    transaction_ids = [r["transactionId"] for r in results]
+    _wait_rows(ids, lambda row: row.attempts >= 2, what="a retry after the dropped answer")
+    emulator.delete("/_emulator/faults")
+    rows = _wait_rows(ids, _final)
+    assert {row.notification_status for row in rows} == {S.SENT}
+    # Novu saw every transactionId again on the retry, and recorded each one once.
+    assert _accepted_counts(emulator, transaction_ids) == Counter(transaction_ids)
+    assert _stats(emulator)["duplicates"] - duplicates_before >= 60
+
+
+def test_a_bulk_call_refused_as_a_whole_is_decided_event_by_event(client, tenant, worker, emulator):
+    before = _stats(emulator)["requests"]
+    emulator.post("/_emulator/faults", json={"status": 400, "rate": 1.0})
+    results = _bulk(client, tenant, _signups(5))
+    rows = _wait_rows([r["notificationId"] for r in results], _final)
+    assert {row.notification_status for row in rows} == {S.FAILED}
+    for row in rows:
+        assert row.attempts == 1
+        assert row.error_details["code"] == "novu_rejected"
+        assert row.error_details["statusCode"] == 400
+    # One bulk call, then each event alone.
+    assert _stats(emulator)["requests"] - before == 6
+    assert not _accepted_counts(emulator, [r["transactionId"] for r in results])
+
+
+def test_an_oversized_event_fails_alone_and_the_rest_are_sent(client, tenant, worker, emulator):
+    results = _bulk(client, tenant, _signups(4, scheduledFor=_later()))
+    ids = [r["notificationId"] for r in results]
+    huge = {**signup_payload(), "blob": "x" * 600_000}  # over Novu's 512 KB per event
+    with transaction() as session:
+        session.execute(update(Notification).where(Notification.id == ids[1]).values(payload=huge))
+    _make_due(ids)
+    assert publish_deliver_batch(tenant.enterprise_id, ids) == []
+    rows = _wait_rows(ids, _final)
+    statuses = [row.notification_status for row in rows]
+    assert statuses == [S.SENT, S.FAILED, S.SENT, S.SENT]
+    assert rows[1].error_details["statusCode"] == 413
+    transaction_ids = [r["transactionId"] for r in results]
+    assert _accepted_counts(emulator, transaction_ids) == Counter(
+        t for i, t in enumerate(transaction_ids) if i != 1
+    )
+
+
+def test_exhausted_attempts_fail_every_row_of_the_batch(client, tenant, worker, emulator):
+    emulator.post("/_emulator/faults", json={"status": 503, "rate": 1.0})
+    results = _bulk(client, tenant, _signups(3))
+    rows = _wait_rows([r["notificationId"] for r in results], _final, timeout=40)
+    for row in rows:
+        assert row.notification_status is S.FAILED
+        assert row.attempts == 4  # DELIVERY_MAX_ATTEMPTS in the test settings
+        assert row.error_details["code"] == "attempts_exhausted"
+        assert row.error_details["statusCode"] == 503
+
+
+def test_a_render_failure_fails_only_that_row(client, tenant, worker, emulator):
+    email = create_template(client, tenant, "EMAIL", subject="Hi", body="<p>{{ needed }}</p>")
+    create_workflow(client, tenant, "needy", EMAIL=email, publish=True)
+    events = [
+        {"workflowId": "needy", "payload": {"needed": "yes"}},
+        {"workflowId": "needy", "payload": {}},  # StrictUndefined: the render fails
+        {"workflowId": "needy", "payload": {"needed": "also"}},
+    ]
+    results = _bulk(client, tenant, events)
+    rows = _wait_rows([r["notificationId"] for r in results], _final)
+    assert [row.notification_status for row in rows] == [S.SENT, S.FAILED, S.SENT]
+    assert rows[1].error_details["code"] == "render_failed"
+    assert _accepted_counts(emulator, [results[1]["transactionId"]]) == Counter()
+
+
+def test_cancelled_rows_are_never_sent_and_duplicate_messages_are_harmless(
+    client, tenant, worker, emulator
+):
+    results = _bulk(client, tenant, _signups(3, scheduledFor=_later()))
+    ids = [r["notificationId"] for r in results]
+    cancelled = client.post(f"/api/notifications/{ids[1]}/cancel", headers=tenant.headers)
+    assert cancelled.json()["notification_status"] == "RETRACTED"
+    _make_due(ids)
+    for _ in range(3):  # a stale queue holding the same batch three times
+        assert publish_deliver_batch(tenant.enterprise_id, ids) == []
+    rows = _wait_rows([ids[0], ids[2]], _final)
+    assert {row.notification_status for row in rows} == {S.SENT}
+    time.sleep(0.5)
+    assert _rows([ids[1]])[0].notification_status is S.RETRACTED
+    transaction_ids = [r["transactionId"] for r in results]
+    assert _accepted_counts(emulator, transaction_ids) == Counter(
+        [transaction_ids[0], transaction_ids[2]]
+    )
+
+
+def test_a_batch_never_claims_another_enterprises_rows(client, tenant, worker, emulator):
+    from tests.conftest import make_tenant
+
+    other = make_tenant()
+    theirs = _bulk(client, other, _signups(2, scheduledFor=_later()))
+    their_ids = [r["notificationId"] for r in theirs]
+    _make_due(their_ids, enqueued_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))
+    assert publish_deliver_batch(tenant.enterprise_id, their_ids) == []
+    control = _bulk(client, tenant, _signups(1))
+    _wait_rows([control[0]["notificationId"]], _final)
+    time.sleep(0.5)
+    assert {row.notification_status for row in _rows(their_ids)} == {S.PENDING}
+
+
+# -- in process, against the real database ----------------------------------------------------
+
+
+def _pending_rows(client, tenant, count: int) -> tuple[list[int], list[str]]:
+    results = _bulk(client, tenant, _signups(count, scheduledFor=_later()))
+    ids = [r["notificationId"] for r in results]
+    _make_due(ids)
+    return ids, [r["transactionId"] for r in results]
+
+
+def _fake_novu(answer) -> NovuClient:
+    """A Novu whose bulk endpoint answers each event with `answer(event)`."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        events = json.loads(request.content)["events"]
+        return httpx.Response(201, json={"data": [answer(event) for event in events]})
+
+    return NovuClient("http://novu.test", "key", transport=httpx.MockTransport(handler))
+
+
+def test_an_event_novu_did_not_process_fails_only_its_row(client, tenant, stack):
+    ids, transaction_ids = _pending_rows(client, tenant, 5)
+    rejected = transaction_ids[3]
+
+    def answer(event: dict[str, Any]) -> dict[str, Any]:
+        if event["transactionId"] == rejected:
+            return {"acknowledged": True, "status": "invalid_recipients", "error": ["nobody"]}
+        return {
+            "acknowledged": True,
+            "status": "processed",
+            "transactionId": event["transactionId"],
+        }
+
+    with ThreadPoolExecutor(2) as pool:
+        report = deliver_batch(
+            tenant.enterprise_id,
+            ids,
+            novu=_fake_novu(answer),
+            settings=get_settings(),
+            executor=pool,
+        )
+    assert (report.claimed, report.sent, report.failed, report.novu_calls) == (5, 4, 1, 1)
+    rows = _rows(ids)
+    assert [row.notification_status for row in rows] == [S.SENT, S.SENT, S.SENT, S.FAILED, S.SENT]
+    assert rows[3].error_details["code"] == "novu_rejected"
+    assert "invalid_recipients" in rows[3].error_details["message"]
+    assert all(row.locked_until is None for row in rows)
+
+
+def test_sub_batches_of_a_large_batch_are_claimed_and_sent_a_hundred_at_a_time(
+    client, tenant, stack
+):
+    ids, _ = _pending_rows(client, tenant, 230)
+    sizes: list[int] = []
+
+    def answer(event: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "acknowledged": True,
+            "status": "processed",
+            "transactionId": event["transactionId"],
+        }
+
+    novu = _fake_novu(answer)
+    original = novu.trigger_bulk
+
+    def counting(events, **kwargs):
+        sizes.append(len(events))
+        return original(events, **kwargs)
+
+    novu.trigger_bulk = counting  # type: ignore[method-assign]
+    with ThreadPoolExecutor(4) as pool:
+        report = deliver_batch(
+            tenant.enterprise_id, ids, novu=novu, settings=get_settings(), executor=pool
+        )
+    assert sorted(sizes) == [30, 100, 100]
+    assert (report.claimed, report.sent) == (230, 230)
+    # A second message for the same ids finds nothing left to claim.
+    with ThreadPoolExecutor(1) as pool:
+        again = deliver_batch(
+            tenant.enterprise_id, ids, novu=novu, settings=get_settings(), executor=pool
+        )
+    assert (again.claimed, again.skipped, again.novu_calls) == (0, 230, 0)
+
+
+def test_an_outcome_of_an_attempt_that_lost_its_row_is_not_recorded(client, tenant, stack):
+    ids, _ = _pending_rows(client, tenant, 2)
+    with transaction(tenant.enterprise_id) as session:
+        claimed, _ = claim_batch(
+            session, enterprise_id=tenant.enterprise_id, notification_ids=ids, lease_seconds=60
+        )
+    assert [row.attempts for row in claimed] == [1, 1]
+    # The lease ran out and another worker claimed the first row again (attempt 2).
+    with transaction() as session:
+        session.execute(update(Notification).where(Notification.id == ids[0]).values(attempts=2))
+    outcomes = [RowOutcome(row.id, 1, S.SENT) for row in claimed]
+    with transaction(tenant.enterprise_id) as session:
+        moved = record_outcomes(session, enterprise_id=tenant.enterprise_id, outcomes=outcomes)
+    assert moved == {ids[1]}
+    first, second = _rows(ids)
+    assert (first.notification_status, second.notification_status) == (S.PROCESSING, S.SENT)
+
+
+def test_a_claim_is_scoped_to_its_enterprise(client, tenant, stack):
+    ids, _ = _pending_rows(client, tenant, 2)
+    with transaction(uuid.uuid4()) as session:
+        claimed, _ = claim_batch(
+            session, enterprise_id=tenant.enterprise_id, notification_ids=ids, lease_seconds=60
+        )
+    assert claimed == []  # row-level security: another enterprise's transaction sees nothing
+    assert {row.notification_status for row in _rows(ids)} == {S.PENDING}
+
+
+def test_a_batch_failing_half_way_still_records_the_calls_already_answered(
+    client, tenant, stack, monkeypatch
+):
+    import shared.batch_delivery as batch_delivery
+
+    ids, _ = _pending_rows(client, tenant, 150)
+    real_build = batch_delivery.build_trigger_event
+
+    def build(row):
+        if row.id == ids[120]:  # in the second sub-batch, after the first call went out
+            raise RuntimeError("unexpected")
+        return real_build(row)
+
+    monkeypatch.setattr(batch_delivery, "build_trigger_event", build)
+
+    def answer(event: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "acknowledged": True,
+            "status": "processed",
+            "transactionId": event["transactionId"],
+        }
+
+    with ThreadPoolExecutor(2) as pool, pytest.raises(RuntimeError):
+        deliver_batch(
+            tenant.enterprise_id,
+            ids,
+            novu=_fake_novu(answer),
+            settings=get_settings(),
+            executor=pool,
+        )
+    rows = _rows(ids)
+    assert {row.notification_status for row in rows[:100]} == {S.SENT}
+    # Claimed, never sent: the reconciler returns them to PENDING when their lease runs out.
+    assert {row.notification_status for row in rows[100:]} == {S.PROCESSING}
+    assert all(row.locked_until is not None for row in rows[100:])
