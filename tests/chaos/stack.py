@@ -280,7 +280,7 @@ class ChaosStack:
         worker.kill_group()
         return pids
 
-    def terminate_worker_connections(self, patience: float = 5.0) -> int:
+    def terminate_worker_connections(self, patience: float = 30.0) -> int:
         """Terminate the PostgreSQL backends of the worker's processes; how many there were.
         A worker that has not connected yet (just started) is given `patience` seconds."""
         deadline = time.monotonic() + patience
