@@ -28,6 +28,7 @@ import socket
 import stat
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Self
@@ -124,7 +125,7 @@ def _stop_leftovers() -> None:
                 server.stop()
 
 
-class _EmbeddedServer:
+class _EmbeddedServer(ABC):
     """What both servers share: own session, readiness wait, exit-time stop, `with` support."""
 
     def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1") -> None:
@@ -134,11 +135,13 @@ class _EmbeddedServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._owner_pid = os.getpid()
 
+    @abstractmethod
     def start(self) -> str:
-        raise NotImplementedError
+        """Start the server (idempotent); its URL."""
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Stop the server (idempotent)."""
 
     def __enter__(self) -> Self:
         self.start()

@@ -8,13 +8,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from celery import Task
-from sqlalchemy.exc import OperationalError
 
 from shared.batch_delivery import SENDS_IN_FLIGHT, deliver_batch
 from shared.novu.client import get_novu_client
 from shared.queue import TaskName, publish_deliver_batch
 from shared.settings import get_settings
 from worker.celery_app import app
+from worker.tasks.deliver import DELIVERY_TASK_OPTIONS
 
 _pool: ThreadPoolExecutor | None = None
 _pool_pid: int | None = None
@@ -36,15 +36,9 @@ def send_pool() -> ThreadPoolExecutor:
 
 @app.task(
     name=TaskName.DELIVER_BATCH.value,
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
     # As deliver_notification: a database outage is retried from the message a few times;
     # claimed rows it leaves PROCESSING come back through the reconciler's lease check.
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_backoff_max=30,
-    max_retries=5,
+    **DELIVERY_TASK_OPTIONS,
     # Backstop only: every Novu call has its own timeout, and rows are claimed one
     # sub-batch at a time, just before they are sent.
     soft_time_limit=120,

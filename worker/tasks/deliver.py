@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 from celery import Task
 from sqlalchemy.exc import OperationalError
@@ -18,21 +19,23 @@ from worker.celery_app import app
 
 log = logging.getLogger(__name__)
 
-# The process's pooled Novu client (one per forked pool process).
-novu_client = get_novu_client
+# Options of every delivery task (single and batch).
+DELIVERY_TASK_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    # A database outage is retried a few times from the message; beyond that the row stays
+    # PENDING or PROCESSING and the reconciler brings it back.
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": True,
+    "retry_backoff_max": 30,
+    "max_retries": 5,
+}
 
 
 @app.task(
     name=TaskName.DELIVER_NOTIFICATION.value,
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    # A database outage is retried a few times from the message; beyond that the row stays
-    # PENDING or PROCESSING and the reconciler brings it back.
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_backoff_max=30,
-    max_retries=5,
+    **DELIVERY_TASK_OPTIONS,
     # Backstop only: Novu calls and rendering have their own, shorter limits. A task killed here
     # leaves its row PROCESSING, and the reconciler retries it when the lease runs out.
     soft_time_limit=45,
@@ -42,7 +45,7 @@ def deliver_notification(self: Task, notification_id: int, enterprise_id: str) -
     """Claim, render and hand one notification to Novu; schedule its retry if Novu failed."""
     settings = get_settings()
     enterprise = uuid.UUID(enterprise_id)
-    result = deliver(notification_id, enterprise, novu=novu_client(), settings=settings)
+    result = deliver(notification_id, enterprise, novu=get_novu_client(), settings=settings)
     by_message = result.outcome is Outcome.RETRY and result.message_published
     if by_message and result.retry_in is not None:
         unpublished = publish_deliver([(notification_id, enterprise)], countdown=result.retry_in)
