@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Response
 from api.deps import PrincipalDep, SessionDep, resolve_enterprise
 from api.errors import ApiError
 from api.schemas.notifications import TriggerRequest, TriggerResponse
+from api.trigger_checks import check_payload, resolve_recipients, resolve_workflow
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
 from shared.db.session import scope_session
@@ -20,11 +21,9 @@ from shared.notifications.service import (
     request_fingerprint,
 )
 from shared.notifications.transitions import clear_enqueued
-from shared.payloads import json_size, payload_errors
+from shared.payloads import json_size
 from shared.queue import publish_deliver
 from shared.settings import get_settings
-from shared.workflows.instance import WorkflowInstance
-from shared.workflows.registry import get_registry
 
 router = APIRouter(tags=["trigger"])
 
@@ -54,29 +53,22 @@ def trigger(
     settings = get_settings()
     enterprise_id = resolve_enterprise(principal, body.enterpriseId)
     scope_session(session, enterprise_id)
-    workflow = get_registry().get_workflow(body.workflowId, enterprise_id)
-    if workflow is None:
-        raise ApiError(404, "workflow_not_found", f"workflow {body.workflowId!r} not found")
-    if json_size(body.payload) > settings.max_payload_bytes:
-        raise ApiError(
-            413, "payload_too_large", f"payload exceeds {settings.max_payload_bytes} bytes"
-        )
-    errors = payload_errors(workflow.payload_schema, body.payload)
-    if errors:
-        raise ApiError(
-            422, "invalid_payload", "the payload does not match the workflow's schema", errors
-        )
+    workflow = resolve_workflow(body.workflowId, enterprise_id)
+    check_payload(workflow, body.payload, size=json_size(body.payload), settings=settings)
 
     service = NotificationService(session)
     if body.notificationId is not None:
         row = _existing(service, body, enterprise_id)
         created = False
     else:
-        recipients = _recipients(body, workflow, enterprise_id)
-        if len(recipients) > settings.max_recipients:
-            raise ApiError(
-                422, "too_many_recipients", f"at most {settings.max_recipients} recipients"
-            )
+        recipients = resolve_recipients(
+            recipients=body.recipients,
+            subscriber_id=body.subscriberId,
+            workflow=workflow,
+            payload=body.payload,
+            enterprise_id=enterprise_id,
+            settings=settings,
+        )
         fingerprint = request_fingerprint(
             {"enterpriseId": str(enterprise_id), "body": body.model_dump(mode="json")}
         )
@@ -123,20 +115,6 @@ def trigger(
         status=NotificationStatus.PENDING,
         scheduledFor=row.scheduled_for,
     )
-
-
-def _recipients(body: TriggerRequest, workflow: WorkflowInstance, enterprise_id: Any) -> list[str]:
-    """Who receives it: the trigger's recipients or subscriberId, else the subscriber the
-    workflow derives from the payload, else the enterprise itself (its own Novu subscriber,
-    as the original XNovu's default subscriber)."""
-    if body.recipients:
-        return body.recipients
-    if body.subscriberId:
-        return [body.subscriberId]
-    derived = workflow.default_subscriber(body.payload)
-    if derived and derived.get("subscriberId"):
-        return [str(derived["subscriberId"])]
-    return [str(enterprise_id)]
 
 
 def _existing(

@@ -33,6 +33,7 @@ from api.schemas.bulk import (
     BulkTriggerRequest,
     BulkTriggerResponse,
 )
+from api.trigger_checks import check_payload, resolve_recipients, resolve_workflow
 from shared.apikeys import Principal
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
@@ -46,10 +47,8 @@ from shared.notifications.bulk import (
 )
 from shared.notifications.service import request_fingerprint
 from shared.notifications.transitions import clear_enqueued
-from shared.payloads import payload_errors
 from shared.queue import publish_deliver_batch
 from shared.settings import Settings, get_settings
-from shared.workflows.registry import get_registry
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["trigger"])
@@ -138,32 +137,20 @@ def _check(
             422, "validation_error", "the event is invalid", _validation_details(exc)
         ) from None
     enterprise_id = resolve_enterprise(principal, event.enterpriseId or header_enterprise)
-    workflow = get_registry().get_workflow(event.workflowId, enterprise_id)
-    if workflow is None:
-        raise ApiError(404, "workflow_not_found", f"workflow {event.workflowId!r} not found")
+    workflow = resolve_workflow(event.workflowId, enterprise_id)
     payload_json = _storable_json(event.payload, "payload")
-    if len(payload_json.encode()) > settings.max_payload_bytes:
-        raise ApiError(
-            413, "payload_too_large", f"payload exceeds {settings.max_payload_bytes} bytes"
-        )
-    errors = payload_errors(workflow.payload_schema, event.payload)
-    if errors:
-        raise ApiError(
-            422, "invalid_payload", "the payload does not match the workflow's schema", errors
-        )
+    check_payload(workflow, event.payload, size=len(payload_json.encode()), settings=settings)
     if event.notificationId is not None:
         return _Valid(index, event, enterprise_id, None)
 
-    if event.recipients:
-        recipients = event.recipients
-    elif event.subscriberId:
-        recipients = [event.subscriberId]
-    else:
-        derived = workflow.default_subscriber(event.payload)
-        subscriber = derived.get("subscriberId") if derived else None
-        recipients = [str(subscriber)] if subscriber else [str(enterprise_id)]
-    if len(recipients) > settings.max_recipients:
-        raise ApiError(422, "too_many_recipients", f"at most {settings.max_recipients} recipients")
+    recipients = resolve_recipients(
+        recipients=event.recipients,
+        subscriber_id=event.subscriberId,
+        workflow=workflow,
+        payload=event.payload,
+        enterprise_id=enterprise_id,
+        settings=settings,
+    )
     for name, value in (
         ("overrides", event.overrides),
         ("recipients", recipients),
