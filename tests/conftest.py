@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,36 @@ def novu_emulator(stack: Stack) -> Iterator[str]:
             f"the Novu emulator (log: {stack.tmp / 'emulator.log'})",
         )
         yield stack.emulator_url
+    finally:
+        _stop(proc)
+
+
+@contextmanager
+def api_process(stack: Stack, name: str, **env: str) -> Iterator[str]:
+    """A real uvicorn API process on a free port (for what must reach the API over HTTP, or
+    a second process); yields its URL and stops it afterwards."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.app:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env={**stack.env, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=(stack.tmp / f"{name}.log").open("wb"),
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, 30, f"the {name} API")
+        yield url
     finally:
         _stop(proc)
 

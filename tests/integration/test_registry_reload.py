@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
-from shared.devstack import free_port
-from tests.conftest import REPO, _stop, _wait_for
+from tests.conftest import api_process
 from tests.factories import create_template, create_workflow
 
 pytestmark = pytest.mark.integration
@@ -18,30 +15,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture()
 def second_api(stack):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.app:app",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=REPO,
-        env={**stack.env, "REGISTRY_CHECK_INTERVAL_SECONDS": "2"},
-        stdout=subprocess.DEVNULL,
-        stderr=(stack.tmp / "second-api.log").open("wb"),
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, 30, "the second API")
+    with api_process(stack, "second-api", REGISTRY_CHECK_INTERVAL_SECONDS="2") as url:
         yield url
-    finally:
-        _stop(proc)
 
 
 def _status(url, tenant, key):

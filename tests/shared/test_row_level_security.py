@@ -34,9 +34,12 @@ def test_an_unscoped_query_sees_only_the_current_enterprise(stack):
         # Deliberately no enterprise filter.
         ids = set(session.scalars(select(Notification.id)))
         assert mine in ids and theirs not in ids
-        assert session.scalar(select(func.count()).select_from(Notification).where(
-            Notification.id == theirs
-        )) == 0
+        assert (
+            session.scalar(
+                select(func.count()).select_from(Notification).where(Notification.id == theirs)
+            )
+            == 0
+        )
         # Writes cannot reach the other enterprise's row either.
         touched = session.execute(
             update(Notification).where(Notification.id == theirs).values(name="hijacked")
@@ -50,9 +53,12 @@ def test_a_session_confined_to_no_enterprise_sees_no_rows(stack):
     scope_session(session, None)
     try:
         for model in (Notification, NotificationTemplate, NotificationWorkflow, ApiKey):
-            assert session.scalar(
-                select(func.count()).select_from(model).where(model.enterprise_id.is_not(None))
-            ) == 0, model.__tablename__
+            assert (
+                session.scalar(
+                    select(func.count()).select_from(model).where(model.enterprise_id.is_not(None))
+                )
+                == 0
+            ), model.__tablename__
     finally:
         session.close()
 

@@ -3,8 +3,6 @@ process's /api/novu → the rendered content lands as messages in the emulator."
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,8 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.devstack import free_port
-from tests.conftest import REPO, _stop, _wait_for, make_tenant, signup_payload, wait_for_status
+from tests.conftest import api_process, make_tenant, signup_payload, wait_for_status
 from tests.factories import create_template, create_workflow
 
 pytestmark = pytest.mark.integration
@@ -23,30 +20,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def bridge_api(stack) -> Iterator[str]:
     """A uvicorn API process: the emulator (another process) must reach it over HTTP."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.app:app",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=REPO,
-        env=stack.env,
-        stdout=subprocess.DEVNULL,
-        stderr=(stack.tmp / "bridge-api.log").open("wb"),
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, 30, "the bridge API")
+    with api_process(stack, "bridge-api") as url:
         yield url
-    finally:
-        _stop(proc)
 
 
 @pytest.fixture()
