@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_error_handlers
+from api.ingest import trigger_recorder
 from api.limits import BodySizeLimit
 from api.metrics import MetricsMiddleware
 from api.metrics import router as metrics_router
@@ -23,6 +27,14 @@ from api.routes import (
 from shared.settings import get_settings
 
 
+@asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    """On shutdown (after uvicorn has finished the requests in flight), record what the trigger
+    recorder still holds before the process exits."""
+    yield
+    await run_in_threadpool(trigger_recorder().stop)
+
+
 def create_app() -> FastAPI:
     """Build the API with its routes, error handlers and body-size limit."""
     settings = get_settings()
@@ -31,11 +43,13 @@ def create_app() -> FastAPI:
         title="XNovu",
         version="0.1.0",
         description="Notification workflow service: trigger, track and cancel notifications.",
+        lifespan=lifespan,
     )
     install_error_handlers(app)
+    # The trigger first: the router tries routes in order, and triggers are most requests.
+    app.include_router(trigger.router)
     app.include_router(health.router)
     app.include_router(metrics_router)
-    app.include_router(trigger.router)
     app.include_router(trigger_bulk.router)
     app.include_router(notifications.router)
     app.include_router(templates.router)

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -97,6 +98,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(PoolTimeoutError)
+    @app.exception_handler(psycopg.OperationalError)  # the trigger recorder's own connection
     async def _database_down(_: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable: %s", exc)
         return error_response(
@@ -107,10 +109,11 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(DataError)
-    async def _unstorable_value(_: Request, exc: DataError) -> JSONResponse:
+    @app.exception_handler(psycopg.DataError)
+    async def _unstorable_value(_: Request, exc: Exception) -> JSONResponse:
         # SQLSTATE class 22 (or psycopg refusing a value before sending it): the request carried
         # a value PostgreSQL cannot store, e.g. a NUL character in a string or in JSON.
-        log.info("value refused by the database: %s", exc.orig)
+        log.info("value refused by the database: %s", getattr(exc, "orig", exc))
         return error_response(
             422,
             "invalid_value",
@@ -119,7 +122,8 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(DBAPIError)
-    async def _database_error(_: Request, exc: DBAPIError) -> JSONResponse:
+    @app.exception_handler(psycopg.Error)
+    async def _database_error(_: Request, exc: Exception) -> JSONResponse:
         log.exception("database error")
         return error_response(503, "database_error", "the database could not complete the request")
 

@@ -5,6 +5,12 @@ key may make RATE_LIMIT_PER_SECOND requests a second on average and RATE_LIMIT_B
 The check is one atomic Lua script that reads Redis's own clock, so any number of API
 processes on any number of machines share one budget per key without trusting their clocks.
 
+Asking Redis on every request would cost every request a round trip, so a process takes
+tokens in small leases (one call grants up to `lease` requests, a twentieth of the burst, at
+most 100) and spends them locally. With a burst under 40 the lease is one request: every
+request is counted in Redis, exactly. Otherwise a key may get up to one lease per API process
+above its burst, never above its rate for long.
+
 Redis is a convenience here, not a dependency: when it cannot be reached the limiter fails
 open (the request is accepted and a warning is logged at most every few seconds), because
 triggers must keep being accepted while Redis is down.
@@ -22,34 +28,43 @@ from typing import Annotated, Any
 
 import redis
 from fastapi import Depends
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
+from shared.redis_client import fail_fast_client
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "xnovu:ratelimit:key:"
 
+# A lease is a twentieth of the burst, at most MAX_LEASE requests.
+LEASE_DIVISOR = 20
+MAX_LEASE = 100
+# Keys whose unspent tokens a process remembers.
+MAX_LEASED_KEYS = 10_000
+
 # KEYS[1]: the key's theoretical arrival time (TAT) in microseconds of Redis's clock.
-# ARGV[1]: emission interval (µs per request), ARGV[2]: burst (requests).
-# Returns {allowed (0/1), microseconds until the next request would be allowed}.
+# ARGV[1]: emission interval (µs per request), ARGV[2]: burst (requests), ARGV[3]: how many
+# requests the caller would like to make.
+# Returns {requests granted (0 to ARGV[3]), microseconds until one would be granted if 0}.
 _GCRA_SCRIPT = """
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local wanted = tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-local new_tat = tat + interval
-local allowed_at = new_tat - burst * interval
-if now < allowed_at then
-  return {0, allowed_at - now}
+local available = math.floor((now + burst * interval - tat) / interval)
+if available < 1 then
+  return {0, tat + interval - burst * interval - now}
 end
+local granted = math.min(wanted, available)
+local new_tat = tat + granted * interval
 local ttl_ms = math.ceil((new_tat - now) / 1000) + 1
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', ttl_ms)
-return {1, 0}
+return {granted, 0}
 """
 
 
@@ -82,14 +97,10 @@ class RateLimiter:
         self.burst = burst
         self.key_prefix = key_prefix
         self._interval_us = max(1, round(1_000_000 / per_second))
+        self.lease = max(1, min(MAX_LEASE, burst // LEASE_DIVISOR))
+        self._leased: dict[int | str, int] = {}
         # No retries: a request must not wait for Redis to come back.
-        self._redis = redis.Redis.from_url(
-            redis_url,
-            socket_connect_timeout=socket_timeout,
-            socket_timeout=socket_timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        self._redis = fail_fast_client(redis_url, socket_timeout)
         self._script = self._redis.register_script(_GCRA_SCRIPT)
         # After a failure, requests skip Redis for a moment instead of each paying a timeout.
         self._pause_after_failure = pause_after_failure
@@ -100,18 +111,40 @@ class RateLimiter:
 
     def check(self, key_id: int | str) -> RateDecision:
         """Count one request of the key; whether it may proceed, and if not, when it may."""
+        decision = self.check_local(key_id)
+        return decision if decision is not None else self.check_remote(key_id)
+
+    def check_local(self, key_id: int | str) -> RateDecision | None:
+        """The decision if it needs no Redis call (a token left from a lease, or Redis paused
+        after a failure); None when check_remote must ask Redis."""
         if time.monotonic() < self._paused_until:
             return ALLOWED
+        with self._lock:
+            left = self._leased.get(key_id, 0)
+            if left > 0:
+                self._leased[key_id] = left - 1
+                return ALLOWED
+        return None
+
+    def check_remote(self, key_id: int | str) -> RateDecision:
+        """Ask Redis for a lease of tokens for the key and spend one of them."""
         try:
-            allowed, wait_us = self._script(
-                keys=[f"{self.key_prefix}{key_id}"], args=[self._interval_us, self.burst]
+            granted, wait_us = self._script(
+                keys=[f"{self.key_prefix}{key_id}"],
+                args=[self._interval_us, self.burst, self.lease],
             )
         except (redis.RedisError, OSError) as exc:
             self._failed_open(exc)
             return ALLOWED
-        if int(allowed):
-            return ALLOWED
-        return RateDecision(allowed=False, retry_after_seconds=int(wait_us) / 1_000_000)
+        granted = int(granted)
+        if granted < 1:
+            return RateDecision(allowed=False, retry_after_seconds=int(wait_us) / 1_000_000)
+        if granted > 1:
+            with self._lock:
+                if len(self._leased) >= MAX_LEASED_KEYS:
+                    self._leased.clear()  # unused tokens are forgotten: stricter, never looser
+                self._leased[key_id] = self._leased.get(key_id, 0) + granted - 1
+        return ALLOWED
 
     def _failed_open(self, exc: Exception) -> None:
         now = time.monotonic()
@@ -142,20 +175,23 @@ def _limiter_from_settings() -> RateLimiter | None:
     )
 
 
-def get_rate_limiter() -> RateLimiter | None:
+async def get_rate_limiter() -> RateLimiter | None:
     """The process's limiter, or None when RATE_LIMIT_PER_SECOND is 0 (a dependency, so a test
-    can override it)."""
+    can override it; async, so FastAPI does not send it to a worker thread)."""
     return _limiter_from_settings()
 
 
 RateLimiterDep = Annotated[RateLimiter | None, Depends(get_rate_limiter)]
 
 
-def enforce_rate_limit(limiter: RateLimiter | None, key_id: int) -> None:
-    """Raise 429 with Retry-After (whole seconds) when the key is over its rate."""
+async def enforce_rate_limit(limiter: RateLimiter | None, key_id: int) -> None:
+    """Raise 429 with Retry-After (whole seconds) when the key is over its rate. Redis is asked
+    from a worker thread, and only when the process's lease for the key is spent."""
     if limiter is None:
         return
-    decision = limiter.check(key_id)
+    decision = limiter.check_local(key_id)
+    if decision is None:
+        decision = await run_in_threadpool(limiter.check_remote, key_id)
     if decision.allowed:
         return
     retry_after = max(1, math.ceil(decision.retry_after_seconds))

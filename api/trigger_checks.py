@@ -3,15 +3,23 @@ two endpoints cannot drift apart."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+
 from api.errors import ApiError
+from shared.notifications.bulk import json_text
 from shared.payloads import payload_errors
 from shared.settings import Settings
 from shared.workflows.instance import WorkflowInstance
 from shared.workflows.registry import get_registry
+
+# A NUL character as json.dumps writes it: `\u0000` after an even number of backslashes (an odd
+# number means the backslash itself was escaped, i.e. the text holds a literal "\u0000").
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def resolve_workflow(workflow_id: str, enterprise_id: uuid.UUID) -> WorkflowInstance:
@@ -20,6 +28,14 @@ def resolve_workflow(workflow_id: str, enterprise_id: uuid.UUID) -> WorkflowInst
     if workflow is None:
         raise ApiError(404, "workflow_not_found", f"workflow {workflow_id!r} not found")
     return workflow
+
+
+async def resolve_workflow_async(workflow_id: str, enterprise_id: uuid.UUID) -> WorkflowInstance:
+    """resolve_workflow() for async routes: from memory when the registry is fresh for the
+    enterprise, otherwise from a worker thread (it reads the database)."""
+    if get_registry().is_fresh(enterprise_id):
+        return resolve_workflow(workflow_id, enterprise_id)
+    return await run_in_threadpool(resolve_workflow, workflow_id, enterprise_id)
 
 
 def check_payload(
@@ -61,3 +77,21 @@ def resolve_recipients(
     if len(chosen) > settings.max_recipients:
         raise ApiError(422, "too_many_recipients", f"at most {settings.max_recipients} recipients")
     return chosen
+
+
+def storable_json(value: Any, field: str) -> str:
+    """The value's JSON text, refusing what PostgreSQL cannot store (NUL characters, lone
+    surrogates, NaN) so that one such event cannot fail the statement its group shares."""
+    try:
+        text = json_text(value)
+    except ValueError:
+        raise ApiError(422, "invalid_value", f"{field} holds NaN or Infinity") from None
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ApiError(
+            422, "invalid_value", f"{field} holds text that is not valid Unicode"
+        ) from None
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
+        raise ApiError(422, "invalid_value", f"{field} holds a NUL character")
+    return text

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -80,9 +82,14 @@ def ensure_api_key(
 
 def authenticate(session: Session, plaintext: str) -> Principal | None:
     """The principal of a live key, or None for unknown, revoked or deactivated keys."""
+    return authenticate_hash(session, hash_api_key(plaintext))
+
+
+def authenticate_hash(session: Session, key_hash: str) -> Principal | None:
+    """authenticate() for a key already hashed."""
     row = session.execute(
         select(ApiKey.id, ApiKey.scope, ApiKey.enterprise_id).where(
-            ApiKey.key_hash == hash_api_key(plaintext),
+            ApiKey.key_hash == key_hash,
             ApiKey.revoked_at.is_(None),
             ApiKey.deactivated.is_(False),
         )
@@ -93,7 +100,46 @@ def authenticate(session: Session, plaintext: str) -> Principal | None:
 
 
 def revoke_api_key(session: Session, *, key_id: int) -> None:
-    """Revoke a key; it stops authenticating at once."""
+    """Revoke a key; it stops authenticating once API processes stop trusting their cached
+    lookup of it (API_KEY_CACHE_SECONDS, 5 s by default)."""
     row = session.get(ApiKey, key_id)
     if row is not None and row.revoked_at is None:
         row.revoked_at = dt.datetime.now(dt.UTC)
+
+
+class PrincipalCache:
+    """Live keys an API process has looked up, trusted for `ttl_seconds`: a request with a
+    cached key needs no database round trip. Only live keys are cached, so a key created a
+    moment ago works at once; a revoked one stops working within the TTL. Keyed by the key's
+    hash, never by the key itself."""
+
+    def __init__(self, ttl_seconds: float, *, max_entries: int = 10_000) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> Principal | None:
+        """The cached principal of a key hash, or None (unknown, or trusted too long)."""
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        principal, expires_at = entry
+        if time.monotonic() >= expires_at:
+            with self._lock:
+                self._entries.pop(key_hash, None)
+            return None
+        return principal
+
+    def put(self, key_hash: str, principal: Principal) -> None:
+        """Trust a live key's principal for the TTL (nothing when the TTL is 0)."""
+        if self.ttl_seconds <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[key_hash] = (principal, time.monotonic() + self.ttl_seconds)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()

@@ -22,8 +22,6 @@ renders the next sub-batch and records the finished ones.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import uuid
 from collections import deque
@@ -33,20 +31,18 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from sqlalchemy import BigInteger, and_, any_, bindparam, func, or_, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from shared.db.enums import NotificationStatus as S
-from shared.db.models import Notification, RegistryGeneration
-from shared.db.session import transaction
+from shared.db.session import connection, enterprise_transaction
 from shared.delivery import (
     PermanentDeliveryError,
     PreparedTrigger,
     attempt_idempotency_key,
     build_trigger_event,
 )
-from shared.notifications.bulk import TABLE
+from shared.notifications.transitions import ClaimedRow, RowOutcome, claim_due, record_outcomes
 from shared.novu.client import NovuClient, bulk_idempotency_key
 from shared.novu.errors import NovuError, NovuPermanentError, NovuRetryableError, result_error
 from shared.novu.retry import backoff_delay
@@ -56,24 +52,21 @@ from shared.workflows.registry import get_registry
 
 log = logging.getLogger(__name__)
 
-N = Notification
 # Rows claimed by one statement and sent by one Novu bulk call.
 SUB_BATCH_SIZE = MAX_BULK_EVENTS
 # Novu bulk calls one task keeps in flight while it prepares the next sub-batch.
 SENDS_IN_FLIGHT = 4
 
-
-@dataclass(frozen=True, slots=True)
-class RowOutcome:
-    """What one attempt of one claimed row ended in."""
-
-    notification_id: int
-    attempt: int
-    status: S  # SENT, FAILED, or PENDING (retry)
-    error: dict[str, Any] | None = None
-    render_fallbacks: list[dict[str, Any]] | None = None
-    retry_in: float | None = None
-    by_message: bool = False
+__all__ = [
+    "SENDS_IN_FLIGHT",
+    "SUB_BATCH_SIZE",
+    "BatchReport",
+    "ClaimedRow",
+    "RowOutcome",
+    "claim_batch",
+    "deliver_batch",
+    "record_outcomes",
+]
 
 
 @dataclass
@@ -101,117 +94,22 @@ class BatchReport:
         }
 
 
-# -- the two statements ---------------------------------------------------------------------
-
-
-def _due() -> Any:
-    now = func.now()
-    return and_(
-        or_(N.scheduled_for.is_(None), N.scheduled_for <= now),
-        or_(N.next_attempt_at.is_(None), N.next_attempt_at <= now),
-    )
-
-
 def claim_batch(
-    session: Session,
+    session: Connection | Session,
     *,
     enterprise_id: uuid.UUID,
     notification_ids: Sequence[int],
     lease_seconds: int,
-) -> tuple[list[Notification], int]:
+) -> tuple[list[ClaimedRow], int]:
     """PENDING → PROCESSING for the due rows among `notification_ids` that nobody else holds,
-    in one statement; returns them (by id) and the enterprise's registry generation."""
-    ids = bindparam("ids", list(notification_ids), type_=ARRAY(BigInteger))
-    picked = (
-        select(N.id)
-        .where(
-            N.id == any_(ids),
-            N.enterprise_id == enterprise_id,
-            N.notification_status == S.PENDING,
-            _due(),
-        )
-        .order_by(N.id)
-        .with_for_update(skip_locked=True)
+    in one statement; returns them (by id) and the enterprise's registry generation
+    (see `transitions.claim_due`)."""
+    return claim_due(
+        session,
+        enterprise_id=enterprise_id,
+        notification_ids=notification_ids,
+        lease_seconds=lease_seconds,
     )
-    generation = (
-        select(func.coalesce(func.max(RegistryGeneration.generation), 0))
-        .where(RegistryGeneration.enterprise_id == enterprise_id)
-        .scalar_subquery()
-    )
-    stmt = (
-        update(N)
-        # Only the locked rows, found by primary key: the status check lives in `picked`, which
-        # re-checks it on the row it locks. Repeating it here would let the planner drive the
-        # update from the partial index of every PENDING row instead.
-        .where(N.id.in_(picked))
-        .values(
-            notification_status=S.PROCESSING,
-            attempts=N.attempts + 1,
-            locked_until=func.now() + dt.timedelta(seconds=lease_seconds),
-            next_attempt_at=None,
-            updated_at=func.now(),
-        )
-        .returning(N, generation)
-    )
-    rows = session.execute(
-        stmt, execution_options={"synchronize_session": False, "populate_existing": True}
-    ).all()
-    claimed = sorted((row[0] for row in rows), key=lambda row: row.id)
-    return claimed, int(rows[0][1]) if rows else 0
-
-
-_RECORD_OUTCOMES = text(
-    f"""
-    UPDATE {TABLE} AS n SET
-        notification_status = CAST(v.status AS notify.notification_status),
-        processed_at = CASE WHEN v.status = 'PENDING' THEN n.processed_at ELSE now() END,
-        locked_until = NULL,
-        error_details = v.error,
-        render_fallbacks = CASE WHEN v.status = 'SENT' THEN v.fallbacks
-                                ELSE n.render_fallbacks END,
-        next_attempt_at = CASE WHEN v.status = 'PENDING'
-                               THEN now() + make_interval(secs => v.delay)
-                               ELSE n.next_attempt_at END,
-        enqueued_at = CASE WHEN v.status <> 'PENDING' THEN n.enqueued_at
-                           WHEN v.by_message THEN now() + make_interval(secs => v.delay)
-                           END,
-        updated_at = now()
-    FROM unnest(
-        CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:statuses AS text[]),
-        CAST(:errors AS jsonb[]), CAST(:fallbacks AS jsonb[]), CAST(:delays AS float8[]),
-        CAST(:by_message AS boolean[])
-    ) AS v(id, attempt, status, error, fallbacks, delay, by_message)
-    WHERE n.id = v.id
-      AND n.enterprise_id = :enterprise_id
-      AND n.notification_status = 'PROCESSING'
-      AND n.attempts = v.attempt
-    RETURNING n.id
-    """
-)
-
-
-def record_outcomes(
-    session: Session, *, enterprise_id: uuid.UUID, outcomes: Sequence[RowOutcome]
-) -> set[int]:
-    """PROCESSING → SENT / FAILED / PENDING for every outcome whose attempt still owns its row,
-    in one statement; returns the ids that moved (the others lost a race: lease expired)."""
-    if not outcomes:
-        return set()
-    parameters = {
-        "enterprise_id": enterprise_id,
-        "ids": [o.notification_id for o in outcomes],
-        "attempts": [o.attempt for o in outcomes],
-        "statuses": [o.status.value for o in outcomes],
-        "errors": [_json_or_none(o.error) for o in outcomes],
-        "fallbacks": [_json_or_none(o.render_fallbacks or None) for o in outcomes],
-        "delays": [o.retry_in or 0.0 for o in outcomes],
-        "by_message": [o.by_message for o in outcomes],
-    }
-    return {row.id for row in session.execute(_RECORD_OUTCOMES, parameters)}
-
-
-def _json_or_none(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
 
 
 # -- one batch ------------------------------------------------------------------------------
@@ -224,7 +122,7 @@ CallResult = list[TriggerResult] | NovuError
 class _Flight:
     """One claimed sub-batch: rows decided before the call, and the bulk call in flight."""
 
-    rows: list[Notification]
+    rows: list[ClaimedRow]
     prepared: dict[int, PreparedTrigger]
     decided: list[RowOutcome]
     call: Future[CallResult] | None
@@ -241,32 +139,41 @@ def deliver_batch(
     """Run one delivery attempt of each due PENDING row among the ids and record the outcomes.
 
     The ids are handled in sub-batches of SUB_BATCH_SIZE, each claimed and recorded by one
-    statement; up to SENDS_IN_FLIGHT of their Novu calls run at once on `executor`.
+    statement; up to SENDS_IN_FLIGHT of their Novu calls run at once on `executor`. A message
+    of one sub-batch (every message of single triggers) makes its call on the task thread
+    instead: there is nothing to overlap it with, and the hand-off to a pool thread and back
+    would only add CPU and latency.
+
+    Every statement of the batch runs on one pooled connection, checked out once.
     """
     report = BatchReport()
     window: deque[_Flight] = deque()
     ids = list(dict.fromkeys(notification_ids))  # a repeated id is claimed once anyway
-    try:
-        for start in range(0, len(ids), SUB_BATCH_SIZE):
-            chunk = ids[start : start + SUB_BATCH_SIZE]
-            flight = _launch(enterprise_id, chunk, novu, settings, executor, report)
-            if flight is not None:
-                window.append(flight)
-            # Record finished calls as soon as they are back; block only when the window is full.
-            while window and (len(window) >= SENDS_IN_FLIGHT or _done(window[0])):
-                _land(enterprise_id, window.popleft(), novu, settings, executor, report)
-        while window:
-            _land(enterprise_id, window.popleft(), novu, settings, executor, report)
-    except BaseException:
-        # Failing half-way (the database went away, a time limit): still record what the calls
-        # already in flight answered, if that can be done; rows it cannot record stay PROCESSING
-        # until the reconciler's lease check sends them again (Novu drops the repeats).
-        while window:
-            try:
-                _land(enterprise_id, window.popleft(), novu, settings, executor, report)
-            except Exception as exc:
-                log.warning("could not record a sub-batch of a failed batch: %s", exc)
-        raise
+    run: Executor | None = executor if len(ids) > SUB_BATCH_SIZE else None
+    with connection() as conn:
+        try:
+            for start in range(0, len(ids), SUB_BATCH_SIZE):
+                chunk = ids[start : start + SUB_BATCH_SIZE]
+                flight = _launch(conn, enterprise_id, chunk, novu, settings, run, report)
+                if flight is not None:
+                    window.append(flight)
+                # Record finished calls as soon as they are back; block only when the window
+                # is full.
+                while window and (len(window) >= SENDS_IN_FLIGHT or _done(window[0])):
+                    _land(conn, enterprise_id, window.popleft(), novu, settings, executor, report)
+            while window:
+                _land(conn, enterprise_id, window.popleft(), novu, settings, executor, report)
+        except BaseException:
+            # Failing half-way (the database went away, a time limit): still record what the
+            # calls already in flight answered, if that can be done (after a disconnect the
+            # connection reconnects); rows it cannot record stay PROCESSING until the
+            # reconciler's lease check sends them again (Novu drops the repeats).
+            while window:
+                try:
+                    _land(conn, enterprise_id, window.popleft(), novu, settings, executor, report)
+                except Exception as exc:
+                    log.warning("could not record a sub-batch of a failed batch: %s", exc)
+            raise
     return report
 
 
@@ -275,17 +182,19 @@ def _done(flight: _Flight) -> bool:
 
 
 def _launch(
+    conn: Connection,
     enterprise_id: uuid.UUID,
     chunk: list[int],
     novu: NovuClient,
     settings: Settings,
-    executor: Executor,
+    executor: Executor | None,
     report: BatchReport,
 ) -> _Flight | None:
-    """Claim a sub-batch, render it, and start its Novu call; None when nothing was claimed."""
-    with transaction(enterprise_id) as session:
-        rows, generation = claim_batch(
-            session,
+    """Claim a sub-batch, render it, and start its Novu call (on `executor`, or made here and
+    already answered when there is none); None when nothing was claimed."""
+    with enterprise_transaction(conn, enterprise_id):
+        rows, generation = claim_due(
+            conn,
             enterprise_id=enterprise_id,
             notification_ids=chunk,
             lease_seconds=settings.processing_lease_seconds,
@@ -305,13 +214,18 @@ def _launch(
         except PermanentDeliveryError as exc:
             error = {"code": exc.code, "message": str(exc), "attempt": row.attempts}
             decided.append(RowOutcome(row.id, row.attempts, S.FAILED, error=error))
-    call = None
+    call: Future[CallResult] | None = None
     if prepared:
         to_send = [row for row in rows if row.id in prepared]
         events = [prepared[row.id].event for row in to_send]
         # Deterministic for this set of attempts, new for every retry (as the single path's).
         key = bulk_idempotency_key([f"{row.transaction_id}-{row.attempts}" for row in to_send])
-        call = executor.submit(_call, lambda: novu.trigger_bulk(events, idempotency_key=key))
+        send = partial(novu.trigger_bulk, events, idempotency_key=key)
+        if executor is None:
+            call = Future()  # already answered: _land finds it done
+            call.set_result(_call(send))
+        else:
+            call = executor.submit(_call, send)
         report.novu_calls += 1
     return _Flight(rows=rows, prepared=prepared, decided=decided, call=call)
 
@@ -325,6 +239,7 @@ def _call(send: Callable[[], list[TriggerResult]]) -> CallResult:
 
 
 def _land(
+    conn: Connection,
     enterprise_id: uuid.UUID,
     flight: _Flight,
     novu: NovuClient,
@@ -345,8 +260,8 @@ def _land(
             for row, event_result in zip(sent_rows, result, strict=True):
                 outcomes.append(_event_outcome(row, flight.prepared[row.id], event_result))
 
-    with transaction(enterprise_id) as session:
-        moved = record_outcomes(session, enterprise_id=enterprise_id, outcomes=outcomes)
+    with enterprise_transaction(conn, enterprise_id):
+        moved = record_outcomes(conn, enterprise_id=enterprise_id, outcomes=outcomes)
     retry_groups: dict[float, list[int]] = {}
     for outcome in outcomes:
         if outcome.notification_id not in moved:
@@ -363,9 +278,7 @@ def _land(
     report.retries.extend(retry_groups.items())
 
 
-def _event_outcome(
-    row: Notification, prepared: PreparedTrigger, result: TriggerResult
-) -> RowOutcome:
+def _event_outcome(row: ClaimedRow, prepared: PreparedTrigger, result: TriggerResult) -> RowOutcome:
     """SENT when Novu processed the event; FAILED with Novu's answer when it did not."""
     error = result_error(result)
     if error is None:
@@ -378,7 +291,7 @@ def _event_outcome(
 
 
 def _whole_call_failed(
-    rows: Sequence[Notification], exc: NovuError, settings: Settings
+    rows: Sequence[ClaimedRow], exc: NovuError, settings: Settings
 ) -> list[RowOutcome]:
     """Every row of a call that failed as a whole: FAILED when permanent or out of attempts,
     otherwise back to PENDING with one backoff delay for the whole sub-batch."""
@@ -419,7 +332,7 @@ def _whole_call_failed(
 
 
 def _one_by_one(
-    rows: Sequence[Notification],
+    rows: Sequence[ClaimedRow],
     flight: _Flight,
     novu: NovuClient,
     settings: Settings,

@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.db.models import Notification
-from shared.db.session import transaction
-from shared.notifications import transitions
+from shared.db.enums import NotificationStatus as S
+from shared.db.session import connection, enterprise_transaction
+from shared.notifications.transitions import ClaimedRow, RowOutcome, claim_due, record_outcomes
 from shared.novu.client import NovuClient, trigger_idempotency_key
 from shared.novu.errors import NovuPermanentError, NovuRetryableError
 from shared.novu.retry import backoff_delay
@@ -106,9 +106,8 @@ def render_workflow(
     return rendered, fallbacks
 
 
-def build_trigger_event(row: Notification) -> PreparedTrigger:
+def build_trigger_event(row: ClaimedRow) -> PreparedTrigger:
     """The Novu trigger for a claimed row, with every channel rendered up front."""
-    assert row.enterprise_id is not None
     workflow = get_registry().get_workflow(row.workflow_key, row.enterprise_id)
     if workflow is None:
         raise PermanentDeliveryError("workflow_not_found", f"no workflow {row.workflow_key!r}")
@@ -160,23 +159,49 @@ def attempt_idempotency_key(transaction_id: str, attempt: int) -> str:
 def deliver(
     notification_id: int, enterprise_id: uuid.UUID, *, novu: NovuClient, settings: Settings
 ) -> DeliveryResult:
-    """Run one delivery attempt of a notification and record its outcome."""
-    with transaction(enterprise_id) as session:
-        claimed = transitions.claim_pending_with_generation(
-            session,
-            notification_id=notification_id,
-            enterprise_id=enterprise_id,
-            lease_seconds=settings.processing_lease_seconds,
-        )
-    if claimed is None:
-        # Already claimed, sent, retracted, not due yet, or a duplicate message: nothing to do.
-        return DeliveryResult(Outcome.SKIPPED)
-    row, generation = claimed
-    # A reload that happened before this claim is honoured by this very delivery.
-    get_registry().observe_generation(enterprise_id, generation)
-    attempt = row.attempts
-    ids = _AttemptIds(notification_id, enterprise_id, attempt)
+    """Run one delivery attempt of a notification and record its outcome.
 
+    The claim and the outcome are two transactions (a crash in between leaves the row
+    PROCESSING with a lease, for the reconciler) on one pooled connection, checked out once."""
+    with connection() as conn:
+        with enterprise_transaction(conn, enterprise_id):
+            claimed, generation = claim_due(
+                conn,
+                enterprise_id=enterprise_id,
+                notification_ids=[notification_id],
+                lease_seconds=settings.processing_lease_seconds,
+            )
+        if not claimed:
+            # Already claimed, sent, retracted, not due yet, or a duplicate message.
+            return DeliveryResult(Outcome.SKIPPED)
+        row = claimed[0]
+        # A reload that happened before this claim is honoured by this very delivery.
+        get_registry().observe_generation(enterprise_id, generation)
+        outcome = _attempt(row, novu, settings)
+        with enterprise_transaction(conn, enterprise_id):
+            moved = record_outcomes(conn, enterprise_id=enterprise_id, outcomes=[outcome])
+    if not moved:
+        return DeliveryResult(Outcome.LOST_RACE)
+    if outcome.status is S.FAILED:
+        log.warning("notification %s failed: %s", notification_id, outcome.error)
+        return DeliveryResult(Outcome.FAILED)
+    if outcome.status is S.PENDING:
+        log.info(
+            "notification %s attempt %s retry in %.1fs: %s",
+            notification_id,
+            row.attempts,
+            outcome.retry_in,
+            outcome.error.get("message") if outcome.error else None,
+        )
+        return DeliveryResult(
+            Outcome.RETRY, retry_in=outcome.retry_in, message_published=outcome.by_message
+        )
+    return DeliveryResult(Outcome.SENT)
+
+
+def _attempt(row: ClaimedRow, novu: NovuClient, settings: Settings) -> RowOutcome:
+    """Render and send one claimed row; what its attempt ended in (not yet recorded)."""
+    attempt = row.attempts
     try:
         prepared = build_trigger_event(row)
         # transactionId is what keeps Novu from sending twice. The Idempotency-Key is fixed per
@@ -187,67 +212,30 @@ def deliver(
             idempotency_key=attempt_idempotency_key(row.transaction_id, attempt),
         )
     except PermanentDeliveryError as exc:
-        return _fail(ids, {"code": exc.code, "message": str(exc), "attempt": attempt})
+        error = {"code": exc.code, "message": str(exc), "attempt": attempt}
+        return RowOutcome(row.id, attempt, S.FAILED, error=error)
     except NovuPermanentError as exc:
-        return _fail(ids, _novu_error("novu_rejected", exc, attempt))
+        return RowOutcome(
+            row.id, attempt, S.FAILED, error=_novu_error("novu_rejected", exc, attempt)
+        )
     except NovuRetryableError as exc:
         error = _novu_error("novu_unavailable", exc, attempt)
         if attempt >= settings.delivery_max_attempts:
             error["code"] = "attempts_exhausted"
-            return _fail(ids, error)
+            return RowOutcome(row.id, attempt, S.FAILED, error=error)
         delay = backoff_delay(
             attempt,
             base=settings.retry_base_seconds,
             cap=settings.retry_max_seconds,
             retry_after=exc.retry_after,
         )
+        # Retries sooner than MAX_COUNTDOWN_SECONDS ride a countdown message; later ones wait in
+        # the database for beat.
         by_message = delay <= settings.max_countdown_seconds
-        with transaction(enterprise_id) as session:
-            moved = transitions.schedule_retry(
-                session,
-                notification_id=notification_id,
-                enterprise_id=enterprise_id,
-                attempt=attempt,
-                delay_seconds=delay,
-                error=error,
-                message_published=by_message,
-            )
-        if not moved:
-            return DeliveryResult(Outcome.LOST_RACE)
-        log.info(
-            "notification %s attempt %s retry in %.1fs: %s", notification_id, attempt, delay, exc
+        return RowOutcome(
+            row.id, attempt, S.PENDING, error=error, retry_in=delay, by_message=by_message
         )
-        return DeliveryResult(Outcome.RETRY, retry_in=delay, message_published=by_message)
-
-    with transaction(enterprise_id) as session:
-        moved = transitions.mark_sent(
-            session,
-            notification_id=notification_id,
-            enterprise_id=enterprise_id,
-            attempt=attempt,
-            render_fallbacks=prepared.render_fallbacks or None,
-        )
-    return DeliveryResult(Outcome.SENT if moved else Outcome.LOST_RACE)
-
-
-@dataclass(frozen=True, slots=True)
-class _AttemptIds:
-    notification_id: int
-    enterprise_id: uuid.UUID
-    attempt: int
-
-
-def _fail(ids: _AttemptIds, error: dict[str, Any]) -> DeliveryResult:
-    with transaction(ids.enterprise_id) as session:
-        moved = transitions.mark_failed(
-            session,
-            notification_id=ids.notification_id,
-            enterprise_id=ids.enterprise_id,
-            attempt=ids.attempt,
-            error=error,
-        )
-    log.warning("notification %s failed: %s", ids.notification_id, error)
-    return DeliveryResult(Outcome.FAILED if moved else Outcome.LOST_RACE)
+    return RowOutcome(row.id, attempt, S.SENT, render_fallbacks=prepared.render_fallbacks or None)
 
 
 def _novu_error(

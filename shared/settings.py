@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=400, ge=1, alias="RATE_LIMIT_BURST")
     # Where the limiter counts (unset: REDIS_URL). When it is unreachable, requests are accepted.
     rate_limit_redis_url: str | None = Field(default=None, alias="RATE_LIMIT_REDIS_URL")
+    # How long an API process trusts a key it has looked up; a revoked key stops working in
+    # every process within this time. 0: look the key up on every request.
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300, alias="API_KEY_CACHE_SECONDS")
+    # Single triggers that arrive together are recorded in one transaction (group commit) of
+    # at most this many rows per API process.
+    trigger_batch_max_rows: int = Field(default=500, ge=1, le=1000, alias="TRIGGER_BATCH_MAX_ROWS")
     db_statement_timeout_ms: int = Field(default=5000, ge=100, alias="DB_STATEMENT_TIMEOUT_MS")
     db_pool_size: int = Field(default=10, ge=1, alias="DB_POOL_SIZE")
 

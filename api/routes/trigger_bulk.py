@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -33,7 +32,12 @@ from api.schemas.bulk import (
     BulkTriggerRequest,
     BulkTriggerResponse,
 )
-from api.trigger_checks import check_payload, resolve_recipients, resolve_workflow
+from api.trigger_checks import (
+    check_payload,
+    resolve_recipients,
+    resolve_workflow,
+    storable_json,
+)
 from shared.apikeys import Principal
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
@@ -42,8 +46,8 @@ from shared.notifications.bulk import (
     BulkNotification,
     BulkOutcome,
     BulkRecorded,
-    json_text,
     record_notifications,
+    session_executor,
 )
 from shared.notifications.service import request_fingerprint
 from shared.notifications.transitions import clear_enqueued
@@ -62,10 +66,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     429: {"description": "The API key is over its rate"},
     503: {"description": "The database is unavailable (nothing was recorded)"},
 }
-
-# A NUL character as json.dumps writes it: `\u0000` after an even number of backslashes (an odd
-# number means the backslash itself was escaped, i.e. the text holds a literal "\u0000").
-_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +138,7 @@ def _check(
         ) from None
     enterprise_id = resolve_enterprise(principal, event.enterpriseId or header_enterprise)
     workflow = resolve_workflow(event.workflowId, enterprise_id)
-    payload_json = _storable_json(event.payload, "payload")
+    payload_json = storable_json(event.payload, "payload")
     check_payload(workflow, event.payload, size=len(payload_json.encode()), settings=settings)
     if event.notificationId is not None:
         return _Valid(index, event, enterprise_id, None)
@@ -158,7 +158,7 @@ def _check(
         ("idempotencyKey", event.idempotencyKey),
     ):
         if value is not None:
-            _storable_json(value, name)
+            storable_json(value, name)
     # The fingerprint of the same body sent to POST /api/trigger: a key reused across the two
     # endpoints is recognised as the same request.
     fingerprint = request_fingerprint(
@@ -182,24 +182,6 @@ def _check(
     return _Valid(index, event, enterprise_id, notification)
 
 
-def _storable_json(value: Any, field: str) -> str:
-    """The value's JSON text, refusing what PostgreSQL cannot store (NUL characters, lone
-    surrogates, NaN) so that one such event cannot fail the statement its group shares."""
-    try:
-        text = json_text(value)
-    except ValueError:
-        raise ApiError(422, "invalid_value", f"{field} holds NaN or Infinity") from None
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        raise ApiError(
-            422, "invalid_value", f"{field} holds text that is not valid Unicode"
-        ) from None
-    if "\\u0000" in text and _ESCAPED_NUL.search(text):
-        raise ApiError(422, "invalid_value", f"{field} holds a NUL character")
-    return text
-
-
 def _record_group(
     session: Session, enterprise_id: uuid.UUID, events: list[_Valid], created_by: str
 ) -> dict[int, BulkEventResult]:
@@ -210,7 +192,10 @@ def _record_group(
     existing = [valid for valid in events if valid.notification is None]
     results: dict[int, BulkEventResult] = {}
     recorded = record_notifications(
-        session, enterprise_id=enterprise_id, notifications=new, created_by=created_by
+        session_executor(session),
+        enterprise_id=enterprise_id,
+        notifications=new,
+        created_by=created_by,
     )
     to_publish = [row.notification_id for row in recorded if row.publish]
     for valid in existing:

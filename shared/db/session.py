@@ -76,16 +76,18 @@ def unscope_session(session: Session) -> None:
     session.info.pop(_SCOPE, None)
 
 
+# What scopes a transaction, with (APP_ROLE, enterprise id or "") as its parameters; also run
+# on the API trigger recorder's plain psycopg connection (api/ingest.py).
+SCOPE_SQL = "SELECT set_config('role', %s, true), set_config('xnovu.enterprise_id', %s, true)"
+
+
 @event.listens_for(Session, "after_begin")
 def _apply_scope(
     session: Session, _transaction: SessionTransaction, connection: Connection
 ) -> None:
     scope = session.info.get(_SCOPE)
     if scope is not None:
-        connection.exec_driver_sql(
-            "SELECT set_config('role', %s, true), set_config('xnovu.enterprise_id', %s, true)",
-            (APP_ROLE, scope),
-        )
+        connection.exec_driver_sql(SCOPE_SQL, (APP_ROLE, scope))
 
 
 def reset_engine() -> None:
@@ -97,6 +99,25 @@ def reset_engine() -> None:
         _engine = None
         _engine_pid = None
         _factory = None
+
+
+@contextmanager
+def connection() -> Iterator[Connection]:
+    """A pooled Core connection, for code that runs many small transactions in a row (the
+    delivery tasks): one checkout (and one pre-ping) for all of them, and no ORM session."""
+    with get_engine().connect() as conn:
+        yield conn
+
+
+@contextmanager
+def enterprise_transaction(conn: Connection, enterprise_id: uuid.UUID) -> Iterator[Connection]:
+    """One transaction on `conn`, confined to the enterprise by row-level security as an
+    enterprise-scoped `transaction()` is; commits on success, rolls back on any error.
+
+    After a disconnect SQLAlchemy invalidates `conn`; the next transaction on it reconnects."""
+    with conn.begin():
+        conn.exec_driver_sql(SCOPE_SQL, (APP_ROLE, str(enterprise_id)))
+        yield conn
 
 
 @contextmanager

@@ -8,7 +8,9 @@ a single trigger: a key seen before with the same request is a replay of the fir
 notification, with another request a conflict. A second round trip reads the earlier rows only
 when some key was already taken.
 
-Like every service this takes a session and never commits.
+Like every service this runs inside the caller's transaction and never commits. It takes the
+function that runs a statement rather than a session, so that the API's trigger recorder can
+run it on a plain psycopg connection (api/ingest.py) and the bulk endpoint on its session.
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.db.models import Notification
@@ -34,35 +35,47 @@ INSERT_CHUNK_ROWS = 1000
 
 # The rows travel as one JSON document (an array of positional arrays, see _rows_document):
 # one parameter, encoded by one json.dumps call and parsed once by PostgreSQL.
-_INSERT = text(
-    f"""
+_INSERT = f"""
     INSERT INTO {TABLE} (
         enterprise_id, name, workflow_key, notification_workflow_id, notification_status,
         payload, recipients, overrides, tags, transaction_id, scheduled_for,
         idempotency_key, request_fingerprint, enqueued_at, created_by
     )
     SELECT
-        :enterprise_id, r.v->>0, r.v->>0, CAST(r.v->>1 AS bigint), 'PENDING',
+        %(enterprise_id)s, r.v->>0, r.v->>0, CAST(r.v->>1 AS bigint), 'PENDING',
         r.v->2, ARRAY(SELECT jsonb_array_elements_text(r.v->3)),
         NULLIF(r.v->4, 'null'),
         CASE WHEN jsonb_typeof(r.v->5) = 'array'
              THEN ARRAY(SELECT jsonb_array_elements_text(r.v->5)) END,
         r.v->>6, CAST(r.v->>7 AS timestamptz), r.v->>8, r.v->>9,
-        CASE WHEN CAST(r.v->>10 AS boolean) THEN now() END, :created_by
-    FROM jsonb_array_elements(CAST(:rows AS jsonb)) WITH ORDINALITY AS r(v, ord)
+        CASE WHEN CAST(r.v->>10 AS boolean) THEN now() END, %(created_by)s
+    FROM jsonb_array_elements(CAST(%(rows)s AS jsonb)) WITH ORDINALITY AS r(v, ord)
     ORDER BY r.ord
     ON CONFLICT (enterprise_id, idempotency_key) DO NOTHING
     RETURNING id, transaction_id
     """
-)
 
-_EXISTING_BY_KEY = text(
-    f"""
+_EXISTING_BY_KEY = f"""
     SELECT id, idempotency_key, request_fingerprint, transaction_id, workflow_key, scheduled_for
     FROM {TABLE}
-    WHERE enterprise_id = :enterprise_id AND idempotency_key = ANY(CAST(:keys AS text[]))
+    WHERE enterprise_id = %(enterprise_id)s AND idempotency_key = ANY(CAST(%(keys)s AS text[]))
     """
-)
+
+
+class Execute(Protocol):
+    """Runs one statement of this module (psycopg's `%(name)s` parameters) in the caller's
+    transaction and returns its rows, whose columns read as attributes."""
+
+    def __call__(self, sql: str, parameters: dict[str, Any]) -> Sequence[Any]: ...
+
+
+def session_executor(session: Session) -> Execute:
+    """Execute through an ORM session's transaction (the driver's own parameter style)."""
+
+    def execute(sql: str, parameters: dict[str, Any]) -> Sequence[Any]:
+        return session.connection().exec_driver_sql(sql, parameters).all()
+
+    return execute
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +118,7 @@ class BulkRecorded:
 
 
 def record_notifications(
-    session: Session,
+    execute: Execute,
     *,
     enterprise_id: uuid.UUID,
     notifications: Sequence[BulkNotification],
@@ -116,12 +129,12 @@ def record_notifications(
     results: list[BulkRecorded] = []
     for start in range(0, len(notifications), INSERT_CHUNK_ROWS):
         chunk = notifications[start : start + INSERT_CHUNK_ROWS]
-        results.extend(_record_chunk(session, enterprise_id, chunk, created_by))
+        results.extend(_record_chunk(execute, enterprise_id, chunk, created_by))
     return results
 
 
 def _record_chunk(
-    session: Session,
+    execute: Execute,
     enterprise_id: uuid.UUID,
     chunk: Sequence[BulkNotification],
     created_by: str | None,
@@ -143,9 +156,9 @@ def _record_chunk(
     transaction_ids = [new_transaction_id() for _ in to_insert]
     inserted: dict[str, int] = {}
     if to_insert:
-        rows = session.execute(
+        rows = execute(
             _INSERT, _insert_parameters(enterprise_id, to_insert, transaction_ids, created_by)
-        ).all()
+        )
         inserted = {row.transaction_id: row.id for row in rows}
 
     recorded: dict[int, BulkRecorded] = {}
@@ -164,7 +177,7 @@ def _record_chunk(
             taken.append(item)
 
     if taken or repeats:
-        existing = _existing_by_key(session, enterprise_id, [*taken, *repeats])
+        existing = _existing_by_key(execute, enterprise_id, [*taken, *repeats])
         # A key first used inside this request points at the row this request created.
         for key, item in first_with_key.items():
             first = recorded.get(item.index)
@@ -186,10 +199,10 @@ def _record_chunk(
 
 
 def _existing_by_key(
-    session: Session, enterprise_id: uuid.UUID, items: Sequence[BulkNotification]
+    execute: Execute, enterprise_id: uuid.UUID, items: Sequence[BulkNotification]
 ) -> dict[str, tuple[BulkRecorded, str | None]]:
     keys = sorted({item.idempotency_key for item in items if item.idempotency_key is not None})
-    rows = session.execute(_EXISTING_BY_KEY, {"enterprise_id": enterprise_id, "keys": keys}).all()
+    rows = execute(_EXISTING_BY_KEY, {"enterprise_id": enterprise_id, "keys": keys})
     return {
         row.idempotency_key: (
             BulkRecorded(

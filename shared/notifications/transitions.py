@@ -9,17 +9,21 @@ claimed again cannot overwrite the newer attempt's outcome.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Connection, and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.db.enums import NotificationStatus as S
 from shared.db.models import Notification, RegistryGeneration
 
 N = Notification
+_TABLE: str = N.__table__.fullname  # type: ignore[attr-defined]
+_GENERATIONS: str = RegistryGeneration.__table__.fullname  # type: ignore[attr-defined]
 
 
 # ORM UPDATE … RETURNING refreshes rows already in the session instead of keeping stale copies.
@@ -325,3 +329,157 @@ def clear_enqueued(session: Session, *, notification_ids: Sequence[int]) -> None
             .values(enqueued_at=None),
             execution_options={"synchronize_session": False},
         )
+
+
+# -- the worker's claim and outcome statements ------------------------------------------------
+#
+# The delivery tasks run these two statements for every message, so they are plain SQL text
+# compiled once, executed on a Core connection, and read back as tuples: the ORM versions
+# (claim_pending_with_generation, mark_sent, …) cost about 2.5 ms of worker CPU per
+# notification in SQLAlchemy's statement building, caching and row materialisation, these
+# about 0.4 ms (measured in a worker at 100 messages/s). Same rules: the claim only takes due
+# PENDING rows nobody holds, the outcome is fenced by the attempt that claimed the row.
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    """What delivering a claimed notification needs of its row (the attempt it is on)."""
+
+    id: int
+    enterprise_id: uuid.UUID
+    workflow_key: str
+    payload: dict[str, Any]
+    recipients: list[str]
+    overrides: dict[str, Any] | None
+    transaction_id: str
+    attempts: int
+
+
+_CLAIM = text(
+    f"""
+    UPDATE {_TABLE} AS n SET
+        notification_status = 'PROCESSING',
+        attempts = n.attempts + 1,
+        locked_until = now() + make_interval(secs => :lease_seconds),
+        next_attempt_at = NULL,
+        updated_at = now()
+    WHERE n.id IN (
+        SELECT p.id FROM {_TABLE} AS p
+        WHERE p.id = ANY(CAST(:ids AS bigint[]))
+          AND p.enterprise_id = :enterprise_id
+          AND p.notification_status = 'PENDING'
+          AND (p.scheduled_for IS NULL OR p.scheduled_for <= now())
+          AND (p.next_attempt_at IS NULL OR p.next_attempt_at <= now())
+        ORDER BY p.id
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING n.id, n.enterprise_id, n.workflow_key, n.payload, n.recipients, n.overrides,
+        n.transaction_id, n.attempts,
+        (SELECT coalesce(max(g.generation), 0) FROM {_GENERATIONS} AS g
+         WHERE g.enterprise_id = :enterprise_id)
+    """
+)
+
+
+def claim_due(
+    connection: Connection | Session,
+    *,
+    enterprise_id: uuid.UUID,
+    notification_ids: Sequence[int],
+    lease_seconds: int,
+) -> tuple[list[ClaimedRow], int]:
+    """PENDING → PROCESSING (attempt + 1, a lease) for the due rows among `notification_ids`
+    that nobody else holds, in one statement; returns them by id, and the enterprise's registry
+    generation read by the same statement, so that a reload is noticed before rendering at no
+    extra round trip.
+
+    The update is driven by primary key only: the status check lives in the subquery, which
+    re-checks it on the row it locks. Repeating it in the outer statement let the planner drive
+    the update from the partial index of every PENDING row instead (the claim's cost then grew
+    with the backlog)."""
+    if not notification_ids:
+        return [], 0
+    result = connection.execute(
+        _CLAIM,
+        {
+            "ids": list(notification_ids),
+            "enterprise_id": enterprise_id,
+            "lease_seconds": lease_seconds,
+        },
+    )
+    rows = result.all()
+    claimed = sorted((ClaimedRow(*row[:8]) for row in rows), key=lambda row: row.id)
+    return claimed, int(rows[0][8]) if rows else 0
+
+
+@dataclass(frozen=True, slots=True)
+class RowOutcome:
+    """What one attempt of one claimed row ended in."""
+
+    notification_id: int
+    attempt: int
+    status: S  # SENT, FAILED, or PENDING (retry)
+    error: dict[str, Any] | None = None
+    render_fallbacks: list[dict[str, Any]] | None = None
+    retry_in: float | None = None
+    # A retry carried by a countdown message (enqueued_at = when it is due) rather than left
+    # for beat to release (enqueued_at cleared).
+    by_message: bool = False
+
+
+_RECORD_OUTCOMES = text(
+    f"""
+    UPDATE {_TABLE} AS n SET
+        notification_status = CAST(v.status AS notify.notification_status),
+        processed_at = CASE WHEN v.status = 'PENDING' THEN n.processed_at ELSE now() END,
+        locked_until = NULL,
+        error_details = v.error,
+        render_fallbacks = CASE WHEN v.status = 'SENT' THEN v.fallbacks
+                                ELSE n.render_fallbacks END,
+        next_attempt_at = CASE WHEN v.status = 'PENDING'
+                               THEN now() + make_interval(secs => v.delay)
+                               ELSE n.next_attempt_at END,
+        enqueued_at = CASE WHEN v.status <> 'PENDING' THEN n.enqueued_at
+                           WHEN v.by_message THEN now() + make_interval(secs => v.delay)
+                           END,
+        updated_at = now()
+    FROM unnest(
+        CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:statuses AS text[]),
+        CAST(:errors AS jsonb[]), CAST(:fallbacks AS jsonb[]), CAST(:delays AS float8[]),
+        CAST(:by_message AS boolean[])
+    ) AS v(id, attempt, status, error, fallbacks, delay, by_message)
+    WHERE n.id = v.id
+      AND n.enterprise_id = :enterprise_id
+      AND n.notification_status = 'PROCESSING'
+      AND n.attempts = v.attempt
+    RETURNING n.id
+    """
+)
+
+
+def record_outcomes(
+    connection: Connection | Session,
+    *,
+    enterprise_id: uuid.UUID,
+    outcomes: Sequence[RowOutcome],
+) -> set[int]:
+    """PROCESSING → SENT / FAILED / PENDING for every outcome whose attempt still owns its row,
+    in one statement (as mark_sent, mark_failed and schedule_retry would, one by one); returns
+    the ids that moved (the others lost a race: their lease expired and the row moved on)."""
+    if not outcomes:
+        return set()
+    parameters = {
+        "enterprise_id": enterprise_id,
+        "ids": [o.notification_id for o in outcomes],
+        "attempts": [o.attempt for o in outcomes],
+        "statuses": [o.status.value for o in outcomes],
+        "errors": [_json_or_none(o.error) for o in outcomes],
+        "fallbacks": [_json_or_none(o.render_fallbacks or None) for o in outcomes],
+        "delays": [o.retry_in or 0.0 for o in outcomes],
+        "by_message": [o.by_message for o in outcomes],
+    }
+    return {row[0] for row in connection.execute(_RECORD_OUTCOMES, parameters)}
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), default=str)

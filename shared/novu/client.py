@@ -170,16 +170,28 @@ def _data(response: httpx.Response) -> Any:
     return body["data"]
 
 
-def _result(response: httpx.Response, item: Any, transaction_id: str) -> TriggerResult:
+def _result(
+    response: httpx.Response,
+    item: Any,
+    transaction_id: str,
+    context: dict[str, Any],
+) -> TriggerResult:
+    """One trigger result of the answer, with `context` (what the response headers say, read
+    once per response) filled in."""
     try:
         result = TriggerResult.model_validate(item)
     except ValidationError:
         raise unexpected_body_error(response, "a trigger result") from None
     if result.transaction_id is not None and result.transaction_id != transaction_id:
         raise unexpected_body_error(response, f"transactionId {transaction_id!r}")
-    return result.model_copy(
-        update={"rate_limit": parse_rate_limit(response.headers), "replayed": is_replay(response)}
-    )
+    return result.model_copy(update=context)
+
+
+def _header_context(response: httpx.Response) -> dict[str, Any]:
+    """What every result of one answer shares: the rate limit and whether it was a replay.
+    Read once per response: looking the headers up again for each of 100 events of a bulk
+    answer was a tenth of the worker's CPU in batched delivery."""
+    return {"rate_limit": parse_rate_limit(response.headers), "replayed": is_replay(response)}
 
 
 def parse_trigger_response(response: httpx.Response, event: TriggerEvent) -> TriggerResult:
@@ -188,7 +200,7 @@ def parse_trigger_response(response: httpx.Response, event: TriggerEvent) -> Tri
     Raises `NovuPermanentError` when Novu answered 201 with a status other than
     `processed`, and `NovuRetryableError` when the body is not a trigger result.
     """
-    result = _result(response, _data(response), event.transaction_id)
+    result = _result(response, _data(response), event.transaction_id, _header_context(response))
     error = result_error(result, status_code=response.status_code, body=response_body(response))
     if error is not None:
         raise error
@@ -202,8 +214,9 @@ def parse_bulk_trigger_response(
     data = _data(response)
     if not isinstance(data, list) or len(data) != len(events):
         raise unexpected_body_error(response, f"a list of {len(events)} trigger results")
+    context = _header_context(response)
     return [
-        _result(response, item, event.transaction_id)
+        _result(response, item, event.transaction_id, context)
         for item, event in zip(data, events, strict=True)
     ]
 

@@ -152,6 +152,12 @@ class WorkflowRegistry:
             return self._enterprises[enterprise_id]
         return entry
 
+    def is_fresh(self, enterprise_id: uuid.UUID) -> bool:
+        """Whether lookups for the enterprise answer from memory now, with no database read
+        (an async caller reads through a worker thread otherwise)."""
+        entry = self._enterprises.get(enterprise_id)
+        return entry is not None and time.monotonic() - entry.checked_at < self._check_interval
+
     def observe_generation(self, enterprise_id: uuid.UUID, generation: int) -> None:
         """Reload the enterprise now if `generation` (read elsewhere, e.g. with a claim) is
         not the one its cached workflows and templates came from."""

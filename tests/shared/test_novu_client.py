@@ -453,6 +453,22 @@ def test_bulk_results_are_classified_per_event(novu: respx.MockRouter, client: N
     assert failure.body["error"] == ["Workflow is not active"]
 
 
+def test_every_bulk_result_carries_the_answers_rate_limit_and_replay_flag(
+    novu: respx.MockRouter, client: NovuClient
+) -> None:
+    # The headers are read once per answer and shared by each event's result.
+    headers = {"RateLimit-Limit": "600", "RateLimit-Remaining": "597", "Idempotency-Replay": "true"}
+    data = [result_json("a"), result_json("b")]
+    novu.post(BULK).mock(return_value=httpx.Response(201, json={"data": data}, headers=headers))
+
+    results = client.trigger_bulk([make_event("a"), make_event("b")])
+
+    for result in results:
+        assert result.rate_limit is not None
+        assert (result.rate_limit.limit, result.rate_limit.remaining) == (600, 597)
+        assert result.replayed is True
+
+
 def test_bulk_answer_with_missing_results_is_retryable(
     novu: respx.MockRouter, client: NovuClient
 ) -> None:

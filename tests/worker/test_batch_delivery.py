@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -292,6 +293,40 @@ def test_an_event_novu_did_not_process_fails_only_its_row(client, tenant, stack)
     assert rows[3].error_details["code"] == "novu_rejected"
     assert "invalid_recipients" in rows[3].error_details["message"]
     assert all(row.locked_until is None for row in rows)
+
+
+class _NoThreads(Executor):
+    """An executor that must not be used."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        raise AssertionError("a single sub-batch must be sent on the task thread")
+
+
+def test_a_batch_of_one_sub_batch_is_sent_on_the_task_thread(client, tenant, stack):
+    ids, _ = _pending_rows(client, tenant, 3)
+    threads: list[str] = []
+
+    def answer(event: dict[str, Any]) -> dict[str, Any]:
+        threads.append(threading.current_thread().name)
+        return {
+            "acknowledged": True,
+            "status": "processed",
+            "transactionId": event["transactionId"],
+        }
+
+    report = deliver_batch(
+        tenant.enterprise_id,
+        ids,
+        novu=_fake_novu(answer),
+        settings=get_settings(),
+        executor=_NoThreads(),
+    )
+    assert (report.claimed, report.sent, report.novu_calls) == (3, 3, 1)
+    assert set(threads) == {threading.current_thread().name}
+    rows = _rows(ids)
+    assert {row.notification_status for row in rows} == {S.SENT}
+    assert [row.attempts for row in rows] == [1, 1, 1]
+    assert all(row.locked_until is None and row.processed_at is not None for row in rows)
 
 
 def test_sub_batches_of_a_large_batch_are_claimed_and_sent_a_hundred_at_a_time(

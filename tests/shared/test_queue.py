@@ -1,0 +1,111 @@
+"""Publishing: the messages RedisTaskWriter writes are the ones Celery's send_task writes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from shared.queue import (
+    RedisTaskWriter,
+    TaskName,
+    producer,
+    publish_deliver,
+    publish_deliver_batch,
+    task_writer,
+)
+from tests.conftest import Stack
+
+# Fields that differ between any two messages (ids, and the publisher's host and pid).
+PER_MESSAGE = {"id", "root_id", "correlation_id", "delivery_tag", "origin"}
+
+
+def _pop_all(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
+    raw = client.lrange(queue, 0, -1)
+    client.delete(queue)
+    return [json.loads(item) for item in reversed(raw)]  # LPUSH: the newest first
+
+
+def _shape(message: dict[str, Any]) -> dict[str, Any]:
+    """The message with per-message values blanked and the body decoded."""
+    headers = {k: (None if k in PER_MESSAGE else v) for k, v in message["headers"].items()}
+    properties = {k: (None if k in PER_MESSAGE else v) for k, v in message["properties"].items()}
+    body = json.loads(base64.b64decode(message["body"]))
+    return {**message, "headers": headers, "properties": properties, "body": body}
+
+
+@pytest.fixture()
+def broker(stack: Stack) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(stack.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def scratch(broker: redis.Redis) -> Iterator[str]:
+    """A queue no worker consumes (a worker may be running for other tests)."""
+    name = f"xnovu.test.{uuid.uuid4().hex}"
+    yield name
+    broker.delete(name)
+
+
+@pytest.mark.parametrize("countdown", [None, 30])
+def test_the_writer_writes_what_send_task_writes(
+    broker: redis.Redis, scratch: str, countdown: Any
+) -> None:
+    enterprise = str(uuid.uuid4())
+    args = [enterprise, [1, 2, 3]]
+    producer().send_task(
+        TaskName.DELIVER_BATCH.value, args=args, queue=scratch, countdown=countdown, retry=False
+    )
+    writer = task_writer()
+    assert isinstance(writer, RedisTaskWriter)
+    writer.publish([(TaskName.DELIVER_BATCH, args)], countdown=countdown, queue=scratch)
+
+    from_celery, from_writer = _pop_all(broker, scratch)
+    celery_shape, writer_shape = _shape(from_celery), _shape(from_writer)
+    if countdown is not None:
+        # Each message's ETA is its own publish time plus the countdown.
+        assert celery_shape["headers"].pop("eta") and writer_shape["headers"].pop("eta")
+    assert writer_shape == celery_shape
+    assert writer_shape["body"][0] == args
+    assert from_writer["headers"]["id"] == from_writer["properties"]["correlation_id"]
+
+
+def test_publish_helpers_write_one_message_per_batch_and_one_per_notification(
+    broker: redis.Redis, scratch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = task_writer()
+    assert writer is not None
+    publish = writer.publish
+    monkeypatch.setattr(
+        writer, "publish", lambda messages, countdown=None: publish(messages, queue=scratch)
+    )
+    enterprise = uuid.uuid4()
+    assert publish_deliver_batch(enterprise, list(range(1, 2502))) == []
+    assert publish_deliver([(7, enterprise), (8, enterprise)]) == []
+    messages = [_shape(m) for m in _pop_all(broker, scratch)]
+    tasks = [(m["headers"]["task"], m["body"][0]) for m in messages]
+    assert tasks == [
+        (TaskName.DELIVER_BATCH.value, [str(enterprise), list(range(1, 1001))]),
+        (TaskName.DELIVER_BATCH.value, [str(enterprise), list(range(1001, 2001))]),
+        (TaskName.DELIVER_BATCH.value, [str(enterprise), list(range(2001, 2502))]),
+        (TaskName.DELIVER_NOTIFICATION.value, [7, str(enterprise)]),
+        (TaskName.DELIVER_NOTIFICATION.value, [8, str(enterprise)]),
+    ]
+
+
+def test_an_unreachable_broker_returns_every_id_as_unpublished(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing listens on port 1: the connection is refused at once.
+    unreachable = RedisTaskWriter(producer(), "redis://127.0.0.1:1/0")
+    monkeypatch.setattr("shared.queue.task_writer", lambda: unreachable)
+    enterprise = uuid.uuid4()
+    assert publish_deliver([(1, enterprise), (2, enterprise)]) == [1, 2]
+    assert publish_deliver_batch(enterprise, [3, 4, 5]) == [3, 4, 5]
