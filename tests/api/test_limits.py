@@ -210,3 +210,21 @@ def test_a_rate_of_zero_switches_the_limiter_off(monkeypatch: pytest.MonkeyPatch
     limiter = _limiter_from_settings.__wrapped__()
     assert limiter is not None and (limiter.per_second, limiter.burst) == (5, 7)
     limiter.close()
+
+
+def test_leases_never_grant_more_than_the_burst_between_processes(stack: Stack) -> None:
+    """A burst of 100 leases 5 requests at a time; two processes together still get exactly
+    the burst before the rate applies (one request per 100 s: no refill within the test)."""
+    prefix = f"xnovu:test-ratelimit:{uuid.uuid4().hex}:"
+    first, second = (
+        RateLimiter(stack.redis_url, per_second=0.01, burst=100, key_prefix=prefix)
+        for _ in range(2)
+    )
+    try:
+        assert first.lease == 5
+        decisions = [limiter.check(7).allowed for _ in range(70) for limiter in (first, second)]
+        assert sum(decisions) == 100
+        assert decisions[-10:] == [False] * 10
+    finally:
+        first.close()
+        second.close()

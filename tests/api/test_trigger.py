@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 
 from tests.conftest import make_tenant, signup_payload
@@ -165,3 +166,30 @@ def test_same_idempotency_key_in_two_enterprises_is_two_notifications(client, te
 
 def _later(seconds: int = 3600) -> str:
     return (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat()
+
+
+def test_a_revoked_key_stops_working_within_the_key_cache_ttl(client, tenant, monkeypatch):
+    from shared.apikeys import PrincipalCache, revoke_api_key
+    from shared.db.session import transaction
+
+    monkeypatch.setattr("api.deps.principal_cache", lambda: cache)
+    cache = PrincipalCache(ttl_seconds=0.5)
+    assert client.get("/api/stats", headers=tenant.headers).status_code == 200  # now cached
+    with transaction() as session:
+        revoke_api_key(session, key_id=tenant.key_id)
+    # Trusted from the cache for at most the TTL, then looked up again and refused.
+    assert client.get("/api/stats", headers=tenant.headers).status_code == 200
+    time.sleep(0.6)
+    assert client.get("/api/stats", headers=tenant.headers).status_code == 401
+
+
+def test_with_no_key_cache_a_revoked_key_is_refused_at_once(client, monkeypatch):
+    from shared.apikeys import PrincipalCache, revoke_api_key
+    from shared.db.session import transaction
+
+    monkeypatch.setattr("api.deps.principal_cache", lambda: PrincipalCache(ttl_seconds=0))
+    owner = make_tenant()
+    assert client.get("/api/stats", headers=owner.headers).status_code == 200
+    with transaction() as session:
+        revoke_api_key(session, key_id=owner.key_id)
+    assert client.get("/api/stats", headers=owner.headers).status_code == 401
