@@ -70,6 +70,9 @@ class _Group:
     waiting: list[_Waiting] = field(default_factory=list)
 
 
+# A notification's outcome: its row, or the error its request raises.
+_Outcome = tuple[_Waiting, BulkRecorded | BaseException]
+
 _STOP = None
 
 # How long a trigger may wait for the recorder to take it: as long as a request waited for a
@@ -170,16 +173,16 @@ class TriggerRecorder:
                 batch.append(item)
             batch = self._take(batch)
             try:
-                self._record_batch(batch)
+                outcomes = self._record_batch(batch)
             except Exception as exc:  # a bug must not end the thread: fail this batch only
                 log.exception("recording a batch of %d triggers failed", len(batch))
-                for waiting in batch:
-                    _answer(waiting, error=exc)
+                outcomes = [(waiting, exc) for waiting in batch]
+            _answer_all(outcomes)
             if stopping:
                 self._connection.close()
                 return
 
-    def _record_batch(self, batch: Sequence[_Waiting]) -> None:
+    def _record_batch(self, batch: Sequence[_Waiting]) -> list[_Outcome]:
         groups: dict[tuple[uuid.UUID, str], _Group] = {}
         for waiting in batch:
             key = (waiting.enterprise_id, waiting.created_by)
@@ -187,32 +190,34 @@ class TriggerRecorder:
                 groups[key] = _Group(waiting.enterprise_id, waiting.created_by)
             groups[key].waiting.append(waiting)
         self.batches += 1
+        outcomes: list[_Outcome] = []
         for group in groups.values():
-            self._record_group(group)
+            outcomes.extend(self._record_group(group))
+        return outcomes
 
-    def _record_group(self, group: _Group) -> None:
+    def _record_group(self, group: _Group) -> list[_Outcome]:
         try:
             recorded = self._connection.record(group.enterprise_id, group.created_by, group.waiting)
         except (psycopg.OperationalError, SQLAlchemyError) as exc:
             # The database is unavailable (or the pool could not connect): a 503 for each.
-            for waiting in group.waiting:
-                _answer(waiting, error=exc)
-            return
+            return [(waiting, exc) for waiting in group.waiting]
         except psycopg.Error as exc:
             if len(group.waiting) == 1:
-                _answer(group.waiting[0], error=exc)
-                return
+                return [(group.waiting[0], exc)]
             # Something in one notification was refused: record each on its own.
             log.warning(
                 "a batch of %d triggers failed (%s); recording one by one", len(group.waiting), exc
             )
-            for waiting in group.waiting:
-                self._record_group(_Group(group.enterprise_id, group.created_by, [waiting]))
-            return
+            return [
+                outcome
+                for waiting in group.waiting
+                for outcome in self._record_group(
+                    _Group(group.enterprise_id, group.created_by, [waiting])
+                )
+            ]
         _publish(group.enterprise_id, recorded)
         self.recorded += len(recorded)
-        for waiting, row in zip(group.waiting, recorded, strict=True):
-            _answer(waiting, result=row)
+        return list(zip(group.waiting, recorded, strict=True))
 
 
 class _Connection:
@@ -232,7 +237,7 @@ class _Connection:
         (pipeline mode), the COMMIT in a second."""
         connection = self._open()
         try:
-            with connection.pipeline(), connection.transaction():
+            with connection.transaction():
                 connection.execute(SCOPE_SQL, (APP_ROLE, str(enterprise_id)))
                 cursor = connection.cursor(row_factory=namedtuple_row)
 
@@ -287,22 +292,26 @@ def _publish(enterprise_id: uuid.UUID, recorded: Sequence[BulkRecorded]) -> None
         log.warning("could not mark %d unpublished rows: %s", len(failed), exc)
 
 
-def _answer(
-    waiting: _Waiting, *, result: BulkRecorded | None = None, error: BaseException | None = None
-) -> None:
-    """Wake the request awaiting `waiting` with its row or its error (from the recorder
-    thread, on the request's own loop)."""
+def _answer_all(outcomes: Sequence[_Outcome]) -> None:
+    """Wake the requests awaiting these outcomes, from the recorder thread: one call into each
+    event loop for the whole batch (each call wakes the loop through its self-pipe)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, settled)
 
-    def settle() -> None:
+
+def _settle(outcomes: Sequence[_Outcome]) -> None:
+    """On the requests' loop: each future gets its row or its error."""
+    for waiting, outcome in outcomes:
         if waiting.future.done():  # the request was cancelled (its client went away)
-            return
-        if result is not None:
-            waiting.future.set_result(result)
+            continue
+        if isinstance(outcome, BulkRecorded):
+            waiting.future.set_result(outcome)
         else:
-            waiting.future.set_exception(error or RuntimeError("no outcome recorded"))
-
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-        waiting.loop.call_soon_threadsafe(settle)
+            waiting.future.set_exception(outcome)
 
 
 @lru_cache(maxsize=1)
