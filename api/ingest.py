@@ -264,7 +264,12 @@ class _Connection:
         if self._connection is None or self._connection.closed:
             fairy = get_engine().raw_connection()
             fairy.detach()  # this thread's own, never returned to the pool
-            self._connection = cast("psycopg.Connection[Any]", fairy.dbapi_connection)
+            connection = cast("psycopg.Connection[Any]", fairy.dbapi_connection)
+            # The INSERT's generic plan is as good as a custom one (it reads no table to
+            # choose): let PostgreSQL reuse it rather than plan every batch.
+            connection.execute("SET plan_cache_mode = auto")
+            connection.commit()
+            self._connection = connection
         return self._connection
 
     def close(self) -> None:
