@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_error_handlers
+from api.hotpath import TriggerHotPath
 from api.ingest import trigger_recorder
 from api.limits import BodySizeLimit
 from api.metrics import MetricsMiddleware
@@ -58,6 +59,13 @@ def create_app() -> FastAPI:
     app.include_router(novu_bridge.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
+    # Outermost: POST /api/trigger straight to its route (api/hotpath.py).
+    app.add_middleware(
+        TriggerHotPath,
+        fastapi_app=app,
+        route=trigger.trigger_route(),
+        max_body_bytes=settings.max_body_bytes,
+    )
     return app
 
 

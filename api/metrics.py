@@ -29,6 +29,24 @@ LATENCY = Histogram(
     registry=REGISTRY,
 )
 
+# The trigger recorder (api/ingest.py): rows per batch and per message tell how well single
+# triggers are being grouped.
+RECORDED_BATCHES = Counter(
+    "xnovu_trigger_batches_total",
+    "Transactions in which the trigger recorder committed single triggers.",
+    registry=REGISTRY,
+)
+RECORDED_ROWS = Counter(
+    "xnovu_trigger_rows_total",
+    "Single triggers the trigger recorder committed.",
+    registry=REGISTRY,
+)
+PUBLISHED_MESSAGES = Counter(
+    "xnovu_trigger_messages_total",
+    "deliver_batch messages the trigger recorder published.",
+    registry=REGISTRY,
+)
+
 router = APIRouter(tags=["health"])
 
 

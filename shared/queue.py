@@ -166,6 +166,10 @@ class RedisTaskWriter:
         for task, args in messages:
             name = queue or TASK_QUEUES[task].value
             by_queue.setdefault(name, []).append(self.envelope(task, args, name, countdown))
+        if len(by_queue) == 1:  # the usual case: one command, no pipeline to set up
+            [(name, envelopes)] = by_queue.items()
+            self._redis.lpush(name, *envelopes)
+            return
         with self._redis.pipeline(transaction=False) as pipe:
             for name, envelopes in by_queue.items():
                 pipe.lpush(name, *envelopes)

@@ -221,6 +221,14 @@ async def accept_trigger(body: TriggerRequest, principal: Principal, request: Re
     return _json(accepted, {"Idempotency-Replay": "true"} if replayed else None)
 
 
+def trigger_route() -> APIRoute:
+    """The POST /api/trigger route (for api/hotpath.py)."""
+    for route in router.routes:
+        if isinstance(route, TriggerRoute):
+            return route
+    raise LookupError("POST /api/trigger is not declared")
+
+
 def _idempotency_key(request: Request) -> str | None:
     """The Idempotency-Key header, 422 unless 1 to 255 characters (as its OpenAPI schema)."""
     key = request.headers.get("idempotency-key")

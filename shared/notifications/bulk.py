@@ -139,33 +139,36 @@ def _record_chunk(
     chunk: Sequence[BulkNotification],
     created_by: str | None,
 ) -> list[BulkRecorded]:
-    # A key repeated inside the request: the first event is inserted, the later ones are
+    # Results are kept by position in the chunk (an item's `index` is only reported back). A
+    # key repeated inside the request: the first event is inserted, the later ones are
     # answered like a replay (or a conflict) of it, as they would be one request later.
-    first_with_key: dict[str, BulkNotification] = {}
-    to_insert: list[BulkNotification] = []
-    repeats: list[BulkNotification] = []
-    for item in chunk:
+    first_with_key: dict[str, int] = {}
+    to_insert: list[int] = []
+    repeats: list[int] = []
+    for position, item in enumerate(chunk):
         key = item.idempotency_key
         if key is not None and key in first_with_key:
-            repeats.append(item)
+            repeats.append(position)
             continue
         if key is not None:
-            first_with_key[key] = item
-        to_insert.append(item)
+            first_with_key[key] = position
+        to_insert.append(position)
 
     transaction_ids = [new_transaction_id() for _ in to_insert]
     inserted: dict[str, int] = {}
     if to_insert:
+        items = [chunk[position] for position in to_insert]
         rows = execute(
-            _INSERT, _insert_parameters(enterprise_id, to_insert, transaction_ids, created_by)
+            _INSERT, _insert_parameters(enterprise_id, items, transaction_ids, created_by)
         )
         inserted = {row.transaction_id: row.id for row in rows}
 
     recorded: dict[int, BulkRecorded] = {}
-    taken: list[BulkNotification] = []
-    for item, transaction_id in zip(to_insert, transaction_ids, strict=True):
+    taken: list[int] = []
+    for position, transaction_id in zip(to_insert, transaction_ids, strict=True):
+        item = chunk[position]
         if transaction_id in inserted:
-            recorded[item.index] = BulkRecorded(
+            recorded[position] = BulkRecorded(
                 index=item.index,
                 outcome=BulkOutcome.CREATED,
                 notification_id=inserted[transaction_id],
@@ -174,20 +177,22 @@ def _record_chunk(
                 scheduled_for=item.scheduled_for,
             )
         else:
-            taken.append(item)
+            taken.append(position)
 
     if taken or repeats:
-        existing = _existing_by_key(execute, enterprise_id, [*taken, *repeats])
+        later = [*taken, *repeats]
+        existing = _existing_by_key(execute, enterprise_id, [chunk[p] for p in later])
         # A key first used inside this request points at the row this request created.
-        for key, item in first_with_key.items():
-            first = recorded.get(item.index)
+        for key, position in first_with_key.items():
+            first = recorded.get(position)
             if first is not None:
-                existing[key] = (first, item.request_fingerprint)
-        for item in [*taken, *repeats]:
+                existing[key] = (first, chunk[position].request_fingerprint)
+        for position in later:
+            item = chunk[position]
             assert item.idempotency_key is not None
             row, fingerprint = existing[item.idempotency_key]
             same = fingerprint == item.request_fingerprint
-            recorded[item.index] = BulkRecorded(
+            recorded[position] = BulkRecorded(
                 index=item.index,
                 outcome=BulkOutcome.REPLAYED if same else BulkOutcome.CONFLICT,
                 notification_id=row.notification_id,
@@ -195,7 +200,7 @@ def _record_chunk(
                 workflow_key=row.workflow_key,
                 scheduled_for=row.scheduled_for,
             )
-    return [recorded[item.index] for item in chunk]
+    return [recorded[position] for position in range(len(chunk))]
 
 
 def _existing_by_key(

@@ -1,6 +1,8 @@
 """POST /api/trigger is served by TriggerRoute, which does directly what FastAPI's generic
-handler does with the endpoint's signature. The same endpoint, served by FastAPI's own
-APIRoute at another path, must answer every request alike: status, error code and details."""
+handler does with the endpoint's signature, and reached through TriggerHotPath, which skips
+FastAPI's router and exception middleware. The same endpoint, served by FastAPI's own APIRoute
+through the whole stack at another path, must answer every request alike: status, error code
+and details."""
 
 from __future__ import annotations
 
@@ -66,6 +68,7 @@ CASES: dict[str, tuple[bytes, dict[str, str]]] = {
         JSON,
     ),
     "Idempotency-Key too long": (_good(), {**JSON, "idempotency-key": "k" * 256}),
+    "body over the limit": (_good(padding="x" * 1_100_000), JSON),
 }
 
 
