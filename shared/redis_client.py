@@ -9,7 +9,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 
-def fail_fast_client(url: str, timeout: float) -> redis.Redis[bytes]:
+def fail_fast_client(url: str, timeout: float) -> redis.Redis:
     """A client whose connect and every answer are bounded by `timeout` seconds, never retried."""
     return redis.Redis.from_url(
         url,
