@@ -4,9 +4,10 @@ Each `POST /api/trigger` used to pay for its own transaction (a commit is an fsy
 Celery message. Here an API process hands every new notification to one recorder thread and
 awaits the answer. The thread takes whatever has queued up (at most TRIGGER_BATCH_MAX_ROWS),
 records each enterprise's share with the bulk trigger's single INSERT in one row-level-security
-scoped transaction, commits, publishes one `deliver_batch` message per enterprise, and only
-then answers the waiting requests. Nothing waits on a timer: a lone trigger is recorded at once,
-and under load the batches grow by themselves while the previous commit is in flight.
+scoped transaction, commits, answers the waiting requests, and publishes their deliveries as
+`deliver_batch` messages (see _Held: under load, a few batches share a message). Nothing waits
+on a timer to form a batch: a lone trigger is recorded at once, and under load the batches grow
+by themselves while the previous commit is in flight.
 
 DESIGN's rules hold per notification exactly as before: the row is committed before its 202;
 the message is published after the commit (if Redis is down, `enqueued_at` is cleared and beat
@@ -104,8 +105,9 @@ class TriggerRecorder:
     async def record(
         self, enterprise_id: uuid.UUID, created_by: str, notification: BulkNotification
     ) -> BulkRecorded:
-        """Record one notification (committed, and published when due) and return its row; a
-        database error is raised here, as it would be from the request's own transaction."""
+        """Record one notification and return its committed row (its delivery is published
+        right after); a database error is raised here, as it would be from the request's own
+        transaction."""
         self._ensure_running()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[BulkRecorded] = loop.create_future()

@@ -76,7 +76,8 @@ def test_html_in_the_payload_is_escaped_in_email_and_in_app(client, tenant, work
 
 
 def test_retryable_errors_are_retried_until_sent(client, tenant, worker, emulator):
-    emulator.post("/_emulator/faults", json={"status": 500, "rate": 1.0})
+    # Retry-After: 2 keeps the attempts apart, so the faults are cleared before the last one.
+    emulator.post("/_emulator/faults", json={"status": 500, "rate": 1.0, "retryAfter": 2})
     accepted = _trigger(client, tenant)
     _wait_until(lambda: _row(accepted["notificationId"]).attempts >= 2, what="a second attempt")
     emulator.delete("/_emulator/faults")
