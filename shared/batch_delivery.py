@@ -32,7 +32,6 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.orm import Session
 
 from shared.db.enums import NotificationStatus as S
 from shared.db.session import connection, enterprise_transaction
@@ -63,7 +62,6 @@ __all__ = [
     "BatchReport",
     "ClaimedRow",
     "RowOutcome",
-    "claim_batch",
     "deliver_batch",
     "record_outcomes",
 ]
@@ -92,24 +90,6 @@ class BatchReport:
             "lost_race": self.lost_race,
             "novu_calls": self.novu_calls,
         }
-
-
-def claim_batch(
-    session: Connection | Session,
-    *,
-    enterprise_id: uuid.UUID,
-    notification_ids: Sequence[int],
-    lease_seconds: int,
-) -> tuple[list[ClaimedRow], int]:
-    """PENDING → PROCESSING for the due rows among `notification_ids` that nobody else holds,
-    in one statement; returns them (by id) and the enterprise's registry generation
-    (see `transitions.claim_due`)."""
-    return claim_due(
-        session,
-        enterprise_id=enterprise_id,
-        notification_ids=notification_ids,
-        lease_seconds=lease_seconds,
-    )
 
 
 # -- one batch ------------------------------------------------------------------------------

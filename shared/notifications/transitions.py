@@ -42,100 +42,44 @@ def _due() -> Any:
     )
 
 
+# The worker's transitions for one row. Delivery runs the same statements for a whole batch
+# (claim_due, record_outcomes, below); these are those statements for a single row, so that
+# what the state-machine tests exercise is what the worker runs.
+
+
 def claim_pending(
-    session: Session, *, notification_id: int, enterprise_id: uuid.UUID, lease_seconds: int
-) -> Notification | None:
-    """PENDING → PROCESSING for a due row; None when someone else has it or it is not due."""
-    claimed = claim_pending_with_generation(
-        session,
-        notification_id=notification_id,
-        enterprise_id=enterprise_id,
-        lease_seconds=lease_seconds,
-    )
-    return claimed[0] if claimed is not None else None
-
-
-def claim_pending_with_generation(
-    session: Session, *, notification_id: int, enterprise_id: uuid.UUID, lease_seconds: int
-) -> tuple[Notification, int] | None:
-    """The claim, plus the enterprise's registry generation read in the same statement, so a
-    worker notices a reload before it renders, at no extra round trip."""
-    generation = (
-        select(func.coalesce(func.max(RegistryGeneration.generation), 0))
-        .where(RegistryGeneration.enterprise_id == enterprise_id)
-        .scalar_subquery()
-    )
-    stmt = (
-        update(N)
-        .where(
-            N.id == notification_id,
-            N.enterprise_id == enterprise_id,
-            N.notification_status == S.PENDING,
-            _due(),
-        )
-        .values(
-            notification_status=S.PROCESSING,
-            attempts=N.attempts + 1,
-            locked_until=func.now() + dt.timedelta(seconds=lease_seconds),
-            next_attempt_at=None,
-            updated_at=func.now(),
-        )
-        .returning(N, generation)
-    )
-    row = session.execute(stmt, execution_options=_RETURNING_OPTIONS).one_or_none()
-    return (row[0], int(row[1])) if row is not None else None
-
-
-def _from_processing(notification_id: int, enterprise_id: uuid.UUID, attempt: int) -> Any:
-    return and_(
-        N.id == notification_id,
-        N.enterprise_id == enterprise_id,
-        N.notification_status == S.PROCESSING,
-        N.attempts == attempt,
-    )
-
-
-def _leave_processing(
-    session: Session,
+    connection: Connection | Session,
+    *,
     notification_id: int,
     enterprise_id: uuid.UUID,
-    attempt: int,
-    **values: Any,
-) -> bool:
-    """One fenced PROCESSING → X update; True when this attempt still owned the row."""
-    result = session.execute(
-        update(N)
-        .where(_from_processing(notification_id, enterprise_id, attempt))
-        .values(locked_until=None, updated_at=func.now(), **values)
-        .returning(N.id),
-        execution_options={"synchronize_session": False},
+    lease_seconds: int,
+) -> ClaimedRow | None:
+    """PENDING → PROCESSING for a due row; None when someone else has it or it is not due."""
+    claimed, _ = claim_due(
+        connection,
+        enterprise_id=enterprise_id,
+        notification_ids=[notification_id],
+        lease_seconds=lease_seconds,
     )
-    return result.first() is not None
+    return claimed[0] if claimed else None
 
 
 def mark_sent(
-    session: Session,
+    connection: Connection | Session,
     *,
     notification_id: int,
     enterprise_id: uuid.UUID,
     attempt: int,
     render_fallbacks: list[dict[str, Any]] | None = None,
 ) -> bool:
-    """PROCESSING → SENT after Novu accepted the trigger."""
-    return _leave_processing(
-        session,
-        notification_id,
-        enterprise_id,
-        attempt,
-        notification_status=S.SENT,
-        processed_at=func.now(),
-        error_details=None,
-        render_fallbacks=render_fallbacks,
-    )
+    """PROCESSING → SENT after Novu accepted the trigger; False when this attempt no longer
+    owns the row."""
+    outcome = RowOutcome(notification_id, attempt, S.SENT, render_fallbacks=render_fallbacks)
+    return _record_one(connection, enterprise_id, outcome)
 
 
 def mark_failed(
-    session: Session,
+    connection: Connection | Session,
     *,
     notification_id: int,
     enterprise_id: uuid.UUID,
@@ -143,19 +87,12 @@ def mark_failed(
     error: dict[str, Any],
 ) -> bool:
     """PROCESSING → FAILED with the reason (permanent error or attempts exhausted)."""
-    return _leave_processing(
-        session,
-        notification_id,
-        enterprise_id,
-        attempt,
-        notification_status=S.FAILED,
-        processed_at=func.now(),
-        error_details=error,
-    )
+    outcome = RowOutcome(notification_id, attempt, S.FAILED, error=error)
+    return _record_one(connection, enterprise_id, outcome)
 
 
 def schedule_retry(
-    session: Session,
+    connection: Connection | Session,
     *,
     notification_id: int,
     enterprise_id: uuid.UUID,
@@ -167,17 +104,22 @@ def schedule_retry(
     """PROCESSING → PENDING with next_attempt_at. When a countdown message carries the retry,
     enqueued_at is set to when it becomes due, so the reconciler leaves it alone until then;
     otherwise enqueued_at is cleared and beat releases the row when it is due."""
-    next_at = func.now() + dt.timedelta(seconds=delay_seconds)
-    return _leave_processing(
-        session,
+    outcome = RowOutcome(
         notification_id,
-        enterprise_id,
         attempt,
-        notification_status=S.PENDING,
-        next_attempt_at=next_at,
-        enqueued_at=next_at if message_published else None,
-        error_details=error,
+        S.PENDING,
+        error=error,
+        retry_in=delay_seconds,
+        by_message=message_published,
     )
+    return _record_one(connection, enterprise_id, outcome)
+
+
+def _record_one(
+    connection: Connection | Session, enterprise_id: uuid.UUID, outcome: RowOutcome
+) -> bool:
+    moved = record_outcomes(connection, enterprise_id=enterprise_id, outcomes=[outcome])
+    return outcome.notification_id in moved
 
 
 def retract_pending(

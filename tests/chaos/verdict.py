@@ -11,6 +11,11 @@ from tests.chaos.plan import Action
 
 TERMINAL = frozenset({"SENT", "FAILED"})
 
+# How Novu refuses a trigger for good: a single trigger answered 400, or an event of a bulk
+# trigger answered with its own `error` result inside the call's 201 (single triggers travel
+# in deliver_batch messages, and so in bulk calls).
+REFUSED_STATUSES = (400, 201)
+
 
 @dataclass(frozen=True)
 class Triggered:
@@ -125,7 +130,7 @@ def judge(seen: Observed) -> Verdict:
         for nid, row in failed.items()
         if row.transaction_id not in seen.permanent
         or row.error_code != "novu_rejected"
-        or row.error_status != 400
+        or row.error_status not in REFUSED_STATUSES
     }
     permanent_not_failed = {tx for tx in seen.permanent if tx_status.get(tx) != "FAILED"}
 

@@ -72,6 +72,33 @@ def test_transaction_scoped_fault_is_decided_once_per_transaction(http: httpx.Cl
     assert accepted == set(answers) - rejected
 
 
+def test_in_a_bulk_call_a_transaction_scoped_4xx_refuses_that_event_only(
+    http: httpx.Client,
+) -> None:
+    set_faults(http, rules=[{"status": 400, "rate": 0.5, "scope": "transaction"}])
+    events = [event() for _ in range(40)]
+    answers = []
+    for attempt in range(2):  # the same transactionIds again: the same verdicts
+        response = http.post(
+            "/v1/events/trigger/bulk",
+            json={"events": events},
+            headers={"Idempotency-Key": str(attempt)},
+        )
+        assert response.status_code == 201, response.text
+        answers.append([result["status"] for result in response.json()["data"]])
+    assert answers[0] == answers[1]
+    refused = {
+        e["transactionId"]
+        for e, status in zip(events, answers[0], strict=True)
+        if status == "error"
+    }
+    assert 0 < len(refused) < 40
+    assert set(answers[0]) == {"error", "processed"}
+    accepted = {item["transactionId"] for item in http.get("/_emulator/events").json()}
+    assert accepted == {e["transactionId"] for e in events} - refused
+    assert http.get("/_emulator/stats").json()["faults"]["status:400"] == 2 * len(refused)
+
+
 def test_request_scoped_rule_wins_over_a_transaction_scoped_one(http: httpx.Client) -> None:
     set_faults(
         http,

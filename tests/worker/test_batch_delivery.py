@@ -20,10 +20,11 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from shared.batch_delivery import RowOutcome, claim_batch, deliver_batch, record_outcomes
+from shared.batch_delivery import RowOutcome, deliver_batch, record_outcomes
 from shared.db.enums import NotificationStatus as S
 from shared.db.models import Notification
 from shared.db.session import transaction
+from shared.notifications.transitions import claim_due
 from shared.novu.client import NovuClient
 from shared.queue import publish_deliver_batch
 from shared.settings import get_settings
@@ -369,7 +370,7 @@ def test_sub_batches_of_a_large_batch_are_claimed_and_sent_a_hundred_at_a_time(
 def test_an_outcome_of_an_attempt_that_lost_its_row_is_not_recorded(client, tenant, stack):
     ids, _ = _pending_rows(client, tenant, 2)
     with transaction(tenant.enterprise_id) as session:
-        claimed, _ = claim_batch(
+        claimed, _ = claim_due(
             session, enterprise_id=tenant.enterprise_id, notification_ids=ids, lease_seconds=60
         )
     assert [row.attempts for row in claimed] == [1, 1]
@@ -387,7 +388,7 @@ def test_an_outcome_of_an_attempt_that_lost_its_row_is_not_recorded(client, tena
 def test_a_claim_is_scoped_to_its_enterprise(client, tenant, stack):
     ids, _ = _pending_rows(client, tenant, 2)
     with transaction(uuid.uuid4()) as session:
-        claimed, _ = claim_batch(
+        claimed, _ = claim_due(
             session, enterprise_id=tenant.enterprise_id, notification_ids=ids, lease_seconds=60
         )
     assert claimed == []  # row-level security: another enterprise's transaction sees nothing

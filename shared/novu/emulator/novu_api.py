@@ -212,7 +212,8 @@ class NovuApi:
         self, endpoint: Endpoint, body: Any, faults: FaultConfig
     ) -> StatusFault | None:
         """The request-scoped rule drawn now, else the rule the transactionId drew (single
-        triggers with a transactionId only), else None."""
+        triggers with a transactionId; in a bulk request each event's 4xx rule answers that
+        event, see _event_fault), else None."""
         if endpoint is Endpoint.CANCEL:
             return None
         rule = faults.pick_status_fault(self._rng, FaultScope.REQUEST)
@@ -335,7 +336,33 @@ class NovuApi:
             return {"acknowledged": True, "status": "error", "error": flat_messages(errors)}
         if not self._knows(event["name"]):
             return {"acknowledged": True, "status": "error", "error": ["workflow_not_found"]}
+        refused = self._event_fault(event)
+        if refused is not None:
+            return refused
         return self._accept(event)
+
+    def _event_fault(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """A transaction-scoped 4xx rule the event's transactionId drew, as the bulk answer
+        gives an event Novu refused: its own `error` result, the other events going on. (A
+        5xx or 429 concerns a whole request; transaction-scoped ones apply to single triggers
+        only.)"""
+        transaction_id = event.get("transactionId")
+        faults = self.state.faults
+        if not (
+            isinstance(transaction_id, str) and transaction_id and faults.has_transaction_rules()
+        ):
+            return None
+        rule = self.state.transaction_fault(transaction_id, self._rng)
+        if rule is None or rule.status >= 500 or rule.status == 429:
+            return None
+        self.state.log_fault(f"status:{rule.status}", [transaction_id], status=rule.status)
+        message = rule.message or _FAULT_MESSAGES.get(rule.status) or reason_phrase(rule.status)
+        return {
+            "acknowledged": True,
+            "status": "error",
+            "error": [message],
+            "transactionId": transaction_id,
+        }
 
     def _knows(self, workflow: str) -> bool:
         if not workflow:
