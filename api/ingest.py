@@ -100,7 +100,6 @@ class TriggerRecorder:
         self._connection = _Connection()
         self._held = _Held()
         self.batches = 0
-        self.recorded = 0
 
     async def record(
         self, enterprise_id: uuid.UUID, created_by: str, notification: BulkNotification
@@ -233,7 +232,6 @@ class TriggerRecorder:
                 )
             ]
         self._held.add(group.enterprise_id, recorded)
-        self.recorded += len(recorded)
         RECORDED_ROWS.inc(len(recorded))
         return list(zip(group.waiting, recorded, strict=True))
 

@@ -11,7 +11,9 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
-from shared.notifications.bulk import json_text
+from api.schemas.notifications import TriggerRequest
+from shared.notifications.bulk import BulkNotification, json_text
+from shared.notifications.service import request_fingerprint
 from shared.payloads import payload_errors
 from shared.settings import Settings
 from shared.workflows.instance import WorkflowInstance
@@ -38,11 +40,10 @@ async def resolve_workflow_async(workflow_id: str, enterprise_id: uuid.UUID) -> 
     return await run_in_threadpool(resolve_workflow, workflow_id, enterprise_id)
 
 
-def check_payload(
-    workflow: WorkflowInstance, payload: dict[str, Any], *, size: int, settings: Settings
-) -> None:
-    """413 over the payload limit (`size` = bytes of its JSON), 422 naming each field that
-    fails the workflow's schema."""
+def check_payload(workflow: WorkflowInstance, payload: dict[str, Any], settings: Settings) -> None:
+    """422 for a value PostgreSQL cannot store, 413 over the payload limit (bytes of its JSON),
+    422 naming each field that fails the workflow's schema."""
+    size = len(storable_json(payload, "payload").encode())
     if size > settings.max_payload_bytes:
         raise ApiError(
             413, "payload_too_large", f"payload exceeds {settings.max_payload_bytes} bytes"
@@ -52,6 +53,60 @@ def check_payload(
         raise ApiError(
             422, "invalid_payload", "the payload does not match the workflow's schema", errors
         )
+
+
+def new_notification(
+    event: TriggerRequest,
+    *,
+    index: int,
+    enterprise_id: uuid.UUID,
+    workflow: WorkflowInstance,
+    idempotency_key: str | None,
+    settings: Settings,
+) -> BulkNotification:
+    """The row to record for a trigger body whose payload passed check_payload: its
+    recipients (422 over MAX_RECIPIENTS), every value PostgreSQL must store checked (422), and
+    the fingerprint an Idempotency-Key is compared by."""
+    recipients = resolve_recipients(
+        recipients=event.recipients,
+        subscriber_id=event.subscriberId,
+        workflow=workflow,
+        payload=event.payload,
+        enterprise_id=enterprise_id,
+        settings=settings,
+    )
+    for name, value in (
+        ("overrides", event.overrides),
+        ("recipients", recipients),
+        ("tags", event.tags),
+        ("idempotencyKey", idempotency_key),
+    ):
+        if value is not None:
+            storable_json(value, name)
+    # Only a key's later uses compare fingerprints. The body without its own key (a bulk
+    # event's idempotencyKey): the same body sent to either endpoint is the same request.
+    fingerprint = (
+        request_fingerprint(
+            {
+                "enterpriseId": str(enterprise_id),
+                "body": event.model_dump(mode="json", exclude={"idempotencyKey"}),
+            }
+        )
+        if idempotency_key is not None
+        else None
+    )
+    return BulkNotification(
+        index=index,
+        workflow_key=event.workflowId,
+        notification_workflow_id=workflow.workflow_id,
+        payload=event.payload,
+        recipients=recipients,
+        overrides=event.overrides,
+        tags=event.tags,
+        scheduled_for=event.scheduledFor,
+        idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint,
+    )
 
 
 def resolve_recipients(

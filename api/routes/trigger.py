@@ -20,18 +20,13 @@ from api.errors import ApiError
 from api.ingest import trigger_recorder
 from api.ratelimit import get_rate_limiter
 from api.schemas.notifications import TriggerRequest, TriggerResponse
-from api.trigger_checks import (
-    check_payload,
-    resolve_recipients,
-    resolve_workflow_async,
-    storable_json,
-)
+from api.trigger_checks import check_payload, new_notification, resolve_workflow_async
 from shared.apikeys import Principal
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
 from shared.db.session import transaction
-from shared.notifications.bulk import BulkNotification, BulkOutcome
-from shared.notifications.service import NotificationService, request_fingerprint
+from shared.notifications.bulk import BulkOutcome
+from shared.notifications.service import NotificationService
 from shared.notifications.transitions import clear_enqueued
 from shared.queue import publish_deliver
 from shared.settings import get_settings
@@ -164,48 +159,20 @@ async def accept_trigger(body: TriggerRequest, principal: Principal, request: Re
     settings = get_settings()
     enterprise_id = resolve_enterprise(principal, body.enterpriseId)
     workflow = await resolve_workflow_async(body.workflowId, enterprise_id)
-    payload_json = storable_json(body.payload, "payload")
-    check_payload(workflow, body.payload, size=len(payload_json.encode()), settings=settings)
+    check_payload(workflow, body.payload, settings)
     if body.notificationId is not None:
         return _json(await run_in_threadpool(_trigger_existing, body, enterprise_id))
 
-    recipients = resolve_recipients(
-        recipients=body.recipients,
-        subscriber_id=body.subscriberId,
-        workflow=workflow,
-        payload=body.payload,
+    notification = new_notification(
+        body,
+        index=0,
         enterprise_id=enterprise_id,
+        workflow=workflow,
+        idempotency_key=idempotency_key,
         settings=settings,
     )
-    for name, value in (("overrides", body.overrides), ("tags", body.tags)):
-        if value is not None:
-            storable_json(value, name)
-    storable_json(recipients, "recipients")
-    if idempotency_key is not None:
-        storable_json(idempotency_key, "Idempotency-Key")
-    # Only a key's later uses compare fingerprints: without a key there is nothing to compare.
-    fingerprint = (
-        request_fingerprint(
-            {"enterpriseId": str(enterprise_id), "body": body.model_dump(mode="json")}
-        )
-        if idempotency_key is not None
-        else None
-    )
     row = await trigger_recorder().record(
-        enterprise_id,
-        f"api-key:{principal.key_id}",
-        BulkNotification(
-            index=0,
-            workflow_key=body.workflowId,
-            notification_workflow_id=workflow.workflow_id,
-            payload=body.payload,
-            recipients=recipients,
-            overrides=body.overrides,
-            tags=body.tags,
-            scheduled_for=body.scheduledFor,
-            idempotency_key=idempotency_key,
-            request_fingerprint=fingerprint,
-        ),
+        enterprise_id, f"api-key:{principal.key_id}", notification
     )
     if row.outcome is BulkOutcome.CONFLICT:
         raise ApiError(
@@ -265,9 +232,10 @@ def _accepted(
     transaction_id: str,
     scheduled_for: dt.datetime | None,
 ) -> TriggerResponse:
-    due = scheduled_for is None or scheduled_for <= dt.datetime.now(dt.UTC)
     return TriggerResponse(
-        message="Notification triggered successfully" if due else "Notification scheduled",
+        message="Notification triggered successfully"
+        if _due(scheduled_for)
+        else "Notification scheduled",
         workflowId=workflow_key,
         enterpriseId=enterprise_id,
         notificationId=notification_id,
@@ -275,6 +243,10 @@ def _accepted(
         status=NotificationStatus.PENDING,
         scheduledFor=scheduled_for,
     )
+
+
+def _due(scheduled_for: dt.datetime | None) -> bool:
+    return scheduled_for is None or scheduled_for <= dt.datetime.now(dt.UTC)
 
 
 def _trigger_existing(body: TriggerRequest, enterprise_id: uuid.UUID) -> TriggerResponse:
@@ -285,7 +257,7 @@ def _trigger_existing(body: TriggerRequest, enterprise_id: uuid.UUID) -> Trigger
     response = _accepted(
         enterprise_id, row.workflow_key, row.id, row.transaction_id, row.scheduled_for
     )
-    if response.message == "Notification triggered successfully":
+    if _due(row.scheduled_for):
         failed = publish_deliver([(row.id, enterprise_id)])
         if failed:
             # Redis is down: the row is the record, and beat publishes it when Redis is back.

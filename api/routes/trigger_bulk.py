@@ -32,12 +32,7 @@ from api.schemas.bulk import (
     BulkTriggerRequest,
     BulkTriggerResponse,
 )
-from api.trigger_checks import (
-    check_payload,
-    resolve_recipients,
-    resolve_workflow,
-    storable_json,
-)
+from api.trigger_checks import check_payload, new_notification, resolve_workflow
 from shared.apikeys import Principal
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
@@ -49,7 +44,6 @@ from shared.notifications.bulk import (
     record_notifications,
     session_executor,
 )
-from shared.notifications.service import request_fingerprint
 from shared.notifications.transitions import clear_enqueued
 from shared.queue import publish_deliver_batch
 from shared.settings import Settings, get_settings
@@ -138,46 +132,16 @@ def _check(
         ) from None
     enterprise_id = resolve_enterprise(principal, event.enterpriseId or header_enterprise)
     workflow = resolve_workflow(event.workflowId, enterprise_id)
-    payload_json = storable_json(event.payload, "payload")
-    check_payload(workflow, event.payload, size=len(payload_json.encode()), settings=settings)
+    check_payload(workflow, event.payload, settings)
     if event.notificationId is not None:
         return _Valid(index, event, enterprise_id, None)
-
-    recipients = resolve_recipients(
-        recipients=event.recipients,
-        subscriber_id=event.subscriberId,
-        workflow=workflow,
-        payload=event.payload,
-        enterprise_id=enterprise_id,
-        settings=settings,
-    )
-    for name, value in (
-        ("overrides", event.overrides),
-        ("recipients", recipients),
-        ("tags", event.tags),
-        ("idempotencyKey", event.idempotencyKey),
-    ):
-        if value is not None:
-            storable_json(value, name)
-    # The fingerprint of the same body sent to POST /api/trigger: a key reused across the two
-    # endpoints is recognised as the same request.
-    fingerprint = request_fingerprint(
-        {
-            "enterpriseId": str(enterprise_id),
-            "body": event.model_dump(mode="json", exclude={"idempotencyKey"}),
-        }
-    )
-    notification = BulkNotification(
+    notification = new_notification(
+        event,
         index=index,
-        workflow_key=event.workflowId,
-        notification_workflow_id=workflow.workflow_id,
-        payload=event.payload,
-        recipients=recipients,
-        overrides=event.overrides,
-        tags=event.tags,
-        scheduled_for=event.scheduledFor,
+        enterprise_id=enterprise_id,
+        workflow=workflow,
         idempotency_key=event.idempotencyKey,
-        request_fingerprint=fingerprint,
+        settings=settings,
     )
     return _Valid(index, event, enterprise_id, notification)
 
