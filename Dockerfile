@@ -8,6 +8,7 @@ COPY pyproject.toml README.md ./
 COPY api ./api
 COPY worker ./worker
 COPY shared ./shared
+COPY novu_emulator ./novu_emulator
 COPY migrations ./migrations
 RUN pip install . && useradd --system --uid 10001 xnovu
 USER xnovu

@@ -36,8 +36,8 @@ bench: $(STAMP)
 	QUICK="$(QUICK)" $(BIN)/python -m benchmarks.run
 
 lint: $(STAMP)
-	$(BIN)/ruff check api worker shared migrations tests
-	$(BIN)/mypy api worker shared
+	$(BIN)/ruff check api worker shared novu_emulator migrations tests
+	$(BIN)/mypy api worker shared novu_emulator
 
 clean:
 	rm -rf $(VENV) .xnovu .pytest_cache

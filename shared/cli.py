@@ -71,7 +71,7 @@ def keys_create(enterprise_id: uuid.UUID | None, service: bool, name: str | None
 )
 def novu_emulator(host: str, port: int | None, bridge_url: str | None) -> None:
     """Run the local stand-in for Novu's REST API."""
-    from shared.novu.emulator import serve
+    from novu_emulator import serve
 
     settings = get_settings()
     serve(

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.novu.emulator import RunningEmulator, start_in_thread
+from novu_emulator import RunningEmulator, start_in_thread
 
 SECRET = "test-secret-key"
 AUTH = {"Authorization": f"ApiKey {SECRET}"}

@@ -21,8 +21,8 @@ import pytest
 
 from api.bridge.errors import BridgeError
 from api.bridge.signature import verify_signature
+from novu_emulator import start_in_thread
 from shared.devstack import free_port
-from shared.novu.emulator import start_in_thread
 from tests.conftest import REPO
 
 SECRET = "bridge-test-secret"
@@ -478,7 +478,7 @@ def test_reset_forgets_messages_and_bridge_counters(novu, bridge):
             ["-m", "shared.cli", "novu-emulator", "--bridge-url", "http://127.0.0.1:9/api/novu"],
             None,
         ),
-        (["-m", "shared.novu.emulator"], "http://127.0.0.1:9/api/novu"),
+        (["-m", "novu_emulator"], "http://127.0.0.1:9/api/novu"),
     ],
 )
 def test_bridge_url_from_the_command_line_or_the_environment(command, env_url):

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.novu.emulator import start_in_thread
+from novu_emulator import start_in_thread
 
 SECRET = "test-secret-key"
 AUTH = {"Authorization": f"ApiKey {SECRET}"}

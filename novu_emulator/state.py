@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from shared.novu.emulator.config import BridgeConfig
-from shared.novu.emulator.faults import FaultConfig, FaultScope, StatusFault
-from shared.novu.emulator.http import HttpResponse
+from novu_emulator.config import BridgeConfig
+from novu_emulator.faults import FaultConfig, FaultScope, StatusFault
+from novu_emulator.http import HttpResponse
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600.0
 # Novu forgets an in-flight mark after 5 minutes, in case its request never finished.

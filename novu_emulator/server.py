@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from shared.novu.emulator.bridge import BridgeRunner
-from shared.novu.emulator.config import BridgeConfig
-from shared.novu.emulator.control import CONTROL_PREFIX, ControlApi
-from shared.novu.emulator.http import HttpRequest, Outcome, json_response, serve_connection
-from shared.novu.emulator.novu_api import NovuApi, not_found
-from shared.novu.emulator.state import EmulatorState
+from novu_emulator.bridge import BridgeRunner
+from novu_emulator.config import BridgeConfig
+from novu_emulator.control import CONTROL_PREFIX, ControlApi
+from novu_emulator.http import HttpRequest, Outcome, json_response, serve_connection
+from novu_emulator.novu_api import NovuApi, not_found
+from novu_emulator.state import EmulatorState
 from shared.settings import EMULATOR_SECRET_KEY
 
 logger = logging.getLogger(__name__)

@@ -93,8 +93,8 @@ also fires, that one answers. Bulk triggers and bodies without a transactionId a
 subject to transaction-scoped rules.
 """
 
-from shared.novu.emulator.faults import FaultConfig, StatusFault
-from shared.novu.emulator.server import EmulatorServer, RunningEmulator, serve, start_in_thread
+from novu_emulator.faults import FaultConfig, StatusFault
+from novu_emulator.server import EmulatorServer, RunningEmulator, serve, start_in_thread
 
 __all__ = [
     "EmulatorServer",

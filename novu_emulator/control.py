@@ -8,10 +8,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.novu.emulator.config import parse_bridge_config
-from shared.novu.emulator.faults import FaultConfig, parse_fault_config, validation_problems
-from shared.novu.emulator.http import HttpRequest, HttpResponse, json_response
-from shared.novu.emulator.state import EmulatorState
+from novu_emulator.config import parse_bridge_config
+from novu_emulator.faults import FaultConfig, parse_fault_config, validation_problems
+from novu_emulator.http import HttpRequest, HttpResponse, json_response
+from novu_emulator.state import EmulatorState
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import unquote
 
-from shared.novu.emulator.bridge import BridgeRunner
-from shared.novu.emulator.faults import FaultConfig, FaultScope, StatusFault
-from shared.novu.emulator.http import (
+from novu_emulator.bridge import BridgeRunner
+from novu_emulator.faults import FaultConfig, FaultScope, StatusFault
+from novu_emulator.http import (
     Disconnect,
     HttpRequest,
     HttpResponse,
@@ -29,8 +29,8 @@ from shared.novu.emulator.http import (
     json_response,
     reason_phrase,
 )
-from shared.novu.emulator.state import BULK_COST, EmulatorState, iso_now
-from shared.novu.emulator.validation import (
+from novu_emulator.state import BULK_COST, EmulatorState, iso_now
+from novu_emulator.validation import (
     MAX_PAYLOAD_BYTES,
     FieldErrors,
     bulk_envelope_errors,

@@ -38,8 +38,8 @@ from typing import Any
 
 import httpx
 
-from shared.novu.emulator.config import is_http_url
-from shared.novu.emulator.state import EmulatorState, RecordedTrigger, iso_now
+from novu_emulator.config import is_http_url
+from novu_emulator.state import EmulatorState, RecordedTrigger, iso_now
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`python -m shared.novu.emulator [--host H] [--port P] [--bridge-url URL]`: the emulator
+"""`python -m novu_emulator [--host H] [--port P] [--bridge-url URL]`: the emulator
 without the CLI."""
 
 from __future__ import annotations
@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 import logging
 
-from shared.novu.emulator.server import serve
+from novu_emulator.server import serve
 from shared.settings import get_settings
 
 
 def main() -> None:
     """Serve on the configured port with the configured (or the development) secret key."""
     settings = get_settings()
-    parser = argparse.ArgumentParser(prog="python -m shared.novu.emulator")
+    parser = argparse.ArgumentParser(prog="python -m novu_emulator")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=settings.novu_emulator_port)
     parser.add_argument(
