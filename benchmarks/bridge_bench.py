@@ -258,7 +258,7 @@ async def run_load(target: Target, rate: float, duration: float) -> Report:
 @contextmanager
 def embedded_api(workers: int) -> Iterator[tuple[str, dict[str, str], int]]:
     """Embedded PostgreSQL (migrated) and one uvicorn API process; yields its URL, env, pid."""
-    from shared.devstack import EmbeddedPostgres, free_port
+    from devtools.devstack import EmbeddedPostgres, free_port
 
     with tempfile.TemporaryDirectory(prefix="xnovu-bench-") as tmp:
         postgres = EmbeddedPostgres(Path(tmp) / "pg", free_port(), fast=True)

@@ -53,7 +53,7 @@ from benchmarks.loadgen import (
     percentile,
 )
 from benchmarks.stack import REPO, BenchStack, bench_stack, wait_for
-from shared.devstack import free_port
+from devtools.devstack import free_port
 from shared.settings import DEV_API_KEY, DEV_ENTERPRISE_ID
 
 T = TypeVar("T")

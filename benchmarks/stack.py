@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from shared.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
+from devtools.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -117,9 +117,9 @@ class BenchStack:
         from shared.settings import get_settings
 
         get_settings.cache_clear()
+        from devtools.seed import seed_demo
         from shared.db.session import reset_engine, transaction
         from shared.migrate import upgrade
-        from shared.seed import seed_demo
 
         upgrade(database_url)
         reset_engine()

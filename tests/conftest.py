@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
+from devtools.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

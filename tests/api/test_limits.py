@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from api.ratelimit import RateLimiter, _limiter_from_settings, get_rate_limiter
-from shared.devstack import free_port
+from devtools.devstack import free_port
 from shared.settings import Settings, get_settings
 from tests.conftest import Stack, Tenant, make_tenant, signup_payload
 from tests.factories import create_template

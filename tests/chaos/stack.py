@@ -23,7 +23,7 @@ import httpx
 import psutil
 import psycopg
 
-from shared.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
+from devtools.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # What the parent's environment must not leak into the stack's processes.

@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from shared.devstack import free_port
+from devtools.devstack import free_port
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 import redis
 
-from shared.devstack import (
+from devtools.devstack import (
     DevStackError,
     EmbeddedPostgres,
     EmbeddedRedis,
@@ -84,7 +84,7 @@ def _starter(root: Path, pg_port: int, redis_port: int, then: str) -> subprocess
     script = f"""
         import os, signal, sys
         from pathlib import Path
-        from shared.devstack import embedded_stack
+        from devtools.devstack import embedded_stack
         signal.signal(signal.SIGINT, lambda *_: print("interrupted", flush=True))
         with embedded_stack(Path({str(root)!r}), pg_port={pg_port}, redis_port={redis_port},
                             fast=True):

