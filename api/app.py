@@ -11,7 +11,6 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_error_handlers
 from api.hotpath import TriggerHotPath
-from api.ingest import trigger_recorder
 from api.limits import BodySizeLimit
 from api.metrics import MetricsMiddleware
 from api.metrics import router as metrics_router
@@ -25,6 +24,7 @@ from api.routes import (
     trigger_bulk,
     workflows,
 )
+from shared.notifications.recorder import trigger_recorder
 from shared.settings import get_settings
 
 

@@ -16,7 +16,6 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import ApiError
 from api.ratelimit import RateLimiterDep, enforce_rate_limit
 from shared.apikeys import Principal, PrincipalCache, authenticate_hash, hash_api_key
-from shared.db.enums import ApiKeyScope
 from shared.db.session import scope_session, session_factory, transaction
 from shared.settings import get_settings
 
@@ -89,23 +88,6 @@ async def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def resolve_enterprise(principal: Principal, requested: uuid.UUID | None) -> uuid.UUID:
-    """The enterprise a request acts for. An enterprise key acts for its own only (403 when a
-    request names another); a service key acts for the enterprise the request names."""
-    if principal.scope is ApiKeyScope.ENTERPRISE:
-        assert principal.enterprise_id is not None
-        if requested is not None and requested != principal.enterprise_id:
-            raise ApiError(403, "forbidden", "this API key cannot act for that enterprise")
-        return principal.enterprise_id
-    if requested is None:
-        raise ApiError(
-            400,
-            "enterprise_required",
-            "a service key must name the enterprise (enterpriseId or X-Enterprise-Id)",
-        )
-    return requested
-
-
 def get_enterprise_id(
     principal: PrincipalDep,
     session: SessionDep,
@@ -113,7 +95,7 @@ def get_enterprise_id(
 ) -> uuid.UUID:
     """The enterprise of a request whose body does not name one; the request's session is
     confined to it."""
-    enterprise_id = resolve_enterprise(principal, x_enterprise_id)
+    enterprise_id = principal.acting_for(x_enterprise_id)
     scope_session(session, enterprise_id)
     return enterprise_id
 

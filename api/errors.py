@@ -1,6 +1,8 @@
 """One error type for the API and the handlers that turn every failure into JSON.
 
-Every error body is `{"error": {"code", "message", "details"?}}`; nothing answers a bare 500.
+Domain errors (shared/errors.py) and database errors get their status here, in one table, for
+a request's error and for each event of a bulk request alike. Every error body is
+`{"error": {"code", "message", "details"?}}`; nothing answers a bare 500.
 """
 
 from __future__ import annotations
@@ -16,6 +18,17 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.errors import (
+    DomainError,
+    InvalidInput,
+    MissingInput,
+    NotAllowed,
+    NotFound,
+    StateConflict,
+    TooLarge,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +88,72 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     return details
 
 
+# The HTTP status of each kind of domain error: the one place the domain meets HTTP.
+DOMAIN_STATUS: dict[type[DomainError], int] = {
+    MissingInput: 400,
+    NotAllowed: 403,
+    NotFound: 404,
+    StateConflict: 409,
+    TooLarge: 413,
+    InvalidInput: 422,
+    Unavailable: 503,
+}
+
+_DATABASE_DOWN = (OperationalError, PoolTimeoutError, psycopg.OperationalError)
+_UNSTORABLE = (DataError, psycopg.DataError)
+_DATABASE_ERROR = (DBAPIError, psycopg.Error)
+
+
+def api_error_of(exc: BaseException) -> ApiError | None:
+    """The answer to an error the API knows: its own, the domain's, the database's (the
+    trigger recorder's psycopg connection included); None for anything else (a bug: 500)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, DomainError):
+        status = next(DOMAIN_STATUS[kind] for kind in type(exc).__mro__ if kind in DOMAIN_STATUS)
+        headers = None
+        if isinstance(exc, Unavailable):
+            headers = {"Retry-After": str(exc.retry_after_seconds)}
+        return ApiError(status, exc.code, exc.message, exc.details, headers)
+    if isinstance(exc, _DATABASE_DOWN):
+        return ApiError(
+            503,
+            "database_unavailable",
+            "the database is unavailable, try again",
+            headers={"Retry-After": "2"},
+        )
+    if isinstance(exc, _UNSTORABLE):
+        # SQLSTATE class 22 (or psycopg refusing a value before sending it): the request carried
+        # a value PostgreSQL cannot store, e.g. a NUL character in a string or in JSON.
+        return ApiError(
+            422,
+            "invalid_value",
+            "the request contains a value that cannot be stored "
+            "(for example a NUL character in a string)",
+        )
+    if isinstance(exc, _DATABASE_ERROR):
+        return ApiError(503, "database_error", "the database could not complete the request")
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register handlers so that every failure is a JSON error with the right status."""
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+    async def _known(_: Request, exc: Exception) -> JSONResponse:
+        error = api_error_of(exc)
+        assert error is not None  # registered only for the classes api_error_of knows
+        if isinstance(exc, _DATABASE_DOWN):
+            log.warning("database unavailable: %s", exc)
+        elif isinstance(exc, _UNSTORABLE):
+            log.info("value refused by the database: %s", getattr(exc, "orig", exc))
+        elif isinstance(exc, _DATABASE_ERROR):
+            log.error("database error", exc_info=exc)
+        return error_response(
+            error.status_code, error.code, error.message, error.details, error.headers
+        )
+
+    for known in (ApiError, DomainError, *_DATABASE_DOWN, *_UNSTORABLE, *_DATABASE_ERROR):
+        app.add_exception_handler(known, _known)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -95,37 +168,6 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, message, headers=exc.headers)
-
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(PoolTimeoutError)
-    @app.exception_handler(psycopg.OperationalError)  # the trigger recorder's own connection
-    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
-        log.warning("database unavailable: %s", exc)
-        return error_response(
-            503,
-            "database_unavailable",
-            "the database is unavailable, try again",
-            headers={"Retry-After": "2"},
-        )
-
-    @app.exception_handler(DataError)
-    @app.exception_handler(psycopg.DataError)
-    async def _unstorable_value(_: Request, exc: Exception) -> JSONResponse:
-        # SQLSTATE class 22 (or psycopg refusing a value before sending it): the request carried
-        # a value PostgreSQL cannot store, e.g. a NUL character in a string or in JSON.
-        log.info("value refused by the database: %s", getattr(exc, "orig", exc))
-        return error_response(
-            422,
-            "invalid_value",
-            "the request contains a value that cannot be stored "
-            "(for example a NUL character in a string)",
-        )
-
-    @app.exception_handler(DBAPIError)
-    @app.exception_handler(psycopg.Error)
-    async def _database_error(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("database error")
-        return error_response(503, "database_error", "the database could not complete the request")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

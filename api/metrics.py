@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from fastapi import APIRouter, Response
 from prometheus_client import (
@@ -12,7 +13,11 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.notifications.recorder import trigger_recorder
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 REQUESTS = Counter(
@@ -29,23 +34,31 @@ LATENCY = Histogram(
     registry=REGISTRY,
 )
 
-# The trigger recorder (api/ingest.py): rows per batch and per message tell how well single
-# triggers are being grouped.
-RECORDED_BATCHES = Counter(
-    "xnovu_trigger_batches_total",
-    "Transactions in which the trigger recorder committed single triggers.",
-    registry=REGISTRY,
-)
-RECORDED_ROWS = Counter(
-    "xnovu_trigger_rows_total",
-    "Single triggers the trigger recorder committed.",
-    registry=REGISTRY,
-)
-PUBLISHED_MESSAGES = Counter(
-    "xnovu_trigger_messages_total",
-    "deliver_batch messages the trigger recorder published.",
-    registry=REGISTRY,
-)
+
+
+class RecorderCollector(Collector):
+    """The process's trigger recorder (shared/notifications/recorder.py): rows per transaction
+    and per message tell how well triggers are being grouped."""
+
+    def collect(self) -> Iterator[Metric]:
+        recorder = trigger_recorder()
+        for name, help_text, value in (
+            (
+                "xnovu_trigger_batches",
+                "Transactions in which the trigger recorder committed triggers.",
+                recorder.batches,
+            ),
+            ("xnovu_trigger_rows", "Triggers the trigger recorder committed.", recorder.rows),
+            (
+                "xnovu_trigger_messages",
+                "deliver_batch messages the trigger recorder published.",
+                recorder.messages,
+            ),
+        ):
+            yield CounterMetricFamily(name, help_text, value=value)
+
+
+REGISTRY.register(RecorderCollector())
 
 router = APIRouter(tags=["health"])
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.enums import ApiKeyScope
 from shared.db.models import ApiKey
+from shared.errors import MissingInput, NotAllowed
 
 KEY_PREFIX = "xnk_"
 DISPLAY_PREFIX_LENGTH = 12
@@ -27,6 +28,27 @@ class Principal:
     key_id: int
     scope: ApiKeyScope
     enterprise_id: uuid.UUID | None
+
+    @property
+    def actor(self) -> str:
+        """What rows this caller creates record as their `created_by`."""
+        return f"api-key:{self.key_id}"
+
+    def acting_for(self, requested: uuid.UUID | None) -> uuid.UUID:
+        """The enterprise a request acts for. An enterprise key acts for its own only
+        (NotAllowed when a request names another); a service key acts for the enterprise the
+        request names (MissingInput when it names none)."""
+        if self.scope is ApiKeyScope.ENTERPRISE:
+            assert self.enterprise_id is not None
+            if requested is not None and requested != self.enterprise_id:
+                raise NotAllowed("forbidden", "this API key cannot act for that enterprise")
+            return self.enterprise_id
+        if requested is None:
+            raise MissingInput(
+                "enterprise_required",
+                "a service key must name the enterprise (enterpriseId or X-Enterprise-Id)",
+            )
+        return requested
 
 
 def hash_api_key(plaintext: str) -> str:
@@ -80,13 +102,9 @@ def ensure_api_key(
     return row
 
 
-def authenticate(session: Session, plaintext: str) -> Principal | None:
-    """The principal of a live key, or None for unknown, revoked or deactivated keys."""
-    return authenticate_hash(session, hash_api_key(plaintext))
-
-
 def authenticate_hash(session: Session, key_hash: str) -> Principal | None:
-    """authenticate() for a key already hashed."""
+    """The principal of a key by its hash (hash_api_key); None when unknown, revoked or
+    deactivated."""
     row = session.execute(
         select(ApiKey.id, ApiKey.scope, ApiKey.enterprise_id).where(
             ApiKey.key_hash == key_hash,

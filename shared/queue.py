@@ -1,6 +1,7 @@
 """Task and queue names, the Celery configuration both sides share, and publishing by name.
 
-The API publishes `deliver_notification` by name only: it never imports worker internals.
+The API publishes `deliver_batch` by name only: it never imports worker internals. Callers
+publish through `shared.notifications.publisher`, which leaves rows for beat when this fails.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import enum
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class TaskName(enum.StrEnum):
+    # Nothing publishes it any more; the worker still consumes messages of it queued before an
+    # upgrade (docs/architecture.md, "Upgrading").
     DELIVER_NOTIFICATION = "xnovu.deliver_notification"
     DELIVER_BATCH = "xnovu.deliver_batch"
     RECONCILE = "xnovu.reconcile"
@@ -43,7 +46,8 @@ TASK_QUEUES: dict[TaskName, QueueName] = {
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings that make a message's loss or repetition harmless (DESIGN rule 4)."""
+    """Celery settings that make a message's loss or repetition harmless
+    (docs/architecture.md, guarantee 5)."""
     broker = settings.require_redis_url()
     return {
         "broker_url": broker,
@@ -202,21 +206,6 @@ def _send(messages: Sequence[tuple[TaskName, Sequence[Any]]], countdown: float |
         )
 
 
-def publish_deliver(
-    items: Iterable[tuple[int, uuid.UUID]], *, countdown: float | None = None
-) -> list[int]:
-    """Publish deliver(id, enterprise) messages; returns the ids that could not be published."""
-    items = list(items)
-    if not items:
-        return []
-    try:
-        _send([(TaskName.DELIVER_NOTIFICATION, [nid, str(eid)]) for nid, eid in items], countdown)
-    except Exception as exc:  # broker down: the reconciler will publish these later
-        log.warning("publish failed for %d notifications: %s", len(items), exc)
-        return [nid for nid, _ in items]
-    return []
-
-
 def queue_depth(queue: QueueName) -> int | None:
     """Messages waiting in `queue` (not those workers already hold); None when the broker
     cannot be reached."""
@@ -235,22 +224,25 @@ def queue_depth(queue: QueueName) -> int | None:
 # -- batched delivery (bulk triggers) -----------------------------------------------------------
 
 # Ids one deliver_batch message carries: the task sends them to Novu in bulk calls of at most
-# 100 events, several calls in flight at once (see shared.batch_delivery).
+# 100 events, several calls in flight at once (see shared.notifications.delivery).
 MAX_BATCH_MESSAGE_IDS = 1000
 
 
 def publish_deliver_batch(
-    enterprise_id: uuid.UUID, notification_ids: Sequence[int], *, countdown: float | None = None
+    enterprise_id: uuid.UUID,
+    notification_ids: Sequence[int],
+    *,
+    countdown: float | None = None,
+    ids_per_message: int | None = None,
 ) -> list[int]:
-    """Publish deliver_batch(enterprise, ids) messages of at most MAX_BATCH_MESSAGE_IDS ids, one
-    enterprise per message; returns the ids that could not be published."""
+    """Publish deliver_batch(enterprise, ids) messages of at most `ids_per_message` ids
+    (MAX_BATCH_MESSAGE_IDS at most), one enterprise per message; returns the ids that could not
+    be published."""
     ids = list(notification_ids)
     if not ids:
         return []
-    chunks = [
-        ids[start : start + MAX_BATCH_MESSAGE_IDS]
-        for start in range(0, len(ids), MAX_BATCH_MESSAGE_IDS)
-    ]
+    size = min(ids_per_message or MAX_BATCH_MESSAGE_IDS, MAX_BATCH_MESSAGE_IDS)
+    chunks = [ids[start : start + size] for start in range(0, len(ids), size)]
     try:
         _send(
             [(TaskName.DELIVER_BATCH, [str(enterprise_id), chunk]) for chunk in chunks], countdown

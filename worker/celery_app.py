@@ -16,7 +16,7 @@ settings = get_settings()
 
 app = Celery(
     "xnovu",
-    include=["worker.tasks.deliver", "worker.tasks.batch", "worker.tasks.maintenance"],
+    include=["worker.tasks.deliver", "worker.tasks.maintenance"],
 )
 app.conf.update(celery_config(settings))
 app.conf.beat_schedule = {

@@ -3,7 +3,7 @@
 Novu's workers do not render anything for a code-first workflow: for each step they POST
 `?action=execute&workflowId=W&stepId=S` to the bridge and deliver what it answers. XNovu renders
 every channel before it triggers Novu, so `execute` mostly hands back the content carried in
-the trigger payload (`payload._xnovu.rendered[stepId]`, see shared/delivery.py).
+the trigger payload (`payload._xnovu.rendered[stepId]`, see shared/notifications/novu_trigger.py).
 
 - protocol.py: actions, error codes, headers and versions of the protocol.
 - schemas.py: the JSON Schemas a step declares (controls, outputs, results per step type).

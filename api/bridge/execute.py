@@ -35,7 +35,7 @@ from api.bridge.catalog import CatalogCache
 from api.bridge.protocol import CHANNEL_BY_STEP_ID, PostAction, step_rank
 from api.bridge.schemas import OUTPUT_SCHEMAS, problems
 from shared.db.enums import ChannelType
-from shared.delivery import FALLBACK_BODY, FALLBACK_SUBJECT, XNOVU_PAYLOAD_KEY
+from shared.notifications.novu_trigger import FALLBACK_BODY, FALLBACK_SUBJECT, XNOVU_PAYLOAD_KEY
 from shared.templates.renderer import RenderedContent, TemplateNotFound, get_template_renderer
 from shared.templates.sandbox import RenderError
 from shared.workflows.instance import ChannelStep, WorkflowInstance

@@ -130,7 +130,7 @@ RESULT_SCHEMAS: dict[ChannelType, dict[str, Any]] = {
     ChannelType.CHAT: EMPTY_SCHEMA,
 }
 
-# Property under which XNovu's own data rides in the payload (shared/delivery.py).
+# Property under which XNovu's own data rides in the payload (shared/notifications/novu_trigger.py).
 XNOVU_PROPERTY: dict[str, Any] = {
     "type": "object",
     "description": "XNovu's delivery data: enterprise, notification and rendered content",

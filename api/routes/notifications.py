@@ -12,10 +12,10 @@ from api.deps import EnterpriseDep, SessionDep
 from api.errors import ApiError, not_found
 from api.schemas.notifications import CancelRequest, NotificationPage, NotificationRead
 from shared.db.enums import NotificationStatus
-from shared.notifications.service import CancelOutcome, NotificationService
+from shared.notifications.publisher import publish_enterprise
+from shared.notifications.service import CancelResult, NotificationService
 from shared.novu.client import get_novu_client
 from shared.novu.errors import NovuError
-from shared.queue import publish_deliver
 from shared.settings import get_settings
 
 router = APIRouter(prefix="/api/notifications", tags=["notifications"])
@@ -97,13 +97,13 @@ def cancel_notification(
         cancel_at_novu=cancel_at_novu,
     )
     session.commit()
-    if outcome is CancelOutcome.NOT_FOUND or row is None:
+    if outcome is CancelResult.NOT_FOUND or row is None:
         raise not_found("notification")
-    if outcome is CancelOutcome.ALREADY_DELIVERED:
+    if outcome is CancelResult.ALREADY_DELIVERED:
         raise ApiError(
             409, "already_delivered", "Novu has already delivered this notification's steps"
         )
-    if outcome is CancelOutcome.INVALID_STATE:
+    if outcome is CancelResult.INVALID_STATE:
         raise ApiError(
             409,
             "invalid_state",
@@ -127,5 +127,5 @@ def retry_notification(
             "invalid_state",
             f"a {row.notification_status.value} notification cannot be retried",
         )
-    publish_deliver([(row.id, enterprise_id)])
+    publish_enterprise(enterprise_id, [row.id])
     return NotificationRead.of(row)

@@ -8,16 +8,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.schemas.notifications import TriggerRequest
 from shared.db.enums import NotificationStatus
+from shared.notifications.schemas import BulkTriggerEvent
+
+__all__ = [
+    "BulkEventError",
+    "BulkEventResult",
+    "BulkTriggerEvent",
+    "BulkTriggerRequest",
+    "BulkTriggerResponse",
+]
 
 MAX_BULK_TRIGGER_EVENTS = 1000
-
-
-class BulkTriggerEvent(TriggerRequest):
-    """One event of a bulk trigger: a single trigger's body plus its own idempotency key."""
-
-    idempotencyKey: str | None = Field(default=None, min_length=1, max_length=255)
 
 
 class BulkTriggerRequest(BaseModel):

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
+from shared.process import PerProcess
 from shared.settings import Settings, get_settings
 
 # Row-level security (migration 0003): an enterprise-scoped transaction runs as APP_ROLE with
@@ -19,11 +20,6 @@ from shared.settings import Settings, get_settings
 # system session and runs as the connecting role, e.g. the reconciler.
 APP_ROLE = "xnovu_app"
 _SCOPE = "xnovu_enterprise_scope"
-
-_lock = threading.Lock()
-_engine: Engine | None = None
-_engine_pid: int | None = None
-_factory: sessionmaker[Session] | None = None
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -51,27 +47,33 @@ def build_engine(settings: Settings) -> Engine:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Database:
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+
+def _connect() -> _Database:
+    engine = build_engine(get_settings())
+    return _Database(engine, sessionmaker(bind=engine, expire_on_commit=False, autoflush=False))
+
+
+def _drop_inherited(database: _Database) -> None:
+    # The parent's pool: drop it without closing its sockets, which the parent still uses.
+    database.engine.dispose(close=False)
+
+
+_database = PerProcess(_connect, inherited=_drop_inherited)
+
+
 def get_engine() -> Engine:
     """The engine of this process; a forked child builds its own instead of sharing sockets."""
-    global _engine, _engine_pid, _factory
-    pid = os.getpid()
-    if _engine is None or _engine_pid != pid:
-        with _lock:
-            if _engine is None or _engine_pid != pid:
-                if _engine is not None:
-                    # Inherited from the parent: drop the pool without closing its sockets.
-                    _engine.dispose(close=False)
-                _engine = build_engine(get_settings())
-                _engine_pid = pid
-                _factory = sessionmaker(bind=_engine, expire_on_commit=False, autoflush=False)
-    return _engine
+    return _database.get().engine
 
 
 def session_factory() -> sessionmaker[Session]:
     """The process's session factory."""
-    get_engine()
-    assert _factory is not None
-    return _factory
+    return _database.get().sessions
 
 
 def scope_session(session: Session, enterprise_id: uuid.UUID | None) -> None:
@@ -100,13 +102,9 @@ def _apply_scope(
 
 def reset_engine() -> None:
     """Forget the engine (tests that change DATABASE_URL, and process shutdown)."""
-    global _engine, _engine_pid, _factory
-    with _lock:
-        if _engine is not None:
-            _engine.dispose()
-        _engine = None
-        _engine_pid = None
-        _factory = None
+    database = _database.forget()
+    if database is not None:
+        database.engine.dispose()
 
 
 @contextmanager

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -37,6 +35,7 @@ from shared.novu.schemas import (
     TriggerResult,
     canonical_json,
 )
+from shared.process import PerProcess
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -323,23 +322,18 @@ class NovuClient:
         return response
 
 
-_shared_client: NovuClient | None = None
-_shared_client_pid: int | None = None
-_shared_client_lock = threading.Lock()
+def _client_from_settings() -> NovuClient:
+    from shared.settings import get_settings
+
+    return NovuClient.from_settings(get_settings())
+
+
+_client = PerProcess(_client_from_settings)
 
 
 def get_novu_client() -> NovuClient:
     """The process's pooled client, built from settings; a forked child builds its own."""
-    global _shared_client, _shared_client_pid
-    pid = os.getpid()
-    if _shared_client is None or _shared_client_pid != pid:
-        with _shared_client_lock:
-            if _shared_client is None or _shared_client_pid != pid:
-                from shared.settings import get_settings
-
-                _shared_client = NovuClient.from_settings(get_settings())
-                _shared_client_pid = pid
-    return _shared_client
+    return _client.get()
 
 
 __all__ = [

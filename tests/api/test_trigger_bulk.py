@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
-from shared.db.session import get_engine, transaction
+from shared.db.session import transaction
+from shared.notifications import recorder
 from tests.conftest import make_tenant, signup_payload
 
 
@@ -38,18 +40,22 @@ def _rows(ids: list[int]) -> dict[int, Notification]:
 
 
 @pytest.fixture()
-def inserts() -> Iterator[list[str]]:
-    """The INSERT statements on ent_notification this process sends while the test runs."""
+def inserts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The INSERT statements on ent_notification this process's trigger recorder sends while
+    the test runs (it records on a psycopg connection of its own, outside the engine)."""
     seen: list[str] = []
+    real_insert_pending = recorder.insert_pending
 
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("INSERT INTO NOTIFY.ENT_NOTIFICATION "):
-            seen.append(statement)
+    def insert_pending(execute: Any, **arguments: Any) -> Any:
+        def watched(statement: str, parameters: dict[str, Any]) -> Any:
+            if statement.lstrip().upper().startswith("INSERT INTO NOTIFY.ENT_NOTIFICATION "):
+                seen.append(statement)
+            return execute(statement, parameters)
 
-    engine = get_engine()
-    event.listen(engine, "before_cursor_execute", record)
+        return real_insert_pending(watched, **arguments)
+
+    monkeypatch.setattr(recorder, "insert_pending", insert_pending)
     yield seen
-    event.remove(engine, "before_cursor_execute", record)
 
 
 def test_mixed_events_get_their_own_results_and_valid_ones_are_recorded(client, tenant):
@@ -248,19 +254,25 @@ def test_values_postgresql_cannot_store_are_rejected_for_that_event_only(client,
 def test_when_the_broker_is_down_events_are_still_accepted_and_left_for_beat(
     client, tenant, monkeypatch
 ):
-    import api.routes.trigger_bulk as route
+    import shared.notifications.publisher as publisher
 
     published: list[list[int]] = []
 
-    def broker_down(enterprise_id: uuid.UUID, ids: list[int]) -> list[int]:
+    def broker_down(enterprise_id: uuid.UUID, ids: list[int], **_: Any) -> list[int]:
         published.append(list(ids))
         return list(ids)  # nothing could be published
 
-    monkeypatch.setattr(route, "publish_deliver_batch", broker_down)
+    monkeypatch.setattr(publisher, "publish_deliver_batch", broker_down)
     events = [_event(scheduledFor=None), _event(scheduledFor=None), _event()]
     results = _bulk(client, tenant.headers, events).json()["results"]
     assert [r["statusCode"] for r in results] == [202, 202, 202]
     due_ids = [results[0]["notificationId"], results[1]["notificationId"]]
+    # The recorder answers first and publishes right after: wait for that publish.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (
+        published and all(row.enqueued_at is None for row in _rows(due_ids).values())
+    ):
+        time.sleep(0.05)
     assert published == [due_ids]  # one message for the due ones; the scheduled one waits
     rows = _rows(due_ids)
     assert all(row.enqueued_at is None for row in rows.values())  # beat publishes them

@@ -93,15 +93,15 @@ def test_trigger_while_redis_hangs_is_accepted_within_its_timeouts_and_sent_afte
 def test_retry_that_cannot_be_published_is_released_by_beat_when_due(
     client, tenant, worker, emulator, stack
 ):
-    from worker.tasks.deliver import deliver_notification
+    from worker.tasks.deliver import deliver_batch
 
     stack.redis.stop()
     try:
         answer, _ = _trigger_timed(client, tenant)
         emulator.post("/_emulator/faults", json={"status": 500}).raise_for_status()
         # One attempt, run here: Novu fails it, and its countdown message cannot be published.
-        outcome = deliver_notification(answer["notificationId"], str(tenant.enterprise_id))
-        assert outcome == "retry"
+        report = deliver_batch(str(tenant.enterprise_id), [answer["notificationId"]])
+        assert report["retried"] == 1
         with transaction() as session:
             row = session.scalars(
                 select(Notification).where(Notification.id == answer["notificationId"])

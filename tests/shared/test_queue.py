@@ -15,7 +15,6 @@ from shared.queue import (
     RedisTaskWriter,
     TaskName,
     producer,
-    publish_deliver,
     publish_deliver_batch,
     task_writer,
 )
@@ -77,7 +76,7 @@ def test_the_writer_writes_what_send_task_writes(
     assert from_writer["headers"]["id"] == from_writer["properties"]["correlation_id"]
 
 
-def test_publish_helpers_write_one_message_per_batch_and_one_per_notification(
+def test_publish_writes_one_message_per_batch_or_per_notification_when_asked(
     broker: redis.Redis, scratch: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writer = task_writer()
@@ -88,15 +87,15 @@ def test_publish_helpers_write_one_message_per_batch_and_one_per_notification(
     )
     enterprise = uuid.uuid4()
     assert publish_deliver_batch(enterprise, list(range(1, 2502))) == []
-    assert publish_deliver([(7, enterprise), (8, enterprise)]) == []
+    assert publish_deliver_batch(enterprise, [7, 8], ids_per_message=1) == []
     messages = [_shape(m) for m in _pop_all(broker, scratch)]
     tasks = [(m["headers"]["task"], m["body"][0]) for m in messages]
     assert tasks == [
         (TaskName.DELIVER_BATCH.value, [str(enterprise), list(range(1, 1001))]),
         (TaskName.DELIVER_BATCH.value, [str(enterprise), list(range(1001, 2001))]),
         (TaskName.DELIVER_BATCH.value, [str(enterprise), list(range(2001, 2502))]),
-        (TaskName.DELIVER_NOTIFICATION.value, [7, str(enterprise)]),
-        (TaskName.DELIVER_NOTIFICATION.value, [8, str(enterprise)]),
+        (TaskName.DELIVER_BATCH.value, [str(enterprise), [7]]),
+        (TaskName.DELIVER_BATCH.value, [str(enterprise), [8]]),
     ]
 
 
@@ -107,5 +106,5 @@ def test_an_unreachable_broker_returns_every_id_as_unpublished(
     unreachable = RedisTaskWriter(producer(), "redis://127.0.0.1:1/0")
     monkeypatch.setattr("shared.queue.task_writer", lambda: unreachable)
     enterprise = uuid.uuid4()
-    assert publish_deliver([(1, enterprise), (2, enterprise)]) == [1, 2]
+    assert publish_deliver_batch(enterprise, [1, 2], ids_per_message=1) == [1, 2]
     assert publish_deliver_batch(enterprise, [3, 4, 5]) == [3, 4, 5]

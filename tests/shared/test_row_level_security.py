@@ -11,20 +11,11 @@ from sqlalchemy.exc import ProgrammingError
 
 from shared.db.models import ApiKey, Notification, NotificationTemplate, NotificationWorkflow
 from shared.db.session import scope_session, session_factory, transaction
-from shared.notifications.service import NewNotification, NotificationService
+from tests.rows import insert_notification
 
 
 def _notification(enterprise: uuid.UUID) -> int:
-    with transaction(enterprise) as session:
-        row, _ = NotificationService(session).create_notification(
-            NewNotification(
-                enterprise_id=enterprise,
-                workflow_key="user-signup",
-                payload={"userId": "u"},
-                recipients=["u"],
-            )
-        )
-        return row.id
+    return insert_notification(enterprise).notification_id
 
 
 def test_an_unscoped_query_sees_only_the_current_enterprise(stack):
@@ -65,15 +56,8 @@ def test_a_session_confined_to_no_enterprise_sees_no_rows(stack):
 
 def test_a_row_for_another_enterprise_cannot_be_inserted(stack):
     a = uuid.uuid4()
-    with pytest.raises(ProgrammingError, match="row-level security"), transaction(a) as session:
-        NotificationService(session).create_notification(
-            NewNotification(
-                enterprise_id=uuid.uuid4(),
-                workflow_key="user-signup",
-                payload={},
-                recipients=["u"],
-            )
-        )
+    with pytest.raises(ProgrammingError, match="row-level security"):
+        insert_notification(a, row_enterprise_id=uuid.uuid4(), payload={})
 
 
 def test_the_scoped_role_is_neither_owner_nor_superuser(stack):

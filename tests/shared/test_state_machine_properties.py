@@ -1,7 +1,7 @@
 """Property test of the notification state machine against the real database.
 
 Hypothesis interleaves every actor's transition on a few notifications: the worker's claim,
-mark_sent / mark_failed / schedule_retry with the current or a stale attempt number, cancels
+recording SENT / FAILED / a retry (record_outcomes) with the current or a stale attempt, cancels
 (retract_pending, retract_sent, and NotificationService.cancel_notification with Novu saying
 yes or no), the retry API (requeue_failed, NotificationService.retry_notification), and the
 reconciler's expire_leases after a worker "died". Each step runs in one transaction that first
@@ -43,7 +43,8 @@ from shared.db.enums import NotificationStatus as S
 from shared.db.models import Notification as N
 from shared.db.session import transaction
 from shared.notifications import transitions
-from shared.notifications.service import CancelOutcome, NewNotification, NotificationService
+from shared.notifications.service import CancelResult, NotificationService
+from tests.rows import claim, insert_notification, record
 
 MAX_ATTEMPTS = 3
 LEASE_SECONDS = 30
@@ -137,18 +138,19 @@ class NotificationMachine(RuleBasedStateMachine):
     @rule(target=notifications)
     def create(self) -> Tracked:
         with transaction() as session:
-            row, created = NotificationService(session).create_notification(
-                NewNotification(
-                    enterprise_id=self.enterprise_id,
-                    # No such workflow: should a test worker pick it up, it fails it at once.
-                    workflow_key="state-machine-probe",
-                    payload={},
-                    recipients=["probe"],
-                )
+            row = insert_notification(
+                self.enterprise_id,
+                session=session,
+                # No such workflow: should a test worker pick it up, it fails it at once.
+                workflow_key="state-machine-probe",
+                payload={},
+                recipients=["probe"],
             )
-            assert created and row.notification_status is S.PENDING and row.attempts == 0
-            first = _read(session, row.id, self.enterprise_id, lock=False)
-        target = Tracked(row.id, self.enterprise_id, last=first, history=[first.status])
+            first = _read(session, row.notification_id, self.enterprise_id, lock=False)
+            assert first.status is S.PENDING and first.attempts == 0
+        target = Tracked(
+            row.notification_id, self.enterprise_id, last=first, history=[first.status]
+        )
         self.tracked.append(target)
         return target
 
@@ -187,6 +189,10 @@ class NotificationMachine(RuleBasedStateMachine):
     def _key(target: Tracked) -> tuple[int, uuid.UUID]:
         return target.notification_id, target.enterprise_id
 
+    @staticmethod
+    def _outcome_key(target: Tracked) -> tuple[uuid.UUID, int]:
+        return target.enterprise_id, target.notification_id
+
     def _ids(self, target: Tracked) -> dict[str, Any]:
         return {"notification_id": target.notification_id, "enterprise_id": target.enterprise_id}
 
@@ -197,9 +203,7 @@ class NotificationMachine(RuleBasedStateMachine):
     @rule(notification=notifications)
     def claim(self, notification: Tracked) -> None:
         def act(session: Session, row: Row) -> bool:
-            claimed = transitions.claim_pending(
-                session, **self._ids(notification), lease_seconds=LEASE_SECONDS
-            )
+            claimed = claim(session, *self._key(notification), lease_seconds=LEASE_SECONDS)
             return claimed is not None
 
         self._step(notification, "claim", act, lambda row: row.status is S.PENDING and row.due)
@@ -207,8 +211,8 @@ class NotificationMachine(RuleBasedStateMachine):
     @rule(notification=notifications, stale=st.booleans())
     def mark_sent(self, notification: Tracked, stale: bool) -> None:
         def act(session: Session, row: Row) -> bool:
-            return transitions.mark_sent(
-                session, **self._ids(notification), attempt=self._attempt(row, stale)
+            return record(
+                session, *self._outcome_key(notification), self._attempt(row, stale), S.SENT
             )
 
         self._step(
@@ -218,10 +222,11 @@ class NotificationMachine(RuleBasedStateMachine):
     @rule(notification=notifications, stale=st.booleans())
     def mark_failed(self, notification: Tracked, stale: bool) -> None:
         def act(session: Session, row: Row) -> bool:
-            return transitions.mark_failed(
+            return record(
                 session,
-                **self._ids(notification),
-                attempt=self._attempt(row, stale),
+                *self._outcome_key(notification),
+                self._attempt(row, stale),
+                S.FAILED,
                 error={"code": "probe"},
             )
 
@@ -239,13 +244,14 @@ class NotificationMachine(RuleBasedStateMachine):
         self, notification: Tracked, stale: bool, delay: float, published: bool
     ) -> None:
         def act(session: Session, row: Row) -> bool:
-            return transitions.schedule_retry(
+            return record(
                 session,
-                **self._ids(notification),
-                attempt=self._attempt(row, stale),
-                delay_seconds=delay,
+                *self._outcome_key(notification),
+                self._attempt(row, stale),
+                S.PENDING,
                 error={"code": "probe"},
-                message_published=published,
+                retry_in=delay,
+                by_message=published,
             )
 
         self._step(
@@ -287,16 +293,16 @@ class NotificationMachine(RuleBasedStateMachine):
                 cancel_at_novu=lambda _transaction_id: novu_cancels,
             )
             expected_outcome = {
-                S.PENDING: CancelOutcome.RETRACTED,
+                S.PENDING: CancelResult.RETRACTED,
                 S.SENT: (
-                    CancelOutcome.RETRACTED if novu_cancels else CancelOutcome.ALREADY_DELIVERED
+                    CancelResult.RETRACTED if novu_cancels else CancelResult.ALREADY_DELIVERED
                 ),
-                S.RETRACTED: CancelOutcome.ALREADY_RETRACTED,
-                S.PROCESSING: CancelOutcome.INVALID_STATE,
-                S.FAILED: CancelOutcome.INVALID_STATE,
+                S.RETRACTED: CancelResult.ALREADY_RETRACTED,
+                S.PROCESSING: CancelResult.INVALID_STATE,
+                S.FAILED: CancelResult.INVALID_STATE,
             }[row.status]
             assert outcome is expected_outcome, f"cancel from {row.status}: {outcome}"
-            return outcome is CancelOutcome.RETRACTED
+            return outcome is CancelResult.RETRACTED
 
         self._step(
             notification,

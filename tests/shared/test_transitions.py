@@ -11,29 +11,19 @@ from shared.db.enums import NotificationStatus as S
 from shared.db.models import Notification
 from shared.db.session import transaction
 from shared.notifications import transitions
-from shared.notifications.service import NewNotification, NotificationService
+from shared.notifications.service import NotificationService
+from tests.rows import claim, insert_notification, record
 
 
 @pytest.fixture()
 def pending(stack):
     enterprise = uuid.uuid4()
-    with transaction() as session:
-        row, _ = NotificationService(session).create_notification(
-            NewNotification(
-                enterprise_id=enterprise,
-                workflow_key="user-signup",
-                payload={"userId": "u"},
-                recipients=["u"],
-            )
-        )
-    return row.id, enterprise
+    return insert_notification(enterprise).notification_id, enterprise
 
 
 def _claim(nid, enterprise):
     with transaction() as session:
-        return transitions.claim_pending(
-            session, notification_id=nid, enterprise_id=enterprise, lease_seconds=30
-        )
+        return claim(session, nid, enterprise, lease_seconds=30)
 
 
 def test_only_one_claim_wins(pending):
@@ -54,19 +44,9 @@ def test_claim_is_scoped_to_the_enterprise(pending):
 def test_claim_refuses_a_row_that_is_not_due(pending):
     nid, enterprise = pending
     with transaction() as session:
-        claimed = transitions.claim_pending(
-            session, notification_id=nid, enterprise_id=enterprise, lease_seconds=30
-        )
+        claimed = claim(session, nid, enterprise, lease_seconds=30)
         assert claimed is not None
-        transitions.schedule_retry(
-            session,
-            notification_id=nid,
-            enterprise_id=enterprise,
-            attempt=1,
-            delay_seconds=60,
-            error={},
-            message_published=False,
-        )
+        record(session, enterprise, nid, 1, S.PENDING, error={}, retry_in=60, by_message=False)
     assert _claim(nid, enterprise) is None
 
 
@@ -108,12 +88,8 @@ def test_a_stale_attempt_cannot_record_an_outcome(pending):
     second = _claim(nid, enterprise)
     assert second is not None and second.attempts == 2
     with transaction() as session:
-        assert not transitions.mark_sent(
-            session, notification_id=nid, enterprise_id=enterprise, attempt=1
-        )
-        assert transitions.mark_sent(
-            session, notification_id=nid, enterprise_id=enterprise, attempt=2
-        )
+        assert not record(session, enterprise, nid, 1, S.SENT)
+        assert record(session, enterprise, nid, 2, S.SENT)
 
 
 def test_expired_lease_on_the_last_attempt_fails_the_row(pending):
@@ -137,12 +113,8 @@ def test_sent_cannot_go_back_to_pending_or_failed(pending):
     nid, enterprise = pending
     assert _claim(nid, enterprise) is not None
     with transaction() as session:
-        assert transitions.mark_sent(
-            session, notification_id=nid, enterprise_id=enterprise, attempt=1
-        )
-        assert not transitions.mark_failed(
-            session, notification_id=nid, enterprise_id=enterprise, attempt=1, error={}
-        )
+        assert record(session, enterprise, nid, 1, S.SENT)
+        assert not record(session, enterprise, nid, 1, S.FAILED, error={})
         assert (
             transitions.retract_pending(
                 session, notification_id=nid, enterprise_id=enterprise, reason=None
@@ -153,22 +125,3 @@ def test_sent_cannot_go_back_to_pending_or_failed(pending):
             transitions.requeue_failed(session, notification_id=nid, enterprise_id=enterprise)
             is None
         )
-
-
-def test_update_notification_status_follows_the_state_machine(pending):
-    nid, enterprise = pending
-    with transaction() as session:
-        service = NotificationService(session)
-        assert service.update_notification_status(nid, S.SENT, enterprise) is None  # not claimed
-        assert service.update_notification_status(nid, S.PENDING, uuid.uuid4()) is None
-        moved = service.update_notification_status(nid, S.PROCESSING, enterprise)
-        assert moved is not None and moved.notification_status is S.PROCESSING
-        failed = service.update_notification_status(nid, S.FAILED, enterprise, "provider down")
-        assert failed is not None and failed.error_details["message"] == "provider down"
-        with pytest.raises(ValueError):
-            service.update_notification_status(nid, S.PENDING, enterprise, transaction_id="other")
-        back = service.update_notification_status(nid, S.PENDING, enterprise)
-        assert back is not None and back.notification_status is S.PENDING
-        retracted = service.update_notification_status(nid, S.RETRACTED, enterprise)
-        assert retracted is not None and retracted.retracted_at is not None
-        assert service.update_notification_status(nid, S.SENT, enterprise) is None

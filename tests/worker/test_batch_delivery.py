@@ -1,4 +1,4 @@
-"""Batched delivery: bulk trigger → deliver_batch → Novu bulk calls, with DESIGN's guarantees.
+"""Batched delivery: bulk trigger → deliver_batch → Novu bulk calls, with every guarantee.
 
 End-to-end tests run the real worker against the emulator; the per-event classification and
 the attempt fence are also checked in-process against the real database, with a Novu that
@@ -20,11 +20,11 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from shared.batch_delivery import RowOutcome, deliver_batch, record_outcomes
 from shared.db.enums import NotificationStatus as S
 from shared.db.models import Notification
 from shared.db.session import transaction
-from shared.notifications.transitions import claim_due
+from shared.notifications.delivery import deliver
+from shared.notifications.repository import AttemptOutcome, claim_due, record_outcomes
 from shared.novu.client import NovuClient
 from shared.queue import publish_deliver_batch
 from shared.settings import get_settings
@@ -283,7 +283,7 @@ def test_an_event_novu_did_not_process_fails_only_its_row(client, tenant, stack)
         }
 
     with ThreadPoolExecutor(2) as pool:
-        report = deliver_batch(
+        report = deliver(
             tenant.enterprise_id,
             ids,
             novu=_fake_novu(answer),
@@ -317,7 +317,7 @@ def test_a_batch_of_one_sub_batch_is_sent_on_the_task_thread(client, tenant, sta
             "transactionId": event["transactionId"],
         }
 
-    report = deliver_batch(
+    report = deliver(
         tenant.enterprise_id,
         ids,
         novu=_fake_novu(answer),
@@ -354,14 +354,14 @@ def test_sub_batches_of_a_large_batch_are_claimed_and_sent_a_hundred_at_a_time(
 
     novu.trigger_bulk = counting  # type: ignore[method-assign]
     with ThreadPoolExecutor(4) as pool:
-        report = deliver_batch(
+        report = deliver(
             tenant.enterprise_id, ids, novu=novu, settings=get_settings(), executor=pool
         )
     assert sorted(sizes) == [30, 100, 100]
     assert (report.claimed, report.sent) == (230, 230)
     # A second message for the same ids finds nothing left to claim.
     with ThreadPoolExecutor(1) as pool:
-        again = deliver_batch(
+        again = deliver(
             tenant.enterprise_id, ids, novu=novu, settings=get_settings(), executor=pool
         )
     assert (again.claimed, again.skipped, again.novu_calls) == (0, 230, 0)
@@ -377,7 +377,7 @@ def test_an_outcome_of_an_attempt_that_lost_its_row_is_not_recorded(client, tena
     # The lease ran out and another worker claimed the first row again (attempt 2).
     with transaction() as session:
         session.execute(update(Notification).where(Notification.id == ids[0]).values(attempts=2))
-    outcomes = [RowOutcome(row.id, 1, S.SENT) for row in claimed]
+    outcomes = [AttemptOutcome(row.id, 1, S.SENT) for row in claimed]
     with transaction(tenant.enterprise_id) as session:
         moved = record_outcomes(session, enterprise_id=tenant.enterprise_id, outcomes=outcomes)
     assert moved == {ids[1]}
@@ -398,17 +398,17 @@ def test_a_claim_is_scoped_to_its_enterprise(client, tenant, stack):
 def test_a_batch_failing_half_way_still_records_the_calls_already_answered(
     client, tenant, stack, monkeypatch
 ):
-    import shared.batch_delivery as batch_delivery
+    import shared.notifications.delivery as delivery
 
     ids, _ = _pending_rows(client, tenant, 150)
-    real_build = batch_delivery.build_trigger_event
+    real_build = delivery.build_trigger_event
 
     def build(row):
         if row.id == ids[120]:  # in the second sub-batch, after the first call went out
             raise RuntimeError("unexpected")
         return real_build(row)
 
-    monkeypatch.setattr(batch_delivery, "build_trigger_event", build)
+    monkeypatch.setattr(delivery, "build_trigger_event", build)
 
     def answer(event: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -418,7 +418,7 @@ def test_a_batch_failing_half_way_still_records_the_calls_already_answered(
         }
 
     with ThreadPoolExecutor(2) as pool, pytest.raises(RuntimeError):
-        deliver_batch(
+        deliver(
             tenant.enterprise_id,
             ids,
             novu=_fake_novu(answer),

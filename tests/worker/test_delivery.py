@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
 from shared.db.session import transaction
-from shared.queue import publish_deliver
+from shared.queue import publish_deliver_batch
 from tests.conftest import signup_payload, wait_for_status
 
 pytestmark = pytest.mark.integration
@@ -138,7 +138,7 @@ def test_retracted_notification_is_never_sent_even_with_its_message_queued(
             .where(Notification.id == held["notificationId"])
             .values(scheduled_for=None)
         )
-    assert publish_deliver([(held["notificationId"], tenant.enterprise_id)]) == []
+    assert publish_deliver_batch(tenant.enterprise_id, [held["notificationId"]]) == []
     control = _trigger(client, tenant)
     wait_for_status(client, tenant, control["notificationId"], {"SENT"})
     time.sleep(0.5)

@@ -1,25 +1,33 @@
-"""deliver_notification: one attempt of one notification, by id."""
+"""The delivery task: one attempt of 1..N notifications of one enterprise.
+
+Every producer (the API's recorder, the `notificationId` trigger, the retry API, beat's
+release and reconcile, the task's own retries) publishes `deliver_batch(enterprise, ids)`;
+the task hands the ids to the one delivery engine (shared/notifications/delivery.py).
+"""
 
 from __future__ import annotations
 
-import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
-from shared.db.session import transaction
-from shared.delivery import Outcome, deliver
-from shared.notifications.transitions import clear_enqueued
+from shared.notifications.delivery import SENDS_IN_FLIGHT, deliver
+from shared.notifications.publisher import publish_enterprise
 from shared.novu.client import get_novu_client
-from shared.queue import TaskName, publish_deliver
+from shared.process import PerProcess
+from shared.queue import TaskName
 from shared.settings import get_settings
 from worker.celery_app import app
 
-log = logging.getLogger(__name__)
+# The threads that carry this process's Novu bulk calls (made after a prefork fork).
+_send_pool = PerProcess(
+    lambda: ThreadPoolExecutor(max_workers=SENDS_IN_FLIGHT, thread_name_prefix="novu-send")
+)
 
-# Options of every delivery task (single and batch).
+# Options of the delivery tasks (docs/architecture.md, guarantee 5).
 DELIVERY_TASK_OPTIONS: dict[str, Any] = {
     "bind": True,
     "acks_late": True,
@@ -30,28 +38,37 @@ DELIVERY_TASK_OPTIONS: dict[str, Any] = {
     "retry_backoff": True,
     "retry_backoff_max": 30,
     "max_retries": 5,
+    # Backstop only: every Novu call has its own timeout, and rows are claimed one sub-batch
+    # at a time, just before they are sent. A task killed here leaves its rows PROCESSING, and
+    # the reconciler retries them when their lease runs out.
+    "soft_time_limit": 120,
+    "time_limit": 150,
 }
 
 
-@app.task(
-    name=TaskName.DELIVER_NOTIFICATION.value,
-    **DELIVERY_TASK_OPTIONS,
-    # Backstop only: Novu calls and rendering have their own, shorter limits. A task killed here
-    # leaves its row PROCESSING, and the reconciler retries it when the lease runs out.
-    soft_time_limit=45,
-    time_limit=60,
-)
-def deliver_notification(self: Task, notification_id: int, enterprise_id: str) -> str:
-    """Claim, render and hand one notification to Novu; schedule its retry if Novu failed."""
-    settings = get_settings()
+def _deliver(enterprise_id: str, notification_ids: list[int]) -> dict[str, int]:
     enterprise = uuid.UUID(enterprise_id)
-    result = deliver(notification_id, enterprise, novu=get_novu_client(), settings=settings)
-    by_message = result.outcome is Outcome.RETRY and result.message_published
-    if by_message and result.retry_in is not None:
-        unpublished = publish_deliver([(notification_id, enterprise)], countdown=result.retry_in)
-        if unpublished:
-            # Redis is down: beat releases the row when it is due, instead of the reconciler
-            # finding it REDELIVER_AFTER_SECONDS later.
-            with transaction(enterprise) as session:
-                clear_enqueued(session, notification_ids=unpublished)
-    return result.outcome.value
+    report = deliver(
+        enterprise,
+        [int(notification_id) for notification_id in notification_ids],
+        novu=get_novu_client(),
+        settings=get_settings(),
+        executor=_send_pool.get(),
+    )
+    for delay, ids in report.retries:
+        publish_enterprise(enterprise, ids, countdown=delay)
+    return report.as_dict()
+
+
+@app.task(name=TaskName.DELIVER_BATCH.value, **DELIVERY_TASK_OPTIONS)
+def deliver_batch(self: Task, enterprise_id: str, notification_ids: list[int]) -> dict[str, int]:
+    """Claim, render and hand up to 1,000 notifications to Novu; publish the retries of a
+    failed call as countdown messages."""
+    return _deliver(enterprise_id, notification_ids)
+
+
+@app.task(name=TaskName.DELIVER_NOTIFICATION.value, **DELIVERY_TASK_OPTIONS)
+def deliver_notification(self: Task, notification_id: int, enterprise_id: str) -> dict[str, int]:
+    """The single-notification task of earlier releases: consumes messages still queued from
+    before an upgrade, as a deliver_batch of one (docs/architecture.md, "Upgrading")."""
+    return _deliver(enterprise_id, [notification_id])

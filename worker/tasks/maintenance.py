@@ -10,7 +10,8 @@ import logging
 
 from shared.db.session import transaction
 from shared.notifications import transitions
-from shared.queue import QueueName, TaskName, publish_deliver, queue_depth
+from shared.notifications.publisher import publish_deliveries
+from shared.queue import QueueName, TaskName, queue_depth
 from shared.settings import get_settings
 from worker.celery_app import app
 
@@ -32,7 +33,7 @@ def release_due_notifications() -> int:
         rows = transitions.mark_enqueued(
             session, stale_after_seconds=None, limit=settings.reconcile_batch_size
         )
-    return _publish(rows)
+    return publish_deliveries(rows)
 
 
 @app.task(name=TaskName.RECONCILE.value, acks_late=False)
@@ -55,7 +56,8 @@ def reconcile() -> dict[str, int]:
                 stale_after_seconds=settings.redeliver_after_seconds,
                 limit=min(room, settings.reconcile_batch_size),
             )
-    published = _publish([*requeued, *stale])
+    # Stale rows go one per message: the throttle above counts messages.
+    published = publish_deliveries(requeued) + publish_deliveries(stale, ids_per_message=1)
     if requeued or stale or failed:
         log.info(
             "reconcile: %d leases expired, %d failed, %d republished",
@@ -64,11 +66,3 @@ def reconcile() -> dict[str, int]:
             len(stale),
         )
     return {"leases_expired": len(requeued), "failed": failed, "republished": published}
-
-
-def _publish(items: list[transitions.Target]) -> int:
-    failed = publish_deliver(items)
-    if failed:
-        with transaction() as session:
-            transitions.clear_enqueued(session, notification_ids=failed)
-    return len(items) - len(failed)

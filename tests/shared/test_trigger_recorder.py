@@ -1,4 +1,4 @@
-"""The trigger recorder (api/ingest.py): triggers that arrive together share one transaction,
+"""The trigger recorder (shared/notifications/recorder.py): triggers that arrive together share one
 and each still gets its own row, its own answer, and the rules of a single trigger."""
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import psycopg
 import pytest
 from sqlalchemy import func, select
 
-from api.errors import ApiError
-from api.ingest import TriggerRecorder
+from api.errors import api_error_of
 from shared.db.models import Notification
 from shared.db.session import transaction
-from shared.notifications.bulk import BulkNotification, BulkOutcome, BulkRecorded
+from shared.errors import Unavailable
+from shared.notifications.recorder import TriggerRecorder
+from shared.notifications.repository import NewNotification, Recorded, RecordResult
 from tests.conftest import Stack, Tenant, signup_payload
 
 
@@ -29,7 +30,7 @@ def recorder(stack: Stack) -> Iterator[TriggerRecorder]:
     recorder.stop()
 
 
-def _notification(**fields: Any) -> BulkNotification:
+def _notification(**fields: Any) -> NewNotification:
     # A future schedule: nothing is published, so no worker takes part.
     values: dict[str, Any] = {
         "index": 0,
@@ -38,12 +39,12 @@ def _notification(**fields: Any) -> BulkNotification:
         "recipients": ["someone"],
         "scheduled_for": dt.datetime.now(dt.UTC) + dt.timedelta(days=1),
     }
-    return BulkNotification(**{**values, **fields})
+    return NewNotification(**{**values, **fields})
 
 
 async def _record_all(
-    recorder: TriggerRecorder, enterprise_id: uuid.UUID, notifications: list[BulkNotification]
-) -> list[BulkRecorded | BaseException]:
+    recorder: TriggerRecorder, enterprise_id: uuid.UUID, notifications: list[NewNotification]
+) -> list[Recorded | BaseException]:
     return await asyncio.gather(
         *(recorder.record(enterprise_id, "test", n) for n in notifications),
         return_exceptions=True,
@@ -64,9 +65,9 @@ def test_concurrent_triggers_share_transactions_and_each_gets_its_own_row(
     notifications = [_notification(payload=signup_payload(f"user-{i}")) for i in range(60)]
     results = asyncio.run(_record_all(recorder, tenant.enterprise_id, notifications))
 
-    assert all(isinstance(r, BulkRecorded) for r in results), results
-    recorded = [r for r in results if isinstance(r, BulkRecorded)]
-    assert {r.outcome for r in recorded} == {BulkOutcome.CREATED}
+    assert all(isinstance(r, Recorded) for r in results), results
+    recorded = [r for r in results if isinstance(r, Recorded)]
+    assert {r.result for r in recorded} == {RecordResult.CREATED}
     rows = _rows(tenant.enterprise_id)
     assert len({r.notification_id for r in recorded}) == 60 == len(rows)
     for notification, result in zip(notifications, recorded, strict=True):
@@ -90,11 +91,11 @@ def test_an_idempotency_key_repeated_within_one_batch_is_one_notification(
     other_body = _notification(idempotency_key="k-1", request_fingerprint="f-2")
     results = asyncio.run(_record_all(recorder, tenant.enterprise_id, [same, same, other_body]))
 
-    first, replay, conflict = (r for r in results if isinstance(r, BulkRecorded))
-    assert (first.outcome, replay.outcome, conflict.outcome) == (
-        BulkOutcome.CREATED,
-        BulkOutcome.REPLAYED,
-        BulkOutcome.CONFLICT,
+    first, replay, conflict = (r for r in results if isinstance(r, Recorded))
+    assert (first.result, replay.result, conflict.result) == (
+        RecordResult.CREATED,
+        RecordResult.REPLAYED,
+        RecordResult.CONFLICT,
     )
     assert first.notification_id == replay.notification_id == conflict.notification_id
     assert len(_rows(tenant.enterprise_id)) == 1
@@ -110,7 +111,7 @@ def test_a_value_postgresql_refuses_fails_only_its_own_trigger(
     results = asyncio.run(_record_all(recorder, tenant.enterprise_id, [*good[:3], bad, *good[3:]]))
 
     assert isinstance(results[3], psycopg.DataError)
-    created = [r for r in results if isinstance(r, BulkRecorded)]
+    created = [r for r in results if isinstance(r, Recorded)]
     assert len(created) == 5
     assert {r.notification_id for r in created} == set(_rows(tenant.enterprise_id))
 
@@ -134,7 +135,7 @@ def test_a_trigger_the_recorder_cannot_take_in_time_is_a_503_and_never_recorded(
     try:
         assert locked.wait(10)
 
-        async def scenario() -> list[BulkRecorded | BaseException]:
+        async def scenario() -> list[Recorded | BaseException]:
             first = asyncio.ensure_future(
                 recorder.record(tenant.enterprise_id, "test", _notification())
             )
@@ -155,7 +156,9 @@ def test_a_trigger_the_recorder_cannot_take_in_time_is_a_503_and_never_recorded(
         holder.join(10)
         recorder.stop()
 
-    assert isinstance(first, BulkRecorded) and first.outcome is BulkOutcome.CREATED
+    assert isinstance(first, Recorded) and first.result is RecordResult.CREATED
     for error in late:
-        assert isinstance(error, ApiError) and error.status_code == 503, error
+        assert isinstance(error, Unavailable), error
+        answer = api_error_of(error)
+        assert answer is not None and answer.status_code == 503, error
     assert set(_rows(tenant.enterprise_id)) == {first.notification_id}

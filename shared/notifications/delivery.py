@@ -1,7 +1,7 @@
-"""Delivering many notifications of one enterprise: claim → render → Novu bulk trigger → record.
+"""The delivery engine: one attempt of 1..N notifications of one enterprise.
 
-The batch counterpart of `shared.delivery.deliver`, with the same rules (DESIGN.md, "Never
-lost, never sent twice"), applied to up to 100 rows per statement:
+claim → render → Novu bulk trigger → record, for a lone notification and for a thousand
+alike, keeping docs/architecture.md's guarantees 2 to 5, up to 100 rows per statement:
 
 - claim: one `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)` moves the due PENDING
   rows among the given ids to PROCESSING (attempt + 1, a lease) and commits. A row another
@@ -12,8 +12,11 @@ lost, never sent twice"), applied to up to 100 rows per statement:
   decides its row; a failure of the whole call decides every row of the call: retryable →
   the whole sub-batch is retried later, permanent → each event is sent alone, so that one bad
   event cannot fail the others.
+- decide: one rule for every failure (`_failed_call`): permanent → FAILED with Novu's answer;
+  retryable → PENDING with a capped, jittered backoff honouring Retry-After, or FAILED
+  `attempts_exhausted` on the last attempt.
 - record: one `UPDATE … FROM unnest(…)` writes every row's outcome (SENT, FAILED, or PENDING
-  with next_attempt_at), each fenced by the attempt it claimed, as the single path is.
+  with next_attempt_at), each fenced by the attempt it claimed.
 
 Novu's latency does not serialise the task: the sub-batches of one message are pipelined,
 up to SENDS_IN_FLIGHT bulk calls in flight on a thread pool while the task thread claims and
@@ -35,13 +38,18 @@ from sqlalchemy import Connection
 
 from shared.db.enums import NotificationStatus as S
 from shared.db.session import connection, enterprise_transaction
-from shared.delivery import (
+from shared.notifications.novu_trigger import (
     PermanentDeliveryError,
     PreparedTrigger,
     attempt_idempotency_key,
     build_trigger_event,
 )
-from shared.notifications.transitions import ClaimedRow, RowOutcome, claim_due, record_outcomes
+from shared.notifications.repository import (
+    AttemptOutcome,
+    ClaimedRow,
+    claim_due,
+    record_outcomes,
+)
 from shared.novu.client import NovuClient, bulk_idempotency_key
 from shared.novu.errors import NovuError, NovuPermanentError, NovuRetryableError, result_error
 from shared.novu.retry import backoff_delay
@@ -56,20 +64,10 @@ SUB_BATCH_SIZE = MAX_BULK_EVENTS
 # Novu bulk calls one task keeps in flight while it prepares the next sub-batch.
 SENDS_IN_FLIGHT = 4
 
-__all__ = [
-    "SENDS_IN_FLIGHT",
-    "SUB_BATCH_SIZE",
-    "BatchReport",
-    "ClaimedRow",
-    "RowOutcome",
-    "deliver_batch",
-    "record_outcomes",
-]
-
 
 @dataclass
-class BatchReport:
-    """Counts of one batch, and the retries to publish as countdown messages."""
+class DeliveryReport:
+    """Counts of one delivery task, and the retries to publish as countdown messages."""
 
     claimed: int = 0
     sent: int = 0
@@ -92,9 +90,6 @@ class BatchReport:
         }
 
 
-# -- one batch ------------------------------------------------------------------------------
-
-
 CallResult = list[TriggerResult] | NovuError
 
 
@@ -104,19 +99,20 @@ class _Flight:
 
     rows: list[ClaimedRow]
     prepared: dict[int, PreparedTrigger]
-    decided: list[RowOutcome]
+    decided: list[AttemptOutcome]
     call: Future[CallResult] | None
 
 
-def deliver_batch(
+def deliver(
     enterprise_id: uuid.UUID,
     notification_ids: Sequence[int],
     *,
     novu: NovuClient,
     settings: Settings,
     executor: Executor,
-) -> BatchReport:
-    """Run one delivery attempt of each due PENDING row among the ids and record the outcomes.
+) -> DeliveryReport:
+    """Run one delivery attempt of each due PENDING row among the ids (one or many) and record
+    the outcomes. Ids that are not due, claimed elsewhere, sent or cancelled are skipped.
 
     The ids are handled in sub-batches of SUB_BATCH_SIZE, each claimed and recorded by one
     statement; up to SENDS_IN_FLIGHT of their Novu calls run at once on `executor`. A message
@@ -126,7 +122,7 @@ def deliver_batch(
 
     Every statement of the batch runs on one pooled connection, checked out once.
     """
-    report = BatchReport()
+    report = DeliveryReport()
     window: deque[_Flight] = deque()
     ids = list(dict.fromkeys(notification_ids))  # a repeated id is claimed once anyway
     run: Executor | None = executor if len(ids) > SUB_BATCH_SIZE else None
@@ -168,7 +164,7 @@ def _launch(
     novu: NovuClient,
     settings: Settings,
     executor: Executor | None,
-    report: BatchReport,
+    report: DeliveryReport,
 ) -> _Flight | None:
     """Claim a sub-batch, render it, and start its Novu call (on `executor`, or made here and
     already answered when there is none); None when nothing was claimed."""
@@ -187,13 +183,13 @@ def _launch(
     get_registry().observe_generation(enterprise_id, generation)
 
     prepared: dict[int, PreparedTrigger] = {}
-    decided: list[RowOutcome] = []
+    decided: list[AttemptOutcome] = []
     for row in rows:
         try:
             prepared[row.id] = build_trigger_event(row)
         except PermanentDeliveryError as exc:
             error = {"code": exc.code, "message": str(exc), "attempt": row.attempts}
-            decided.append(RowOutcome(row.id, row.attempts, S.FAILED, error=error))
+            decided.append(AttemptOutcome(row.id, row.attempts, S.FAILED, error=error))
     call: Future[CallResult] | None = None
     if prepared:
         to_send = [row for row in rows if row.id in prepared]
@@ -225,7 +221,7 @@ def _land(
     novu: NovuClient,
     settings: Settings,
     executor: Executor,
-    report: BatchReport,
+    report: DeliveryReport,
 ) -> None:
     """Wait for a sub-batch's call, decide each row, and record them all in one statement."""
     outcomes = list(flight.decided)
@@ -235,7 +231,7 @@ def _land(
         if isinstance(result, NovuPermanentError) and len(sent_rows) > 1:
             outcomes.extend(_one_by_one(sent_rows, flight, novu, settings, executor, report))
         elif isinstance(result, NovuError):
-            outcomes.extend(_whole_call_failed(sent_rows, result, settings))
+            outcomes.extend(_failed_call(sent_rows, result, settings))
         else:
             for row, event_result in zip(sent_rows, result, strict=True):
                 outcomes.append(_event_outcome(row, flight.prepared[row.id], event_result))
@@ -258,26 +254,30 @@ def _land(
     report.retries.extend(retry_groups.items())
 
 
-def _event_outcome(row: ClaimedRow, prepared: PreparedTrigger, result: TriggerResult) -> RowOutcome:
+def _event_outcome(
+    row: ClaimedRow, prepared: PreparedTrigger, result: TriggerResult
+) -> AttemptOutcome:
     """SENT when Novu processed the event; FAILED with Novu's answer when it did not."""
     error = result_error(result)
     if error is None:
-        return RowOutcome(
+        return AttemptOutcome(
             row.id, row.attempts, S.SENT, render_fallbacks=prepared.render_fallbacks or None
         )
-    return RowOutcome(
+    return AttemptOutcome(
         row.id, row.attempts, S.FAILED, error=_novu_error("novu_rejected", error, row.attempts)
     )
 
 
-def _whole_call_failed(
+def _failed_call(
     rows: Sequence[ClaimedRow], exc: NovuError, settings: Settings
-) -> list[RowOutcome]:
-    """Every row of a call that failed as a whole: FAILED when permanent or out of attempts,
-    otherwise back to PENDING with one backoff delay for the whole sub-batch."""
+) -> list[AttemptOutcome]:
+    """The one retry decision: every row of a Novu call that failed as a whole is FAILED when
+    the error is permanent or the row is on its last attempt, otherwise back to PENDING with
+    one backoff delay for the whole call. Retries sooner than MAX_COUNTDOWN_SECONDS ride a
+    countdown message; later ones wait in the database for beat."""
     if isinstance(exc, NovuPermanentError):
         return [
-            RowOutcome(
+            AttemptOutcome(
                 row.id, row.attempts, S.FAILED, _novu_error("novu_rejected", exc, row.attempts)
             )
             for row in rows
@@ -295,10 +295,10 @@ def _whole_call_failed(
         error = _novu_error("novu_unavailable", exc, row.attempts)
         if row.attempts >= settings.delivery_max_attempts:
             error["code"] = "attempts_exhausted"
-            outcomes.append(RowOutcome(row.id, row.attempts, S.FAILED, error=error))
+            outcomes.append(AttemptOutcome(row.id, row.attempts, S.FAILED, error=error))
         else:
             outcomes.append(
-                RowOutcome(
+                AttemptOutcome(
                     row.id,
                     row.attempts,
                     S.PENDING,
@@ -317,8 +317,8 @@ def _one_by_one(
     novu: NovuClient,
     settings: Settings,
     executor: Executor,
-    report: BatchReport,
-) -> list[RowOutcome]:
+    report: DeliveryReport,
+) -> list[AttemptOutcome]:
     """Novu refused the bulk call as a whole (one event too large, say): send each event on
     its own, as the single path would, so that each row gets its own answer."""
     calls: list[Future[CallResult]] = []
@@ -327,11 +327,11 @@ def _one_by_one(
         send = partial(_trigger_one, novu, flight.prepared[row.id].event, key)
         calls.append(executor.submit(_call, send))
     report.novu_calls += len(calls)
-    outcomes: list[RowOutcome] = []
+    outcomes: list[AttemptOutcome] = []
     for row, call in zip(rows, calls, strict=True):
         result = call.result()
         if isinstance(result, NovuError):
-            outcomes.extend(_whole_call_failed([row], result, settings))
+            outcomes.extend(_failed_call([row], result, settings))
         else:
             outcomes.append(_event_outcome(row, flight.prepared[row.id], result[0]))
     return outcomes

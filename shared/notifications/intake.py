@@ -1,0 +1,349 @@
+"""Intake: every trigger enters here, whoever sends it (single, bulk, `notificationId`).
+
+`accept` runs the same checks on every trigger (enterprise, workflow, payload size and schema,
+recipients, storable values), builds its row with the fingerprint its Idempotency-Key is
+compared by, has the process's recorder commit it, and answers each trigger on its own: an
+`Accepted`, or the error that trigger answers with (a `DomainError`, or a database error). A
+trigger naming `notificationId` asks to deliver a PENDING row another service recorded: it is
+checked the same way, and published if due. See docs/architecture.md, "The life of one
+notification".
+
+A lone trigger is checked on the event loop (it costs tens of microseconds when the registry
+is fresh, less than a hand-off to a thread); many are checked on a worker thread, so a bulk
+request cannot hold the loop for the milliseconds its checks take.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+from sqlalchemy import select
+
+from shared.apikeys import Principal
+from shared.db.enums import NotificationStatus
+from shared.db.models import Notification
+from shared.db.session import transaction
+from shared.errors import DomainError, InvalidInput, NotFound, StateConflict, TooLarge
+from shared.notifications.publisher import publish_enterprise
+from shared.notifications.recorder import Answer, trigger_recorder
+from shared.notifications.repository import (
+    NewNotification,
+    Recorded,
+    RecordResult,
+    is_due,
+    json_text,
+)
+from shared.notifications.schemas import TriggerRequest
+from shared.payloads import payload_errors
+from shared.settings import Settings, get_settings
+from shared.workflows.instance import WorkflowInstance
+from shared.workflows.registry import get_registry
+
+# A NUL character as json.dumps writes it: `\u0000` after an even number of backslashes (an odd
+# number means the backslash itself was escaped, i.e. the text holds a literal "\u0000").
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """One trigger to accept: its body, its Idempotency-Key, its position in its request."""
+
+    request: TriggerRequest
+    idempotency_key: str | None = None
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A trigger recorded as (or naming) a PENDING notification."""
+
+    index: int
+    enterprise_id: uuid.UUID
+    workflow_key: str
+    notification_id: int
+    transaction_id: str
+    scheduled_for: dt.datetime | None
+    replayed: bool = False
+
+    @property
+    def due(self) -> bool:
+        return is_due(self.scheduled_for)
+
+
+# What became of one trigger: accepted, or the error it answers with.
+Result = Accepted | BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class _Existing:
+    """A checked trigger naming a notification another service recorded."""
+
+    index: int
+    enterprise_id: uuid.UUID
+    notification_id: int
+    workflow_key: str
+
+
+_Checked = tuple[uuid.UUID, NewNotification] | _Existing | DomainError
+
+
+async def accept(
+    triggers: Sequence[Trigger], *, principal: Principal, enterprise_id: uuid.UUID | None = None
+) -> list[Result]:
+    """Check, record and publish triggers; a result for each, in order. `enterprise_id` is the
+    one the request names for triggers whose body names none."""
+    settings = get_settings()
+    if len(triggers) == 1:
+        checked = [await _check_one(triggers[0], principal, enterprise_id, settings)]
+    else:
+        checked = await anyio.to_thread.run_sync(
+            _check_all, triggers, principal, enterprise_id, settings
+        )
+
+    results: list[Result | None] = [None] * len(triggers)
+    position = {trigger.index: number for number, trigger in enumerate(triggers)}
+    new: dict[uuid.UUID, list[NewNotification]] = {}
+    existing: dict[uuid.UUID, list[_Existing]] = {}
+    for number, item in enumerate(checked):
+        if isinstance(item, DomainError):
+            results[number] = item
+        elif isinstance(item, _Existing):
+            existing.setdefault(item.enterprise_id, []).append(item)
+        else:
+            new.setdefault(item[0], []).append(item[1])
+
+    for enterprise, notifications in new.items():
+        answers = await trigger_recorder().record_all(enterprise, principal.actor, notifications)
+        for notification, answer in zip(notifications, answers, strict=True):
+            results[position[notification.index]] = _result(answer, enterprise)
+    for enterprise, items in existing.items():
+        for item, result in await _trigger_existing_async(enterprise, items):
+            results[position[item.index]] = result
+    return [result for result in results if result is not None]
+
+
+async def _check_one(
+    trigger: Trigger, principal: Principal, default: uuid.UUID | None, settings: Settings
+) -> _Checked:
+    request = trigger.request
+    try:
+        enterprise = principal.acting_for(request.enterpriseId or default)
+        registry = get_registry()
+        if registry.is_fresh(enterprise):  # from memory: no I/O
+            workflow = resolve_workflow(request.workflowId, enterprise)
+        else:
+            workflow = await anyio.to_thread.run_sync(
+                resolve_workflow, request.workflowId, enterprise
+            )
+        return check(trigger, enterprise, workflow, settings)
+    except DomainError as exc:
+        return exc
+
+
+def _check_all(
+    triggers: Sequence[Trigger],
+    principal: Principal,
+    default: uuid.UUID | None,
+    settings: Settings,
+) -> list[_Checked]:
+    checked: list[_Checked] = []
+    for trigger in triggers:
+        try:
+            enterprise = principal.acting_for(trigger.request.enterpriseId or default)
+            workflow = resolve_workflow(trigger.request.workflowId, enterprise)
+            checked.append(check(trigger, enterprise, workflow, settings))
+        except DomainError as exc:
+            checked.append(exc)
+    return checked
+
+
+def check(
+    trigger: Trigger, enterprise_id: uuid.UUID, workflow: WorkflowInstance, settings: Settings
+) -> tuple[uuid.UUID, NewNotification] | _Existing:
+    """Every check of one trigger for its enterprise and workflow; what to record, or which
+    recorded notification it names. Raises the DomainError the trigger answers with."""
+    request = trigger.request
+    check_payload(workflow, request.payload, settings)
+    if request.notificationId is not None:
+        return _Existing(trigger.index, enterprise_id, request.notificationId, request.workflowId)
+    recipients = resolve_recipients(request, workflow, enterprise_id, settings)
+    for name, value in (
+        ("overrides", request.overrides),
+        ("recipients", recipients),
+        ("tags", request.tags),
+        ("idempotencyKey", trigger.idempotency_key),
+    ):
+        if value is not None:
+            storable_json(value, name)
+    notification = NewNotification(
+        index=trigger.index,
+        workflow_key=request.workflowId,
+        notification_workflow_id=workflow.workflow_id,
+        payload=request.payload,
+        recipients=recipients,
+        overrides=request.overrides,
+        tags=request.tags,
+        scheduled_for=request.scheduledFor,
+        idempotency_key=trigger.idempotency_key,
+        request_fingerprint=_fingerprint(request, enterprise_id, trigger.idempotency_key),
+    )
+    return enterprise_id, notification
+
+
+def resolve_workflow(workflow_id: str, enterprise_id: uuid.UUID) -> WorkflowInstance:
+    """The workflow the key means for the enterprise; NotFound when unknown or unpublished."""
+    workflow = get_registry().get_workflow(workflow_id, enterprise_id)
+    if workflow is None:
+        raise NotFound("workflow_not_found", f"workflow {workflow_id!r} not found")
+    return workflow
+
+
+def check_payload(workflow: WorkflowInstance, payload: dict[str, Any], settings: Settings) -> None:
+    """InvalidInput for a value PostgreSQL cannot store, TooLarge over the payload limit (bytes
+    of its JSON), InvalidInput naming each field that fails the workflow's schema."""
+    size = len(storable_json(payload, "payload").encode())
+    if size > settings.max_payload_bytes:
+        raise TooLarge("payload_too_large", f"payload exceeds {settings.max_payload_bytes} bytes")
+    errors = payload_errors(workflow.payload_schema, payload)
+    if errors:
+        raise InvalidInput(
+            "invalid_payload", "the payload does not match the workflow's schema", errors
+        )
+
+
+def resolve_recipients(
+    request: TriggerRequest,
+    workflow: WorkflowInstance,
+    enterprise_id: uuid.UUID,
+    settings: Settings,
+) -> list[str]:
+    """Who receives it: the trigger's recipients or subscriberId, else the subscriber the
+    workflow derives from the payload, else the enterprise itself (its own Novu subscriber,
+    as the original XNovu's default subscriber). InvalidInput over MAX_RECIPIENTS."""
+    if request.recipients:
+        chosen = list(request.recipients)
+    elif request.subscriberId:
+        chosen = [request.subscriberId]
+    else:
+        derived = workflow.default_subscriber(request.payload)
+        subscriber = derived.get("subscriberId") if derived else None
+        chosen = [str(subscriber)] if subscriber else [str(enterprise_id)]
+    if len(chosen) > settings.max_recipients:
+        raise InvalidInput("too_many_recipients", f"at most {settings.max_recipients} recipients")
+    return chosen
+
+
+def storable_json(value: Any, field: str) -> str:
+    """The value's JSON text, refusing what PostgreSQL cannot store (NUL characters, lone
+    surrogates, NaN) so that one such trigger cannot fail the statement its group shares."""
+    try:
+        text = json_text(value)
+    except ValueError:
+        raise InvalidInput("invalid_value", f"{field} holds NaN or Infinity") from None
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            "invalid_value", f"{field} holds text that is not valid Unicode"
+        ) from None
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
+        raise InvalidInput("invalid_value", f"{field} holds a NUL character")
+    return text
+
+
+def _fingerprint(
+    request: TriggerRequest, enterprise_id: uuid.UUID, idempotency_key: str | None
+) -> str | None:
+    """What a later use of the key is compared by: the body without its own key (a bulk
+    event's idempotencyKey), so the same body sent to either endpoint is the same request.
+    Only a key's later uses compare fingerprints: none without a key."""
+    if idempotency_key is None:
+        return None
+    body = {
+        "enterpriseId": str(enterprise_id),
+        "body": request.model_dump(mode="json", exclude={"idempotencyKey"}),
+    }
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _result(answer: Answer, enterprise_id: uuid.UUID) -> Result:
+    if not isinstance(answer, Recorded):
+        return answer
+    if answer.result is RecordResult.CONFLICT:
+        return InvalidInput(
+            "idempotency_key_reused",
+            "this idempotency key was used with a different request body",
+            {"notificationId": answer.notification_id},
+        )
+    return Accepted(
+        answer.index,
+        enterprise_id,
+        answer.workflow_key,
+        answer.notification_id,
+        answer.transaction_id,
+        answer.scheduled_for,
+        replayed=answer.result is RecordResult.REPLAYED,
+    )
+
+
+async def _trigger_existing_async(
+    enterprise_id: uuid.UUID, items: list[_Existing]
+) -> list[tuple[_Existing, Result]]:
+    try:
+        return await anyio.to_thread.run_sync(trigger_existing, enterprise_id, items)
+    except Exception as exc:  # the database: every one of them answers with it
+        return [(item, exc) for item in items]
+
+
+def trigger_existing(
+    enterprise_id: uuid.UUID, items: Sequence[_Existing]
+) -> list[tuple[_Existing, Result]]:
+    """Triggers naming notifications another service recorded (the original `notificationId`):
+    each must be this enterprise's, of the named workflow and PENDING; the due ones are
+    published once read."""
+    with transaction(enterprise_id) as session:
+        rows = {
+            row.id: row
+            for row in session.scalars(
+                select(Notification).where(
+                    Notification.id.in_([item.notification_id for item in items]),
+                    Notification.enterprise_id == enterprise_id,
+                )
+            )
+        }
+    results: list[tuple[_Existing, Result]] = []
+    due: list[int] = []
+    for item in items:
+        row = rows.get(item.notification_id)
+        result: Result
+        if row is None:
+            result = NotFound("not_found", "notification not found")
+        elif row.workflow_key != item.workflow_key:
+            message = "the notification belongs to another workflow"
+            result = InvalidInput("workflow_mismatch", message)
+        elif row.notification_status is not NotificationStatus.PENDING:
+            message = f"the notification is {row.notification_status.value}, not PENDING"
+            result = StateConflict("invalid_state", message)
+        else:
+            result = Accepted(
+                item.index,
+                enterprise_id,
+                row.workflow_key,
+                row.id,
+                row.transaction_id,
+                row.scheduled_for,
+            )
+            if is_due(row.scheduled_for) and row.id not in due:
+                due.append(row.id)
+        results.append((item, result))
+    publish_enterprise(enterprise_id, due)
+    return results

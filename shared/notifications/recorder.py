@@ -1,0 +1,373 @@
+"""Group commit: the triggers that arrive together, single or bulk, share one transaction.
+
+A commit is an fsync, and a Celery message a round trip to Redis, so an API process does not
+pay for them per trigger. Intake hands every checked trigger to the process's one recorder
+thread and awaits the answer. The thread takes whatever has queued up (at least one
+submission, up to TRIGGER_BATCH_MAX_ROWS rows), records each enterprise's share with one
+INSERT in one row-level-security scoped transaction, commits, answers the waiting requests, and
+publishes their deliveries as deliver_batch messages (see _Held: under load, a few batches
+share a message). Nothing waits on a timer to form a batch: a lone trigger is recorded at once,
+and under load the batches grow by themselves while the previous commit is in flight. A bulk
+request is one submission, recorded in the same batch as whatever else waits.
+
+The guarantees hold per notification (docs/architecture.md, guarantees 1 and 6): the row is
+committed before its 202; the message is published after the commit (if Redis is down,
+`enqueued_at` is cleared and beat publishes it); a crash between commit and publish leaves a
+PENDING row the reconciler republishes. A request whose client went away still has its row
+recorded, as any request whose answer is lost (callers retry with an Idempotency-Key).
+
+One trigger that PostgreSQL refuses must not fail the others it shares a statement with:
+intake refuses unstorable values before they get here, and a group that still fails with a
+data error is recorded again one notification per transaction, so that only the bad one fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, cast
+
+import psycopg
+from psycopg.rows import namedtuple_row
+from sqlalchemy.exc import SQLAlchemyError
+
+from shared.db.session import APP_ROLE, SCOPE_SQL, get_engine
+from shared.errors import Unavailable
+from shared.notifications.publisher import publish_enterprise
+from shared.notifications.repository import NewNotification, Recorded, insert_pending
+from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+# One trigger's answer: its row, or the error its request answers with.
+Answer = Recorded | BaseException
+
+
+@dataclass(slots=True)
+class _Submission:
+    """Triggers of one enterprise (and caller) to record, and the request awaiting them."""
+
+    enterprise_id: uuid.UUID
+    created_by: str
+    notifications: Sequence[NewNotification]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[Answer]]
+    taken: bool = False  # the recorder has it: its answers will come
+    abandoned: bool = False  # it waited too long to be taken: answered 503, never recorded
+
+
+# A submission and its answers, one per notification.
+_Settlement = tuple[_Submission, list[Answer]]
+
+_STOP = None
+
+# How long committed rows may wait, under load, for others to share their deliver_batch
+# message; and how many ids make a message worth sending at once.
+PUBLISH_MAX_DELAY_SECONDS = 0.005
+PUBLISH_MAX_IDS = 500
+
+# How long a trigger may wait for the recorder to take it: as long as a request waited for a
+# pooled connection before (the pool's timeout), then 503.
+QUEUE_TIMEOUT_SECONDS = 2.0
+
+
+class TriggerRecorder:
+    """The recorder thread of one API process (see the module's docstring)."""
+
+    def __init__(self, max_rows: int, queue_timeout: float = QUEUE_TIMEOUT_SECONDS) -> None:
+        self.max_rows = max_rows
+        self.queue_timeout = queue_timeout
+        self._queue: queue.SimpleQueue[_Submission | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        self._connection = _Connection()
+        self._held = _Held()
+        # Counters for /metrics: transactions, rows committed, deliver_batch messages.
+        self.batches = 0
+        self.rows = 0
+
+    @property
+    def messages(self) -> int:
+        return self._held.messages
+
+    async def record(
+        self, enterprise_id: uuid.UUID, created_by: str, notification: NewNotification
+    ) -> Recorded:
+        """Record one notification and return its committed row; its error is raised."""
+        [answer] = await self.record_all(enterprise_id, created_by, [notification])
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    async def record_all(
+        self,
+        enterprise_id: uuid.UUID,
+        created_by: str,
+        notifications: Sequence[NewNotification],
+    ) -> list[Answer]:
+        """Record notifications of one enterprise and answer each with its committed row (its
+        delivery is published right after) or the error its request answers with: a database
+        error as it would be raised by the request's own transaction, or Unavailable when the
+        recorder could not take them in time (then none was recorded)."""
+        self._ensure_running()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Answer]] = loop.create_future()
+        submission = _Submission(enterprise_id, created_by, notifications, loop, future)
+        self._queue.put(submission)
+        expiry = loop.call_later(self.queue_timeout, self._expire, submission)
+        try:
+            return await future
+        finally:
+            expiry.cancel()
+
+    def _expire(self, submission: _Submission) -> None:
+        """A submission still queued after `queue_timeout` (the database is slow or gone) is
+        answered 503 and will never be recorded; one the recorder has taken waits for its
+        answers, whatever they are, so that a 503 always means "not recorded"."""
+        with self._lock:
+            if submission.taken or submission.future.done():
+                return
+            submission.abandoned = True
+        submission.future.set_exception(
+            Unavailable("database_unavailable", "the database is unavailable, try again")
+        )
+
+    def _take(self, batch: list[_Submission]) -> list[_Submission]:
+        """The batch's submissions that were not abandoned, now marked taken."""
+        with self._lock:
+            for submission in batch:
+                submission.taken = not submission.abandoned
+        return [submission for submission in batch if submission.taken]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Record what is queued, then end the thread (the app's shutdown)."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+        self._queue.put(_STOP)
+        thread.join(timeout)
+
+    def _ensure_running(self) -> None:
+        pid = os.getpid()
+        if self._thread is not None and self._pid == pid and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or self._pid != pid or not self._thread.is_alive():
+                self._pid = pid
+                self._thread = threading.Thread(
+                    target=self._run, name="xnovu-trigger-recorder", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=self._held.wait_seconds())
+            except queue.Empty:  # the held ids are due for publishing
+                self._held.publish()
+                continue
+            if first is _STOP:
+                break
+            batch, stopping = self._gather(first)
+            batch = self._take(batch)
+            try:
+                settled = self._record_batch(batch)
+            except Exception as exc:  # a bug must not end the thread: fail this batch only
+                log.exception("recording a batch of %d submissions failed", len(batch))
+                settled = [(s, [exc] * len(s.notifications)) for s in batch]
+            _answer_all(settled)
+            if stopping:
+                break
+            if self._queue.empty() or self._held.due():
+                self._held.publish()
+        self._held.publish()
+        self._connection.close()
+
+    def _gather(self, first: _Submission) -> tuple[list[_Submission], bool]:
+        """`first` and whatever else waits, up to max_rows rows; and whether a stop came."""
+        batch = [first]
+        rows = len(first.notifications)
+        while rows < self.max_rows:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+            rows += len(item.notifications)
+        return batch, False
+
+    def _record_batch(self, batch: Sequence[_Submission]) -> list[_Settlement]:
+        groups: dict[tuple[uuid.UUID, str], list[_Submission]] = {}
+        for submission in batch:
+            groups.setdefault((submission.enterprise_id, submission.created_by), []).append(
+                submission
+            )
+        self.batches += 1
+        settled: list[_Settlement] = []
+        for (enterprise_id, created_by), submissions in groups.items():
+            notifications = [n for s in submissions for n in s.notifications]
+            answers = self._record_group(enterprise_id, created_by, notifications)
+            start = 0
+            for submission in submissions:
+                end = start + len(submission.notifications)
+                settled.append((submission, answers[start:end]))
+                start = end
+        return settled
+
+    def _record_group(
+        self, enterprise_id: uuid.UUID, created_by: str, notifications: list[NewNotification]
+    ) -> list[Answer]:
+        """One transaction of one enterprise's notifications; an answer for each."""
+        try:
+            recorded = self._connection.record(enterprise_id, created_by, notifications)
+        except (psycopg.OperationalError, SQLAlchemyError) as exc:
+            # The database is unavailable (or the pool could not connect): a 503 for each.
+            return [exc] * len(notifications)
+        except psycopg.Error as exc:
+            if len(notifications) == 1:
+                return [exc]
+            # Something in one notification was refused: record each on its own.
+            log.warning(
+                "a batch of %d triggers failed (%s); recording one by one", len(notifications), exc
+            )
+            return [
+                answer
+                for notification in notifications
+                for answer in self._record_group(enterprise_id, created_by, [notification])
+            ]
+        self._held.add(enterprise_id, recorded)
+        self.rows += len(recorded)
+        return list(recorded)
+
+
+class _Connection:
+    """The recorder's own PostgreSQL connection: one thread records every batch, so it needs
+    no pool, and a plain psycopg connection costs a fraction of an ORM session per batch. It is
+    opened through the process's engine (same URL, timeouts, statement_timeout) and dropped
+    after any error, to be opened again for the next batch."""
+
+    def __init__(self) -> None:
+        self._connection: psycopg.Connection[Any] | None = None
+
+    def record(
+        self,
+        enterprise_id: uuid.UUID,
+        created_by: str,
+        notifications: Sequence[NewNotification],
+    ) -> list[Recorded]:
+        """One transaction of one enterprise's notifications, committed, rows in the order
+        given."""
+        connection = self._open()
+        try:
+            with connection.transaction():
+                connection.execute(SCOPE_SQL, (APP_ROLE, str(enterprise_id)))
+                cursor = connection.cursor(row_factory=namedtuple_row)
+
+                def execute(sql: str, parameters: dict[str, Any]) -> Sequence[Any]:
+                    return cursor.execute(sql, parameters).fetchall()
+
+                return insert_pending(
+                    execute,
+                    enterprise_id=enterprise_id,
+                    notifications=notifications,
+                    created_by=created_by,
+                )
+        except psycopg.Error:
+            if connection.broken or connection.closed:
+                self.close()
+            raise
+
+    def _open(self) -> psycopg.Connection[Any]:
+        if self._connection is None or self._connection.closed:
+            fairy = get_engine().raw_connection()
+            fairy.detach()  # this thread's own, never returned to the pool
+            connection = cast("psycopg.Connection[Any]", fairy.dbapi_connection)
+            # The INSERT's generic plan is as good as a custom one (it reads no table to
+            # choose): let PostgreSQL reuse it rather than plan every batch.
+            connection.execute("SET plan_cache_mode = auto")
+            connection.commit()
+            self._connection = connection
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.close()
+            self._connection = None
+
+
+class _Held:
+    """Committed, due rows whose deliveries are not published yet: the recorder answers a
+    batch first and publishes after. When no trigger is waiting it publishes at once; under
+    load it lets the ids of a few batches gather, up to PUBLISH_MAX_DELAY_SECONDS or
+    PUBLISH_MAX_IDS, into one deliver_batch message per enterprise. A crash in between loses
+    no notification: the rows are committed with `enqueued_at`, and the reconciler republishes
+    them after REDELIVER_AFTER_SECONDS, as any message lost on its way to Redis."""
+
+    def __init__(self) -> None:
+        self._ids: dict[uuid.UUID, list[int]] = {}
+        self._count = 0
+        self._since = 0.0
+        self.messages = 0
+
+    def add(self, enterprise_id: uuid.UUID, recorded: Sequence[Recorded]) -> None:
+        due = [row.notification_id for row in recorded if row.publish]
+        if not due:
+            return
+        if not self._count:
+            self._since = time.monotonic()
+        self._ids.setdefault(enterprise_id, []).extend(due)
+        self._count += len(due)
+
+    def due(self) -> bool:
+        return self._count >= PUBLISH_MAX_IDS or (
+            self._count > 0 and time.monotonic() - self._since >= PUBLISH_MAX_DELAY_SECONDS
+        )
+
+    def wait_seconds(self) -> float | None:
+        """How long the recorder may wait for the next trigger before publishing."""
+        if not self._count:
+            return None
+        return max(0.0, self._since + PUBLISH_MAX_DELAY_SECONDS - time.monotonic())
+
+    def publish(self) -> None:
+        held, self._ids, self._count = self._ids, {}, 0
+        for enterprise_id, ids in held.items():
+            self.messages += 1
+            publish_enterprise(enterprise_id, ids)
+
+
+def _answer_all(settled: Sequence[_Settlement]) -> None:
+    """Wake the requests awaiting these answers, from the recorder thread: one call into each
+    event loop for the whole batch (each call wakes the loop through its self-pipe)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Settlement]] = {}
+    for item in settled:
+        by_loop.setdefault(item[0].loop, []).append(item)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, items)
+
+
+def _settle(settled: Sequence[_Settlement]) -> None:
+    """On the requests' loop: each future gets its answers."""
+    for submission, answers in settled:
+        if not submission.future.done():  # done: the request was cancelled (client went away)
+            submission.future.set_result(answers)
+
+
+@lru_cache(maxsize=1)
+def trigger_recorder() -> TriggerRecorder:
+    """The process's recorder."""
+    return TriggerRecorder(get_settings().trigger_batch_max_rows)

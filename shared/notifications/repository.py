@@ -1,0 +1,424 @@
+"""The statements of a notification's delivery path, as plain SQL: insert, claim, record.
+
+They run for every notification, so each is SQL text prepared once, taking arrays or one JSON
+document rather than a row per parameter, and read back as tuples: the ORM equivalents cost
+about six times the CPU per notification (docs/performance.md). Every statement runs inside
+its caller's transaction and never commits (docs/architecture.md, "Transactions").
+
+- `insert_pending`: PENDING rows of one enterprise, one statement per 1,000, with the
+  Idempotency-Key rules (guarantee 6).
+- `claim_due`: PENDING → PROCESSING with a lease, for the due rows nobody holds (guarantee 2).
+- `record_outcomes`: PROCESSING → SENT / FAILED / PENDING, each fenced by the attempt that
+  claimed it (guarantee 3).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, text
+from sqlalchemy.orm import Session
+
+from shared.db.enums import NotificationStatus as S
+from shared.db.models import Notification, RegistryGeneration
+
+TABLE: str = Notification.__table__.fullname  # type: ignore[attr-defined]
+_GENERATIONS: str = RegistryGeneration.__table__.fullname  # type: ignore[attr-defined]
+
+# Rows per INSERT: a bulk request (at most 1,000 events) is one statement per enterprise.
+INSERT_CHUNK_ROWS = 1000
+
+
+def new_transaction_id() -> str:
+    """The transactionId sent to Novu on every attempt of one notification (guarantee 4)."""
+    return f"xn-{uuid.uuid4()}"
+
+
+def is_due(scheduled_for: dt.datetime | None) -> bool:
+    """Whether a notification scheduled for this time may be delivered now."""
+    return scheduled_for is None or scheduled_for <= dt.datetime.now(dt.UTC)
+
+
+def json_text(value: Any) -> str:
+    """The JSON text PostgreSQL stores for a value (jsonb normalises spacing and key order).
+    NaN and infinities, which jsonb refuses, raise ValueError."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+# -- insert -----------------------------------------------------------------------------------
+
+
+class Execute(Protocol):
+    """Runs one statement (psycopg's `%(name)s` parameters) in the caller's transaction and
+    returns its rows, whose columns read as attributes."""
+
+    def __call__(self, sql: str, parameters: dict[str, Any]) -> Sequence[Any]: ...
+
+
+def session_executor(session: Session) -> Execute:
+    """Execute through an ORM session's transaction (the driver's own parameter style)."""
+
+    def execute(sql: str, parameters: dict[str, Any]) -> Sequence[Any]:
+        return session.connection().exec_driver_sql(sql, parameters).all()
+
+    return execute
+
+
+@dataclass(frozen=True, slots=True)
+class NewNotification:
+    """One checked trigger to record. `payload`, `overrides` are the caller's JSON values;
+    `index` is the trigger's position in its request, reported back only."""
+
+    index: int
+    workflow_key: str
+    payload: dict[str, Any]
+    recipients: list[str]
+    notification_workflow_id: int | None = None
+    overrides: dict[str, Any] | None = None
+    tags: list[str] | None = None
+    scheduled_for: dt.datetime | None = None
+    idempotency_key: str | None = None
+    request_fingerprint: str | None = None
+
+
+class RecordResult(enum.StrEnum):
+    """What recording one trigger did."""
+
+    CREATED = "created"
+    REPLAYED = "replayed"  # the key was used before with the same request: the first row
+    CONFLICT = "conflict"  # the key was used before with another request
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """The row one trigger was recorded as (created or the replayed one), or a key conflict."""
+
+    index: int
+    result: RecordResult
+    notification_id: int
+    transaction_id: str
+    workflow_key: str
+    scheduled_for: dt.datetime | None
+
+    @property
+    def publish(self) -> bool:
+        """Created and due now: its delivery is published after commit."""
+        return self.result is RecordResult.CREATED and is_due(self.scheduled_for)
+
+
+# The rows travel as one JSON document (an array of positional arrays, see _rows_document):
+# one parameter whatever the number of rows, so the statement is prepared once.
+_INSERT = f"""
+    INSERT INTO {TABLE} (
+        enterprise_id, name, workflow_key, notification_workflow_id, notification_status,
+        payload, recipients, overrides, tags, transaction_id, scheduled_for,
+        idempotency_key, request_fingerprint, enqueued_at, created_by
+    )
+    SELECT
+        %(enterprise_id)s, r.v->>0, r.v->>0, CAST(r.v->>1 AS bigint), 'PENDING',
+        r.v->2, ARRAY(SELECT jsonb_array_elements_text(r.v->3)),
+        NULLIF(r.v->4, 'null'),
+        CASE WHEN jsonb_typeof(r.v->5) = 'array'
+             THEN ARRAY(SELECT jsonb_array_elements_text(r.v->5)) END,
+        r.v->>6, CAST(r.v->>7 AS timestamptz), r.v->>8, r.v->>9,
+        CASE WHEN CAST(r.v->>10 AS boolean) THEN now() END, %(created_by)s
+    FROM jsonb_array_elements(CAST(%(rows)s AS jsonb)) WITH ORDINALITY AS r(v, ord)
+    ORDER BY r.ord
+    ON CONFLICT (enterprise_id, idempotency_key) DO NOTHING
+    RETURNING id, transaction_id
+    """
+
+_EXISTING_BY_KEY = f"""
+    SELECT id, idempotency_key, request_fingerprint, transaction_id, workflow_key, scheduled_for
+    FROM {TABLE}
+    WHERE enterprise_id = %(enterprise_id)s AND idempotency_key = ANY(CAST(%(keys)s AS text[]))
+    """
+
+
+def insert_pending(
+    execute: Execute,
+    *,
+    enterprise_id: uuid.UUID,
+    notifications: Sequence[NewNotification],
+    created_by: str | None,
+) -> list[Recorded]:
+    """Insert PENDING rows for one enterprise, one statement per INSERT_CHUNK_ROWS; results in
+    the order given. A key seen before with the same request is a replay of the first row, with
+    another request a conflict; a second round trip reads the earlier rows only when some key
+    was already taken."""
+    results: list[Recorded] = []
+    for start in range(0, len(notifications), INSERT_CHUNK_ROWS):
+        chunk = notifications[start : start + INSERT_CHUNK_ROWS]
+        results.extend(_insert_chunk(execute, enterprise_id, chunk, created_by))
+    return results
+
+
+def _insert_chunk(
+    execute: Execute,
+    enterprise_id: uuid.UUID,
+    chunk: Sequence[NewNotification],
+    created_by: str | None,
+) -> list[Recorded]:
+    # Results are kept by position in the chunk. A key repeated inside the chunk: the first
+    # trigger is inserted, the later ones are answered like a replay (or a conflict) of it, as
+    # they would be one request later.
+    first_with_key: dict[str, int] = {}
+    to_insert: list[int] = []
+    repeats: list[int] = []
+    for position, item in enumerate(chunk):
+        key = item.idempotency_key
+        if key is not None and key in first_with_key:
+            repeats.append(position)
+            continue
+        if key is not None:
+            first_with_key[key] = position
+        to_insert.append(position)
+
+    transaction_ids = [new_transaction_id() for _ in to_insert]
+    inserted: dict[str, int] = {}
+    if to_insert:
+        items = [chunk[position] for position in to_insert]
+        parameters = {
+            "enterprise_id": enterprise_id,
+            "created_by": created_by,
+            "rows": _rows_document(items, transaction_ids),
+        }
+        inserted = {row.transaction_id: row.id for row in execute(_INSERT, parameters)}
+
+    recorded: dict[int, Recorded] = {}
+    taken: list[int] = []
+    for position, transaction_id in zip(to_insert, transaction_ids, strict=True):
+        if transaction_id in inserted:
+            item = chunk[position]
+            recorded[position] = Recorded(
+                item.index,
+                RecordResult.CREATED,
+                inserted[transaction_id],
+                transaction_id,
+                item.workflow_key,
+                item.scheduled_for,
+            )
+        else:
+            taken.append(position)
+
+    if taken or repeats:
+        later = [*taken, *repeats]
+        existing = _existing_by_key(execute, enterprise_id, [chunk[p] for p in later])
+        # A key first used inside this chunk points at the row this chunk created.
+        for key, position in first_with_key.items():
+            first = recorded.get(position)
+            if first is not None:
+                existing[key] = (first, chunk[position].request_fingerprint)
+        for position in later:
+            item = chunk[position]
+            assert item.idempotency_key is not None
+            row, fingerprint = existing[item.idempotency_key]
+            same = fingerprint == item.request_fingerprint
+            recorded[position] = Recorded(
+                item.index,
+                RecordResult.REPLAYED if same else RecordResult.CONFLICT,
+                row.notification_id,
+                row.transaction_id,
+                row.workflow_key,
+                row.scheduled_for,
+            )
+    return [recorded[position] for position in range(len(chunk))]
+
+
+def _existing_by_key(
+    execute: Execute, enterprise_id: uuid.UUID, items: Sequence[NewNotification]
+) -> dict[str, tuple[Recorded, str | None]]:
+    keys = sorted({item.idempotency_key for item in items if item.idempotency_key is not None})
+    rows = execute(_EXISTING_BY_KEY, {"enterprise_id": enterprise_id, "keys": keys})
+    return {
+        row.idempotency_key: (
+            Recorded(
+                -1,
+                RecordResult.REPLAYED,
+                row.id,
+                row.transaction_id,
+                row.workflow_key,
+                row.scheduled_for,
+            ),
+            row.request_fingerprint,
+        )
+        for row in rows
+    }
+
+
+def _rows_document(items: Sequence[NewNotification], transaction_ids: Sequence[str]) -> str:
+    """The rows to insert as `[[workflow_key, workflow_id, payload, recipients, overrides, tags,
+    transaction_id, scheduled_for, idempotency_key, fingerprint, due], ...]`; a due row is
+    stamped enqueued_at, as its delivery is published right after commit."""
+    return json_text(
+        [
+            [
+                item.workflow_key,
+                item.notification_workflow_id,
+                item.payload,
+                item.recipients,
+                item.overrides,
+                item.tags,
+                transaction_id,
+                item.scheduled_for.isoformat() if item.scheduled_for is not None else None,
+                item.idempotency_key,
+                item.request_fingerprint,
+                is_due(item.scheduled_for),
+            ]
+            for item, transaction_id in zip(items, transaction_ids, strict=True)
+        ]
+    )
+
+
+# -- claim ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    """What delivering a claimed notification needs of its row (the attempt it is on)."""
+
+    id: int
+    enterprise_id: uuid.UUID
+    workflow_key: str
+    payload: dict[str, Any]
+    recipients: list[str]
+    overrides: dict[str, Any] | None
+    transaction_id: str
+    attempts: int
+
+
+_CLAIM = text(
+    f"""
+    UPDATE {TABLE} AS n SET
+        notification_status = 'PROCESSING',
+        attempts = n.attempts + 1,
+        locked_until = now() + make_interval(secs => :lease_seconds),
+        next_attempt_at = NULL,
+        updated_at = now()
+    WHERE n.id IN (
+        SELECT p.id FROM {TABLE} AS p
+        WHERE p.id = ANY(CAST(:ids AS bigint[]))
+          AND p.enterprise_id = :enterprise_id
+          AND p.notification_status = 'PENDING'
+          AND (p.scheduled_for IS NULL OR p.scheduled_for <= now())
+          AND (p.next_attempt_at IS NULL OR p.next_attempt_at <= now())
+        ORDER BY p.id
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING n.id, n.enterprise_id, n.workflow_key, n.payload, n.recipients, n.overrides,
+        n.transaction_id, n.attempts,
+        (SELECT coalesce(max(g.generation), 0) FROM {_GENERATIONS} AS g
+         WHERE g.enterprise_id = :enterprise_id)
+    """
+)
+
+
+def claim_due(
+    connection: Connection | Session,
+    *,
+    enterprise_id: uuid.UUID,
+    notification_ids: Sequence[int],
+    lease_seconds: int,
+) -> tuple[list[ClaimedRow], int]:
+    """PENDING → PROCESSING (attempt + 1, a lease) for the due rows among `notification_ids`
+    that nobody else holds, in one statement; returns them by id, and the enterprise's registry
+    generation read by the same statement, so that a reload is noticed before rendering at no
+    extra round trip.
+
+    The update is driven by primary key only: the status check lives in the subquery, which
+    re-checks it on the row it locks. Repeating it in the outer statement let the planner drive
+    the update from the partial index of every PENDING row instead (the claim's cost then grew
+    with the backlog)."""
+    if not notification_ids:
+        return [], 0
+    parameters = {
+        "ids": list(notification_ids),
+        "enterprise_id": enterprise_id,
+        "lease_seconds": lease_seconds,
+    }
+    rows = connection.execute(_CLAIM, parameters).all()
+    claimed = sorted((ClaimedRow(*row[:8]) for row in rows), key=lambda row: row.id)
+    return claimed, int(rows[0][8]) if rows else 0
+
+
+# -- record -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptOutcome:
+    """What one attempt of one claimed row ended in."""
+
+    notification_id: int
+    attempt: int
+    status: S  # SENT, FAILED, or PENDING (retry)
+    error: dict[str, Any] | None = None
+    render_fallbacks: list[dict[str, Any]] | None = None
+    retry_in: float | None = None
+    # A retry carried by a countdown message (enqueued_at = when it is due) rather than left
+    # for beat to release (enqueued_at cleared).
+    by_message: bool = False
+
+
+_RECORD_OUTCOMES = text(
+    f"""
+    UPDATE {TABLE} AS n SET
+        notification_status = CAST(v.status AS notify.notification_status),
+        processed_at = CASE WHEN v.status = 'PENDING' THEN n.processed_at ELSE now() END,
+        locked_until = NULL,
+        error_details = v.error,
+        render_fallbacks = CASE WHEN v.status = 'SENT' THEN v.fallbacks
+                                ELSE n.render_fallbacks END,
+        next_attempt_at = CASE WHEN v.status = 'PENDING'
+                               THEN now() + make_interval(secs => v.delay)
+                               ELSE n.next_attempt_at END,
+        enqueued_at = CASE WHEN v.status <> 'PENDING' THEN n.enqueued_at
+                           WHEN v.by_message THEN now() + make_interval(secs => v.delay)
+                           END,
+        updated_at = now()
+    FROM unnest(
+        CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:statuses AS text[]),
+        CAST(:errors AS jsonb[]), CAST(:fallbacks AS jsonb[]), CAST(:delays AS float8[]),
+        CAST(:by_message AS boolean[])
+    ) AS v(id, attempt, status, error, fallbacks, delay, by_message)
+    WHERE n.id = v.id
+      AND n.enterprise_id = :enterprise_id
+      AND n.notification_status = 'PROCESSING'
+      AND n.attempts = v.attempt
+    RETURNING n.id
+    """
+)
+
+
+def record_outcomes(
+    connection: Connection | Session,
+    *,
+    enterprise_id: uuid.UUID,
+    outcomes: Sequence[AttemptOutcome],
+) -> set[int]:
+    """PROCESSING → SENT / FAILED / PENDING for every outcome whose attempt still owns its row,
+    in one statement; returns the ids that moved (the others lost a race: their lease expired
+    and the row moved on). A retry by message gets enqueued_at = when it is due, so the
+    reconciler leaves it alone until then; any other retry waits for beat to release it."""
+    if not outcomes:
+        return set()
+    parameters = {
+        "enterprise_id": enterprise_id,
+        "ids": [o.notification_id for o in outcomes],
+        "attempts": [o.attempt for o in outcomes],
+        "statuses": [o.status.value for o in outcomes],
+        "errors": [_json_or_none(o.error) for o in outcomes],
+        "fallbacks": [_json_or_none(o.render_fallbacks or None) for o in outcomes],
+        "delays": [o.retry_in or 0.0 for o in outcomes],
+        "by_message": [o.by_message for o in outcomes],
+    }
+    return {row[0] for row in connection.execute(_RECORD_OUTCOMES, parameters)}
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), default=str)

@@ -1,0 +1,92 @@
+"""Notification rows written and moved by the production statements themselves
+(shared/notifications/repository.py), for the tests that work below the API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
+
+from shared.db.enums import NotificationStatus as S
+from shared.db.session import transaction
+from shared.notifications.repository import (
+    AttemptOutcome,
+    ClaimedRow,
+    NewNotification,
+    Recorded,
+    claim_due,
+    insert_pending,
+    record_outcomes,
+    session_executor,
+)
+
+
+def insert_notification(
+    enterprise_id: uuid.UUID,
+    *,
+    session: Session | None = None,
+    workflow_key: str = "user-signup",
+    payload: dict[str, Any] | None = None,
+    recipients: list[str] | None = None,
+    scheduled_for: dt.datetime | None = None,
+    row_enterprise_id: uuid.UUID | None = None,
+) -> Recorded:
+    """One PENDING row, inserted by intake's INSERT in `session`'s transaction, or in an
+    enterprise-scoped transaction of its own. `row_enterprise_id` writes a row of another
+    enterprise than the transaction's (row-level security refuses it)."""
+    notification = NewNotification(
+        index=0,
+        workflow_key=workflow_key,
+        payload=payload if payload is not None else {"userId": "u"},
+        recipients=recipients if recipients is not None else ["u"],
+        scheduled_for=scheduled_for,
+    )
+
+    def insert(in_session: Session) -> Recorded:
+        [row] = insert_pending(
+            session_executor(in_session),
+            enterprise_id=row_enterprise_id or enterprise_id,
+            notifications=[notification],
+            created_by="test",
+        )
+        return row
+
+    if session is not None:
+        return insert(session)
+    with transaction(enterprise_id) as own:
+        return insert(own)
+
+
+def claim(
+    connection: Connection | Session,
+    notification_id: int,
+    enterprise_id: uuid.UUID,
+    *,
+    lease_seconds: int = 30,
+) -> ClaimedRow | None:
+    """The worker's claim of one row; None when someone else has it or it is not due."""
+    claimed, _ = claim_due(
+        connection,
+        enterprise_id=enterprise_id,
+        notification_ids=[notification_id],
+        lease_seconds=lease_seconds,
+    )
+    return claimed[0] if claimed else None
+
+
+def record(
+    connection: Connection | Session,
+    enterprise_id: uuid.UUID,
+    notification_id: int,
+    attempt: int,
+    status: S,
+    **fields: Any,
+) -> bool:
+    """The worker's record of one attempt's outcome; False when that attempt no longer owns
+    the row."""
+    outcome = AttemptOutcome(notification_id, attempt, status, **fields)
+    moved = record_outcomes(connection, enterprise_id=enterprise_id, outcomes=[outcome])
+    return notification_id in moved
