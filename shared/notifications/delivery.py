@@ -1,7 +1,7 @@
 """The delivery engine: one attempt of 1..N notifications of one enterprise.
 
 claim → render → Novu bulk trigger → record, for a lone notification and for a thousand
-alike, keeping docs/architecture.md's guarantees 2 to 5, up to 100 rows per statement:
+alike, keeping docs/architecture.md's guarantees 2 to 7, up to 100 rows per statement:
 
 - claim: one `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)` moves the due PENDING
   rows among the given ids to PROCESSING (attempt + 1, a lease) and commits. A row another
