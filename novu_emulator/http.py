@@ -83,8 +83,9 @@ class Disconnect:
     reason: str = field(default="")
 
 
-Outcome = HttpResponse | Disconnect
-Handler = Callable[[HttpRequest], Awaitable[Outcome]]
+# What a handler answers: a response, or a dropped connection (an injected fault).
+Reply = HttpResponse | Disconnect
+Handler = Callable[[HttpRequest], Awaitable[Reply]]
 
 
 def json_response(

@@ -25,7 +25,7 @@ from novu_emulator.http import (
     Disconnect,
     HttpRequest,
     HttpResponse,
-    Outcome,
+    Reply,
     json_response,
     reason_phrase,
 )
@@ -131,7 +131,7 @@ class NovuApi:
         self._rng = rng
         self._bridge = bridge
 
-    async def handle(self, request: HttpRequest) -> Outcome:
+    async def handle(self, request: HttpRequest) -> Reply:
         """The outcome of one `/v1` request: an answer, or a dropped connection."""
         self.state.counters["requests"] += 1
         faults = self.state.faults  # One configuration for the whole request.
@@ -179,7 +179,7 @@ class NovuApi:
         transaction_id: str,
         sticky_fault: StatusFault | None,
         faults: FaultConfig,
-    ) -> Outcome:
+    ) -> Reply:
         """Past authentication and throttling: Novu's Idempotency-Key layer, then its handler."""
         key = request.headers.get("idempotency-key") if request.method == "POST" else None
         if key is not None:

@@ -16,7 +16,7 @@ from typing import Self
 from novu_emulator.bridge import BridgeRunner
 from novu_emulator.config import BridgeConfig
 from novu_emulator.control import CONTROL_PREFIX, ControlApi
-from novu_emulator.http import HttpRequest, Outcome, json_response, serve_connection
+from novu_emulator.http import HttpRequest, Reply, json_response, serve_connection
 from novu_emulator.novu_api import NovuApi, not_found
 from novu_emulator.state import EmulatorState
 from shared.settings import EMULATOR_SECRET_KEY
@@ -129,7 +129,7 @@ class EmulatorServer:
         finally:
             del self._connections[task]
 
-    async def _handle(self, request: HttpRequest) -> Outcome:
+    async def _handle(self, request: HttpRequest) -> Reply:
         task = asyncio.current_task()
         assert task is not None
         self._busy.add(task)
