@@ -109,16 +109,26 @@ def _targets(rows: Sequence[Any]) -> list[Target]:
     return [(row.id, row.enterprise_id) for row in rows]
 
 
-def expire_leases(session: Session, *, max_attempts: int, limit: int) -> tuple[list[Target], int]:
-    """PROCESSING rows whose worker died: back to PENDING (to be published again), or FAILED
-    when their attempts are spent. Returns the rows to publish and the number failed."""
-    expired = (
+def _lock_batch(conditions: tuple[Any, ...], *, order_by: Any, limit: int) -> Any:
+    """The ids of up to `limit` rows meeting `conditions`, locked for this transaction; rows
+    another reconciler holds are skipped, so two beats running at once split the work."""
+    return (
         select(N.id)
-        .where(N.notification_status == S.PROCESSING, N.locked_until < func.now())
-        .order_by(N.locked_until)
+        .where(*conditions)
+        .order_by(order_by)
         .limit(limit)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
+    )
+
+
+def expire_leases(session: Session, *, max_attempts: int, limit: int) -> tuple[list[Target], int]:
+    """PROCESSING rows whose worker died: back to PENDING (to be published again), or FAILED
+    when their attempts are spent. Returns the rows to publish and the number failed."""
+    expired = _lock_batch(
+        (N.notification_status == S.PROCESSING, N.locked_until < func.now()),
+        order_by=N.locked_until,
+        limit=limit,
     )
     failed = session.execute(
         update(N)
@@ -159,13 +169,8 @@ def mark_enqueued(session: Session, *, stale_after_seconds: int | None, limit: i
     if stale_after_seconds is not None:
         cutoff = func.now() - dt.timedelta(seconds=stale_after_seconds)
         unpublished = or_(unpublished, N.enqueued_at < cutoff)
-    stale = (
-        select(N.id)
-        .where(N.notification_status == S.PENDING, unpublished, _due())
-        .order_by(N.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
+    stale = _lock_batch(
+        (N.notification_status == S.PENDING, unpublished, _due()), order_by=N.id, limit=limit
     )
     rows = session.execute(
         update(N)
