@@ -488,14 +488,6 @@ class TemplateRenderer:
         with self._lock:
             return self._drop_enterprise(enterprise_id)
 
-    def clear_cache(self) -> None:
-        """Forget every cached template and compiled source (the counters keep counting)."""
-        with self._lock:
-            self._entries.clear()
-            self._keys.clear()
-            self._generations.clear()
-            self._sources.clear()
-
     def get_cache_stats(self) -> dict[str, Any]:
         """Size, counters and settings of the cache, with entries per enterprise."""
         with self._lock:

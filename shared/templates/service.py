@@ -145,17 +145,6 @@ class TemplateService:
             stmt = stmt.with_for_update()
         return self.session.scalars(stmt).one_or_none()
 
-    def get_template_by_key(
-        self, template_key: str, enterprise_id: uuid.UUID
-    ) -> NotificationTemplate | None:
-        """The enterprise's template with this key, or None."""
-        stmt = (
-            select(NotificationTemplate)
-            .where(*self._scope(enterprise_id))
-            .where(NotificationTemplate.template_key == template_key)
-        )
-        return self.session.scalars(stmt).one_or_none()
-
     def create_template(
         self, enterprise_id: uuid.UUID, data: NewTemplate, *, created_by: str | None = None
     ) -> NotificationTemplate:

@@ -139,11 +139,6 @@ class StaticWorkflow:
             return self.payload_model.model_json_schema()
         return self.payload_json_schema
 
-    @property
-    def channel_types(self) -> tuple[ChannelType, ...]:
-        """The workflow's channels, in the order they were defined."""
-        return tuple(self.channels)
-
 
 class ChannelSpec(NamedTuple):
     """One channel and its content, as the helpers below build it; `dict([...])` of these is

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 from shared.workflows.definition import (
     WORKFLOW_KEY_PATTERN,
     ProblemCode,
@@ -58,12 +58,9 @@ __all__ = [
     "builtin_workflows_dir",
     "derive_workflow_key",
     "discover_all_static_workflows",
-    "discover_static_workflows",
-    "get_all_workflows_status",
     "scan_workflow_directories",
     "static_workflow_dirs",
     "validate_workflow_directories",
-    "validate_workflow_directory",
 ]
 
 
@@ -111,16 +108,6 @@ class DiscoveredWorkflow:
     @property
     def ok(self) -> bool:
         return self.workflow is not None and not self.problems
-
-    def status(self) -> dict[str, Any]:
-        """`{key, path, status, channels, error}` for status pages and the CLI."""
-        return {
-            "key": self.key,
-            "path": str(self.path),
-            "status": "ok" if self.ok else "invalid",
-            "channels": [c.value for c in self.workflow.channels] if self.workflow else [],
-            "error": "; ".join(p.message for p in self.problems) or None,
-        }
 
     def _problem(self, code: ProblemCode, message: str) -> None:
         self.problems.append(WorkflowProblem(str(self.path), code, message))
@@ -172,28 +159,6 @@ def scan_workflow_directories(
     return entries, root_problems
 
 
-def discover_static_workflows(
-    directory: Path | None = None, *, package: str | None = None, reload: bool = False
-) -> list[StaticWorkflow]:
-    """The valid workflows of one directory (default: the built-in one). `package` names the
-    importable package that directory is; without it a directory other than the built-in one
-    is imported as a synthetic package. Invalid workflows are logged and skipped. `reload`
-    re-imports modules already imported."""
-    if directory is None:
-        if package is None:
-            directory, package = builtin_workflows_dir(), BUILTIN_PACKAGE
-        else:
-            directory = _package_dir(package)
-    elif package is None and _same_path(directory, builtin_workflows_dir()):
-        package = BUILTIN_PACKAGE
-    if not directory.is_dir():
-        log.warning("static workflows directory %s does not exist; nothing discovered", directory)
-        return []
-    entries = _scan_root(directory, package=package, reload=reload)
-    _mark_duplicates(entries)
-    return _usable(entries)
-
-
 def discover_all_static_workflows(
     directories: Sequence[Path], *, reload: bool = False
 ) -> list[StaticWorkflow]:
@@ -203,11 +168,6 @@ def discover_all_static_workflows(
     for problem in root_problems:
         log.warning("static workflows directory skipped: %s", problem.message)
     return _usable(entries)
-
-
-def validate_workflow_directory(path: Path) -> ValidationReport:
-    """Every problem of one workflows directory (the parent of the workflow packages)."""
-    return validate_workflow_directories([path])
 
 
 def validate_workflow_directories(paths: Sequence[Path]) -> ValidationReport:
@@ -231,17 +191,6 @@ def validate_workflow_directories(paths: Sequence[Path]) -> ValidationReport:
     return ValidationReport(
         workflows=sorted(entry.key for entry in entries if entry.ok), problems=problems
     )
-
-
-def get_all_workflows_status(directories: Sequence[Path] | None = None) -> list[dict[str, Any]]:
-    """`{key, path, status: ok|invalid, channels, error}` of every workflow directory found in
-    the given directories (default: the configured ones)."""
-    if directories is None:
-        directories = static_workflow_dirs(get_settings())
-    entries, root_problems = scan_workflow_directories(directories)
-    for problem in root_problems:
-        log.warning("static workflows directory skipped: %s", problem.message)
-    return [entry.status() for entry in entries]
 
 
 # -- scanning -------------------------------------------------------------------------------
@@ -391,11 +340,6 @@ def _forget(name: str) -> None:
     """Drop a module and its submodules, so the next import runs the files again."""
     for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
         del sys.modules[loaded]
-
-
-def _package_dir(package: str) -> Path:
-    module = importlib.import_module(package)
-    return Path(next(iter(module.__path__)))
 
 
 def _same_path(a: Path, b: Path) -> bool:

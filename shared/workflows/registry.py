@@ -21,7 +21,7 @@ from typing import Any
 from shared.db.session import transaction
 from shared.generation import current_generation
 from shared.settings import Settings, get_settings
-from shared.workflows.config import DynamicWorkflowFactory, InvalidWorkflowConfig, WorkflowConfig
+from shared.workflows.config import DynamicWorkflowFactory, InvalidWorkflowConfig
 from shared.workflows.instance import WorkflowInstance, from_static
 from shared.workflows.service import WorkflowService
 
@@ -61,28 +61,6 @@ class WorkflowRegistry:
             if existing is not None and existing is not instance:
                 raise ValueError(f"duplicate static workflow key {workflow_key!r}")
             self._static[workflow_key] = instance
-
-    def register_dynamic_workflow(
-        self, workflow_key: str, config: WorkflowConfig, enterprise_id: uuid.UUID
-    ) -> WorkflowInstance:
-        """Register one enterprise's workflow from its configuration (InvalidWorkflowConfig if
-        it cannot run)."""
-        instance = DynamicWorkflowFactory.create_dynamic_workflow(config, enterprise_id)
-        with self._lock:
-            entry = self._entry(enterprise_id)
-            entry.workflows[workflow_key] = instance
-            entry.invalid.pop(workflow_key, None)
-        return instance
-
-    def unregister_workflow(
-        self, workflow_key: str, enterprise_id: uuid.UUID | None = None
-    ) -> bool:
-        """Forget a workflow: the enterprise's dynamic one, or the static one without an id."""
-        with self._lock:
-            if enterprise_id is None:
-                return self._static.pop(workflow_key, None) is not None
-            entry = self._enterprises.get(enterprise_id)
-            return entry is not None and entry.workflows.pop(workflow_key, None) is not None
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -126,13 +104,6 @@ class WorkflowRegistry:
         if self._on_enterprise_reload is not None:
             self._on_enterprise_reload(enterprise_id)
         return self.load_enterprise_workflows(enterprise_id)
-
-    def _entry(self, enterprise_id: uuid.UUID) -> _EnterpriseWorkflows:
-        entry = self._enterprises.get(enterprise_id)
-        if entry is None:
-            self.load_enterprise_workflows(enterprise_id)
-            entry = self._enterprises[enterprise_id]
-        return entry
 
     def _fresh(self, enterprise_id: uuid.UUID) -> _EnterpriseWorkflows:
         """The enterprise's cached workflows, reloaded when another process bumped them."""
@@ -180,14 +151,6 @@ class WorkflowRegistry:
             if dynamic is not None:
                 return dynamic
         return self._static.get(workflow_key)
-
-    def has_workflow(self, workflow_key: str, enterprise_id: uuid.UUID | None = None) -> bool:
-        """Whether the key resolves for the enterprise."""
-        return self.get_workflow(workflow_key, enterprise_id) is not None
-
-    def get_enterprise_workflows(self, enterprise_id: uuid.UUID) -> dict[str, WorkflowInstance]:
-        """Every workflow the enterprise can trigger, dynamic ones shadowing static ones."""
-        return {**self._static, **self._fresh(enterprise_id).workflows}
 
     def get_static_workflows(self) -> dict[str, WorkflowInstance]:
         """The code-defined workflows."""
@@ -244,10 +207,3 @@ def get_registry() -> WorkflowRegistry:
             if _registry is None:
                 _registry = build_registry(get_settings())
     return _registry
-
-
-def reset_registry() -> None:
-    """Forget the process-wide registry (tests)."""
-    global _registry
-    with _registry_lock:
-        _registry = None

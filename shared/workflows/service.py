@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -56,14 +56,6 @@ class WorkflowService:
             self._scoped(enterprise_id).where(W.id == workflow_id)
         ).one_or_none()
 
-    def get_workflow_by_key(
-        self, workflow_key: str, enterprise_id: uuid.UUID
-    ) -> NotificationWorkflow | None:
-        """The enterprise's workflow with this key."""
-        return self.session.scalars(
-            self._scoped(enterprise_id).where(W.workflow_key == workflow_key)
-        ).one_or_none()
-
     def get_all_workflows(
         self, enterprise_id: uuid.UUID, *, include_deactivated: bool = False
     ) -> Sequence[NotificationWorkflow]:
@@ -78,26 +70,6 @@ class WorkflowService:
         return self.session.scalars(
             self._scoped(enterprise_id)
             .where(W.deactivated.is_(False), W.publish_status == PublishStatus.PUBLISH)
-            .order_by(W.workflow_key)
-        ).all()
-
-    def get_dynamic_workflows(self, enterprise_id: uuid.UUID) -> Sequence[NotificationWorkflow]:
-        """Active dynamic workflows of the enterprise."""
-        return self.session.scalars(
-            self._scoped(enterprise_id)
-            .where(W.deactivated.is_(False), W.workflow_type == WorkflowType.DYNAMIC)
-            .order_by(W.workflow_key)
-        ).all()
-
-    def get_static_workflows(self, enterprise_id: uuid.UUID) -> Sequence[NotificationWorkflow]:
-        """Active static workflow rows: shared ones (no enterprise) and the enterprise's own."""
-        return self.session.scalars(
-            select(W)
-            .where(
-                or_(W.enterprise_id == enterprise_id, W.enterprise_id.is_(None)),
-                W.deactivated.is_(False),
-                W.workflow_type == WorkflowType.STATIC,
-            )
             .order_by(W.workflow_key)
         ).all()
 

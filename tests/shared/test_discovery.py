@@ -17,16 +17,12 @@ from shared.settings import Settings
 from shared.workflows.cli import workflows as workflows_cli
 from shared.workflows.definition import ProblemCode
 from shared.workflows.discovery import (
-    BUILTIN_PACKAGE,
     SYNTHETIC_PACKAGE_PREFIX,
     builtin_workflows_dir,
     derive_workflow_key,
     discover_all_static_workflows,
-    discover_static_workflows,
-    get_all_workflows_status,
     static_workflow_dirs,
     validate_workflow_directories,
-    validate_workflow_directory,
 )
 
 
@@ -63,7 +59,7 @@ def make_workflow(root: Path, directory: str, source: str | None = None) -> Path
 def problem_codes(root: Path) -> dict[str, list[str]]:
     """Problem codes of a validation report, by workflow directory name."""
     out: dict[str, list[str]] = {}
-    for problem in validate_workflow_directory(root).problems:
+    for problem in validate_workflow_directories([root]).problems:
         out.setdefault(Path(problem.path).name, []).append(problem.code)
     return out
 
@@ -91,7 +87,7 @@ def test_key_is_the_kebab_case_of_the_directory_name(directory: str, key: str) -
 def test_camel_case_directory_is_discovered_under_its_kebab_key(tmp_path: Path) -> None:
     make_workflow(tmp_path, "BuildingAlert")
     make_workflow(tmp_path, "user_signup")
-    assert [w.key for w in discover_static_workflows(tmp_path)] == [
+    assert [w.key for w in discover_all_static_workflows([tmp_path])] == [
         "building-alert",
         "user-signup",
     ]
@@ -103,16 +99,15 @@ def test_hidden_and_underscore_directories_are_ignored(tmp_path: Path) -> None:
     make_workflow(tmp_path, "_private", "raise RuntimeError('never imported')")
     (tmp_path / "__pycache__").mkdir()
     (tmp_path / "notes").write_text("a file, not a directory")
-    report = validate_workflow_directory(tmp_path)
+    report = validate_workflow_directories([tmp_path])
     assert report.as_dict() == {"valid": True, "workflows": ["alerts"], "problems": []}
-    assert [s["key"] for s in get_all_workflows_status([tmp_path])] == ["alerts"]
 
 
 def test_missing_init_is_reported(tmp_path: Path) -> None:
     make_workflow(tmp_path, "alerts")
     (tmp_path / "digest").mkdir()
     (tmp_path / "digest" / "workflow.py").write_text("workflow = None")
-    report = validate_workflow_directory(tmp_path)
+    report = validate_workflow_directories([tmp_path])
     assert not report.valid
     assert report.workflows == ["alerts"]
     [problem] = report.problems
@@ -143,7 +138,7 @@ def test_directory_off_sys_path_is_imported_under_a_unique_package(tmp_path: Pat
     (path / "content.py").write_text("BODY = 'Order {{ orderId }} shipped.'\n")
     sys_path = list(sys.path)
 
-    [workflow] = discover_static_workflows(root)
+    [workflow] = discover_all_static_workflows([root])
 
     assert workflow.channels[ChannelType.SMS].body == "Order {{ orderId }} shipped. Sent by ACME"
     assert sys.path == sys_path
@@ -157,16 +152,16 @@ def test_directory_off_sys_path_is_imported_under_a_unique_package(tmp_path: Pat
 def test_same_directory_names_in_two_roots_do_not_clobber_each_other(tmp_path: Path) -> None:
     make_workflow(tmp_path / "a", "alerts", good_source("alerts", "from a"))
     make_workflow(tmp_path / "b", "alerts", good_source("alerts", "from b"))
-    [from_a] = discover_static_workflows(tmp_path / "a")
-    [from_b] = discover_static_workflows(tmp_path / "b")
+    [from_a] = discover_all_static_workflows([tmp_path / "a"])
+    [from_b] = discover_all_static_workflows([tmp_path / "b"])
     assert (from_a.description, from_b.description) == ("from a", "from b")
     # Discovering again returns the modules already imported, not new objects.
-    assert discover_static_workflows(tmp_path / "a")[0] is from_a
+    assert discover_all_static_workflows([tmp_path / "a"])[0] is from_a
 
 
 def test_directory_named_like_an_installed_module_does_not_shadow_it(tmp_path: Path) -> None:
     make_workflow(tmp_path, "json")
-    [workflow] = discover_static_workflows(tmp_path)
+    [workflow] = discover_all_static_workflows([tmp_path])
     assert workflow.key == "json"
     assert sys.modules["json"] is json
     assert json.dumps({"still": "stdlib"}) == '{"still": "stdlib"}'
@@ -174,11 +169,11 @@ def test_directory_named_like_an_installed_module_does_not_shadow_it(tmp_path: P
 
 def test_reload_reimports_changed_files(tmp_path: Path) -> None:
     init = make_workflow(tmp_path, "alerts") / "__init__.py"
-    [before] = discover_static_workflows(tmp_path)
+    [before] = discover_all_static_workflows([tmp_path])
     init.write_text(good_source("alerts", "changed, and longer than before"))
     os.utime(init, (init.stat().st_atime, init.stat().st_mtime + 5))
-    assert discover_static_workflows(tmp_path) == [before]
-    [after] = discover_static_workflows(tmp_path, reload=True)
+    assert discover_all_static_workflows([tmp_path]) == [before]
+    [after] = discover_all_static_workflows([tmp_path], reload=True)
     assert after.description == "changed, and longer than before"
 
 
@@ -193,7 +188,7 @@ def test_two_directories_deriving_one_key_are_both_rejected(tmp_path: Path) -> N
         "user-signup": [ProblemCode.DUPLICATE_KEY],
         "user_signup": [ProblemCode.DUPLICATE_KEY],
     }
-    assert [w.key for w in discover_static_workflows(tmp_path)] == ["alerts"]
+    assert [w.key for w in discover_all_static_workflows([tmp_path])] == ["alerts"]
 
 
 def test_a_key_in_two_roots_keeps_the_first(tmp_path: Path) -> None:
@@ -208,11 +203,11 @@ def test_a_key_in_two_roots_keeps_the_first(tmp_path: Path) -> None:
 
 def test_key_mismatch_is_reported(tmp_path: Path) -> None:
     make_workflow(tmp_path, "alerts", good_source("alert"))
-    report = validate_workflow_directory(tmp_path)
+    report = validate_workflow_directories([tmp_path])
     [problem] = report.problems
     assert problem.code is ProblemCode.KEY_MISMATCH
     assert "'alert'" in problem.message and "'alerts'" in problem.message
-    assert discover_static_workflows(tmp_path) == []
+    assert discover_all_static_workflows([tmp_path]) == []
 
 
 def test_module_without_workflow_object_is_reported(tmp_path: Path) -> None:
@@ -222,7 +217,9 @@ def test_module_without_workflow_object_is_reported(tmp_path: Path) -> None:
         "alerts": [ProblemCode.NO_WORKFLOW_OBJECT],
         "digest": [ProblemCode.WRONG_TYPE],
     }
-    [wrong] = [p for p in validate_workflow_directory(tmp_path).problems if p.code == "wrong_type"]
+    [wrong] = [
+        p for p in validate_workflow_directories([tmp_path]).problems if p.code == "wrong_type"
+    ]
     assert "dict, not a StaticWorkflow" in wrong.message
 
 
@@ -231,7 +228,7 @@ def test_import_error_carries_the_exception_text(tmp_path: Path) -> None:
     make_workflow(tmp_path, "raises", "x = 1\nraise RuntimeError('config not found')\n")
     make_workflow(tmp_path, "bad_python", "def broken(:\n")
     make_workflow(tmp_path, "exits", "import sys\nsys.exit(3)\n")
-    problems = {Path(p.path).name: p for p in validate_workflow_directory(tmp_path).problems}
+    problems = {Path(p.path).name: p for p in validate_workflow_directories([tmp_path]).problems}
     assert {name: p.code for name, p in problems.items()} == {
         "missing_dep": ProblemCode.IMPORT_ERROR,
         "raises": ProblemCode.IMPORT_ERROR,
@@ -261,7 +258,7 @@ def test_definition_errors_are_reported_with_their_own_codes(tmp_path: Path) -> 
         "from shared.workflows.definition import define_workflow, email\n"
         "workflow = define_workflow('broken-template', email('Hi {{ name', '<p>{% if %}</p>'))\n",
     )
-    report = validate_workflow_directory(tmp_path)
+    report = validate_workflow_directories([tmp_path])
     by_dir: dict[str, list[tuple[str, str]]] = {}
     for p in report.problems:
         by_dir.setdefault(Path(p.path).name, []).append((p.code, p.message))
@@ -281,7 +278,7 @@ def test_report_lists_every_problem_and_the_good_workflows(tmp_path: Path) -> No
     make_workflow(tmp_path, "mismatch", good_source("other"))
     make_workflow(tmp_path, "crashes", "1 / 0\n")
     make_workflow(tmp_path, "empty", "")
-    report = validate_workflow_directory(tmp_path).as_dict()
+    report = validate_workflow_directories([tmp_path]).as_dict()
     assert report["valid"] is False
     assert report["workflows"] == ["alerts", "zeta-digest"]
     assert sorted((Path(p["path"]).name, p["code"]) for p in report["problems"]) == [
@@ -301,45 +298,24 @@ def test_one_bad_workflow_does_not_stop_the_good_ones(
     make_workflow(tmp_path, "broken", "raise ImportError('nope')\n")
     make_workflow(tmp_path, "zeta")
     with caplog.at_level(logging.WARNING, logger="shared.workflows.discovery"):
-        workflows = discover_static_workflows(tmp_path)
+        workflows = discover_all_static_workflows([tmp_path])
     assert [w.key for w in workflows] == ["alerts", "zeta"]
     assert any("broken" in r.getMessage() and "nope" in r.getMessage() for r in caplog.records)
 
 
 def test_missing_or_empty_directories(tmp_path: Path) -> None:
-    assert discover_static_workflows(tmp_path / "nowhere") == []
-    [missing] = validate_workflow_directory(tmp_path / "nowhere").problems
+    assert discover_all_static_workflows([tmp_path / "nowhere"]) == []
+    [missing] = validate_workflow_directories([tmp_path / "nowhere"]).problems
     assert missing.code is ProblemCode.NOT_A_DIRECTORY
-    [empty] = validate_workflow_directory(tmp_path).problems
+    [empty] = validate_workflow_directories([tmp_path]).problems
     assert empty.code is ProblemCode.NO_WORKFLOWS
 
 
 def test_validating_one_workflow_instead_of_its_parent_gives_a_hint(tmp_path: Path) -> None:
     path = make_workflow(tmp_path, "alerts")
-    [problem] = validate_workflow_directory(path).problems
+    [problem] = validate_workflow_directories([path]).problems
     assert problem.code is ProblemCode.NO_WORKFLOWS
     assert "validate its parent directory" in problem.message
-
-
-def test_status_of_every_directory(tmp_path: Path) -> None:
-    make_workflow(tmp_path, "alerts")
-    make_workflow(tmp_path, "broken", "raise RuntimeError('boom')\n")
-    assert get_all_workflows_status([tmp_path]) == [
-        {
-            "key": "alerts",
-            "path": str(tmp_path / "alerts"),
-            "status": "ok",
-            "channels": ["EMAIL", "SMS"],
-            "error": None,
-        },
-        {
-            "key": "broken",
-            "path": str(tmp_path / "broken"),
-            "status": "invalid",
-            "channels": [],
-            "error": "import failed: RuntimeError: boom (at __init__.py:1)",
-        },
-    ]
 
 
 # -- the built-in directory --------------------------------------------------------------------
@@ -348,13 +324,12 @@ def test_status_of_every_directory(tmp_path: Path) -> None:
 def test_builtin_directory_holds_the_shipped_workflows() -> None:
     from shared.workflows.static import password_reset, user_signup
 
-    workflows = {w.key: w for w in discover_static_workflows()}
+    workflows = {w.key: w for w in discover_all_static_workflows([builtin_workflows_dir()])}
     assert set(workflows) >= {"user-signup", "password-reset"}
     # Imported as the real package: the same objects as a plain import gives.
     assert workflows["user-signup"] is user_signup.workflow
     assert workflows["password-reset"] is password_reset.workflow
-    assert discover_static_workflows(package=BUILTIN_PACKAGE) == list(workflows.values())
-    assert validate_workflow_directory(builtin_workflows_dir()).valid
+    assert validate_workflow_directories([builtin_workflows_dir()]).valid
 
 
 def test_static_workflow_dirs_adds_the_configured_directory(tmp_path: Path) -> None:

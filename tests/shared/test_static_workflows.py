@@ -91,7 +91,6 @@ def test_static_workflow_accepts_channel_names_and_copies_the_mapping() -> None:
     workflow = StaticWorkflow(key="texts", channels=channels)
     channels["EMAIL"] = ChannelContent(body="later", subject="later")
     assert dict(workflow.channels) == {ChannelType.SMS: ChannelContent(body="Hi")}
-    assert workflow.channel_types == (ChannelType.SMS,)
 
 
 @pytest.mark.parametrize(
