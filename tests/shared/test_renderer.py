@@ -14,13 +14,13 @@ from sqlalchemy import update
 from shared.db.enums import ChannelType, PublishStatus
 from shared.db.models import NotificationTemplate
 from shared.db.session import transaction
-from shared.rendering import render_channel
 from shared.settings import Settings
 from shared.templates import (
     RenderError,
     RenderLimitExceeded,
     TemplateNotFound,
     TemplateRenderer,
+    get_template_renderer,
     validate_template_source,
     variable_defaults,
 )
@@ -123,9 +123,10 @@ def test_none_prints_empty_and_undefined_fails_naming_the_variable(renderer):
         renderer.render_source(SMS, None, "{{ missing }}", {}, enterprise_id=None)
 
 
-def test_render_channel_keeps_its_contract():
-    out = render_channel(
-        EMAIL, ChannelContent(body="<i>{{ n }}</i>", subject="S {{ n }}"), {"n": "&"}
+def test_inline_channel_content_renders_by_its_channels_rules():
+    content = ChannelContent(body="<i>{{ n }}</i>", subject="S {{ n }}")
+    out = get_template_renderer().render_source(
+        EMAIL, content.subject, content.body, {"n": "&"}, enterprise_id=None
     )
     assert out.as_dict() == {"subject": "S &", "body": "<i>&amp;</i>"}
 

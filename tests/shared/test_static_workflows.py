@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from shared.db.enums import ChannelType
 from shared.payloads import payload_errors
-from shared.rendering import render_channel
+from shared.templates import RenderedContent, get_template_renderer
 from shared.workflows.definition import (
     ChannelContent,
     ProblemCode,
@@ -32,6 +32,15 @@ SCHEMA = {
 
 class NamePayload(BaseModel):
     name: str
+
+
+def render(
+    channel: ChannelType, content: ChannelContent, variables: dict[str, Any]
+) -> RenderedContent:
+    """A static workflow's inline content, rendered as delivery renders it."""
+    return get_template_renderer().render_source(
+        channel, content.subject, content.body, variables, enterprise_id=None
+    )
 
 
 def codes(exc: pytest.ExceptionInfo[WorkflowDefinitionError]) -> list[ProblemCode]:
@@ -232,18 +241,18 @@ def test_password_reset_renders_email_and_sms() -> None:
 
     assert workflow.key == "password-reset"
     assert list(workflow.channels) == [ChannelType.EMAIL, ChannelType.SMS]
-    mail = render_channel(ChannelType.EMAIL, workflow.channels[ChannelType.EMAIL], RESET)
+    mail = render(ChannelType.EMAIL, workflow.channels[ChannelType.EMAIL], RESET)
     assert mail.subject == "Reset your XNovu password"
     assert 'href="https://app.example.com/reset?token=abc&amp;u=1"' in mail.body
     assert "expires in 30 minutes" in mail.body
-    text = render_channel(ChannelType.SMS, workflow.channels[ChannelType.SMS], RESET)
+    text = render(ChannelType.SMS, workflow.channels[ChannelType.SMS], RESET)
     assert "https://app.example.com/reset?token=abc&u=1" in text.body
     assert "(expires in 30 minutes)" in text.body
     one_minute = {**RESET, "expiresInMinutes": 1}
     two_hours = {**RESET, "expiresInMinutes": 120}
     sms_content = workflow.channels[ChannelType.SMS]
-    assert "1 minute)" in render_channel(ChannelType.SMS, sms_content, one_minute).body
-    assert "2 hours)" in render_channel(ChannelType.SMS, sms_content, two_hours).body
+    assert "1 minute)" in render(ChannelType.SMS, sms_content, one_minute).body
+    assert "2 hours)" in render(ChannelType.SMS, sms_content, two_hours).body
 
 
 def test_password_reset_payload_schema() -> None:
@@ -275,6 +284,6 @@ def test_user_signup_renders() -> None:
     from shared.workflows.static.user_signup import workflow
 
     payload = {"userId": "u-1", "email": "ada@example.com", "name": "<Ada>"}
-    mail = render_channel(ChannelType.EMAIL, workflow.channels[ChannelType.EMAIL], payload)
+    mail = render(ChannelType.EMAIL, workflow.channels[ChannelType.EMAIL], payload)
     assert mail.subject == "Welcome to XNovu, <Ada>!"
     assert "Welcome, &lt;Ada&gt;!" in mail.body
