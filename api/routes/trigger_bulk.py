@@ -24,7 +24,6 @@ from api.schemas.bulk import (
     BulkTriggerResponse,
 )
 from shared.db.enums import NotificationStatus
-from shared.errors import DomainError
 from shared.notifications import intake
 
 router = APIRouter(tags=["trigger"])
@@ -75,7 +74,7 @@ async def trigger_bulk(
         error = api_error_of(outcome)
         if error is None:
             raise outcome  # a bug: the request answers 500
-        if not recorded and not isinstance(outcome, DomainError) and error.status_code == 503:
+        if not recorded and error.status_code == 503:
             raise outcome  # the database is unavailable and nothing was recorded: retry it all
         results[trigger.index] = _rejected(
             trigger.index, error.status_code, error.code, error.message, error.details
