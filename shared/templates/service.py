@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 from shared.db.enums import ChannelType, PublishStatus
 from shared.db.models import NotificationTemplate
 from shared.generation import bump_generation
-from shared.templates.renderer import MAX_TEMPLATE_ID, validate_template_source
+from shared.templates.cache import MAX_TEMPLATE_ID
+from shared.templates.renderer import validate_template_source
 
 EDITABLE_FIELDS = frozenset(
     {

@@ -24,6 +24,7 @@ from shared.templates import (
     validate_template_source,
     variable_defaults,
 )
+from shared.templates.cache import TemplateCache
 from shared.templates.service import NewTemplate, TemplateService
 from shared.workflows.definition import ChannelContent
 
@@ -310,9 +311,8 @@ def test_second_render_is_a_hit_and_stats_count_per_enterprise(ent, renderer):
 
 def test_entries_expire_after_the_ttl(ent, stack):
     clock = Clock()
-    renderer = TemplateRenderer(
-        settings(template_cache_ttl_seconds=60, registry_check_interval_seconds=5), clock=clock
-    )
+    ttl = settings(template_cache_ttl_seconds=60, registry_check_interval_seconds=5)
+    renderer = TemplateRenderer(ttl, cache=TemplateCache(ttl, clock=clock))
     tid = create(ent, "ttl", SMS, "old")
     assert renderer.render_template(tid, ent, {}).body == "old"
     with transaction() as session:  # a change that does not bump the generation
@@ -330,7 +330,8 @@ def test_entries_expire_after_the_ttl(ent, stack):
 
 def test_an_edit_elsewhere_reaches_the_cache_through_the_generation(ent, stack):
     clock = Clock()
-    renderer = TemplateRenderer(settings(registry_check_interval_seconds=2), clock=clock)
+    checked = settings(registry_check_interval_seconds=2)
+    renderer = TemplateRenderer(checked, cache=TemplateCache(checked, clock=clock))
     tid = create(ent, "gen", SMS, "v1")
     assert renderer.render_template(tid, ent, {}).body == "v1"
     edit(ent, tid, body_template="v2")  # what another process's API does: bumps the generation
@@ -378,7 +379,7 @@ def test_ttl_zero_turns_the_cache_off_and_lru_evicts(ent, stack):
     off.render_template(tid, ent, {})
     assert (off.get_cache_stats()["size"], off.get_cache_stats()["misses"]) == (0, 2)
 
-    small = TemplateRenderer(settings(), max_entries=1)
+    small = TemplateRenderer(settings(), cache=TemplateCache(settings(), max_entries=1))
     other = create(ent, "other", SMS, "y")
     small.render_template(tid, ent, {})
     small.render_template(other, ent, {})

@@ -1,0 +1,20 @@
+"""Why a template cannot be rendered: every failure is a `RenderError` (permanent: the template
+or its variables are wrong, so retrying cannot help)."""
+
+from __future__ import annotations
+
+
+class RenderError(Exception):
+    """A template could not be rendered; the notification fails with this reason."""
+
+
+class TemplateSecurityError(RenderError):
+    """The template tried something the sandbox refuses (private attributes, unsafe calls)."""
+
+
+class RenderLimitExceeded(RenderError):
+    """Rendering went over a time, size or nesting limit."""
+
+
+class TemplateNotFound(RenderError):
+    """No usable template with that id or key in this enterprise."""

@@ -1,0 +1,282 @@
+"""What one render may spend: time, nesting depth, and the size of what it builds.
+
+Templates are written by enterprise users, so the sandbox (shared.templates.sandbox) charges
+every render to these bounds:
+
+- Time. Each render runs under a `RenderBudget` whose deadline `check_deadline` checks in every
+  hook the sandbox has: attribute and item access, calls, intercepted operators, printed values,
+  each iteration of every `{% for %}` loop and of `range()` (`deadline_checked`). A loop that
+  prints nothing is stopped like any other.
+- Depth. Nested templates share their caller's budget, whose stack refuses cycles and nesting
+  deeper than `max_depth`.
+- Size. No string or joined buffer may grow past `max_text` characters. The checks here work out
+  what `*`, `**`, `+`, `%`, a join or an amplifying str method would build and refuse it *before*
+  it is built; `text_size` estimates the text form of a container without building it. Integers
+  stay below MAX_INT_BITS bits and `range()` below MAX_RANGE items.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import time
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
+from contextlib import contextmanager
+from typing import Any
+
+from jinja2.runtime import Undefined
+from jinja2.utils import Namespace
+
+from shared.templates.errors import RenderError, RenderLimitExceeded
+
+MAX_RANGE = 100_000
+# Integers in templates stay below this size (about 1 200 decimal digits).
+MAX_INT_BITS = 4096
+
+_PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
+_PRINTF_SPEC = re.compile(r"%(?:\([^)]*\))?[#0 +\-]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?[a-zA-Z%]")
+
+# (template_key, variables, html) -> rendered body of that template
+IncludeFunc = Callable[[str, dict[str, Any], bool], str]
+
+
+class RenderBudget:
+    """What one top-level render may spend; its nested renders share it."""
+
+    __slots__ = ("deadline", "include", "max_depth", "stack", "timeout")
+
+    def __init__(
+        self, *, timeout: float, max_depth: int, include: IncludeFunc | None = None
+    ) -> None:
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.max_depth = max_depth
+        self.include = include
+        # Templates being rendered, outermost first: the cycle and depth checks read it.
+        self.stack: list[str] = []
+
+    def check_time(self) -> None:
+        """Stop the render once its deadline has passed."""
+        if time.monotonic() > self.deadline:
+            raise RenderLimitExceeded(
+                f"rendering timed out: it took longer than {self.timeout:g} s"
+            )
+
+    @contextmanager
+    def nested(self, template_key: str) -> Iterator[None]:
+        """Enter a nested template, refusing cycles and nesting deeper than max_depth."""
+        if template_key in self.stack:
+            chain = [*self.stack[self.stack.index(template_key) :], template_key]
+            raise RenderError("template cycle: " + " -> ".join(chain))
+        if len(self.stack) > self.max_depth:
+            chain = [*self.stack, template_key]
+            raise RenderLimitExceeded(
+                f"templates nest more than {self.max_depth} levels deep: " + " -> ".join(chain)
+            )
+        self.stack.append(template_key)
+        try:
+            yield
+        finally:
+            self.stack.pop()
+
+
+_budget: contextvars.ContextVar[RenderBudget | None] = contextvars.ContextVar(
+    "xnovu_render_budget", default=None
+)
+
+
+def current_budget() -> RenderBudget | None:
+    """The budget of the render running in this context, if any."""
+    return _budget.get()
+
+
+@contextmanager
+def spending(budget: RenderBudget) -> Iterator[RenderBudget]:
+    """Make `budget` the one the sandbox hooks charge while the block runs."""
+    token = _budget.set(budget)
+    try:
+        yield budget
+    finally:
+        _budget.reset(token)
+
+
+def check_deadline() -> None:
+    """Stop the render running in this context once its deadline has passed."""
+    budget = _budget.get()
+    if budget is not None:
+        budget.check_time()
+
+
+def deadline_checked(iterator: Iterator[Any]) -> Iterator[Any]:
+    """The items of `iterator`, checking the running render's deadline before each."""
+    budget = _budget.get()
+    if budget is None:
+        yield from iterator
+        return
+    for item in iterator:
+        budget.check_time()
+        yield item
+
+
+def too_large(what: str, limit: int) -> RenderLimitExceeded:
+    """The error for `what` growing past `limit` characters."""
+    return RenderLimitExceeded(f"{what} would exceed the limit of {limit} characters")
+
+
+class GuardedRange:
+    """`range()` for templates: bounded in length, and its iteration checks the deadline."""
+
+    __slots__ = ("_range",)
+
+    def __init__(self, rng: range) -> None:
+        self._range = rng
+
+    def __len__(self) -> int:
+        return len(self._range)
+
+    def __iter__(self) -> Iterator[int]:
+        return deadline_checked(iter(self._range))
+
+    def __reversed__(self) -> Iterator[int]:
+        return deadline_checked(reversed(self._range))
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._range
+
+    def __getitem__(self, index: Any) -> Any:
+        value = self._range[index]
+        return GuardedRange(value) if isinstance(value, range) else value
+
+    def __repr__(self) -> str:
+        return repr(self._range)
+
+
+def guarded_range(*args: int) -> GuardedRange:
+    """The `range` global: at most MAX_RANGE items."""
+    rng = range(*args)
+    try:
+        length = len(rng)
+    except OverflowError:
+        length = MAX_RANGE + 1
+    if length > MAX_RANGE:
+        raise RenderLimitExceeded(f"range() of more than {MAX_RANGE} items")
+    return GuardedRange(rng)
+
+
+def text_size(value: Any, limit: int) -> int:
+    """About how long `str(value)` would be, without building it; stops counting past limit."""
+    if isinstance(value, str):
+        return len(value)
+    # Shared references are counted each time they occur, as str() prints them each time;
+    # every step adds at least one, so even a cyclic structure ends the walk past the limit.
+    total = 0
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            total += len(item) + 2
+        elif isinstance(item, bool) or item is None:
+            total += 5
+        elif isinstance(item, int):
+            total += item.bit_length() // 3 + 1
+        elif isinstance(item, float):
+            total += 24
+        elif isinstance(item, (bytes, bytearray)):
+            total += len(item) + 3
+        elif isinstance(item, (Undefined, GuardedRange)):
+            total += 20
+        else:
+            if isinstance(item, Namespace):
+                item = object.__getattribute__(item, "_Namespace__attrs")
+            if isinstance(item, Mapping):
+                total += 2 + 4 * len(item)
+                if total <= limit:
+                    pending.extend(item.keys())
+                    pending.extend(item.values())
+            elif isinstance(item, (list, tuple, set, frozenset, KeysView, ValuesView, ItemsView)):
+                total += 2 + 2 * len(item)
+                if total <= limit:
+                    pending.extend(item)
+            else:
+                total += 64
+        if total > limit:
+            return total
+    return total
+
+
+def check_joined(parts: Iterable[Any], limit: int, extra: int = 0) -> None:
+    """Refuse joining `parts` (plus `extra` characters of separators) past the limit."""
+    total = extra
+    if total > limit:
+        raise too_large("the joined text", limit)
+    for part in parts:
+        total += len(part) if isinstance(part, str) else text_size(part, limit)
+        if total > limit:
+            raise too_large("the joined text", limit)
+
+
+def check_printf(fmt: str, args: Any, limit: int) -> None:
+    """Refuse a `%` format whose widths, precisions or arguments would build too much text."""
+    size = len(fmt)
+    for match in _PRINTF_SPEC.finditer(fmt):
+        for number in match.groups():
+            if number == "*":
+                raise RenderLimitExceeded("'*' widths are not supported in format strings")
+            if number:
+                if len(number) > 9:
+                    raise too_large("the formatted text", limit)
+                size += int(number)
+    size += text_size(args, limit)
+    if size > limit:
+        raise too_large("the formatted text", limit)
+
+
+def replaced_size(s: str, old: Any, new: Any, count: Any) -> int:
+    """The length of `s.replace(old, new, count)`, without building it."""
+    old_s, new_s = str(old), str(new)
+    found = len(s) + 1 if old_s == "" else s.count(old_s)
+    if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+        found = min(found, count)
+    return len(s) + found * (len(new_s) - len(old_s))
+
+
+def _int_bits(value: Any) -> int:
+    return value.bit_length() if isinstance(value, int) else 0
+
+
+def check_binop(operator: str, left: Any, right: Any, limit: int) -> None:
+    """Refuse `*`, `**`, `+` or `%` when the result would be too long a text or too big an int."""
+    if operator == "*":
+        for seq, times in ((left, right), (right, left)):
+            repeats = isinstance(seq, (str, bytes, list, tuple)) and isinstance(times, int)
+            if repeats and times > 0 and len(seq) * times > limit:
+                raise too_large("repeating a value", limit)
+        if _int_bits(left) + _int_bits(right) > MAX_INT_BITS:
+            raise RenderLimitExceeded(f"integers are limited to {MAX_INT_BITS} bits")
+    elif operator == "**":
+        big = isinstance(right, int) and right > 0 and _int_bits(left) > 1
+        if big and right * _int_bits(left) > MAX_INT_BITS:
+            raise RenderLimitExceeded(f"integers are limited to {MAX_INT_BITS} bits")
+    elif operator == "+":
+        sequences = isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple))
+        if sequences and len(left) + len(right) > limit:
+            raise too_large("adding these values", limit)
+    elif operator == "%" and isinstance(left, str):
+        check_printf(left, right, limit)
+
+
+def check_str_call(s: str, name: str, args: tuple[Any, ...], limit: int) -> tuple[Any, ...]:
+    """Refuse a str method call that would build too much text; returns the arguments to call
+    it with (a join's iterable is read once, here)."""
+    if name in _PADDING_METHODS and args and isinstance(args[0], int):
+        if args[0] > limit:
+            raise too_large(f"str.{name}()", limit)
+    elif name == "replace" and len(args) >= 2:
+        count = args[2] if len(args) > 2 else -1
+        if replaced_size(s, args[0], args[1], count) > limit:
+            raise too_large("str.replace()", limit)
+    elif name == "join" and args:
+        items = list(args[0])
+        check_joined(items, limit, extra=len(s) * max(len(items) - 1, 0))
+        return (items, *args[1:])
+    return args
