@@ -5,28 +5,14 @@ Rules (as the original XNovu's discovery, in Python):
 - its key is the kebab-case of the directory name (`user_signup`, `UserSignup` → `user-signup`);
 - directories starting with `.` or `_` are ignored (`__pycache__`, `_common` helpers);
 - the package defines a module-level `workflow`, a StaticWorkflow whose key is that key.
-An invalid workflow is logged and skipped; it never stops the others.
-
-The built-in directory is imported as the package `shared.workflows.static`. Any other directory
-(XNOVU_WORKFLOWS_DIR) is imported without touching sys.path: it becomes a synthetic package
-`xnovu_workflows_<hash of its path>` and each workflow a subpackage of it, so names never clash
-with installed packages or with another directory, and relative imports work inside a workflow
-(`from .content import BODY`) and across it (`from .._common import footer`).
+An invalid workflow is logged and skipped; it never stops the others. How a directory is
+imported (without touching sys.path) is shared.workflows.importer's business.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.machinery
-import importlib.util
-import keyword
 import logging
 import re
-import sys
-import threading
-import traceback
-import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,29 +25,12 @@ from shared.workflows.definition import (
     StaticWorkflow,
     WorkflowDefinitionError,
 )
+from shared.workflows.importer import describe_import_error, import_workflow_package
 
 log = logging.getLogger(__name__)
 
 BUILTIN_PACKAGE = "shared.workflows.static"
-SYNTHETIC_PACKAGE_PREFIX = "xnovu_workflows_"
 WORKFLOW_ATTRIBUTE = "workflow"
-
-# Imports of user directories register synthetic packages in sys.modules; one at a time.
-_import_lock = threading.RLock()
-
-__all__ = [
-    "BUILTIN_PACKAGE",
-    "DiscoveredWorkflow",
-    "ProblemCode",
-    "ValidationReport",
-    "WorkflowProblem",
-    "builtin_workflows_dir",
-    "derive_workflow_key",
-    "discover_all_static_workflows",
-    "scan_workflow_directories",
-    "static_workflow_dirs",
-    "validate_workflow_directories",
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,14 +187,14 @@ def _inspect(entry: DiscoveredWorkflow, *, package: str | None, reload: bool) ->
         entry._problem(ProblemCode.MISSING_INIT, f"{entry.path.name}/__init__.py is missing")
         return
     try:
-        module = _import_workflow_package(entry.path, entry.root, package=package, reload=reload)
+        module = import_workflow_package(entry.path, entry.root, package=package, reload=reload)
     except WorkflowDefinitionError as exc:
         for problem in exc.problems:
             entry._problem(problem.code, problem.message)
         return
     except (Exception, SystemExit) as exc:
         log.debug("importing workflow %s failed", entry.path, exc_info=True)
-        entry._problem(ProblemCode.IMPORT_ERROR, _describe_import_error(exc, entry.path))
+        entry._problem(ProblemCode.IMPORT_ERROR, describe_import_error(exc, entry.path))
         return
     obj = getattr(module, WORKFLOW_ATTRIBUTE, None)
     if obj is None:
@@ -279,88 +248,8 @@ def _usable(entries: list[DiscoveredWorkflow]) -> list[StaticWorkflow]:
     return usable
 
 
-# -- importing ------------------------------------------------------------------------------
-
-
-def _import_workflow_package(
-    path: Path, root: Path, *, package: str | None, reload: bool
-) -> types.ModuleType:
-    """Import the package of one workflow directory under a name unique to its path."""
-    with _import_lock:
-        if package is not None and path.name.isidentifier():
-            name = f"{package}.{path.name}"
-            if reload:
-                _forget(name)
-            return importlib.import_module(name)
-        parent = package if package is not None else _synthetic_package(root)
-        importlib.import_module(parent)
-        name = f"{parent}.{_module_segment(path.name)}"
-        if not reload and name in sys.modules:
-            return sys.modules[name]
-        _forget(name)
-        importlib.invalidate_caches()
-        spec = importlib.util.spec_from_file_location(
-            name, path / "__init__.py", submodule_search_locations=[str(path)]
-        )
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {path / '__init__.py'}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            _forget(name)
-            raise
-        return module
-
-
-def _synthetic_package(root: Path) -> str:
-    """Register (once) an empty package whose __path__ is the root, so that the workflows below
-    it are its subpackages, whatever the root is called and wherever it lives."""
-    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
-    name = f"{SYNTHETIC_PACKAGE_PREFIX}{digest}"
-    if name not in sys.modules:
-        spec = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
-        spec.submodule_search_locations = [str(root.resolve())]
-        module = importlib.util.module_from_spec(spec)
-        module.__doc__ = f"Static workflows of {root.resolve()}"
-        sys.modules[name] = module
-    return name
-
-
-def _module_segment(directory_name: str) -> str:
-    if directory_name.isidentifier() and not keyword.iskeyword(directory_name):
-        return directory_name
-    # `user-signup` and `user_signup` both exist when their keys clash; keep them apart.
-    digest = hashlib.sha256(directory_name.encode()).hexdigest()[:8]
-    return "wf_" + re.sub(r"\W", "_", directory_name) + "_" + digest
-
-
-def _forget(name: str) -> None:
-    """Drop a module and its submodules, so the next import runs the files again."""
-    for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
-        del sys.modules[loaded]
-
-
 def _same_path(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve()
     except OSError:
         return False
-
-
-def _describe_import_error(exc: BaseException, path: Path) -> str:
-    where = ""
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        if _is_within(Path(frame.filename), path):
-            where = f" (at {Path(frame.filename).name}:{frame.lineno})"
-            break
-    return f"import failed: {type(exc).__name__}: {exc}{where}"
-
-
-def _is_within(file: Path, directory: Path) -> bool:
-    try:
-        file.resolve().relative_to(directory.resolve())
-    except (ValueError, OSError):
-        return False
-    return True

@@ -17,13 +17,13 @@ from shared.settings import Settings
 from shared.workflows.cli import workflows as workflows_cli
 from shared.workflows.definition import ProblemCode
 from shared.workflows.discovery import (
-    SYNTHETIC_PACKAGE_PREFIX,
     builtin_workflows_dir,
     derive_workflow_key,
     discover_all_static_workflows,
     static_workflow_dirs,
     validate_workflow_directories,
 )
+from shared.workflows.importer import SYNTHETIC_PACKAGE_PREFIX
 
 
 def good_source(key: str, description: str = "a test workflow") -> str:
