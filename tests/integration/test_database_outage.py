@@ -89,6 +89,10 @@ def test_postgres_down_is_a_fast_503_that_writes_nothing_and_heals_by_itself(
             error = response.json()["error"]
             assert error["code"] == "database_unavailable", error
             assert response.headers.get("Retry-After")
+        bulk = {"events": [_body("bulk-0"), _body("bulk-1")]}
+        response, timings["bulk"] = _timed(lambda: http.post("/api/trigger/bulk", json=bulk))
+        assert response.status_code == 503, response.text  # nothing recorded: retry it all
+        assert response.json()["error"]["code"] == "database_unavailable", response.text
         for name, path in [
             ("get", f"/api/notifications/{notification_id}"),
             ("list", "/api/notifications"),
