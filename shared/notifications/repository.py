@@ -19,7 +19,7 @@ import enum
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, text
@@ -195,14 +195,10 @@ def _insert_chunk(
     taken: list[int] = []
     for position, transaction_id in zip(to_insert, transaction_ids, strict=True):
         if transaction_id in inserted:
-            item = chunk[position]
+            item, created = chunk[position], RecordResult.CREATED
+            row_id = inserted[transaction_id]
             recorded[position] = Recorded(
-                item.index,
-                RecordResult.CREATED,
-                inserted[transaction_id],
-                transaction_id,
-                item.workflow_key,
-                item.scheduled_for,
+                item.index, created, row_id, transaction_id, item.workflow_key, item.scheduled_for
             )
         else:
             taken.append(position)
@@ -220,14 +216,8 @@ def _insert_chunk(
             assert item.idempotency_key is not None
             row, fingerprint = existing[item.idempotency_key]
             same = fingerprint == item.request_fingerprint
-            recorded[position] = Recorded(
-                item.index,
-                RecordResult.REPLAYED if same else RecordResult.CONFLICT,
-                row.notification_id,
-                row.transaction_id,
-                row.workflow_key,
-                row.scheduled_for,
-            )
+            result = RecordResult.REPLAYED if same else RecordResult.CONFLICT
+            recorded[position] = replace(row, index=item.index, result=result)
     return [recorded[position] for position in range(len(chunk))]
 
 
@@ -236,16 +226,10 @@ def _existing_by_key(
 ) -> dict[str, tuple[Recorded, str | None]]:
     keys = sorted({item.idempotency_key for item in items if item.idempotency_key is not None})
     rows = execute(_EXISTING_BY_KEY, {"enterprise_id": enterprise_id, "keys": keys})
+    replayed = RecordResult.REPLAYED
     return {
         row.idempotency_key: (
-            Recorded(
-                -1,
-                RecordResult.REPLAYED,
-                row.id,
-                row.transaction_id,
-                row.workflow_key,
-                row.scheduled_for,
-            ),
+            Recorded(-1, replayed, row.id, row.transaction_id, row.workflow_key, row.scheduled_for),
             row.request_fingerprint,
         )
         for row in rows
