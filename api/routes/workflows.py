@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
@@ -115,12 +116,21 @@ def update_workflow(
     return WorkflowRead.of(row)
 
 
+# Each POST /{workflow_id}/<name>: the service method it applies and what it does.
+_TRANSITIONS: dict[str, tuple[Callable[..., NotificationWorkflow | None], str]] = {
+    "publish": (WorkflowService.publish_workflow, "Make the workflow triggerable."),
+    "unpublish": (WorkflowService.unpublish_workflow, "Back to DRAFT: triggers answer 404."),
+    "deactivate": (WorkflowService.deactivate_workflow, "Switch the workflow off."),
+}
+
+
 def _transition(name: str) -> Any:
+    apply, description = _TRANSITIONS[name]
+
     def handler(
         workflow_id: WorkflowId, session: SessionDep, enterprise_id: EnterpriseDep
     ) -> WorkflowRead:
-        service = WorkflowService(session)
-        row = getattr(service, f"{name}_workflow")(workflow_id, enterprise_id)
+        row = apply(WorkflowService(session), workflow_id, enterprise_id)
         if row is None:
             raise not_found("workflow")
         if name == "publish":
@@ -130,15 +140,11 @@ def _transition(name: str) -> Any:
         return WorkflowRead.of(row)
 
     handler.__name__ = f"{name}_workflow"
-    handler.__doc__ = {
-        "publish": "Make the workflow triggerable.",
-        "unpublish": "Back to DRAFT: triggers answer 404.",
-        "deactivate": "Switch the workflow off.",
-    }[name]
+    handler.__doc__ = description
     return handler
 
 
-for _name in ("publish", "unpublish", "deactivate"):
+for _name in _TRANSITIONS:
     router.add_api_route(
         f"/{{workflow_id}}/{_name}",
         _transition(_name),
