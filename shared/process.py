@@ -41,10 +41,6 @@ class PerProcess(Generic[T]):
                 self._pid = pid
             return self._value
 
-    def peek(self) -> T | None:
-        """This process's object if it was built, without building it."""
-        return self._value if self._pid == os.getpid() else None
-
     def forget(self) -> T | None:
         """Drop the object (the next get() builds a new one); returns what was held."""
         with self._lock:

@@ -18,7 +18,6 @@ from api.schemas.templates import (
     TemplateRead,
     TemplateUpdate,
 )
-from shared.apikeys import Principal
 from shared.db.enums import ChannelType
 from shared.payloads import json_size
 from shared.settings import get_settings
@@ -46,10 +45,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"description": "The enterprise already has a template with this key"},
     422: {"description": "Invalid body, template syntax error (with its line), render error"},
 }
-
-
-def _actor(principal: Principal) -> str:
-    return f"api-key:{principal.key_id}"
 
 
 @contextmanager
@@ -88,7 +83,7 @@ def create_template(
     """Create a DRAFT template; its sources must compile."""
     with _edit_errors():
         row = TemplateService(session).create_template(
-            enterprise_id, NewTemplate(**body.model_dump()), created_by=_actor(principal)
+            enterprise_id, NewTemplate(**body.model_dump()), created_by=principal.actor
         )
     session.commit()
     get_template_renderer().invalidate_template(enterprise_id, row.id)
@@ -117,7 +112,7 @@ def update_template(
     """Change the fields given; the result must still compile and follow its channel's rules."""
     with _edit_errors():
         row = TemplateService(session).update_template(
-            template_id, enterprise_id, body.changes(), updated_by=_actor(principal)
+            template_id, enterprise_id, body.changes(), updated_by=principal.actor
         )
     if row is None:
         raise not_found("template")
@@ -136,7 +131,7 @@ def publish_template(
     """Mark the template PUBLISH (again if it already was)."""
     with _edit_errors():
         row = TemplateService(session).publish_template(
-            template_id, enterprise_id, updated_by=_actor(principal)
+            template_id, enterprise_id, updated_by=principal.actor
         )
     if row is None:
         raise not_found("template")

@@ -71,7 +71,7 @@ def create_workflow(
     data["template_overrides"] = body.template_overrides.model_dump(exclude_none=True)
     try:
         row = WorkflowService(session).create_workflow(
-            enterprise_id, data, created_by=f"api-key:{principal.key_id}"
+            enterprise_id, data, created_by=principal.actor
         )
     except DuplicateWorkflowKey as exc:
         raise ApiError(
@@ -106,7 +106,7 @@ def update_workflow(
     if body.template_overrides is not None:
         changes["template_overrides"] = body.template_overrides.model_dump(exclude_none=True)
     row = WorkflowService(session).update_workflow(
-        workflow_id, changes, enterprise_id, updated_by=f"api-key:{principal.key_id}"
+        workflow_id, changes, enterprise_id, updated_by=principal.actor
     )
     if row is None:
         raise not_found("workflow")

@@ -38,7 +38,6 @@ and kept, least recently used dropped past MAX_COMPILED_SOURCES.
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from collections import OrderedDict
@@ -52,6 +51,7 @@ from jinja2 import Template, TemplateError, TemplateSyntaxError
 from jinja2.exceptions import SecurityError
 
 from shared.db.enums import ChannelType
+from shared.process import PerProcess
 from shared.settings import Settings, get_settings
 from shared.templates.cache import CachedTemplate, TemplateCache, variable_defaults
 from shared.templates.errors import (
@@ -310,18 +310,9 @@ def validate_template_source(
     return errors + source_errors(_validation_env, BODY, body_template)
 
 
-_renderer: TemplateRenderer | None = None
-_renderer_pid: int | None = None
-_renderer_lock = threading.Lock()
+_renderer = PerProcess(lambda: TemplateRenderer(get_settings()))
 
 
 def get_template_renderer() -> TemplateRenderer:
     """The process's renderer; a forked child builds its own rather than share the parent's."""
-    global _renderer, _renderer_pid
-    pid = os.getpid()
-    if _renderer is None or _renderer_pid != pid:
-        with _renderer_lock:
-            if _renderer is None or _renderer_pid != pid:
-                _renderer = TemplateRenderer(get_settings())
-                _renderer_pid = pid
-    return _renderer
+    return _renderer.get()

@@ -20,6 +20,7 @@ from typing import Any
 
 from shared.db.session import transaction
 from shared.generation import current_generation
+from shared.process import PerProcess
 from shared.settings import Settings, get_settings
 from shared.workflows.config import DynamicWorkflowFactory, InvalidWorkflowConfig
 from shared.workflows.instance import WorkflowInstance, from_static
@@ -195,15 +196,9 @@ def build_registry(settings: Settings) -> WorkflowRegistry:
     return registry
 
 
-_registry: WorkflowRegistry | None = None
-_registry_lock = threading.Lock()
+_registry = PerProcess(lambda: build_registry(get_settings()))
 
 
 def get_registry() -> WorkflowRegistry:
-    """The process-wide registry."""
-    global _registry
-    if _registry is None:
-        with _registry_lock:
-            if _registry is None:
-                _registry = build_registry(get_settings())
-    return _registry
+    """The process's registry; a forked child builds its own (its locks are not inherited)."""
+    return _registry.get()
