@@ -20,9 +20,10 @@ import hashlib
 import json
 import re
 import uuid
+from asyncio import gather
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio.to_thread
 from sqlalchemy import select
@@ -101,6 +102,8 @@ async def accept(
     """Check, record and publish triggers; a result for each, in order. `enterprise_id` is the
     one the request names for triggers whose body names none."""
     settings = get_settings()
+    if not triggers:
+        return []
     if len(triggers) == 1:
         checked = [await _check_one(triggers[0], principal, enterprise_id, settings)]
     else:
@@ -120,14 +123,18 @@ async def accept(
         else:
             new.setdefault(item[0], []).append(item[1])
 
-    for enterprise, notifications in new.items():
-        answers = await trigger_recorder().record_all(enterprise, principal.actor, notifications)
+    # Each enterprise's share is one submission; submitted together, they share a batch.
+    record = trigger_recorder().record_all
+    submissions = [record(enterprise, principal.actor, group) for enterprise, group in new.items()]
+    answered = [await submissions[0]] if len(submissions) == 1 else await gather(*submissions)
+    for (enterprise, notifications), answers in zip(new.items(), answered, strict=True):
         for notification, answer in zip(notifications, answers, strict=True):
             results[position[notification.index]] = _result(answer, enterprise)
     for enterprise, items in existing.items():
         for item, result in await _trigger_existing_async(enterprise, items):
             results[position[item.index]] = result
-    return [result for result in results if result is not None]
+    assert all(result is not None for result in results)
+    return cast("list[Result]", results)
 
 
 async def _check_one(
