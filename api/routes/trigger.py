@@ -64,7 +64,8 @@ async def trigger(body: TriggerRequest, principal: PrincipalDep, request: Reques
 
 def accepted_response(accepted: intake.Accepted) -> TriggerResponse:
     """The 202 body of an accepted trigger."""
-    return TriggerResponse.model_construct(
+    # Validated: pydantic's Rust validation is faster than model_construct's Python loop.
+    return TriggerResponse(
         message="Notification triggered successfully" if accepted.due else "Notification scheduled",
         workflowId=accepted.workflow_key,
         enterpriseId=accepted.enterprise_id,
