@@ -37,6 +37,16 @@ def _due() -> Any:
     )
 
 
+def _update_in_state(notification_id: int, enterprise_id: uuid.UUID, expected: S) -> Any:
+    """An UPDATE of one notification of the enterprise that applies only while it is in the
+    `expected` state: the conditional transition every actor races with."""
+    return update(N).where(
+        N.id == notification_id,
+        N.enterprise_id == enterprise_id,
+        N.notification_status == expected,
+    )
+
+
 def retract_pending(
     session: Session, *, notification_id: int, enterprise_id: uuid.UUID, reason: str | None
 ) -> Notification | None:
@@ -59,12 +69,7 @@ def _retract(
     reason: str | None,
 ) -> Notification | None:
     stmt = (
-        update(N)
-        .where(
-            N.id == notification_id,
-            N.enterprise_id == enterprise_id,
-            N.notification_status == expected,
-        )
+        _update_in_state(notification_id, enterprise_id, expected)
         .values(
             notification_status=S.RETRACTED,
             retracted_at=func.now(),
@@ -82,12 +87,7 @@ def requeue_failed(
 ) -> Notification | None:
     """FAILED → PENDING (the retry API), with a fresh attempt budget."""
     stmt = (
-        update(N)
-        .where(
-            N.id == notification_id,
-            N.enterprise_id == enterprise_id,
-            N.notification_status == S.FAILED,
-        )
+        _update_in_state(notification_id, enterprise_id, S.FAILED)
         .values(
             notification_status=S.PENDING,
             attempts=0,
