@@ -1,7 +1,8 @@
 """A local stand-in for Novu's REST API, for `make run` and the tests.
 
 Same paths, bodies, envelopes, status codes, limits and deduplication as Novu
-(see /work/shared/NOVU.md), plus fault injection. One asyncio process; all
+(Novu's API reference, https://docs.novu.co/api-reference), plus fault injection. One asyncio
+process; all
 state is in memory and lost on exit.
 
 Novu endpoints (need `Authorization: ApiKey <secret key>`, else 401):

@@ -1,7 +1,7 @@
 """The Novu Framework bridge at /api/novu: each action and each error, shapes field by field.
 
 The expected shapes are those @novu/framework 2.13.2 answers for a workflow with email,
-in_app, sms and push steps (see /work/shared/NOVU.md and api/bridge/).
+in_app, sms and push steps (see api/bridge/ and the @novu/framework source).
 """
 
 from __future__ import annotations
