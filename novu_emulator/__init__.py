@@ -1,9 +1,8 @@
 """A local stand-in for Novu's REST API, for `make run` and the tests.
 
 Same paths, bodies, envelopes, status codes, limits and deduplication as Novu
-(Novu's API reference, https://docs.novu.co/api-reference), plus fault injection. One asyncio
-process; all
-state is in memory and lost on exit.
+(Novu's API reference, https://docs.novu.co/api-reference), plus fault injection. One
+asyncio process; all state is in memory and lost on exit.
 
 Novu endpoints (need `Authorization: ApiKey <secret key>`, else 401):
 - `POST /v1/events/trigger` -> 201 `{"data": {acknowledged, status, transactionId}}`.
