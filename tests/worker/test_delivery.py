@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
 from shared.db.session import transaction
-from shared.queue import publish_deliver_batch
+from shared.queue import TaskName, publish_deliver_batch, task_writer
 from tests.conftest import signup_payload, wait_for_status
 
 pytestmark = pytest.mark.integration
@@ -212,3 +212,26 @@ def test_cancel_sent_after_delivery_is_409_already_delivered(client, tenant, wor
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "already_delivered"
     assert _row(accepted["notificationId"]).notification_status is NotificationStatus.SENT
+
+
+def test_a_message_of_the_old_single_notification_task_is_still_delivered(
+    client, tenant, worker, emulator
+):
+    # Releases before 0.2 queued deliver_notification(id, enterprise): a message of it left in
+    # the queue across an upgrade is consumed by the alias (docs/architecture.md, "Upgrading").
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    held = _trigger(client, tenant, scheduledFor=later)
+    with transaction() as session:  # due, and left alone by beat: only the message can send it
+        session.execute(
+            update(Notification)
+            .where(Notification.id == held["notificationId"])
+            .values(scheduled_for=None, enqueued_at=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+        )
+    writer = task_writer()
+    assert writer is not None
+    writer.publish(
+        [(TaskName.DELIVER_NOTIFICATION, [held["notificationId"], str(tenant.enterprise_id)])]
+    )
+    row = wait_for_status(client, tenant, held["notificationId"], {"SENT", "FAILED"})
+    assert row["notification_status"] == "SENT", row
+    assert len(_events(emulator, held["transactionId"])) == 1
