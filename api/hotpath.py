@@ -17,7 +17,7 @@ tests/api/test_trigger_route.py sends the same requests here and to the same end
 by FastAPI's own route and stack, and expects the same answers.
 
 The rest of a trigger's measured fast path lives with what it speeds up, each explained there
-and in docs/performance.md: the key cache (api/deps.py, PrincipalCache), rate-limit leases
+and in docs/performance.md: the key cache (shared/apikeys.py, PrincipalCache), rate-limit leases
 (api/ratelimit.py), group commit (shared/notifications/recorder.py) and one LPUSH per message
 (shared/queue.py, RedisTaskWriter).
 """
