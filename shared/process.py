@@ -2,7 +2,8 @@
 
 Celery's prefork pool forks the worker after modules are imported, and a child that used its
 parent's sockets (database pool, HTTP client) or thread pools would corrupt them or hang. A
-PerProcess builds its object on first use in each process, once, under a lock.
+PerProcess builds its object on first use in each process, once, under a lock. A fork marks it
+stale in the child (os.register_at_fork), so get() costs no system call.
 """
 
 from __future__ import annotations
@@ -25,24 +26,30 @@ class PerProcess(Generic[T]):
         self._build = build
         self._inherited = inherited
         self._value: T | None = None
-        self._pid: int | None = None
+        self._fresh = False  # _value was built in this process
         self._lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        # The parent's lock may have been held by a thread that does not exist here.
+        self._lock = threading.Lock()
+        self._fresh = False
 
     def get(self) -> T:
         """This process's object."""
-        value, pid = self._value, os.getpid()
-        if value is not None and self._pid == pid:
+        value = self._value
+        if value is not None and self._fresh:
             return value
         with self._lock:
-            if self._value is None or self._pid != pid:
+            if self._value is None or not self._fresh:
                 if self._value is not None and self._inherited is not None:
                     self._inherited(self._value)
                 self._value = self._build()
-                self._pid = pid
+                self._fresh = True
             return self._value
 
     def forget(self) -> T | None:
         """Drop the object (the next get() builds a new one); returns what was held."""
         with self._lock:
-            value, self._value, self._pid = self._value, None, None
+            value, self._value, self._fresh = self._value, None, False
             return value

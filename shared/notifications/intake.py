@@ -143,8 +143,7 @@ async def _check_one(
     request = trigger.request
     try:
         enterprise = principal.acting_for(request.enterpriseId or default)
-        registry = get_registry()
-        if registry.is_fresh(enterprise):  # from memory: no I/O
+        if get_registry().is_fresh(enterprise):  # from memory: no I/O
             workflow = resolve_workflow(request.workflowId, enterprise)
         else:
             workflow = await anyio.to_thread.run_sync(
