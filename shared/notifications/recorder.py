@@ -127,6 +127,8 @@ class TriggerRecorder:
         expiry = loop.call_later(self.queue_timeout, self._expire, submission)
         try:
             return await future
+        except Unavailable as exc:  # not taken in time: none of them was recorded
+            return [exc] * len(notifications)
         finally:
             expiry.cancel()
 

@@ -162,3 +162,46 @@ def test_a_trigger_the_recorder_cannot_take_in_time_is_a_503_and_never_recorded(
         answer = api_error_of(error)
         assert answer is not None and answer.status_code == 503, error
     assert set(_rows(tenant.enterprise_id)) == {first.notification_id}
+
+
+def test_a_submission_not_taken_in_time_answers_each_trigger_unavailable_without_raising(
+    stack: Stack, tenant: Tenant
+) -> None:
+    # A bulk request's submissions are awaited together: one that was not taken in time must
+    # answer its own triggers (503 each) and leave the others' answers (recorded rows) intact.
+    recorder = TriggerRecorder(max_rows=1, queue_timeout=0.5)
+    locked = threading.Event()
+    release = threading.Event()
+
+    def hold_the_table() -> None:
+        with psycopg.connect(stack.database_url) as conn:
+            conn.execute("LOCK TABLE notify.ent_notification IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_the_table)
+    holder.start()
+    try:
+        assert locked.wait(10)
+
+        async def scenario() -> list[list[Any]]:
+            first = asyncio.ensure_future(
+                recorder.record_all(tenant.enterprise_id, "test", [_notification()])
+            )
+            await asyncio.sleep(0.2)  # taken, and waiting on the lock
+            late = asyncio.ensure_future(
+                recorder.record_all(tenant.enterprise_id, "test", [_notification()] * 2)
+            )
+            late_answers = await late
+            release.set()
+            return [await first, late_answers]
+
+        taken, late = asyncio.run(scenario())
+    finally:
+        release.set()
+        holder.join(10)
+        recorder.stop()
+
+    assert len(taken) == 1 and isinstance(taken[0], Recorded)
+    assert len(late) == 2 and all(isinstance(answer, Unavailable) for answer in late)
+    assert set(_rows(tenant.enterprise_id)) == {taken[0].notification_id}
