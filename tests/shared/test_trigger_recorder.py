@@ -4,6 +4,7 @@ and each still gets its own row, its own answer, and the rules of a single trigg
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import threading
 import uuid
@@ -116,15 +117,14 @@ def test_a_value_postgresql_refuses_fails_only_its_own_trigger(
     assert {r.notification_id for r in created} == set(_rows(tenant.enterprise_id))
 
 
-def test_a_trigger_the_recorder_cannot_take_in_time_is_a_503_and_never_recorded(
-    stack: Stack, tenant: Tenant
-) -> None:
-    recorder = TriggerRecorder(max_rows=1, queue_timeout=0.5)
+@contextlib.contextmanager
+def _table_locked(stack: Stack) -> Iterator[threading.Event]:
+    """Another transaction holds the notification table (so the next INSERT waits) until the
+    yielded event is set, or the block ends."""
     locked = threading.Event()
     release = threading.Event()
 
     def hold_the_table() -> None:
-        # Another transaction holds the table: the first INSERT waits for it.
         with psycopg.connect(stack.database_url) as conn:
             conn.execute("LOCK TABLE notify.ent_notification IN ACCESS EXCLUSIVE MODE")
             locked.set()
@@ -134,26 +134,36 @@ def test_a_trigger_the_recorder_cannot_take_in_time_is_a_503_and_never_recorded(
     holder.start()
     try:
         assert locked.wait(10)
-
-        async def scenario() -> list[Recorded | BaseException]:
-            first = asyncio.ensure_future(
-                recorder.record(tenant.enterprise_id, "test", _notification())
-            )
-            await asyncio.sleep(0.2)  # the recorder has taken it, and waits on the lock
-            queued = [
-                asyncio.ensure_future(
-                    recorder.record(tenant.enterprise_id, "test", _notification())
-                )
-                for _ in range(3)
-            ]
-            done = await asyncio.gather(*queued, return_exceptions=True)
-            release.set()  # the taken one goes on, and is answered with its row
-            return [await first, *done]
-
-        first, *late = asyncio.run(scenario())
+        yield release
     finally:
         release.set()
         holder.join(10)
+
+
+def test_a_trigger_the_recorder_cannot_take_in_time_is_a_503_and_never_recorded(
+    stack: Stack, tenant: Tenant
+) -> None:
+    recorder = TriggerRecorder(max_rows=1, queue_timeout=0.5)
+    try:
+        with _table_locked(stack) as release:  # the first INSERT waits for the lock
+
+            async def scenario() -> list[Recorded | BaseException]:
+                first = asyncio.ensure_future(
+                    recorder.record(tenant.enterprise_id, "test", _notification())
+                )
+                await asyncio.sleep(0.2)  # the recorder has taken it, and waits on the lock
+                queued = [
+                    asyncio.ensure_future(
+                        recorder.record(tenant.enterprise_id, "test", _notification())
+                    )
+                    for _ in range(3)
+                ]
+                done = await asyncio.gather(*queued, return_exceptions=True)
+                release.set()  # the taken one goes on, and is answered with its row
+                return [await first, *done]
+
+            first, *late = asyncio.run(scenario())
+    finally:
         recorder.stop()
 
     assert isinstance(first, Recorded) and first.result is RecordResult.CREATED
@@ -170,36 +180,23 @@ def test_a_submission_not_taken_in_time_answers_each_trigger_unavailable_without
     # A bulk request's submissions are awaited together: one that was not taken in time must
     # answer its own triggers (503 each) and leave the others' answers (recorded rows) intact.
     recorder = TriggerRecorder(max_rows=1, queue_timeout=0.5)
-    locked = threading.Event()
-    release = threading.Event()
-
-    def hold_the_table() -> None:
-        with psycopg.connect(stack.database_url) as conn:
-            conn.execute("LOCK TABLE notify.ent_notification IN ACCESS EXCLUSIVE MODE")
-            locked.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold_the_table)
-    holder.start()
     try:
-        assert locked.wait(10)
+        with _table_locked(stack) as release:
 
-        async def scenario() -> list[list[Any]]:
-            first = asyncio.ensure_future(
-                recorder.record_all(tenant.enterprise_id, "test", [_notification()])
-            )
-            await asyncio.sleep(0.2)  # taken, and waiting on the lock
-            late = asyncio.ensure_future(
-                recorder.record_all(tenant.enterprise_id, "test", [_notification()] * 2)
-            )
-            late_answers = await late
-            release.set()
-            return [await first, late_answers]
+            async def scenario() -> list[list[Any]]:
+                first = asyncio.ensure_future(
+                    recorder.record_all(tenant.enterprise_id, "test", [_notification()])
+                )
+                await asyncio.sleep(0.2)  # taken, and waiting on the lock
+                late = asyncio.ensure_future(
+                    recorder.record_all(tenant.enterprise_id, "test", [_notification()] * 2)
+                )
+                late_answers = await late
+                release.set()
+                return [await first, late_answers]
 
-        taken, late = asyncio.run(scenario())
+            taken, late = asyncio.run(scenario())
     finally:
-        release.set()
-        holder.join(10)
         recorder.stop()
 
     assert len(taken) == 1 and isinstance(taken[0], Recorded)
