@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -15,13 +16,23 @@ from shared.db.session import transaction
 from shared.notifications.repository import (
     AttemptOutcome,
     ClaimedRow,
+    Execute,
     NewNotification,
     Recorded,
     claim_due,
     insert_pending,
     record_outcomes,
-    session_executor,
 )
+
+
+def session_executor(session: Session) -> Execute:
+    """Run the repository's statements in an ORM session's transaction (the driver's own
+    parameter style), as the recorder runs them on its own connection."""
+
+    def execute(sql: str, parameters: dict[str, Any]) -> Sequence[Any]:
+        return session.connection().exec_driver_sql(sql, parameters).all()
+
+    return execute
 
 
 def insert_notification(

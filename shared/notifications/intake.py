@@ -327,7 +327,7 @@ def trigger_existing(
             )
         }
     results: list[tuple[_Existing, Result]] = []
-    due: list[int] = []
+    due: dict[int, None] = {}  # ids in order, each once
     for item in items:
         row = rows.get(item.notification_id)
         result: Result
@@ -348,8 +348,8 @@ def trigger_existing(
                 row.transaction_id,
                 row.scheduled_for,
             )
-            if is_due(row.scheduled_for) and row.id not in due:
-                due.append(row.id)
+            if is_due(row.scheduled_for):
+                due[row.id] = None
         results.append((item, result))
     publish_enterprise(enterprise_id, due)
     return results

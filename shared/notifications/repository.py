@@ -61,15 +61,6 @@ class Execute(Protocol):
     def __call__(self, sql: str, parameters: dict[str, Any]) -> Sequence[Any]: ...
 
 
-def session_executor(session: Session) -> Execute:
-    """Execute through an ORM session's transaction (the driver's own parameter style)."""
-
-    def execute(sql: str, parameters: dict[str, Any]) -> Sequence[Any]:
-        return session.connection().exec_driver_sql(sql, parameters).all()
-
-    return execute
-
-
 @dataclass(frozen=True, slots=True)
 class NewNotification:
     """One checked trigger to record. `payload`, `overrides` are the caller's JSON values;
