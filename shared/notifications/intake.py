@@ -140,18 +140,13 @@ async def accept(
 async def _check_one(
     trigger: Trigger, principal: Principal, default: uuid.UUID | None, settings: Settings
 ) -> _Checked:
-    request = trigger.request
     try:
-        enterprise = principal.acting_for(request.enterpriseId or default)
-        if get_registry().is_fresh(enterprise):  # from memory: no I/O
-            workflow = resolve_workflow(request.workflowId, enterprise)
-        else:
-            workflow = await anyio.to_thread.run_sync(
-                resolve_workflow, request.workflowId, enterprise
-            )
-        return check(trigger, enterprise, workflow, settings)
+        enterprise = principal.acting_for(trigger.request.enterpriseId or default)
     except DomainError as exc:
         return exc
+    if get_registry().is_fresh(enterprise):  # the workflow comes from memory: no I/O
+        return _checked(trigger, principal, default, settings)
+    return await anyio.to_thread.run_sync(_checked, trigger, principal, default, settings)
 
 
 def _check_all(
@@ -160,15 +155,19 @@ def _check_all(
     default: uuid.UUID | None,
     settings: Settings,
 ) -> list[_Checked]:
-    checked: list[_Checked] = []
-    for trigger in triggers:
-        try:
-            enterprise = principal.acting_for(trigger.request.enterpriseId or default)
-            workflow = resolve_workflow(trigger.request.workflowId, enterprise)
-            checked.append(check(trigger, enterprise, workflow, settings))
-        except DomainError as exc:
-            checked.append(exc)
-    return checked
+    return [_checked(trigger, principal, default, settings) for trigger in triggers]
+
+
+def _checked(
+    trigger: Trigger, principal: Principal, default: uuid.UUID | None, settings: Settings
+) -> _Checked:
+    """One trigger's checks, its refusal as a value."""
+    try:
+        enterprise = principal.acting_for(trigger.request.enterpriseId or default)
+        workflow = resolve_workflow(trigger.request.workflowId, enterprise)
+        return check(trigger, enterprise, workflow, settings)
+    except DomainError as exc:
+        return exc
 
 
 def check(
