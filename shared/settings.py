@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     novu_bridge_verify_signatures: bool = Field(default=True, alias="NOVU_BRIDGE_VERIFY_SIGNATURES")
     # Where the Novu emulator calls the bridge to execute steps (unset: it does not).
     novu_bridge_url: str | None = Field(default=None, alias="NOVU_BRIDGE_URL")
+    # The address Novu reaches this service's bridge at (`.../api/novu`): what `xnovu novu sync`
+    # and the automatic sync register with Novu (docs/architecture.md, "Novu").
+    novu_bridge_public_url: str | None = Field(default=None, alias="NOVU_BRIDGE_PUBLIC_URL")
+    # The Events rate limit of the Novu tier, in tokens per second (Free 60, Pro 240, Team 600,
+    # Enterprise 6,000): every worker process shares one budget of this size in Redis.
+    novu_events_rps: float = Field(default=60.0, gt=0, alias="NOVU_EVENTS_RPS")
 
     # Delivery and retry policy.
     delivery_max_attempts: int = Field(default=8, ge=1, alias="DELIVERY_MAX_ATTEMPTS")
