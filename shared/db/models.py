@@ -109,6 +109,10 @@ class NotificationWorkflow(AuditedRow, Base):
         # Static rows carry enterprise_id NULL; the key is still unique among them.
         UniqueConstraint("enterprise_id", "workflow_key", postgresql_nulls_not_distinct=True),
         Index(None, "enterprise_id", "publish_status", "workflow_type"),
+        CheckConstraint(
+            "delay_seconds IS NULL OR delay_seconds BETWEEN 1 AND 2592000",
+            name="delay_seconds_range",
+        ),
     )
 
     workflow_key: Mapped[str] = mapped_column(Text, nullable=False)
@@ -120,6 +124,8 @@ class NotificationWorkflow(AuditedRow, Base):
     payload_schema: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     control_schema: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     tags: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    # A delay step before the channel steps (dynamic workflows; 1 s to 30 days, migration 0004).
+    delay_seconds: Mapped[int | None] = mapped_column(Integer)
 
 
 class NotificationRule(AuditedRow, Base):
@@ -189,7 +195,9 @@ class Notification(AuditedRow, Base):
         notification_status_enum, nullable=False, server_default=NotificationStatus.PENDING.value
     )
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    # subscriberIds (and topicKeys); the recipients as given when any is an object or a topic.
     recipients: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    recipient_objects: Mapped[list[Any] | None] = mapped_column(JSONB)
     channels: Mapped[list[ChannelType] | None] = mapped_column(ARRAY(channel_type_enum))
     overrides: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     tags: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
