@@ -28,10 +28,11 @@ Emulator endpoints (no authentication):
 - `GET /_emulator/events[?transactionId=X]`: accepted triggers in order, each
   `{transactionId, name, to, payload, overrides?, actor?, tenant?, context?,
   receivedAt, cancelled}`.
-- `GET /_emulator/stats`: `{accepted, duplicates, cancelled, requests,
+- `GET /_emulator/stats`: `{accepted, duplicates, cancelled, requests, tokens,
   idempotency: {replayed, inFlightConflicts, bodyMismatches}, faults: {latency,
   drop, dropAfterAccept, rateLimited, "status:500": N, ...}, bridge: {...}}`.
-  `requests` counts every `/v1` request; `faults` counts faults actually injected, by kind.
+  `requests` counts every `/v1` request; `tokens` what the requests that passed the rate
+  limiter cost (1 a call, 100 a bulk trigger); `faults` counts faults actually injected.
 - `GET /_emulator/faults/log[?kind=status:400&transactionId=X]`: every injected fault but the
   constant `latencyMs`, in order, each `{kind, transactionIds, status?, at}` (`kind` as in
   `stats.faults`; `transactionIds` those the request carried). The last 100,000 are kept.

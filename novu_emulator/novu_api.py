@@ -155,7 +155,9 @@ class NovuApi:
 
         cost = BULK_COST if endpoint is Endpoint.BULK_TRIGGER else 1
         verdict = self.state.bucket.take(cost, enforce=faults.rate_limit_per_second is not None)
-        if not verdict.allowed:
+        if verdict.allowed:  # Novu charges a call its tokens once it passes the limiter
+            self.state.counters["tokens"] += cost
+        else:
             self.state.log_fault("rateLimited", _transaction_ids(request))
             throttled = novu_error(429, request.target, _FAULT_MESSAGES[429]).with_headers(
                 ("Retry-After", str(verdict.reset_seconds)), *verdict.headers

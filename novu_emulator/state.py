@@ -276,6 +276,7 @@ class EmulatorState:
             "duplicates": self.counters["duplicates"],
             "cancelled": self.counters["cancelled"],
             "requests": self.counters["requests"],
+            "tokens": self.counters["tokens"],
             "idempotency": {
                 "replayed": self.counters["idempotency_replayed"],
                 "inFlightConflicts": self.counters["idempotency_in_flight"],

@@ -1,17 +1,18 @@
 """The delivery engine: one attempt of 1..N notifications of one enterprise.
 
-claim → render → Novu bulk trigger → record, for a lone notification and for a thousand
+claim → render → Novu trigger → record, for a lone notification and for a thousand
 alike, keeping docs/architecture.md's guarantees 2 to 7, up to 100 rows per statement:
 
 - claim: one `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)` moves the due PENDING
   rows among the given ids to PROCESSING (attempt + 1, a lease) and commits. A row another
   worker holds, or that was cancelled, sent or is not due, is simply not claimed.
 - render: every row on its own (`build_trigger_event`); a render failure fails that row only.
-- send: one `POST /v1/events/trigger/bulk` per claimed sub-batch, each event with the
-  transactionId fixed at insert, so a repeated send is dropped by Novu. Each event's result
-  decides its row; a failure of the whole call decides every row of the call: retryable →
-  the whole sub-batch is retried later, permanent → each event is sent alone, so that one bad
-  event cannot fail the others.
+- send: a full hundred as one `POST /v1/events/trigger/bulk` (100 of Novu's rate-limit
+  tokens), fewer as single `POST /v1/events/trigger` calls (1 token each), concurrently;
+  every event with the transactionId fixed at insert, so a repeated send is dropped by Novu.
+  Each event's result decides its row; a failure of a whole bulk call decides every row of
+  it: retryable → the sub-batch is retried later, permanent → each event is sent alone, so
+  that one bad event cannot fail the others.
 - decide: one rule for every failure (`_failed_call`): permanent → FAILED with Novu's answer;
   retryable → PENDING with a capped, jittered backoff honouring Retry-After, or FAILED
   `attempts_exhausted` on the last attempt.
@@ -20,7 +21,8 @@ alike, keeping docs/architecture.md's guarantees 2 to 7, up to 100 rows per stat
 
 Novu's latency does not serialise the task: the sub-batches of one message are pipelined,
 up to SENDS_IN_FLIGHT bulk calls in flight on a thread pool while the task thread claims and
-renders the next sub-batch and records the finished ones.
+renders the next sub-batch and records the finished ones; the single triggers of a sub-batch
+under a hundred share the same pool.
 """
 
 from __future__ import annotations
@@ -53,15 +55,22 @@ from shared.notifications.repository import (
 from shared.novu.client import NovuClient, bulk_idempotency_key
 from shared.novu.errors import NovuError, NovuPermanentError, NovuRetryableError, result_error
 from shared.novu.retry import backoff_delay
-from shared.novu.schemas import MAX_BULK_EVENTS, TriggerEvent, TriggerResult
+from shared.novu.schemas import (
+    BULK_TRIGGER_TOKENS,
+    MAX_BULK_EVENTS,
+    TRIGGER_TOKENS,
+    TriggerEvent,
+    TriggerResult,
+)
 from shared.settings import Settings
 from shared.workflows.registry import get_registry
 
 log = logging.getLogger(__name__)
 
-# Rows claimed by one statement and sent by one Novu bulk call.
+# Rows claimed by one statement and sent by one Novu bulk call (when all of them are sent).
 SUB_BATCH_SIZE = MAX_BULK_EVENTS
-# Novu bulk calls one task keeps in flight while it prepares the next sub-batch.
+# Novu calls one task keeps in flight: sub-batches while it prepares the next one, or the
+# single triggers of a sub-batch under a hundred.
 SENDS_IN_FLIGHT = 4
 
 
@@ -76,6 +85,7 @@ class DeliveryReport:
     skipped: int = 0
     lost_race: int = 0
     novu_calls: int = 0
+    novu_tokens: int = 0  # what the calls cost in Novu's rate limit
     retries: list[tuple[float, list[int]]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
@@ -87,6 +97,7 @@ class DeliveryReport:
             "skipped": self.skipped,
             "lost_race": self.lost_race,
             "novu_calls": self.novu_calls,
+            "novu_tokens": self.novu_tokens,
         }
 
 
@@ -95,12 +106,14 @@ CallResult = list[TriggerResult] | NovuError
 
 @dataclass
 class _Flight:
-    """One claimed sub-batch: rows decided before the call, and the bulk call in flight."""
+    """One claimed sub-batch: rows decided before any call, and its calls in flight: one bulk
+    call, or one single trigger per row sent."""
 
     rows: list[ClaimedRow]
     prepared: dict[int, PreparedTrigger]
     decided: list[AttemptOutcome]
-    call: Future[CallResult] | None
+    bulk: Future[CallResult] | None = None
+    singles: list[Future[CallResult]] = field(default_factory=list)
 
 
 def deliver(
@@ -116,9 +129,9 @@ def deliver(
 
     The ids are handled in sub-batches of SUB_BATCH_SIZE, each claimed and recorded by one
     statement; up to SENDS_IN_FLIGHT of their Novu calls run at once on `executor`. A message
-    of one sub-batch (every message of single triggers) makes its call on the task thread
-    instead: there is nothing to overlap it with, and the hand-off to a pool thread and back
-    would only add CPU and latency.
+    of one full sub-batch makes its bulk call on the task thread, and a lone notification its
+    single trigger: there is nothing to overlap them with, and the hand-off to a pool thread
+    and back would only add CPU and latency.
 
     Every statement of the batch runs on one pooled connection, checked out once.
     """
@@ -130,7 +143,7 @@ def deliver(
         try:
             for start in range(0, len(ids), SUB_BATCH_SIZE):
                 chunk = ids[start : start + SUB_BATCH_SIZE]
-                flight = _launch(conn, enterprise_id, chunk, novu, settings, run, report)
+                flight = _launch(conn, enterprise_id, chunk, novu, settings, run, executor, report)
                 if flight is not None:
                     window.append(flight)
                 # Record finished calls as soon as they are back; block only when the window
@@ -154,7 +167,8 @@ def deliver(
 
 
 def _done(flight: _Flight) -> bool:
-    return flight.call is None or flight.call.done()
+    calls = [flight.bulk] if flight.bulk is not None else flight.singles
+    return all(call.done() for call in calls)
 
 
 def _launch(
@@ -164,10 +178,12 @@ def _launch(
     novu: NovuClient,
     settings: Settings,
     executor: Executor | None,
+    pool: Executor,
     report: DeliveryReport,
 ) -> _Flight | None:
-    """Claim a sub-batch, render it, and start its Novu call (on `executor`, or made here and
-    already answered when there is none); None when nothing was claimed."""
+    """Claim a sub-batch, render it, and start its Novu calls: a bulk call on `executor` (or
+    made here, already answered, when there is none), single triggers on `pool`; None when
+    nothing was claimed."""
     with enterprise_transaction(conn, enterprise_id):
         rows, generation = claim_due(
             conn,
@@ -190,20 +206,47 @@ def _launch(
         except PermanentDeliveryError as exc:
             error = {"code": exc.code, "message": str(exc), "attempt": row.attempts}
             decided.append(AttemptOutcome(row.id, row.attempts, S.FAILED, error=error))
-    call: Future[CallResult] | None = None
-    if prepared:
-        to_send = [row for row in rows if row.id in prepared]
+    flight = _Flight(rows=rows, prepared=prepared, decided=decided)
+    to_send = [row for row in rows if row.id in prepared]
+    if len(to_send) == SUB_BATCH_SIZE:
         events = [prepared[row.id].event for row in to_send]
-        # Deterministic for this set of attempts, new for every retry (as the single path's).
+        # Deterministic for this set of attempts, new for every retry.
         key = bulk_idempotency_key([f"{row.transaction_id}-{row.attempts}" for row in to_send])
-        send = partial(novu.trigger_bulk, events, idempotency_key=key)
-        if executor is None:
-            call = Future()  # already answered: _land finds it done
-            call.set_result(_call(send))
-        else:
-            call = executor.submit(_call, send)
+        flight.bulk = _start(partial(novu.trigger_bulk, events, idempotency_key=key), executor)
         report.novu_calls += 1
-    return _Flight(rows=rows, prepared=prepared, decided=decided, call=call)
+        report.novu_tokens += BULK_TRIGGER_TOKENS
+    elif to_send:
+        # Fewer than a hundred cost fewer tokens as single triggers. A lone one is sent from the
+        # task thread: a hand-off to a pool thread and back would only add CPU and latency.
+        flight.singles = _send_singles(to_send, prepared, novu, pool if len(to_send) > 1 else None)
+        report.novu_calls += len(to_send)
+        report.novu_tokens += len(to_send) * TRIGGER_TOKENS
+    return flight
+
+
+def _start(
+    send: Callable[[], list[TriggerResult]], executor: Executor | None
+) -> Future[CallResult]:
+    """A Novu call on `executor`, or made here (already answered) when there is none."""
+    if executor is not None:
+        return executor.submit(_call, send)
+    done: Future[CallResult] = Future()
+    done.set_result(_call(send))
+    return done
+
+
+def _send_singles(
+    rows: Sequence[ClaimedRow],
+    prepared: dict[int, PreparedTrigger],
+    novu: NovuClient,
+    executor: Executor | None,
+) -> list[Future[CallResult]]:
+    """One single trigger per row, each with its attempt's Idempotency-Key."""
+    calls = []
+    for row in rows:
+        key = attempt_idempotency_key(row.transaction_id, row.attempts)
+        calls.append(_start(partial(_trigger_one, novu, prepared[row.id].event, key), executor))
+    return calls
 
 
 def _call(send: Callable[[], list[TriggerResult]]) -> CallResult:
@@ -226,15 +269,17 @@ def _land(
     """Wait for a sub-batch's call, decide each row, and record them all in one statement."""
     outcomes = list(flight.decided)
     sent_rows = [row for row in flight.rows if row.id in flight.prepared]
-    if flight.call is not None:
-        result = flight.call.result()
-        if isinstance(result, NovuPermanentError) and len(sent_rows) > 1:
+    if flight.bulk is not None:
+        result = flight.bulk.result()
+        if isinstance(result, NovuPermanentError):
             outcomes.extend(_one_by_one(sent_rows, flight, novu, settings, executor, report))
         elif isinstance(result, NovuError):
             outcomes.extend(_failed_call(sent_rows, result, settings))
         else:
             for row, event_result in zip(sent_rows, result, strict=True):
                 outcomes.append(_event_outcome(row, flight.prepared[row.id], event_result))
+    else:
+        outcomes.extend(_single_outcomes(sent_rows, flight.singles, flight, settings))
 
     with enterprise_transaction(conn, enterprise_id):
         moved = record_outcomes(conn, enterprise_id=enterprise_id, outcomes=outcomes)
@@ -320,13 +365,20 @@ def _one_by_one(
     report: DeliveryReport,
 ) -> list[AttemptOutcome]:
     """Novu refused the bulk call as a whole (one event too large, say): send each event on
-    its own, as the single path would, so that each row gets its own answer."""
-    calls: list[Future[CallResult]] = []
-    for row in rows:
-        key = attempt_idempotency_key(row.transaction_id, row.attempts)
-        send = partial(_trigger_one, novu, flight.prepared[row.id].event, key)
-        calls.append(executor.submit(_call, send))
+    its own, so that each row gets its own answer."""
+    calls = _send_singles(rows, flight.prepared, novu, executor)
     report.novu_calls += len(calls)
+    report.novu_tokens += len(calls) * TRIGGER_TOKENS
+    return _single_outcomes(rows, calls, flight, settings)
+
+
+def _single_outcomes(
+    rows: Sequence[ClaimedRow],
+    calls: Sequence[Future[CallResult]],
+    flight: _Flight,
+    settings: Settings,
+) -> list[AttemptOutcome]:
+    """Each row's outcome from its own single trigger."""
     outcomes: list[AttemptOutcome] = []
     for row, call in zip(rows, calls, strict=True):
         result = call.result()

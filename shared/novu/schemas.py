@@ -18,6 +18,10 @@ from pydantic.alias_generators import to_camel
 
 MAX_RECIPIENTS = 100
 MAX_BULK_EVENTS = 100
+# What Novu's rate limiter charges per call, from the Events category's token bucket: a single
+# trigger costs 1 token, a bulk trigger 100 whatever the number of its events.
+TRIGGER_TOKENS = 1
+BULK_TRIGGER_TOKENS = 100
 
 
 class _NovuModel(BaseModel):

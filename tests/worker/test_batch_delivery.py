@@ -105,7 +105,7 @@ def _make_due(ids: list[int], **values: Any) -> None:
 def test_bulk_triggered_notifications_are_sent_once_each_in_bulk_calls(
     client, tenant, worker, emulator
 ):
-    before = _stats(emulator)["requests"]
+    before = _stats(emulator)
     results = _bulk(client, tenant, _signups(250))
     ids = [r["notificationId"] for r in results]
     rows = _wait_rows(ids, _final)
@@ -113,10 +113,13 @@ def test_bulk_triggered_notifications_are_sent_once_each_in_bulk_calls(
     assert all(row.attempts == 1 and row.processed_at is not None for row in rows)
     transaction_ids = [r["transactionId"] for r in results]
     assert _accepted_counts(emulator, transaction_ids) == Counter(transaction_ids)
-    # 250 notifications, one deliver_batch message, three bulk calls, each recorded by one
-    # statement (processed_at is its transaction's start time).
+    # 250 notifications, one deliver_batch message, three sub-batches, each recorded by one
+    # statement (processed_at is its transaction's start time): two bulk calls of a hundred
+    # (100 tokens each) and 50 single triggers (1 token each).
     assert sorted(Counter(row.processed_at for row in rows).values()) == [50, 100, 100]
-    assert _stats(emulator)["requests"] - before < 10  # other tests' leftovers may add a few
+    after = _stats(emulator)
+    assert 52 <= after["requests"] - before["requests"] < 62  # leftovers may add a few
+    assert 250 <= after["tokens"] - before["tokens"] < 260
     event = emulator.get("/_emulator/events", params={"transactionId": transaction_ids[0]}).json()[
         0
     ]
@@ -159,7 +162,7 @@ def test_connection_lost_after_novu_accepted_a_bulk_call_does_not_send_twice(
 def test_a_bulk_call_refused_as_a_whole_is_decided_event_by_event(client, tenant, worker, emulator):
     before = _stats(emulator)["requests"]
     emulator.post("/_emulator/faults", json={"status": 400, "rate": 1.0})
-    results = _bulk(client, tenant, _signups(5))
+    results = _bulk(client, tenant, _signups(100))  # a full hundred: one bulk call
     rows = _wait_rows([r["notificationId"] for r in results], _final)
     assert {row.notification_status for row in rows} == {S.FAILED}
     for row in rows:
@@ -167,7 +170,7 @@ def test_a_bulk_call_refused_as_a_whole_is_decided_event_by_event(client, tenant
         assert row.error_details["code"] == "novu_rejected"
         assert row.error_details["statusCode"] == 400
     # One bulk call, then each event alone.
-    assert _stats(emulator)["requests"] - before == 6
+    assert _stats(emulator)["requests"] - before == 101
     assert not _accepted_counts(emulator, [r["transactionId"] for r in results])
 
 
@@ -259,12 +262,17 @@ def _pending_rows(client, tenant, count: int) -> tuple[list[int], list[str]]:
     return ids, [r["transactionId"] for r in results]
 
 
-def _fake_novu(answer) -> NovuClient:
-    """A Novu whose bulk endpoint answers each event with `answer(event)`."""
+def _fake_novu(answer, paths: list[str] | None = None) -> NovuClient:
+    """A Novu whose trigger endpoints answer each event with `answer(event)` (and note the
+    path of every call in `paths`)."""
 
     def handler(request: httpx.Request) -> httpx.Response:
-        events = json.loads(request.content)["events"]
-        return httpx.Response(201, json={"data": [answer(event) for event in events]})
+        body = json.loads(request.content)
+        if paths is not None:
+            paths.append(request.url.path)
+        if request.url.path.endswith("/bulk"):
+            return httpx.Response(201, json={"data": [answer(event) for event in body["events"]]})
+        return httpx.Response(201, json={"data": answer(body)})
 
     return NovuClient("http://novu.test", "key", transport=httpx.MockTransport(handler))
 
@@ -290,7 +298,9 @@ def test_an_event_novu_did_not_process_fails_only_its_row(client, tenant, stack)
             settings=get_settings(),
             executor=pool,
         )
-    assert (report.claimed, report.sent, report.failed, report.novu_calls) == (5, 4, 1, 1)
+    # Fewer than a hundred: a single trigger each, one token each.
+    assert (report.claimed, report.sent, report.failed, report.novu_calls) == (5, 4, 1, 5)
+    assert report.novu_tokens == 5
     rows = _rows(ids)
     assert [row.notification_status for row in rows] == [S.SENT, S.SENT, S.SENT, S.FAILED, S.SENT]
     assert rows[3].error_details["code"] == "novu_rejected"
@@ -302,12 +312,13 @@ class _NoThreads(Executor):
     """An executor that must not be used."""
 
     def submit(self, fn, /, *args, **kwargs):
-        raise AssertionError("a single sub-batch must be sent on the task thread")
+        raise AssertionError("a lone notification must be sent on the task thread")
 
 
-def test_a_batch_of_one_sub_batch_is_sent_on_the_task_thread(client, tenant, stack):
-    ids, _ = _pending_rows(client, tenant, 3)
+def test_a_lone_notification_is_one_single_trigger_sent_on_the_task_thread(client, tenant, stack):
+    ids, _ = _pending_rows(client, tenant, 1)
     threads: list[str] = []
+    paths: list[str] = []
 
     def answer(event: dict[str, Any]) -> dict[str, Any]:
         threads.append(threading.current_thread().name)
@@ -320,15 +331,48 @@ def test_a_batch_of_one_sub_batch_is_sent_on_the_task_thread(client, tenant, sta
     report = deliver(
         tenant.enterprise_id,
         ids,
-        novu=_fake_novu(answer),
+        novu=_fake_novu(answer, paths),
         settings=get_settings(),
         executor=_NoThreads(),
     )
-    assert (report.claimed, report.sent, report.novu_calls) == (3, 3, 1)
+    assert (report.claimed, report.sent, report.novu_calls, report.novu_tokens) == (1, 1, 1, 1)
+    assert paths == ["/v1/events/trigger"]
+    assert set(threads) == {threading.current_thread().name}
+    [row] = _rows(ids)
+    assert row.notification_status is S.SENT and row.attempts == 1
+    assert row.locked_until is None and row.processed_at is not None
+
+
+def test_a_full_hundred_is_one_bulk_call_sent_on_the_task_thread(client, tenant, stack):
+    ids, _ = _pending_rows(client, tenant, 100)
+    threads: list[str] = []
+    paths: list[str] = []
+
+    def answer(event: dict[str, Any]) -> dict[str, Any]:
+        threads.append(threading.current_thread().name)
+        return {
+            "acknowledged": True,
+            "status": "processed",
+            "transactionId": event["transactionId"],
+        }
+
+    report = deliver(
+        tenant.enterprise_id,
+        ids,
+        novu=_fake_novu(answer, paths),
+        settings=get_settings(),
+        executor=_NoThreads(),
+    )
+    assert (report.claimed, report.sent, report.novu_calls, report.novu_tokens) == (
+        100,
+        100,
+        1,
+        100,
+    )
+    assert paths == ["/v1/events/trigger/bulk"]
     assert set(threads) == {threading.current_thread().name}
     rows = _rows(ids)
     assert {row.notification_status for row in rows} == {S.SENT}
-    assert [row.attempts for row in rows] == [1, 1, 1]
     assert all(row.locked_until is None and row.processed_at is not None for row in rows)
 
 
@@ -357,8 +401,14 @@ def test_sub_batches_of_a_large_batch_are_claimed_and_sent_a_hundred_at_a_time(
         report = deliver(
             tenant.enterprise_id, ids, novu=novu, settings=get_settings(), executor=pool
         )
-    assert sorted(sizes) == [30, 100, 100]
-    assert (report.claimed, report.sent) == (230, 230)
+    # Two bulk calls of a hundred; the last 30 go as single triggers (30 tokens, not 100).
+    assert sorted(sizes) == [100, 100]
+    assert (report.claimed, report.sent, report.novu_calls, report.novu_tokens) == (
+        230,
+        230,
+        32,
+        230,
+    )
     # A second message for the same ids finds nothing left to claim.
     with ThreadPoolExecutor(1) as pool:
         again = deliver(
