@@ -30,6 +30,7 @@ class TaskName(enum.StrEnum):
     DELIVER_BATCH = "xnovu.deliver_batch"
     RECONCILE = "xnovu.reconcile"
     RELEASE_DUE = "xnovu.release_due_notifications"
+    NOVU_SYNC = "xnovu.novu_sync"
 
 
 class QueueName(enum.StrEnum):
@@ -42,6 +43,7 @@ TASK_QUEUES: dict[TaskName, QueueName] = {
     TaskName.DELIVER_BATCH: QueueName.DELIVER,
     TaskName.RECONCILE: QueueName.MAINTENANCE,
     TaskName.RELEASE_DUE: QueueName.MAINTENANCE,
+    TaskName.NOVU_SYNC: QueueName.MAINTENANCE,
 }
 
 

@@ -247,3 +247,39 @@ class ApiKey(AuditedRow, Base):
     scope: Mapped[ApiKeyScope] = mapped_column(api_key_scope_enum, nullable=False)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class NovuWorkflowSync(Base):
+    """What Novu knows of one workflow key, from our syncs (docs/architecture.md, "Novu").
+
+    Novu's workflow ids are global to its environment, so there is one row per key, whichever
+    enterprises use it. `synced_at` and `discover_hash` (of the workflow's discover entry) are
+    those of the last sync that registered it; `last_error` is the last attempt's failure,
+    cleared by the next success. A key no longer declared loses its row when Novu drops it."""
+
+    __tablename__ = "novu_workflow_sync"
+
+    workflow_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    discover_hash: Mapped[str | None] = mapped_column(Text)
+    synced_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class NovuSyncRun(Base):
+    """One sync with Novu: why, where to, what the discover document hashed to, and its error
+    (NULL when Novu took it). The latest successful run tells beat whether to sync again."""
+
+    __tablename__ = "novu_sync_run"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    finished_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    novu_api_url: Mapped[str] = mapped_column(Text, nullable=False)
+    bridge_url: Mapped[str] = mapped_column(Text, nullable=False)
+    discover_hash: Mapped[str] = mapped_column(Text, nullable=False)
+    workflow_keys: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -310,6 +310,18 @@ class NovuClient:
         """Cancel the transaction's delayed, digested or pending steps; True if any were."""
         return parse_cancel_response(self._send(build_cancel_request(transaction_id)))
 
+    def sync_bridge(self, bridge_url: str, *, source: str) -> list[Any]:
+        """`POST /v1/bridge/sync?source=…`: Novu calls `discover` on the bridge at `bridge_url`,
+        stores every workflow listed there and deletes the ones no longer listed; returns the
+        workflows Novu stored. Novu answers 400 when it cannot reach or read the bridge."""
+        body = canonical_json({"bridgeUrl": bridge_url})
+        path = f"/v1/bridge/sync?source={quote(source, safe='')}"
+        response = self._send(NovuRequest("POST", path, {"Content-Type": "application/json"}, body))
+        data = _data(response)
+        if not isinstance(data, list):
+            raise unexpected_body_error(response, "a list of workflows")
+        return data
+
     def _send(self, request: NovuRequest) -> httpx.Response:
         try:
             response = self._http.request(

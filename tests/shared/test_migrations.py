@@ -48,6 +48,8 @@ def test_upgrade_creates_every_table_then_downgrade_removes_them(empty_database)
         "ent_notification",
         "ent_api_key",
         "registry_generation",
+        "novu_workflow_sync",
+        "novu_sync_run",
     }
     assert {"notification_status", "channel_type", "publish_status"} <= types
 
