@@ -15,6 +15,19 @@ Novu endpoints (need `Authorization: ApiKey <secret key>`, else 401):
   result, an event over 512 KB fails the whole call with 413.
 - `DELETE /v1/events/trigger/{transactionId}` -> `{"data": true}` when the
   trigger is still held (see `holdSeconds`) and is now cancelled, else `false`.
+- `POST /v1/bridge/sync[?source=NAME]` `{"bridgeUrl": URL}` -> 201 `{"data": [workflow,
+  ...]}`, as Novu syncs code-first workflows: one signed `GET <bridgeUrl>?action=discover`
+  (no retry), every workflow it lists is remembered (its steps, the bridge URL, when, the
+  source; `options.active: false` makes it inactive), the synced workflows it no longer lists
+  are deleted (hand-registered ones stay), and the URL becomes the bridge triggers are executed
+  on. Each answered workflow is `{_id, name, active, type: "BRIDGE", origin: "external",
+  triggers: [{type, identifier, variables}], steps: [{stepId, name, uuid, template: {type,
+  name}}]}` (a subset of Novu's entity). No `bridgeUrl` -> 400 with Novu's message list, a
+  non-string one 422; a bridge that cannot be reached (connection refused, 404) -> 400
+  "Unable to reach Bridge Endpoint at `<url>?action=discover`. ...", a timeout -> 400 "Bridge
+  request timeout for `...`", a @novu/framework error (e.g. a signature mismatch) -> 400 with
+  its message, 405/502 -> 400 with Novu's messages, any other failure -> Novu's generic 500.
+  Nothing known changes when a sync fails.
 - `Idempotency-Key` on POST (at most 255 characters, else 400), kept 24 h: while
   the first request is in flight the same key gets 409 with `Retry-After: 1`;
   afterwards the same body gets the stored answer again with
@@ -28,22 +41,31 @@ Emulator endpoints (no authentication):
 - `GET /_emulator/events[?transactionId=X]`: accepted triggers in order, each
   `{transactionId, name, to, payload, overrides?, actor?, tenant?, context?,
   receivedAt, cancelled}`.
-- `GET /_emulator/stats`: `{accepted, duplicates, cancelled, requests, tokens,
+- `GET /_emulator/stats`: `{accepted, duplicates, cancelled, requests, tokens, syncs,
   idempotency: {replayed, inFlightConflicts, bodyMismatches}, faults: {latency,
   drop, dropAfterAccept, rateLimited, "status:500": N, ...}, bridge: {...}}`.
   `requests` counts every `/v1` request; `tokens` what the requests that passed the rate
-  limiter cost (1 a call, 100 a bulk trigger); `faults` counts faults actually injected.
+  limiter cost (1 a call, 100 a bulk trigger); `syncs` the syncs that succeeded; `faults`
+  counts faults actually injected.
 - `GET /_emulator/faults/log[?kind=status:400&transactionId=X]`: every injected fault but the
   constant `latencyMs`, in order, each `{kind, transactionIds, status?, at}` (`kind` as in
   `stats.faults`; `transactionIds` those the request carried). The last 100,000 are kept.
 - `GET /_emulator/faults` shows, `POST /_emulator/faults` replaces (omitted
   fields take their defaults) and `DELETE /_emulator/faults` clears the faults.
-- `POST /_emulator/reset`: forget triggers, messages, counters, faults and idempotency
-  keys, and restore the bridge configuration the emulator was started with.
+- `POST /_emulator/reset`: forget triggers, messages, counters, faults, idempotency keys and
+  synced workflows, and restore the bridge configuration the emulator was started with.
 - `GET /_emulator/config` shows, `POST /_emulator/config` replaces and
   `DELETE /_emulator/config` restores (to `--bridge-url` / NOVU_BRIDGE_URL) the Framework
   bridge configuration: `{bridgeUrl, timeoutMs, attempts, retryBaseMs,
   discoverTtlSeconds}` (see config.py).
+- `GET /_emulator/workflows`: the workflows Novu knows, each `{workflowId, steps: [{stepId,
+  type}], bridgeUrl, syncedAt, source, active}`.
+- `PUT /_emulator/workflows/{workflowId}` `{"steps": [{stepId, type}], "active": true}` (both
+  optional; steps default to one `in_app` step `in-app`) registers a workflow by hand, the way
+  Novu knows one made in its dashboard without a sync (for tests without a bridge); its
+  `bridgeUrl` is null and no sync deletes it. `DELETE` forgets one (404 if unknown). The
+  `workflows` argument of `start_in_thread`/`EmulatorServer` registers names this way at
+  startup, and `POST /_emulator/reset` goes back to those.
 - `GET /_emulator/messages[?transactionId=&subscriberId=&workflowId=&stepId=&channel=]`:
   what the bridge's steps delivered, in order, each `{transactionId, workflowId, stepId,
   channel, subscriberId, outputs, deliveredAt}`.

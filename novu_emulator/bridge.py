@@ -247,6 +247,22 @@ class BridgeRunner:
 
     # -- HTTP --------------------------------------------------------------------------------
 
+    async def discover(self, url: str) -> httpx.Response:
+        """One signed `GET <url>?action=discover` as Novu's sync sends it (a single attempt);
+        raises httpx's errors for a request that got no answer."""
+        signature = novu_signature(self._secret_key, b"{}")
+        headers = {
+            "novu-signature": signature,
+            "x-novu-signature": signature,
+            "content-type": "application/json",
+        }
+        return await self._http().get(
+            url,
+            params={"action": "discover"},
+            headers=headers,
+            timeout=self.state.bridge.timeout_ms / 1000,
+        )
+
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(follow_redirects=False)

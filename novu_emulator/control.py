@@ -1,10 +1,12 @@
-"""The emulator's own endpoints under `/_emulator` (no authentication): inspect, fault, reset."""
+"""The emulator's own endpoints under `/_emulator` (no authentication): inspect, fault, reset,
+register workflows."""
 
 from __future__ import annotations
 
 import json
 import logging
 from typing import Any
+from urllib.parse import unquote
 
 from pydantic import ValidationError
 
@@ -12,6 +14,7 @@ from novu_emulator.config import parse_bridge_config
 from novu_emulator.faults import FaultConfig, parse_fault_config, validation_problems
 from novu_emulator.http import HttpRequest, HttpResponse, json_response
 from novu_emulator.state import EmulatorState
+from novu_emulator.workflows import parse_registration
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,9 @@ class ControlApi:
     def handle(self, request: HttpRequest) -> HttpResponse:
         """The answer to one control request."""
         path = request.path.rstrip("/")
+        workflow_prefix = f"{CONTROL_PREFIX}/workflows/"
+        if path.startswith(workflow_prefix) and "/" not in path[len(workflow_prefix) :]:
+            return self._workflow(request, unquote(path[len(workflow_prefix) :]))
         routes = {
             f"{CONTROL_PREFIX}/events": {"GET": self._events},
             f"{CONTROL_PREFIX}/stats": {"GET": self._stats},
@@ -47,6 +53,7 @@ class ControlApi:
                 "DELETE": self._restore_config,
             },
             f"{CONTROL_PREFIX}/messages": {"GET": self._messages},
+            f"{CONTROL_PREFIX}/workflows": {"GET": self._workflows},
         }
         methods = routes.get(path)
         if methods is None:
@@ -129,7 +136,14 @@ class ControlApi:
     def _messages(self, request: HttpRequest) -> HttpResponse:
         filters = {
             name: request.query[name]
-            for name in ("transactionId", "subscriberId", "workflowId", "channel", "stepId")
+            for name in (
+                "transactionId",
+                "subscriberId",
+                "workflowId",
+                "channel",
+                "stepId",
+                "status",
+            )
             if name in request.query
         }
         return json_response(
@@ -140,6 +154,36 @@ class ControlApi:
                 if all(message.get(name) in wanted for name, wanted in filters.items())
             ],
         )
+
+    def _workflows(self, request: HttpRequest) -> HttpResponse:
+        return json_response(
+            200, [workflow.to_json() for workflow in self.state.workflows.values()]
+        )
+
+    def _workflow(self, request: HttpRequest, workflow_id: str) -> HttpResponse:
+        """PUT registers a workflow by hand (as one made in Novu's dashboard), DELETE forgets it."""
+        if request.method == "DELETE":
+            known = self.state.workflows.pop(workflow_id, None)
+            if known is None:
+                return _problem(404, f"workflow {workflow_id!r} is not known")
+            return json_response(200, known.to_json())
+        if request.method != "PUT":
+            return _problem(405, f"Cannot {request.method} {request.path}").with_headers(
+                ("Allow", "PUT, DELETE")
+            )
+        if not workflow_id:
+            return _problem(400, "the workflowId must not be empty")
+        try:
+            document = json.loads(request.body or b"{}")
+        except ValueError as exc:
+            return _problem(400, f"malformed JSON: {exc}")
+        try:
+            registration = parse_registration(document)
+        except ValidationError as exc:
+            return _problem(400, "invalid workflow", errors=validation_problems(exc))
+        workflow = registration.known(workflow_id)
+        self.state.workflows[workflow_id] = workflow
+        return json_response(200, workflow.to_json())
 
     def _reset(self, request: HttpRequest) -> HttpResponse:
         self.state.reset()

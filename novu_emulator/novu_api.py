@@ -30,6 +30,7 @@ from novu_emulator.http import (
     reason_phrase,
 )
 from novu_emulator.state import BULK_COST, EmulatorState, iso_now
+from novu_emulator.sync import SYNC_PATH, SyncFailed, run_sync, sync_body_error
 from novu_emulator.validation import (
     MAX_PAYLOAD_BYTES,
     FieldErrors,
@@ -57,6 +58,7 @@ class Endpoint(StrEnum):
     TRIGGER = "trigger"
     BULK_TRIGGER = "bulk-trigger"
     CANCEL = "cancel"
+    SYNC = "sync"
 
 
 def not_found(request: HttpRequest) -> HttpResponse:
@@ -99,6 +101,10 @@ def body_hash(body: Any) -> str:
 
 def _route(request: HttpRequest) -> tuple[Endpoint, str] | HttpResponse:
     path = request.path.rstrip("/") or "/"
+    if path == SYNC_PATH:
+        if request.method == "POST":
+            return Endpoint.SYNC, ""
+        return method_not_allowed(request, "POST")
     if path == TRIGGER_PATH:
         if request.method == "POST":
             return Endpoint.TRIGGER, ""
@@ -194,7 +200,7 @@ class NovuApi:
             if sticky_fault is not None:
                 response, accepted = self._fault_response(request, sticky_fault), False
             else:
-                response, accepted = self._dispatch(request, endpoint, body, transaction_id)
+                response, accepted = await self._dispatch(request, endpoint, body, transaction_id)
         except Exception:
             if key is not None:
                 self.state.finish_idempotent(key, None)
@@ -216,7 +222,7 @@ class NovuApi:
         """The request-scoped rule drawn now, else the rule the transactionId drew (single
         triggers with a transactionId; in a bulk request each event's 4xx rule answers that
         event, see _event_fault), else None."""
-        if endpoint is Endpoint.CANCEL:
+        if endpoint in (Endpoint.CANCEL, Endpoint.SYNC):
             return None
         rule = faults.pick_status_fault(self._rng, FaultScope.REQUEST)
         if rule is None and endpoint is Endpoint.TRIGGER and faults.has_transaction_rules():
@@ -296,7 +302,7 @@ class NovuApi:
         self.state.counters["idempotency_replayed"] += 1
         return entry.response.with_headers(("Idempotency-Key", key), ("Idempotency-Replay", "true"))
 
-    def _dispatch(
+    async def _dispatch(
         self, request: HttpRequest, endpoint: Endpoint, body: Any, transaction_id: str
     ) -> tuple[HttpResponse, bool]:
         """The handler's answer, and whether it accepted triggers (201)."""
@@ -304,7 +310,23 @@ class NovuApi:
             return self._trigger(request, body)
         if endpoint is Endpoint.BULK_TRIGGER:
             return self._bulk_trigger(request, body)
+        if endpoint is Endpoint.SYNC:
+            return await self._sync(request, body), False
         return json_response(200, {"data": self.state.cancel(transaction_id)}), False
+
+    async def _sync(self, request: HttpRequest, body: Any) -> HttpResponse:
+        refused = sync_body_error(body)
+        if refused is not None:
+            return novu_error(refused[0], request.target, refused[1])
+        if self._bridge is None:
+            return novu_error(400, request.target, "the emulator has no bridge runner")
+        source = request.query.get("source", [None])[0]
+        try:
+            data = await run_sync(self.state, self._bridge, body["bridgeUrl"], source)
+        except SyncFailed as failed:
+            self.state.counters["sync_failures"] += 1
+            return novu_error(failed.status, request.target, failed.message)
+        return json_response(201, {"data": data})
 
     def _trigger(self, request: HttpRequest, body: Any) -> tuple[HttpResponse, bool]:
         errors = trigger_errors(body)

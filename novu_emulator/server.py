@@ -19,6 +19,7 @@ from novu_emulator.control import CONTROL_PREFIX, ControlApi
 from novu_emulator.http import HttpRequest, Reply, json_response, serve_connection
 from novu_emulator.novu_api import NovuApi, not_found
 from novu_emulator.state import EmulatorState
+from novu_emulator.workflows import registered
 from shared.settings import EMULATOR_SECRET_KEY
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class EmulatorServer:
         self.host = host
         self.state = EmulatorState()
         self.state.startup_bridge = self.state.bridge = BridgeConfig(bridge_url=bridge_url)
+        self.state.startup_workflows = {name: registered(name) for name in workflows or ()}
+        self.state.workflows = dict(self.state.startup_workflows)
         self._requested_port = port
         self.bridge = BridgeRunner(self.state, secret_key)
         self._novu = NovuApi(

@@ -36,6 +36,38 @@ def iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@dataclass(frozen=True, slots=True)
+class WorkflowStep:
+    """One step of a known workflow: its stepId and channel type (`email`, `in_app`, `delay`...)."""
+
+    step_id: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class KnownWorkflow:
+    """A workflow Novu knows: synced from a bridge, or registered by hand (a dashboard one)."""
+
+    workflow_id: str
+    steps: tuple[WorkflowStep, ...]
+    # The bridge it was discovered on; None for one registered by hand.
+    bridge_url: str | None
+    synced_at: str
+    source: str | None
+    active: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        """`{workflowId, steps: [{stepId, type}], bridgeUrl, syncedAt, source, active}`."""
+        return {
+            "workflowId": self.workflow_id,
+            "steps": [{"stepId": step.step_id, "type": step.type} for step in self.steps],
+            "bridgeUrl": self.bridge_url,
+            "syncedAt": self.synced_at,
+            "source": self.source,
+            "active": self.active,
+        }
+
+
 @dataclass(slots=True)
 class RecordedTrigger:
     """One accepted trigger, as `GET /_emulator/events` lists it."""
@@ -45,6 +77,8 @@ class RecordedTrigger:
     received_at: str
     cancellable_until: float
     cancelled: bool = False
+    # Monotonic time until which a run of this trigger waits in a delay step (bridge.py).
+    delayed_until: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """`{transactionId, name, to, payload, overrides?, actor?, tenant?, ..., receivedAt}`."""
@@ -148,11 +182,16 @@ class EmulatorState:
     # fault in order, so a test can tell which transactionIds a fault hit.
     transaction_faults: dict[str, StatusFault | None] = field(default_factory=dict)
     fault_log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=FAULT_LOG_LIMIT))
+    # The workflows Novu knows, by workflowId (a trigger of any other one is refused), and
+    # those registered at startup, which reset() restores.
+    workflows: dict[str, KnownWorkflow] = field(default_factory=dict)
+    startup_workflows: dict[str, KnownWorkflow] = field(default_factory=dict)
 
     def reset(self) -> None:
-        """Forget every trigger, message, counter, fault and idempotency key, and go back to
-        the bridge configuration the emulator was started with."""
+        """Forget every trigger, message, counter, fault, idempotency key and synced workflow,
+        and go back to the bridge configuration the emulator was started with."""
         self.epoch += 1
+        self.workflows = dict(self.startup_workflows)
         self.bridge = self.startup_bridge
         self.messages.clear()
         self.bridge_last_error = None
@@ -191,6 +230,21 @@ class EmulatorState:
         self.by_transaction[transaction_id] = trigger
         self.counters["accepted"] += 1
         return True
+
+    def sync_workflows(
+        self, bridge_url: str, source: str | None, discovered: list[KnownWorkflow]
+    ) -> None:
+        """Keep what a sync discovered and forget the synced workflows it no longer lists, as
+        Novu deletes them; workflows registered by hand (dashboard ones) stay. Like Novu, the
+        sync also makes `bridge_url` the environment's bridge, where triggers are executed."""
+        self.workflows = {
+            workflow_id: workflow
+            for workflow_id, workflow in self.workflows.items()
+            if workflow.bridge_url is None
+        }
+        self.workflows.update((workflow.workflow_id, workflow) for workflow in discovered)
+        self.bridge = self.bridge.model_copy(update={"bridge_url": bridge_url})
+        self.counters["syncs"] += 1
 
     def transaction_fault(self, transaction_id: str, rng: random.Random) -> StatusFault | None:
         """The transaction-scoped rule this transactionId drew, drawing on first sight."""
@@ -277,6 +331,7 @@ class EmulatorState:
             "cancelled": self.counters["cancelled"],
             "requests": self.counters["requests"],
             "tokens": self.counters["tokens"],
+            "syncs": self.counters["syncs"],
             "idempotency": {
                 "replayed": self.counters["idempotency_replayed"],
                 "inFlightConflicts": self.counters["idempotency_in_flight"],

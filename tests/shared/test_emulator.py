@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from novu_emulator import RunningEmulator, start_in_thread
+from tests.discover_bridge import serve_discover_bridge
 
 SECRET = "test-secret-key"
 AUTH = {"Authorization": f"ApiKey {SECRET}"}
@@ -767,3 +768,126 @@ def test_stop_closes_open_connections_and_frees_the_port() -> None:
 def test_start_in_thread_on_a_busy_port_raises() -> None:
     with start_in_thread(secret_key=SECRET) as running, pytest.raises(OSError):
         start_in_thread(port=running.port, secret_key=SECRET)
+
+
+# --- sync and known workflows ---------------------------------------------------------
+
+SYNC = "/v1/bridge/sync"
+
+
+def test_sync_discovers_the_bridge_and_remembers_its_workflows(novu: EmulatedNovu) -> None:
+    declared = {"welcome": [("email", "email"), ("wait", "delay")], "digest": [("feed", "in_app")]}
+    with serve_discover_bridge(SECRET, declared) as bridge:
+        response = novu.http.post(SYNC, params={"source": "xnovu"}, json={"bridgeUrl": bridge.url})
+
+    assert response.status_code == 201, response.text
+    answered = response.json()["data"]
+    assert [entry["triggers"][0]["identifier"] for entry in answered] == ["welcome", "digest"]
+    assert [step["stepId"] for step in answered[0]["steps"]] == ["email", "wait"]
+    assert bridge.discovers == 1
+    known = {entry["workflowId"]: entry for entry in novu.http.get("/_emulator/workflows").json()}
+    assert set(known) == {"welcome", "digest"}
+    assert known["welcome"]["steps"] == [
+        {"stepId": "email", "type": "email"},
+        {"stepId": "wait", "type": "delay"},
+    ]
+    assert known["welcome"]["bridgeUrl"] == bridge.url
+    assert known["welcome"]["source"] == "xnovu"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", known["welcome"]["syncedAt"])
+    # As Novu does, the synced URL becomes the environment's bridge.
+    assert novu.http.get("/_emulator/config").json()["bridgeUrl"] == bridge.url
+    assert novu.stats()["syncs"] == 1
+
+
+def test_sync_deletes_synced_workflows_the_bridge_no_longer_lists(novu: EmulatedNovu) -> None:
+    assert novu.http.put("/_emulator/workflows/dashboard-made", json={}).status_code == 200
+    with serve_discover_bridge(SECRET, {"old": [("a", "email")], "kept": [("b", "sms")]}) as bridge:
+        assert novu.http.post(SYNC, json={"bridgeUrl": bridge.url}).status_code == 201
+        bridge.workflows = {"kept": [("b", "sms"), ("c", "push")]}
+        assert novu.http.post(SYNC, json={"bridgeUrl": bridge.url}).status_code == 201
+
+    known = {entry["workflowId"]: entry for entry in novu.http.get("/_emulator/workflows").json()}
+    assert set(known) == {"dashboard-made", "kept"}
+    assert [step["stepId"] for step in known["kept"]["steps"]] == ["b", "c"]
+    assert known["dashboard-made"]["bridgeUrl"] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({}, 400, ["bridgeUrl must be a string", "bridgeUrl should not be null or undefined"]),
+        ({"bridgeUrl": 42}, 422, ["bridgeUrl must be a string"]),
+        ({"bridgeUrl": "not a url"}, 400, "Invalid bridge URL: not a url"),
+    ],
+)
+def test_sync_with_a_bad_body_is_refused(
+    novu: EmulatedNovu, body: dict[str, Any], status: int, message: Any
+) -> None:
+    response = novu.http.post(SYNC, json=body)
+
+    assert response.status_code == status
+    assert response.json()["message"] == message
+    assert novu.http.get("/_emulator/workflows").json() == []
+
+
+def test_sync_of_an_unreachable_bridge_is_400_and_keeps_what_was_known(
+    novu: EmulatedNovu,
+) -> None:
+    with serve_discover_bridge(SECRET, {"welcome": [("email", "email")]}) as bridge:
+        assert novu.http.post(SYNC, json={"bridgeUrl": bridge.url}).status_code == 201
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/api/novu"
+
+    response = novu.http.post(SYNC, json={"bridgeUrl": dead})
+
+    assert response.status_code == 400
+    assert response.json()["message"] == (
+        f"Unable to reach Bridge Endpoint at `{dead}?action=discover`. Run npx novu@latest dev "
+        "in Local mode, or ensure your Bridge app deployment is available."
+    )
+    assert [w["workflowId"] for w in novu.http.get("/_emulator/workflows").json()] == ["welcome"]
+
+
+def test_sync_passes_on_the_bridges_framework_error(novu: EmulatedNovu) -> None:
+    with serve_discover_bridge("another-secret", {"welcome": [("email", "email")]}) as bridge:
+        response = novu.http.post(SYNC, json={"bridgeUrl": bridge.url})
+
+    assert response.status_code == 400
+    assert "signature" in response.json()["message"].lower()
+    assert novu.http.get("/_emulator/workflows").json() == []
+
+
+def test_sync_of_a_bridge_failing_otherwise_is_novus_500(novu: EmulatedNovu) -> None:
+    with serve_discover_bridge(SECRET, {}) as bridge:
+        bridge.answer_with = (503, {"oops": True})
+        response = novu.http.post(SYNC, json={"bridgeUrl": bridge.url})
+
+    assert response.status_code == 500
+    assert "errorId" in response.json()
+
+
+def test_sync_needs_the_secret_key(novu: EmulatedNovu) -> None:
+    with httpx.Client(base_url=novu.running.url) as anonymous:
+        response = anonymous.post(SYNC, json={"bridgeUrl": "http://127.0.0.1:9/api/novu"})
+
+    assert response.status_code == 401
+
+
+def test_workflow_registered_by_hand_is_listed_and_can_be_forgotten(novu: EmulatedNovu) -> None:
+    registered = novu.http.put(
+        "/_emulator/workflows/made-in-dashboard",
+        json={"steps": [{"stepId": "mail", "type": "email"}], "active": False},
+    )
+    default = novu.http.put("/_emulator/workflows/plain", json={})
+    invalid = novu.http.put("/_emulator/workflows/bad", json={"steps": [{"type": "email"}]})
+
+    assert registered.status_code == 200
+    assert registered.json()["steps"] == [{"stepId": "mail", "type": "email"}]
+    assert registered.json()["active"] is False
+    assert default.json()["steps"] == [{"stepId": "in-app", "type": "in_app"}]
+    assert invalid.status_code == 400
+    assert novu.http.delete("/_emulator/workflows/plain").status_code == 200
+    assert novu.http.delete("/_emulator/workflows/plain").status_code == 404
+    listed = novu.http.get("/_emulator/workflows").json()
+    assert [entry["workflowId"] for entry in listed] == ["made-in-dashboard"]
