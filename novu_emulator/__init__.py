@@ -7,8 +7,11 @@ asyncio process; all state is in memory and lost on exit.
 Novu endpoints (need `Authorization: ApiKey <secret key>`, else 401):
 - `POST /v1/events/trigger` -> 201 `{"data": {acknowledged, status, transactionId}}`.
   422 for a body failing Novu's checks (`name`, `to` with at most 100 recipients,
-  ...) or an unknown workflow (only when a set of workflows was configured),
-  413 when the event is over 512 KB. A transactionId already accepted gets 201
+  ...), 422 `workflow_not_found` for a workflow the emulator does not know (never synced,
+  deleted by a later sync, nor registered by hand; see `/_emulator/workflows`), 413 when
+  the event is over 512 KB. A known but inactive workflow answers 201 with `{acknowledged,
+  status: "trigger_not_active"}`, one without steps `no_workflow_steps_defined`: nothing
+  is queued. A transactionId already accepted gets 201
   `processed` again but is not recorded twice (counted as a duplicate).
 - `POST /v1/events/trigger/bulk` `{"events": [...]}` (1 to 100, else 422) ->
   201 `{"data": [result, ...]}`; an invalid event gets its own `status: "error"`

@@ -14,7 +14,6 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import Collection
 from enum import StrEnum
 from typing import Any
 from urllib.parse import unquote
@@ -127,13 +126,11 @@ class NovuApi:
         state: EmulatorState,
         secret_key: str,
         *,
-        workflows: Collection[str] | None,
         rng: random.Random,
         bridge: BridgeRunner | None = None,
     ) -> None:
         self.state = state
         self._secret_key = secret_key.encode()
-        self._workflows = frozenset(workflows) if workflows is not None else None
         self._rng = rng
         self._bridge = bridge
 
@@ -335,9 +332,10 @@ class NovuApi:
         size = json_size(body)
         if size > MAX_PAYLOAD_BYTES:
             return novu_error(413, request.target, payload_too_large_message(size)), False
-        if not self._knows(body["name"]):
+        if body["name"] not in self.state.workflows:
             return novu_error(422, request.target, "workflow_not_found"), False
-        return json_response(201, {"data": self._accept(body)}), True
+        result = self._accept(body)
+        return json_response(201, {"data": result}), result["status"] == "processed"
 
     def _bulk_trigger(self, request: HttpRequest, body: Any) -> tuple[HttpResponse, bool]:
         errors = bulk_envelope_errors(body)
@@ -358,7 +356,7 @@ class NovuApi:
         errors = trigger_errors(event)
         if errors:
             return {"acknowledged": True, "status": "error", "error": flat_messages(errors)}
-        if not self._knows(event["name"]):
+        if event["name"] not in self.state.workflows:
             return {"acknowledged": True, "status": "error", "error": ["workflow_not_found"]}
         refused = self._event_fault(event)
         if refused is not None:
@@ -388,13 +386,15 @@ class NovuApi:
             "transactionId": transaction_id,
         }
 
-    def _knows(self, workflow: str) -> bool:
-        if not workflow:
-            return False
-        return self._workflows is None or workflow in self._workflows
-
     def _accept(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Queue one valid trigger; a transactionId seen before is acknowledged but dropped."""
+        """Queue one valid trigger of a known workflow; a transactionId seen before is
+        acknowledged but dropped. An inactive workflow, or one without steps, is acknowledged
+        with Novu's status for it and not queued."""
+        workflow = self.state.workflows[event["name"]]
+        if not workflow.active:
+            return {"acknowledged": True, "status": "trigger_not_active"}
+        if not workflow.steps:
+            return {"acknowledged": True, "status": "no_workflow_steps_defined"}
         transaction_id = event.get("transactionId") or str(uuid.uuid4())
         if not recipients(event["to"]):
             return {

@@ -38,25 +38,25 @@ class EmulatorServer:
         port: int = 0,
         secret_key: str = EMULATOR_SECRET_KEY,
         *,
-        workflows: Collection[str] | None = None,
+        workflows: Collection[str] = (),
         seed: int | None = None,
         bridge_url: str | None = None,
     ) -> None:
-        """`workflows`: the workflow ids Novu knows (None: any); `seed` makes faults repeatable;
+        """`workflows`: workflow ids Novu knows from the start, as if made in its dashboard
+        (others must be synced before they can be triggered); `seed` makes faults repeatable;
         `bridge_url`: the Framework bridge to execute accepted triggers on (None: none)."""
         if not secret_key:
             raise ValueError("secret_key must not be empty")
         self.host = host
         self.state = EmulatorState()
         self.state.startup_bridge = self.state.bridge = BridgeConfig(bridge_url=bridge_url)
-        self.state.startup_workflows = {name: registered(name) for name in workflows or ()}
+        self.state.startup_workflows = {name: registered(name) for name in workflows}
         self.state.workflows = dict(self.state.startup_workflows)
         self._requested_port = port
         self.bridge = BridgeRunner(self.state, secret_key)
         self._novu = NovuApi(
             self.state,
             secret_key,
-            workflows=workflows,
             rng=random.Random(seed),
             bridge=self.bridge,
         )
@@ -215,7 +215,7 @@ def start_in_thread(
     port: int = 0,
     secret_key: str = EMULATOR_SECRET_KEY,
     *,
-    workflows: Collection[str] | None = None,
+    workflows: Collection[str] = (),
     seed: int | None = None,
     bridge_url: str | None = None,
 ) -> RunningEmulator:

@@ -23,6 +23,7 @@ SECRET = "test-secret-key"
 AUTH = {"Authorization": f"ApiKey {SECRET}"}
 TRIGGER = "/v1/events/trigger"
 BULK = "/v1/events/trigger/bulk"
+SYNC = "/v1/bridge/sync"
 MAX_PAYLOAD_BYTES = 524_288
 
 
@@ -82,7 +83,7 @@ class EmulatedNovu:
 @pytest.fixture
 def novu() -> Iterator[EmulatedNovu]:
     with (
-        start_in_thread(secret_key=SECRET, seed=20240601) as running,
+        start_in_thread(secret_key=SECRET, seed=20240601, workflows={"welcome"}) as running,
         httpx.Client(base_url=running.url, headers=AUTH, timeout=10.0) as http,
     ):
         yield EmulatedNovu(running, http)
@@ -246,21 +247,65 @@ def test_payload_of_exactly_512_kb_is_accepted_and_one_byte_more_is_413(
     assert [e["transactionId"] for e in novu.events()] == [event["transactionId"]]
 
 
-def test_unknown_workflow_is_422_when_the_known_workflows_are_configured() -> None:
-    with (
-        start_in_thread(secret_key=SECRET, workflows={"welcome"}) as running,
-        httpx.Client(base_url=running.url, headers=AUTH) as http,
-    ):
-        known = http.post(TRIGGER, json=make_event())
-        unknown = http.post(TRIGGER, json=make_event(name="no-such-workflow"))
-        bulk = http.post(BULK, json={"events": [make_event(name="nope"), make_event()]})
+def test_unknown_workflow_is_422_until_it_is_synced(novu: EmulatedNovu) -> None:
+    unknown = novu.trigger(make_event(name="order-shipped"))
+    bulk = novu.bulk([make_event(name="order-shipped"), make_event()])
+    with serve_discover_bridge(SECRET, {"order-shipped": [("mail", "email")]}) as bridge:
+        assert novu.http.post(SYNC, json={"bridgeUrl": bridge.url}).status_code == 201
+    synced = novu.trigger(make_event(name="order-shipped"))
 
-    assert known.status_code == 201
     assert unknown.status_code == 422
     assert unknown.json()["message"] == "workflow_not_found"
     assert bulk.status_code == 201
     assert [result["status"] for result in bulk.json()["data"]] == ["error", "processed"]
     assert bulk.json()["data"][0]["error"] == ["workflow_not_found"]
+    assert synced.status_code == 201
+    assert synced.json()["data"]["status"] == "processed"
+    assert [event["name"] for event in novu.events()] == ["welcome", "order-shipped"]
+
+
+def test_workflow_deleted_by_a_sync_is_422_again(novu: EmulatedNovu) -> None:
+    with serve_discover_bridge(SECRET, {"promo": [("mail", "email")]}) as bridge:
+        assert novu.http.post(SYNC, json={"bridgeUrl": bridge.url}).status_code == 201
+        assert novu.trigger(make_event(name="promo")).status_code == 201
+        bridge.workflows = {}
+        assert novu.http.post(SYNC, json={"bridgeUrl": bridge.url}).status_code == 201
+
+    gone = novu.trigger(make_event(name="promo"))
+
+    assert gone.status_code == 422
+    assert gone.json()["message"] == "workflow_not_found"
+
+
+def test_inactive_workflow_or_one_without_steps_is_201_but_not_processed(
+    novu: EmulatedNovu,
+) -> None:
+    novu.http.put("/_emulator/workflows/paused", json={"active": False})
+    novu.http.put("/_emulator/workflows/empty", json={"steps": []})
+    with serve_discover_bridge(SECRET, {"draft": [("mail", "email")]}) as bridge:
+        bridge.inactive = {"draft"}
+        assert novu.http.post(SYNC, json={"bridgeUrl": bridge.url}).status_code == 201
+
+    answers = [novu.trigger(make_event(name=name)) for name in ("paused", "empty", "draft")]
+
+    assert [answer.status_code for answer in answers] == [201, 201, 201]
+    assert [answer.json()["data"] for answer in answers] == [
+        {"acknowledged": True, "status": "trigger_not_active"},
+        {"acknowledged": True, "status": "no_workflow_steps_defined"},
+        {"acknowledged": True, "status": "trigger_not_active"},
+    ]
+    assert novu.events() == []
+
+
+def test_reset_forgets_synced_workflows_but_keeps_the_startup_ones(novu: EmulatedNovu) -> None:
+    with serve_discover_bridge(SECRET, {"promo": [("mail", "email")]}) as bridge:
+        assert novu.http.post(SYNC, json={"bridgeUrl": bridge.url}).status_code == 201
+
+    assert novu.http.post("/_emulator/reset").status_code == 200
+
+    assert [w["workflowId"] for w in novu.http.get("/_emulator/workflows").json()] == ["welcome"]
+    assert novu.trigger(make_event(name="promo")).status_code == 422
+    assert novu.trigger(make_event()).status_code == 201
 
 
 def test_malformed_json_is_400(novu: EmulatedNovu) -> None:
@@ -743,7 +788,7 @@ def test_concurrent_connections_are_answered_in_parallel(novu: EmulatedNovu) -> 
 
 
 def test_stop_closes_open_connections_and_frees_the_port() -> None:
-    running = start_in_thread(secret_key=SECRET)
+    running = start_in_thread(secret_key=SECRET, workflows={"welcome"})
     port = running.port
     client = httpx.Client(base_url=running.url, headers=AUTH)
     assert client.post(TRIGGER, json=make_event()).status_code == 201  # Leaves a pooled connection.
@@ -771,8 +816,6 @@ def test_start_in_thread_on_a_busy_port_raises() -> None:
 
 
 # --- sync and known workflows ---------------------------------------------------------
-
-SYNC = "/v1/bridge/sync"
 
 
 def test_sync_discovers_the_bridge_and_remembers_its_workflows(novu: EmulatedNovu) -> None:
@@ -807,7 +850,7 @@ def test_sync_deletes_synced_workflows_the_bridge_no_longer_lists(novu: Emulated
         assert novu.http.post(SYNC, json={"bridgeUrl": bridge.url}).status_code == 201
 
     known = {entry["workflowId"]: entry for entry in novu.http.get("/_emulator/workflows").json()}
-    assert set(known) == {"dashboard-made", "kept"}
+    assert set(known) == {"welcome", "dashboard-made", "kept"}
     assert [step["stepId"] for step in known["kept"]["steps"]] == ["b", "c"]
     assert known["dashboard-made"]["bridgeUrl"] is None
 
@@ -827,7 +870,7 @@ def test_sync_with_a_bad_body_is_refused(
 
     assert response.status_code == status
     assert response.json()["message"] == message
-    assert novu.http.get("/_emulator/workflows").json() == []
+    assert [w["workflowId"] for w in novu.http.get("/_emulator/workflows").json()] == ["welcome"]
 
 
 def test_sync_of_an_unreachable_bridge_is_400_and_keeps_what_was_known(
@@ -855,7 +898,7 @@ def test_sync_passes_on_the_bridges_framework_error(novu: EmulatedNovu) -> None:
 
     assert response.status_code == 400
     assert "signature" in response.json()["message"].lower()
-    assert novu.http.get("/_emulator/workflows").json() == []
+    assert [w["workflowId"] for w in novu.http.get("/_emulator/workflows").json()] == ["welcome"]
 
 
 def test_sync_of_a_bridge_failing_otherwise_is_novus_500(novu: EmulatedNovu) -> None:
@@ -890,4 +933,4 @@ def test_workflow_registered_by_hand_is_listed_and_can_be_forgotten(novu: Emulat
     assert novu.http.delete("/_emulator/workflows/plain").status_code == 200
     assert novu.http.delete("/_emulator/workflows/plain").status_code == 404
     listed = novu.http.get("/_emulator/workflows").json()
-    assert [entry["workflowId"] for entry in listed] == ["made-in-dashboard"]
+    assert [entry["workflowId"] for entry in listed] == ["welcome", "made-in-dashboard"]

@@ -30,7 +30,7 @@ def event(transaction_id: str | None = None) -> dict[str, Any]:
 @pytest.fixture
 def http() -> Iterator[httpx.Client]:
     with (
-        start_in_thread(secret_key=SECRET, seed=7) as running,
+        start_in_thread(secret_key=SECRET, seed=7, workflows={"welcome"}) as running,
         httpx.Client(base_url=running.url, headers=AUTH, timeout=10.0) as client,
     ):
         yield client
