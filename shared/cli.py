@@ -57,6 +57,38 @@ def keys_create(enterprise_id: uuid.UUID | None, service: bool, name: str | None
     click.echo(f"(key id {key_id}, scope {scope.value}; it is not shown again)", err=True)
 
 
+@main.group()
+def novu() -> None:
+    """Talk to Novu."""
+
+
+@novu.command("sync")
+@click.option(
+    "--wait",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for a sync another process is running.",
+)
+def novu_sync(wait: float) -> None:
+    """Register our workflows with Novu now: Novu calls the bridge at NOVU_BRIDGE_PUBLIC_URL
+    and stores every workflow it declares. Exits 1 when Novu did not take them."""
+    from shared.novu.sync import SyncBusy, SyncNotConfigured, sync_exclusively
+
+    try:
+        outcome = sync_exclusively(reason="xnovu novu sync", wait_seconds=wait)
+    except (SyncNotConfigured, SyncBusy) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not outcome.ok:
+        raise click.ClickException(f"Novu did not take the sync: {outcome.error}")
+    click.echo(
+        f"synced {len(outcome.workflow_keys)} workflows with Novu "
+        f"(bridge {outcome.bridge_url}, discover {outcome.discover_hash[:12]}):"
+    )
+    for key in outcome.workflow_keys:
+        click.echo(f"  {key}")
+
+
 def _register_subcommands() -> None:
     from shared.workflows.cli import workflows
 

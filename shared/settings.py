@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # The address Novu reaches this service's bridge at (`.../api/novu`): what `xnovu novu sync`
     # and the automatic sync register with Novu (docs/architecture.md, "Novu").
     novu_bridge_public_url: str | None = Field(default=None, alias="NOVU_BRIDGE_PUBLIC_URL")
+    # How often beat checks whether the discover document changed since the last sync.
+    novu_sync_check_seconds: float = Field(default=30.0, gt=0, alias="NOVU_SYNC_CHECK_SECONDS")
     # The Events rate limit of the Novu tier, in tokens per second (Free 60, Pro 240, Team 600,
     # Enterprise 6,000): every worker process shares one budget of this size in Redis.
     novu_events_rps: float = Field(default=60.0, gt=0, alias="NOVU_EVENTS_RPS")

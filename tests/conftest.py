@@ -1,5 +1,7 @@
 """The real stack for the test suite: embedded PostgreSQL and Redis, the Novu emulator, a real
 `celery worker` process and `celery beat`, and the API app (in-process through TestClient).
+The worker comes with a real API process, the bridge Novu calls: NOVU_BRIDGE_PUBLIC_URL, which
+the worker syncs with the emulator as with Novu (docs/architecture.md, "Novu").
 
 Settings come from environment variables set here before any XNovu module reads them, with
 short timings so retries and the reconciler act within seconds.
@@ -7,13 +9,13 @@ short timings so retries and the reconciler act within seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,8 @@ class Stack:
     redis_url: str
     emulator_url: str
     env: dict[str, str]
+    # The port of the API process the `bridge_process` fixture runs (NOVU_BRIDGE_PUBLIC_URL's).
+    bridge_port: int
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -90,6 +94,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     database_url = postgres.start()
     redis_url = redis_server.start()
     emulator_port = free_port()
+    bridge_port = free_port()
     env = {
         **os.environ,
         **TEST_TIMINGS,
@@ -97,6 +102,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "REDIS_URL": redis_url,
         "NOVU_API_URL": f"http://127.0.0.1:{emulator_port}",
         "NOVU_EMULATOR_PORT": str(emulator_port),
+        "NOVU_BRIDGE_PUBLIC_URL": f"http://127.0.0.1:{bridge_port}/api/novu",
         "XNOVU_DATA_DIR": str(tmp / "data"),
         "PYTHONUNBUFFERED": "1",
     }
@@ -118,6 +124,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             redis_url=redis_url,
             emulator_url=f"http://127.0.0.1:{emulator_port}",
             env=env,
+            bridge_port=bridge_port,
         )
     finally:
         redis_server.stop()
@@ -144,11 +151,11 @@ def novu_emulator(stack: Stack) -> Iterator[str]:
         _stop(proc)
 
 
-@contextmanager
-def api_process(stack: Stack, name: str, **env: str) -> Iterator[str]:
-    """A real uvicorn API process on a free port (for what must reach the API over HTTP, or
-    a second process); yields its URL and stops it afterwards."""
-    port = free_port()
+@contextlib.contextmanager
+def api_process(stack: Stack, name: str, port: int | None = None, **env: str) -> Iterator[str]:
+    """A real uvicorn API process on `port` (default: a free one), for what must reach the API
+    over HTTP, or a second process; yields its URL and stops it afterwards."""
+    port = port or free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -236,8 +243,37 @@ class Worker:
                 _stop(proc)
 
 
+class BridgeApi:
+    """The API process at NOVU_BRIDGE_PUBLIC_URL, whose bridge the emulator calls (discover at
+    each sync, execute for each step); stop() and start() again to take the bridge away."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.url = f"http://127.0.0.1:{stack.bridge_port}"
+        self._running: contextlib.ExitStack | None = None
+
+    def start(self) -> None:
+        running = contextlib.ExitStack()
+        running.enter_context(api_process(self.stack, "bridge-api", port=self.stack.bridge_port))
+        self._running = running
+
+    def stop(self) -> None:
+        if self._running is not None:
+            self._running.close()
+            self._running = None
+
+
 @pytest.fixture(scope="session")
-def worker(stack: Stack, novu_emulator: str) -> Iterator[Worker]:
+def bridge_process(stack: Stack) -> Iterator[BridgeApi]:
+    api = BridgeApi(stack)
+    api.start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(stack: Stack, novu_emulator: str, bridge_process: BridgeApi) -> Iterator[Worker]:
+    """The worker and beat, with the bridge API up: the worker syncs Novu when it starts."""
     w = Worker(stack)
     w.start()
     yield w

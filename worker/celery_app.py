@@ -6,9 +6,10 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
 from shared.db.session import reset_engine
+from shared.novu.sync import PERIODIC_CHECK, request_sync
 from shared.queue import TaskName, celery_config
 from shared.settings import get_settings
 
@@ -16,7 +17,7 @@ settings = get_settings()
 
 app = Celery(
     "xnovu",
-    include=["worker.tasks.deliver", "worker.tasks.maintenance"],
+    include=["worker.tasks.deliver", "worker.tasks.maintenance", "worker.tasks.sync"],
 )
 app.conf.update(celery_config(settings))
 app.conf.beat_schedule = {
@@ -31,6 +32,14 @@ app.conf.beat_schedule = {
         "schedule": 1.0,
         "options": {"expires": 5.0},
     },
+    # Syncs Novu when the discover document changed since the last successful sync: a deploy
+    # that changed static workflows, a sync whose retries ran out (docs/architecture.md, "Novu").
+    "novu-sync-check": {
+        "task": TaskName.NOVU_SYNC.value,
+        "schedule": settings.novu_sync_check_seconds,
+        "args": (PERIODIC_CHECK, False),
+        "options": {"expires": settings.novu_sync_check_seconds},
+    },
 }
 
 
@@ -38,6 +47,12 @@ app.conf.beat_schedule = {
 def _fresh_connections(**_: Any) -> None:
     # A forked pool process must not share the parent's database sockets.
     reset_engine()
+
+
+@worker_ready.connect
+def _sync_novu(**_: Any) -> None:
+    # Novu may be new, or have lost our workflows: whatever it knows, tell it again.
+    request_sync("worker start")
 
 
 @worker_process_shutdown.connect

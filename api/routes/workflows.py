@@ -19,6 +19,7 @@ from api.schemas.workflows import (
 )
 from shared.db.models import NotificationWorkflow
 from shared.generation import bump_generation
+from shared.novu.sync import workflow_sync_states
 from shared.workflows.config import DynamicWorkflowFactory
 from shared.workflows.registry import get_registry
 from shared.workflows.service import DuplicateWorkflowKey, WorkflowService
@@ -43,6 +44,13 @@ def _check_config(session: Session, row: NotificationWorkflow, enterprise_id: An
         )
 
 
+def _read(session: Session, row: NotificationWorkflow) -> WorkflowRead:
+    """The workflow as the API shows it, with what Novu knows of its key."""
+    return WorkflowRead.of(
+        row, workflow_sync_states(session, [row.workflow_key]).get(row.workflow_key)
+    )
+
+
 def _refresh_here(enterprise_id: Any) -> None:
     # Other processes see the bumped generation within REGISTRY_CHECK_INTERVAL_SECONDS.
     get_registry().reload_enterprise_workflows(enterprise_id)
@@ -56,8 +64,9 @@ def list_workflows(
     rows = WorkflowService(session).get_all_workflows(
         enterprise_id, include_deactivated=include_deactivated
     )
+    synced = workflow_sync_states(session, (r.workflow_key for r in rows))
     return WorkflowList(
-        items=[WorkflowRead.of(r) for r in rows],
+        items=[WorkflowRead.of(r, synced.get(r.workflow_key)) for r in rows],
         static=sorted(get_registry().get_static_workflows()),
     )
 
@@ -79,7 +88,7 @@ def create_workflow(
         ) from exc
     _check_config(session, row, enterprise_id)
     session.commit()
-    return WorkflowRead.of(row)
+    return _read(session, row)
 
 
 @router.get("/{workflow_id}", response_model=WorkflowRead)
@@ -90,7 +99,7 @@ def get_workflow(
     row = WorkflowService(session).get_workflow(workflow_id, enterprise_id)
     if row is None:
         raise not_found("workflow")
-    return WorkflowRead.of(row)
+    return _read(session, row)
 
 
 @router.patch("/{workflow_id}", response_model=WorkflowRead)
@@ -113,7 +122,7 @@ def update_workflow(
     _check_config(session, row, enterprise_id)
     session.commit()
     _refresh_here(enterprise_id)
-    return WorkflowRead.of(row)
+    return _read(session, row)
 
 
 # Each POST /{workflow_id}/<name>: the service method it applies and what it does.
@@ -137,7 +146,7 @@ def _transition(name: str) -> Any:
             _check_config(session, row, enterprise_id)
         session.commit()
         _refresh_here(enterprise_id)
-        return WorkflowRead.of(row)
+        return _read(session, row)
 
     handler.__name__ = f"{name}_workflow"
     handler.__doc__ = description

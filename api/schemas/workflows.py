@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.db.enums import ChannelType, PublishStatus, WorkflowType
-from shared.db.models import NotificationWorkflow
+from shared.db.models import NotificationWorkflow, NovuWorkflowSync
 
 WorkflowKey = Annotated[
     str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")
@@ -65,6 +65,22 @@ class WorkflowUpdate(BaseModel):
         return value
 
 
+class NovuSyncRead(BaseModel):
+    """What Novu knows of the workflow's key (one Novu workflow per key, for every enterprise)."""
+
+    synced: bool = Field(description="Novu knows the workflow key: it can be triggered")
+    synced_at: dt.datetime | None = Field(description="When a sync last registered the key")
+    last_error: str | None = Field(description="Why the last sync attempt failed, if it did")
+
+    @classmethod
+    def of(cls, row: NovuWorkflowSync | None) -> NovuSyncRead:
+        if row is None:  # never part of a sync: not published, or its sync is on its way
+            return cls(synced=False, synced_at=None, last_error=None)
+        return cls(
+            synced=row.synced_at is not None, synced_at=row.synced_at, last_error=row.last_error
+        )
+
+
 class WorkflowRead(BaseModel):
     id: int
     enterprise_id: uuid.UUID | None
@@ -82,10 +98,16 @@ class WorkflowRead(BaseModel):
     business_id: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
+    novu_sync: NovuSyncRead
 
     @classmethod
-    def of(cls, row: NotificationWorkflow) -> WorkflowRead:
-        return cls.model_validate(row, from_attributes=True)
+    def of(cls, row: NotificationWorkflow, novu_sync: NovuWorkflowSync | None) -> WorkflowRead:
+        return cls.model_validate(
+            {
+                **{name: getattr(row, name) for name in cls.model_fields if name != "novu_sync"},
+                "novu_sync": NovuSyncRead.of(novu_sync),
+            }
+        )
 
 
 class WorkflowList(BaseModel):

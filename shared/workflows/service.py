@@ -1,7 +1,8 @@
 """WorkflowService: `ent_notification_workflow` rows of one enterprise.
 
 Takes a session and never commits. Every mutation bumps the enterprise's registry generation,
-so every process drops its cached workflows within seconds.
+so every process drops its cached workflows within seconds; one that changes what the bridge
+declares to Novu requests a Novu sync once the session commits (docs/architecture.md, "Novu").
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 from shared.db.enums import ChannelType, PublishStatus, WorkflowType
 from shared.db.models import NotificationTemplate, NotificationWorkflow
 from shared.generation import bump_generation
+from shared.novu.sync import request_sync_after_commit
 from shared.workflows.config import TEMPLATE_OVERRIDE_KEYS, WorkflowConfig
 
 W = NotificationWorkflow
@@ -33,6 +35,19 @@ EDITABLE_FIELDS = frozenset(
         "business_id",
     }
 )
+
+# Fields whose change alters what the bridge's discover says of a published workflow (its name,
+# steps, schemas, tags), or whether it is declared at all (a channel losing its template).
+DISCOVER_FIELDS = EDITABLE_FIELDS - {"business_id"}
+
+
+def _declared(row: NotificationWorkflow) -> bool:
+    """Whether the bridge declares the row to Novu (api/bridge/catalog.py lists the same)."""
+    return (
+        row.workflow_type is WorkflowType.DYNAMIC
+        and row.publish_status is PublishStatus.PUBLISH
+        and not row.deactivated
+    )
 
 
 class DuplicateWorkflowKey(Exception):
@@ -93,6 +108,8 @@ class WorkflowService:
         except IntegrityError as exc:
             raise DuplicateWorkflowKey(data["workflow_key"]) from exc
         bump_generation(self.session, enterprise_id)
+        if _declared(row):
+            request_sync_after_commit(self.session, f"workflow {row.workflow_key} created")
         return row
 
     def update_workflow(
@@ -107,13 +124,18 @@ class WorkflowService:
         row = self.get_workflow(workflow_id, enterprise_id)
         if row is None:
             return None
+        declared_before = _declared(row)
+        discover_changed = False
         for name, value in changes.items():
             if name not in EDITABLE_FIELDS:
                 raise ValueError(f"{name} cannot be changed")
+            discover_changed |= name in DISCOVER_FIELDS and getattr(row, name) != value
             setattr(row, name, value)
         row.updated_by = updated_by
         self.session.flush()
         bump_generation(self.session, enterprise_id)
+        if discover_changed and (declared_before or _declared(row)):
+            request_sync_after_commit(self.session, f"workflow {row.workflow_key} updated")
         return row
 
     def publish_workflow(
@@ -140,10 +162,14 @@ class WorkflowService:
         row = self.get_workflow(workflow_id, enterprise_id)
         if row is None:
             return None
+        declared_before = _declared(row)
         for name, value in values.items():
             setattr(row, name, value)
         self.session.flush()
         bump_generation(self.session, enterprise_id)
+        if _declared(row) != declared_before:
+            state = "published" if _declared(row) else "withdrawn"
+            request_sync_after_commit(self.session, f"workflow {row.workflow_key} {state}")
         return row
 
     @staticmethod

@@ -1,0 +1,54 @@
+"""The Novu sync task: what `request_sync` publishes, beat's periodic check, and the worker's
+start publish (docs/architecture.md, "Novu").
+
+`xnovu.novu_sync(reason, force=True)` syncs under the lock every process shares
+(shared/novu/sync.py). A requested sync that fails is retried with capped, jittered backoff
+and records each failure; beat's check (`force` False) syncs only when the discover document
+changed since the last successful sync, and is not retried: the next check is its retry.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from celery.exceptions import MaxRetriesExceededError
+
+from shared.novu.retry import backoff_delay
+from shared.novu.sync import DEBOUNCE_SECONDS, SyncBusy, SyncNotConfigured, sync_exclusively
+from shared.queue import TaskName
+from worker.celery_app import app
+
+log = logging.getLogger(__name__)
+
+# A failed sync is tried again after up to 1, 2, 4, ... 30 s, this many times (about 2.5 minutes
+# in all); then beat's check takes over.
+SYNC_MAX_RETRIES = 8
+SYNC_RETRY_BASE_SECONDS = 1.0
+SYNC_RETRY_CAP_SECONDS = 30.0
+
+
+@app.task(name=TaskName.NOVU_SYNC.value, bind=True, acks_late=False, max_retries=SYNC_MAX_RETRIES)
+def novu_sync(self: Task, reason: str, force: bool = True) -> dict[str, Any]:
+    """Sync Novu with the bridge's discover document (only when it changed, unless `force`)."""
+    try:
+        outcome = sync_exclusively(reason=reason, force=force)
+    except SyncNotConfigured as exc:
+        log.warning("Novu sync (%s) skipped: %s", reason, exc)
+        return {"reason": reason, "error": str(exc), "skipped": True}
+    except SyncBusy:
+        if not force:
+            return {"reason": reason, "skipped": True, "busy": True}
+        # The running sync may have read the workflows before this request's change.
+        raise self.retry(countdown=DEBOUNCE_SECONDS) from None
+    if outcome.ok or not force:
+        return outcome.as_dict()
+    delay = backoff_delay(
+        self.request.retries + 1, base=SYNC_RETRY_BASE_SECONDS, cap=SYNC_RETRY_CAP_SECONDS
+    )
+    try:
+        raise self.retry(countdown=delay)
+    except MaxRetriesExceededError:
+        log.warning("Novu sync (%s) gave up after %d retries", reason, SYNC_MAX_RETRIES)
+        return outcome.as_dict()
