@@ -42,7 +42,16 @@ for _package in DEVSTACK_PACKAGES:
     help="Framework bridge to execute accepted triggers on, e.g. "
     "http://127.0.0.1:8000/api/novu. Default: NOVU_BRIDGE_URL (unset: no bridge calls).",
 )
-def novu_emulator(host: str, port: int | None, bridge_url: str | None) -> None:
+@click.option(
+    "--events-rps",
+    type=click.IntRange(min=1),
+    default=60,
+    show_default=True,
+    envvar="NOVU_EMULATOR_EVENTS_RPS",
+    help="The Novu tier's Events rate limit in tokens/s (60: Novu's Free tier); "
+    "env NOVU_EMULATOR_EVENTS_RPS.",
+)
+def novu_emulator(host: str, port: int | None, bridge_url: str | None, events_rps: int) -> None:
     """Run the local stand-in for Novu's REST API."""
     from novu_emulator import serve
 
@@ -52,6 +61,7 @@ def novu_emulator(host: str, port: int | None, bridge_url: str | None) -> None:
         port or settings.novu_emulator_port,
         settings.effective_novu_secret_key,
         bridge_url=bridge_url or settings.novu_bridge_url,
+        events_rps=events_rps,
     )
 
 

@@ -36,9 +36,17 @@ Novu endpoints (need `Authorization: ApiKey <secret key>`, else 401):
   afterwards the same body gets the stored answer again with
   `Idempotency-Replay: true`, a different body gets 422. Stored answers include
   Novu's own 4xx errors, as Novu does.
-- Answers carry `RateLimit-Limit/-Remaining/-Reset/-Policy` from Novu's token
-  bucket (trigger category, 5 s window, 10 % burst, a bulk call costs 100). The
-  bucket only refuses (429 + `Retry-After`) when `rateLimitPerSecond` is set.
+- Novu's rate limits are always enforced (see ratelimit.py for the exact algorithm): a
+  token bucket per category for the tier given by `--events-rps` /
+  NOVU_EMULATOR_EVENTS_RPS (default 60 tokens/s, Novu's Free tier; 600 is Business, 6000
+  Enterprise). Trigger and cancel cost 1 token and a bulk trigger 100, from the Events
+  ("trigger") bucket; a sync costs 1 from the global bucket (half the Events rate, as in
+  every Novu tier). Bucket size is 5 s of tokens plus 10 % burst; tokens refill only once
+  a request finds too few. Every answer past authentication carries
+  `RateLimit-Limit/-Remaining/-Reset/-Policy`; a refused request is 429 `{"statusCode": 429,
+  "message": "API rate limit exceeded"}` with `Retry-After` (whole seconds until that cost
+  fits), and is not handled at all. The `rateLimitPerSecond` fault replaces the Events rate
+  (and the global one with half of it) while set.
 
 Emulator endpoints (no authentication):
 - `GET /_emulator/events[?transactionId=X]`: accepted triggers in order, each
@@ -47,9 +55,11 @@ Emulator endpoints (no authentication):
 - `GET /_emulator/stats`: `{accepted, duplicates, cancelled, requests, tokens, syncs,
   idempotency: {replayed, inFlightConflicts, bodyMismatches}, faults: {latency,
   drop, dropAfterAccept, rateLimited, "status:500": N, ...}, bridge: {...}}`.
-  `requests` counts every `/v1` request; `tokens` what the requests that passed the rate
-  limiter cost (1 a call, 100 a bulk trigger); `syncs` the syncs that succeeded; `faults`
-  counts faults actually injected.
+  `requests` counts every `/v1` request; `tokens` is `{spent, refused, refusedRequests,
+  eventsRps, byEndpoint: {trigger|bulk-trigger|cancel|sync: {spent, refused}}}`: the tokens
+  charged to requests the rate limiter admitted, those asked by the ones it refused (429),
+  and the Events rate in force; `syncs` the syncs that succeeded; `faults` counts faults
+  actually injected (`rateLimited`: the 429s of the rate limiter).
 - `GET /_emulator/faults/log[?kind=status:400&transactionId=X]`: every injected fault but the
   constant `latencyMs`, in order, each `{kind, transactionIds, status?, at}` (`kind` as in
   `stats.faults`; `transactionIds` those the request carried). The last 100,000 are kept.
@@ -97,7 +107,7 @@ Fault configuration (`POST /_emulator/faults`; invalid -> 400 JSON):
       "dropRate": 0.02,                # close the connection before doing anything
       "dropAfterAcceptRate": 0.02,     # record the trigger(s), then close without answering
       "holdSeconds": 0,                # accepted triggers stay cancellable this long
-      "rateLimitPerSecond": null       # enforce Novu's token bucket at this rate
+      "rateLimitPerSecond": null       # replaces the Events tier's tokens/s while set
     }
 
 One status rule may be given inline instead of `rules`:

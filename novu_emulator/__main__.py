@@ -1,11 +1,13 @@
-"""`python -m novu_emulator [--host H] [--port P] [--bridge-url URL]`: the emulator
-without the CLI."""
+"""`python -m novu_emulator [--host H] [--port P] [--bridge-url URL] [--events-rps N]`: the
+emulator without the CLI."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 
+from novu_emulator.ratelimit import DEFAULT_EVENTS_RPS
 from novu_emulator.server import serve
 from shared.settings import get_settings
 
@@ -21,11 +23,26 @@ def main() -> None:
         default=settings.novu_bridge_url,
         help="Framework bridge to execute triggers on (default: NOVU_BRIDGE_URL; none)",
     )
+    parser.add_argument(
+        "--events-rps",
+        type=int,
+        default=int(os.environ.get("NOVU_EMULATOR_EVENTS_RPS") or DEFAULT_EVENTS_RPS),
+        help="the Novu tier's Events rate limit, tokens/s (default: NOVU_EMULATOR_EVENTS_RPS; "
+        "60, Novu's Free tier)",
+    )
     args = parser.parse_args()
+    if args.events_rps < 1:
+        parser.error("--events-rps must be at least 1")
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
     )
-    serve(args.host, args.port, settings.effective_novu_secret_key, bridge_url=args.bridge_url)
+    serve(
+        args.host,
+        args.port,
+        settings.effective_novu_secret_key,
+        bridge_url=args.bridge_url,
+        events_rps=args.events_rps,
+    )
 
 
 if __name__ == "__main__":

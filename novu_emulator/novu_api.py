@@ -28,7 +28,8 @@ from novu_emulator.http import (
     json_response,
     reason_phrase,
 )
-from novu_emulator.state import BULK_COST, EmulatorState, iso_now
+from novu_emulator.ratelimit import BULK_COST, Category
+from novu_emulator.state import EmulatorState, iso_now
 from novu_emulator.sync import SYNC_PATH, SyncFailed, run_sync, sync_body_error
 from novu_emulator.validation import (
     MAX_PAYLOAD_BYTES,
@@ -157,10 +158,13 @@ class NovuApi:
             return await self._after_latency(request, denial, faults)
 
         cost = BULK_COST if endpoint is Endpoint.BULK_TRIGGER else 1
-        verdict = self.state.bucket.take(cost, enforce=faults.rate_limit_per_second is not None)
+        category = Category.GLOBAL if endpoint is Endpoint.SYNC else Category.TRIGGER
+        verdict = self.state.rate_limits.take(category, cost)
         if verdict.allowed:  # Novu charges a call its tokens once it passes the limiter
-            self.state.counters["tokens"] += cost
+            self.state.tokens_spent[endpoint.value] += cost
         else:
+            self.state.tokens_refused[endpoint.value] += cost
+            self.state.counters["rate_limited"] += 1
             self.state.log_fault("rateLimited", _transaction_ids(request))
             throttled = novu_error(429, request.target, _FAULT_MESSAGES[429]).with_headers(
                 ("Retry-After", str(verdict.reset_seconds)), *verdict.headers

@@ -18,6 +18,7 @@ from novu_emulator.config import BridgeConfig
 from novu_emulator.control import CONTROL_PREFIX, ControlApi
 from novu_emulator.http import HttpRequest, Reply, json_response, serve_connection
 from novu_emulator.novu_api import NovuApi, not_found
+from novu_emulator.ratelimit import DEFAULT_EVENTS_RPS, RateLimits
 from novu_emulator.state import EmulatorState
 from novu_emulator.workflows import registered
 from shared.settings import EMULATOR_SECRET_KEY
@@ -41,10 +42,12 @@ class EmulatorServer:
         workflows: Collection[str] = (),
         seed: int | None = None,
         bridge_url: str | None = None,
+        events_rps: int = DEFAULT_EVENTS_RPS,
     ) -> None:
         """`workflows`: workflow ids Novu knows from the start, as if made in its dashboard
         (others must be synced before they can be triggered); `seed` makes faults repeatable;
-        `bridge_url`: the Framework bridge to execute accepted triggers on (None: none)."""
+        `bridge_url`: the Framework bridge to execute accepted triggers on (None: none);
+        `events_rps`: the Novu tier's Events rate limit in tokens a second (Free: 60)."""
         if not secret_key:
             raise ValueError("secret_key must not be empty")
         self.host = host
@@ -52,6 +55,8 @@ class EmulatorServer:
         self.state.startup_bridge = self.state.bridge = BridgeConfig(bridge_url=bridge_url)
         self.state.startup_workflows = {name: registered(name) for name in workflows}
         self.state.workflows = dict(self.state.startup_workflows)
+        self.state.events_rps = events_rps
+        self.state.rate_limits = RateLimits(events_rps)
         self._requested_port = port
         self.bridge = BridgeRunner(self.state, secret_key)
         self._novu = NovuApi(
@@ -164,9 +169,16 @@ async def _serve_until_signalled(server: EmulatorServer) -> None:
         await server.close()
 
 
-def serve(host: str, port: int, secret_key: str, *, bridge_url: str | None = None) -> None:
+def serve(
+    host: str,
+    port: int,
+    secret_key: str,
+    *,
+    bridge_url: str | None = None,
+    events_rps: int = DEFAULT_EVENTS_RPS,
+) -> None:
     """Run the emulator in the foreground until SIGINT or SIGTERM, then exit cleanly."""
-    server = EmulatorServer(host, port, secret_key, bridge_url=bridge_url)
+    server = EmulatorServer(host, port, secret_key, bridge_url=bridge_url, events_rps=events_rps)
     asyncio.run(_serve_until_signalled(server))
 
 
@@ -218,10 +230,17 @@ def start_in_thread(
     workflows: Collection[str] = (),
     seed: int | None = None,
     bridge_url: str | None = None,
+    events_rps: int = DEFAULT_EVENTS_RPS,
 ) -> RunningEmulator:
     """Start an emulator on its own event loop in a daemon thread; returns once it listens."""
     server = EmulatorServer(
-        host, port, secret_key, workflows=workflows, seed=seed, bridge_url=bridge_url
+        host,
+        port,
+        secret_key,
+        workflows=workflows,
+        seed=seed,
+        bridge_url=bridge_url,
+        events_rps=events_rps,
     )
     startup = _Startup()
 

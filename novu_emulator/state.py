@@ -1,4 +1,5 @@
-"""Everything the emulator remembers, in memory: triggers, counters, idempotency keys, tokens.
+"""Everything the emulator remembers, in memory: triggers, workflows, counters, idempotency
+keys, tokens.
 
 Only the event loop thread touches this state, and no method awaits, so each
 call is atomic with respect to concurrent requests.
@@ -6,7 +7,6 @@ call is atomic with respect to concurrent requests.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections import Counter, deque
@@ -18,15 +18,11 @@ from typing import Any
 from novu_emulator.config import BridgeConfig
 from novu_emulator.faults import FaultConfig, FaultScope, StatusFault
 from novu_emulator.http import HttpResponse
+from novu_emulator.ratelimit import DEFAULT_EVENTS_RPS, RateLimits
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600.0
 # Novu forgets an in-flight mark after 5 minutes, in case its request never finished.
 IDEMPOTENCY_IN_FLIGHT_TTL_SECONDS = 300.0
-# Novu's trigger category for the Business tier: 600 requests per second.
-DEFAULT_RATE_LIMIT_PER_SECOND = 600
-RATE_LIMIT_WINDOW_SECONDS = 5
-RATE_LIMIT_BURST_ALLOWANCE = 0.1
-BULK_COST = 100  # A bulk trigger costs 100 tokens, a single call 1.
 # How many injected faults `GET /_emulator/faults/log` remembers (the oldest are forgotten).
 FAULT_LOG_LIMIT = 100_000
 
@@ -111,52 +107,6 @@ class IdempotencyEntry:
     response: HttpResponse | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimitVerdict:
-    """One token bucket evaluation, and the `RateLimit-*` headers that report it."""
-
-    allowed: bool
-    headers: tuple[tuple[str, str], ...]
-    reset_seconds: int
-
-
-class TokenBucket:
-    """Novu's trigger-category token bucket: a window's worth of tokens every 5 s, 10 % burst."""
-
-    def __init__(self, per_second: int, *, custom: bool) -> None:
-        self.per_second = per_second
-        self.limit = per_second * RATE_LIMIT_WINDOW_SECONDS
-        self.burst = math.floor(self.limit * (1 + RATE_LIMIT_BURST_ALLOWANCE))
-        self.service_level = "emulator" if custom else "business"
-        self._tokens = float(self.burst)
-        self._refilled_at = time.monotonic()
-
-    def take(self, cost: int, *, enforce: bool) -> RateLimitVerdict:
-        """Spend `cost` tokens if there are enough; without `enforce` never refuse (dry run)."""
-        now = time.monotonic()
-        windows = math.floor((now - self._refilled_at) / RATE_LIMIT_WINDOW_SECONDS)
-        if windows > 0:
-            self._tokens = min(self.burst, self._tokens + windows * self.limit)
-            self._refilled_at += windows * RATE_LIMIT_WINDOW_SECONDS
-        enough = self._tokens >= cost
-        if enough:
-            self._tokens -= cost
-        reset = max(math.ceil(self._refilled_at + RATE_LIMIT_WINDOW_SECONDS - now), 0)
-        cost_name = "bulk" if cost == BULK_COST else "single"
-        policy = (
-            f"{self.limit};w={RATE_LIMIT_WINDOW_SECONDS};burst={self.burst};"
-            f'comment="token bucket";category="trigger";cost="{cost_name}";'
-            f'serviceLevel="{self.service_level}"'
-        )
-        headers = (
-            ("RateLimit-Remaining", str(max(int(self._tokens), 0))),
-            ("RateLimit-Limit", str(self.limit)),
-            ("RateLimit-Reset", str(reset)),
-            ("RateLimit-Policy", policy),
-        )
-        return RateLimitVerdict(allowed=enough or not enforce, headers=headers, reset_seconds=reset)
-
-
 @dataclass(slots=True)
 class EmulatorState:
     """The emulator's memory; `reset()` empties it."""
@@ -167,9 +117,13 @@ class EmulatorState:
     idempotency: dict[str, IdempotencyEntry] = field(default_factory=dict)
     counters: Counter[str] = field(default_factory=Counter)
     fault_counts: Counter[str] = field(default_factory=Counter)
-    bucket: TokenBucket = field(
-        default_factory=lambda: TokenBucket(DEFAULT_RATE_LIMIT_PER_SECOND, custom=False)
-    )
+    # Novu's rate limits for the Events tier the emulator was started with (`events_rps`),
+    # or the `rateLimitPerSecond` fault's rate while that is set.
+    events_rps: int = DEFAULT_EVENTS_RPS
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+    # Tokens charged to admitted requests and asked by refused ones, by endpoint.
+    tokens_spent: Counter[str] = field(default_factory=Counter)
+    tokens_refused: Counter[str] = field(default_factory=Counter)
     # The bridge configuration in force, and the one the emulator was started with.
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     startup_bridge: BridgeConfig = field(default_factory=BridgeConfig)
@@ -196,7 +150,9 @@ class EmulatorState:
         self.messages.clear()
         self.bridge_last_error = None
         self.faults = FaultConfig()
-        self.bucket = TokenBucket(DEFAULT_RATE_LIMIT_PER_SECOND, custom=False)
+        self.rate_limits = RateLimits(self.events_rps)
+        self.tokens_spent.clear()
+        self.tokens_refused.clear()
         self.triggers.clear()
         self.by_transaction.clear()
         self.idempotency.clear()
@@ -206,12 +162,9 @@ class EmulatorState:
         self.fault_log.clear()
 
     def set_faults(self, faults: FaultConfig) -> None:
-        """Replace the fault configuration (and the token bucket when its rate changes)."""
+        """Replace the fault configuration (and the rate limits when its rate changes)."""
         if faults.rate_limit_per_second != self.faults.rate_limit_per_second:
-            per_second = faults.rate_limit_per_second
-            self.bucket = TokenBucket(
-                per_second or DEFAULT_RATE_LIMIT_PER_SECOND, custom=per_second is not None
-            )
+            self.rate_limits = RateLimits(faults.rate_limit_per_second or self.events_rps)
         self.faults = faults
         self.transaction_faults.clear()
 
@@ -330,7 +283,19 @@ class EmulatorState:
             "duplicates": self.counters["duplicates"],
             "cancelled": self.counters["cancelled"],
             "requests": self.counters["requests"],
-            "tokens": self.counters["tokens"],
+            "tokens": {
+                "spent": self.tokens_spent.total(),
+                "refused": self.tokens_refused.total(),
+                "refusedRequests": self.counters["rate_limited"],
+                "eventsRps": self.rate_limits.events_rps,
+                "byEndpoint": {
+                    endpoint: {
+                        "spent": self.tokens_spent[endpoint],
+                        "refused": self.tokens_refused[endpoint],
+                    }
+                    for endpoint in sorted(self.tokens_spent.keys() | self.tokens_refused.keys())
+                },
+            },
             "syncs": self.counters["syncs"],
             "idempotency": {
                 "replayed": self.counters["idempotency_replayed"],

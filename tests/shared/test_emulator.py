@@ -134,9 +134,14 @@ def test_trigger_is_201_processed_and_recorded(novu: EmulatedNovu) -> None:
             "transactionId": event["transactionId"],
         }
     }
-    assert response.headers["RateLimit-Limit"] == "3000"
-    assert int(response.headers["RateLimit-Remaining"]) < 3300
-    assert 'category="trigger"' in response.headers["RateLimit-Policy"]
+    # Novu's Free tier by default: 60 tokens/s, a 5 s window, 10 % burst, a fresh bucket.
+    assert response.headers["RateLimit-Limit"] == "300"
+    assert response.headers["RateLimit-Remaining"] == "329"
+    assert response.headers["RateLimit-Reset"] == "1"
+    assert response.headers["RateLimit-Policy"] == (
+        '300;w=5;burst=330;comment="token bucket";category="trigger";cost="single";'
+        'serviceLevel="free"'
+    )
     [recorded] = novu.events()
     assert recorded["transactionId"] == event["transactionId"]
     assert recorded["name"] == "welcome"
@@ -633,17 +638,78 @@ def test_drop_after_accept_of_a_bulk_records_all_its_events(novu: EmulatedNovu) 
     assert len(novu.events()) == 3
 
 
-def test_rate_limit_is_enforced_when_configured(novu: EmulatedNovu) -> None:
-    novu.set_faults(rateLimitPerSecond=1)  # 5 tokens per 5 s window, no burst.
+def test_rate_limit_fault_overrides_the_tier(novu: EmulatedNovu) -> None:
+    novu.set_faults(rateLimitPerSecond=1)  # 5 tokens per 5 s window, burst floor(5.5) = 5.
 
     statuses = [novu.trigger(make_event()).status_code for _ in range(6)]
     throttled = novu.trigger(make_event())
 
     assert statuses == [201] * 5 + [429]
+    assert throttled.json()["message"] == "API rate limit exceeded"
     assert throttled.headers["RateLimit-Remaining"] == "0"
+    assert throttled.headers["RateLimit-Limit"] == "5"
     assert 1 <= int(throttled.headers["Retry-After"]) <= 5
     assert novu.stats()["faults"]["rateLimited"] == 2
     assert len(novu.events()) == 5
+
+
+def test_free_tier_bucket_is_enforced_by_default(novu: EmulatedNovu) -> None:
+    def bulk_of(size: int) -> list[dict[str, Any]]:
+        return [make_event(to=f"s-{n}") for n in range(size)]
+
+    bulks = [novu.bulk(bulk_of(2)) for _ in range(4)]  # 100 tokens each out of 330
+    single = novu.trigger(make_event())  # 1 token still fits
+
+    assert [response.status_code for response in bulks] == [201, 201, 201, 429]
+    refused = bulks[3]
+    assert refused.json()["message"] == "API rate limit exceeded"
+    assert "error" not in refused.json()
+    assert refused.headers["RateLimit-Remaining"] == "0"
+    assert refused.headers["Retry-After"] == refused.headers["RateLimit-Reset"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 2  # 70 tokens at 60/s
+    assert 'cost="bulk"' in refused.headers["RateLimit-Policy"]
+    assert single.status_code == 201
+    assert single.headers["RateLimit-Remaining"] == "29"
+    tokens = novu.stats()["tokens"]
+    assert tokens["spent"] == 301
+    assert tokens["refused"] == 100
+    assert tokens["refusedRequests"] == 1
+    assert tokens["eventsRps"] == 60
+    assert tokens["byEndpoint"] == {
+        "bulk-trigger": {"spent": 300, "refused": 100},
+        "trigger": {"spent": 1, "refused": 0},
+    }
+    assert len(novu.events()) == 7
+
+
+def test_cancel_costs_a_trigger_token_and_sync_a_global_one(novu: EmulatedNovu) -> None:
+    cancel = novu.cancel("tx-unknown")
+    with serve_discover_bridge(SECRET, {"welcome": [("mail", "email")]}) as bridge:
+        sync = novu.http.post(SYNC, json={"bridgeUrl": bridge.url})
+
+    assert cancel.headers["RateLimit-Remaining"] == "329"
+    assert 'category="trigger";cost="single"' in cancel.headers["RateLimit-Policy"]
+    # The global category is half the Events rate in every Novu tier: 30/s on Free.
+    assert sync.headers["RateLimit-Limit"] == "150"
+    assert sync.headers["RateLimit-Remaining"] == "164"
+    assert sync.headers["RateLimit-Policy"].startswith('150;w=5;burst=165;comment="token bucket";')
+    assert 'category="global"' in sync.headers["RateLimit-Policy"]
+    assert novu.stats()["tokens"]["byEndpoint"] == {
+        "cancel": {"spent": 1, "refused": 0},
+        "sync": {"spent": 1, "refused": 0},
+    }
+
+
+def test_events_rps_sets_the_tier() -> None:
+    with (
+        start_in_thread(secret_key=SECRET, workflows={"welcome"}, events_rps=600) as running,
+        httpx.Client(base_url=running.url, headers=AUTH) as http,
+    ):
+        response = http.post(TRIGGER, json=make_event())
+
+    assert response.headers["RateLimit-Limit"] == "3000"
+    assert response.headers["RateLimit-Remaining"] == "3299"
+    assert 'serviceLevel="business"' in response.headers["RateLimit-Policy"]
 
 
 @pytest.mark.parametrize(
