@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -87,7 +88,9 @@ def dev(worker_concurrency: int) -> None:
                 # Bound to 127.0.0.1 only; lets scripts read /api/tasks without credentials.
                 process_env["FLOWER_UNAUTHENTICATED_API"] = "true"
             manager.add_process(name, command, env=process_env)
-        threading.Thread(target=_announce_when_ready, args=(child_settings,), daemon=True).start()
+        threading.Thread(
+            target=_announce_when_ready, args=(child_settings, env), daemon=True
+        ).start()
         threading.Thread(target=_stop_when_orphaned, daemon=True).start()
         manager.loop()
         exit_code = manager.returncode or 0
@@ -131,6 +134,9 @@ def _child_env(settings: Settings, servers: list[EmbeddedServer]) -> dict[str, s
             env["REDIS_URL"] = server.url
     env.setdefault("XNOVU_DATA_DIR", str(settings.data_dir.resolve()))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if not settings.novu_api_url:
+        # The emulator, like Novu, learns where our bridge is from the sync.
+        env.setdefault("NOVU_BRIDGE_PUBLIC_URL", f"http://127.0.0.1:{settings.api_port}/api/novu")
     return env
 
 
@@ -171,12 +177,9 @@ def _processes(settings: Settings, worker_concurrency: int) -> dict[str, str]:
         ),
     }
     if not settings.novu_api_url:
-        # The emulator plays Novu's side of the bridge too: it calls our /api/novu for each step.
-        bridge = f"http://127.0.0.1:{settings.api_port}/api/novu"
-        processes["novu"] = (
-            f"{py} -m shared.cli novu-emulator --port {settings.novu_emulator_port}"
-            f" --bridge-url {bridge}"
-        )
+        # The emulator plays Novu's side of the bridge too: the sync (NOVU_BRIDGE_PUBLIC_URL)
+        # tells it our /api/novu, which it calls for each step.
+        processes["novu"] = f"{py} -m shared.cli novu-emulator --port {settings.novu_emulator_port}"
     return processes
 
 
@@ -189,7 +192,23 @@ def _stop_when_orphaned() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _announce_when_ready(settings: Settings, timeout: float = 120.0) -> None:
+def _sync_novu(env: dict[str, str]) -> None:
+    """`xnovu novu sync`: Novu runs only the workflows it knows (the worker syncs at its start
+    too, but maybe before the API, its bridge, was up)."""
+    if not env.get("NOVU_BRIDGE_PUBLIC_URL"):
+        click.echo("Novu sync skipped: NOVU_BRIDGE_PUBLIC_URL is not set", err=True)
+        return
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "novu", "sync"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    click.echo((done.stdout + done.stderr).rstrip(), err=done.returncode != 0)
+
+
+def _announce_when_ready(settings: Settings, env: dict[str, str], timeout: float = 120.0) -> None:
     api = f"http://{settings.api_host}:{settings.api_port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -202,6 +221,7 @@ def _announce_when_ready(settings: Settings, timeout: float = 120.0) -> None:
     else:
         click.echo(f"the API did not become ready at {api} within {timeout:.0f}s", err=True)
         return
+    _sync_novu(env)
     novu = settings.effective_novu_api_url
     if not settings.novu_api_url:
         novu += (
