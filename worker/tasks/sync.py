@@ -22,8 +22,8 @@ from worker.celery_app import app
 
 log = logging.getLogger(__name__)
 
-# A failed sync is tried again after up to 1, 2, 4, ... 30 s, this many times (about 2.5 minutes
-# in all); then beat's check takes over.
+# A failed sync is tried again after up to 1, 2, 4, ... 30 s (full jitter), this many times: 2
+# minutes at most in all; then beat's check takes over.
 SYNC_MAX_RETRIES = 8
 SYNC_RETRY_BASE_SECONDS = 1.0
 SYNC_RETRY_CAP_SECONDS = 30.0
