@@ -59,6 +59,8 @@ def create_app() -> FastAPI:
     app.include_router(novu_bridge.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
+    # Novu's calls of the bridge straight to its handler (api/routes/novu_bridge.py).
+    app.add_middleware(novu_bridge.BridgeHotPath, max_body_bytes=settings.max_body_bytes)
     # Outermost: POST /api/trigger straight to its route (api/hotpath.py).
     app.add_middleware(
         TriggerHotPath,

@@ -2,7 +2,8 @@
 
 Every static workflow, and every distinct workflow key of the published, active dynamic
 workflows of all enterprises, each with one channel step per channel (step ids `email`,
-`in_app`, `sms`, `push`, `chat`, always in that order).
+`in_app`, `sms`, `push`, `chat`, always in that order), after a `delay` step when any definition
+of the key has a delay.
 
 Shapes are those of @novu/framework 2.13.2's discover output (client.ts `discover()`, the
 `DiscoverWorkflowOutput`/`DiscoverStepOutput` types and the channel step factory): per workflow
@@ -27,6 +28,8 @@ from sqlalchemy.orm import Session
 from api.bridge import errors
 from api.bridge.protocol import FRAMEWORK_VERSION, SDK_VERSION, STEP_ORDER
 from api.bridge.schemas import (
+    DELAY_OUTPUT,
+    DELAY_RESULT,
     EMPTY_SCHEMA,
     OUTPUT_SCHEMAS,
     RESULT_SCHEMAS,
@@ -37,7 +40,7 @@ from shared.db.enums import ChannelType, PublishStatus, WorkflowType
 from shared.db.models import NotificationWorkflow
 from shared.db.session import transaction
 from shared.workflows.config import DynamicWorkflowFactory
-from shared.workflows.instance import STEP_IDS, WorkflowInstance
+from shared.workflows.instance import DELAY_STEP_ID, STEP_IDS, WorkflowInstance
 from shared.workflows.registry import get_registry
 from shared.workflows.service import WorkflowService
 
@@ -56,6 +59,7 @@ class _Variant:
     tags: tuple[str, ...]
     name: str | None
     description: str | None
+    delay_seconds: int | None = None
 
 
 @dataclass
@@ -76,8 +80,19 @@ class DeclaredWorkflow:
         enabled = {channel for variant in self.variants for channel in variant.channels}
         return tuple(channel for channel in STEP_ORDER if channel in enabled)
 
-    def declares(self, channel: ChannelType) -> bool:
-        return channel in self.channels
+    @property
+    def has_delay(self) -> bool:
+        """Whether any definition of the key delays: the delay step is then declared."""
+        return any(variant.delay_seconds is not None for variant in self.variants)
+
+    @property
+    def step_ids(self) -> tuple[str, ...]:
+        """The declared steps' ids, in order: the delay first, then the channels."""
+        delay = (DELAY_STEP_ID,) if self.has_delay else ()
+        return delay + tuple(STEP_IDS[channel] for channel in self.channels)
+
+    def declares(self, step_id: str) -> bool:
+        return step_id in self.step_ids
 
     def discover(self) -> dict[str, Any]:
         """The workflow's entry in `discover`."""
@@ -85,7 +100,8 @@ class DeclaredWorkflow:
         document: dict[str, Any] = {
             "workflowId": self.workflow_id,
             "severity": "none",
-            "steps": [self._step(channel) for channel in self.channels],
+            "steps": ([self._delay_step()] if self.has_delay else [])
+            + [self._step(channel) for channel in self.channels],
             "code": self.code(),
             "payload": schema_pair(_with_xnovu(payload)),
             "controls": schema_pair(
@@ -104,7 +120,7 @@ class DeclaredWorkflow:
                 document[key] = value
         return document
 
-    def code(self, channel: ChannelType | None = None) -> str:
+    def code(self, step_id: str | None = None) -> str:
         """What stands in for the framework's function source: how the step is produced."""
         kinds = []
         if self.static is not None:
@@ -112,9 +128,15 @@ class DeclaredWorkflow:
         if self.dynamic:
             kinds.append(f"dynamic (templates of {len(self.dynamic)} enterprise(s))")
         head = f"# XNovu workflow '{self.workflow_id}': " + " and ".join(kinds)
-        if channel is None:
-            steps = ", ".join(STEP_IDS[c] for c in self.channels)
-            return f"{head}\n# steps: {steps}"
+        if step_id is None:
+            return f"{head}\n# steps: {', '.join(self.step_ids)}"
+        if step_id == DELAY_STEP_ID:
+            return (
+                f"{head}\n# step '{DELAY_STEP_ID}': {{type: 'regular', amount: <the enterprise's "
+                "delay_seconds>, unit: 'seconds'}; skipped for an enterprise whose workflow has "
+                "no delay"
+            )
+        channel = next(c for c in self.channels if STEP_IDS[c] == step_id)
         return (
             f"{head}\n# step '{STEP_IDS[channel]}': the {channel.value} content XNovu rendered "
             f"(payload._xnovu.rendered.{STEP_IDS[channel]}); skipped for an enterprise whose "
@@ -129,7 +151,19 @@ class DeclaredWorkflow:
             "controls": schema_pair(EMPTY_SCHEMA),
             "outputs": schema_pair(OUTPUT_SCHEMAS[channel]),
             "results": schema_pair(RESULT_SCHEMAS[channel]),
-            "code": self.code(channel),
+            "code": self.code(step_id),
+            "options": {},
+            "providers": [],
+        }
+
+    def _delay_step(self) -> dict[str, Any]:
+        return {
+            "stepId": DELAY_STEP_ID,
+            "type": "delay",
+            "controls": schema_pair(EMPTY_SCHEMA),
+            "outputs": schema_pair(DELAY_OUTPUT),
+            "results": schema_pair(DELAY_RESULT),
+            "code": self.code(DELAY_STEP_ID),
             "options": {},
             "providers": [],
         }
@@ -153,7 +187,7 @@ class Catalog:
             "frameworkVersion": FRAMEWORK_VERSION,
             "discovered": {
                 "workflows": len(self.workflows),
-                "steps": sum(len(w.channels) for w in self.workflows.values()),
+                "steps": sum(len(w.step_ids) for w in self.workflows.values()),
             },
         }
 
@@ -164,10 +198,9 @@ class Catalog:
             raise errors.workflow_not_found(workflow_id)
         if not step_id:
             return {"code": workflow.code()}
-        channel = next((c for c in workflow.channels if STEP_IDS[c] == step_id), None)
-        if channel is None:
+        if not workflow.declares(step_id):
             raise errors.step_not_found(workflow_id, step_id)
-        return {"code": workflow.code(channel)}
+        return {"code": workflow.code(step_id)}
 
 
 def build_catalog(session: Session, static: Mapping[str, WorkflowInstance]) -> Catalog:
@@ -192,6 +225,7 @@ def build_catalog(session: Session, static: Mapping[str, WorkflowInstance]) -> C
             tags=instance.tags,
             name=instance.name,
             description=instance.description,
+            delay_seconds=instance.delay_seconds,
         )
     for row in _published_dynamic_rows(session):
         config = WorkflowService.parse_workflow_config(row)
@@ -207,6 +241,7 @@ def build_catalog(session: Session, static: Mapping[str, WorkflowInstance]) -> C
                 tags=tuple(config.tags),
                 name=config.name,
                 description=config.description,
+                delay_seconds=config.delay_seconds,
             )
         )
     return Catalog({key: declared[key] for key in sorted(declared)})
@@ -252,11 +287,17 @@ class CatalogCache:
                 self._built_at = time.monotonic()
             return self._catalog
 
-    def declares(self, workflow_id: str, channel: ChannelType) -> bool:
-        """Whether the workflow declares the channel's step; a 'no' is confirmed afresh."""
+    def peek(self) -> Catalog | None:
+        """The cached catalog while it is young enough, without ever building one."""
+        if self._catalog is None or time.monotonic() - self._built_at > self._max_age:
+            return None
+        return self._catalog
+
+    def declares(self, workflow_id: str, step_id: str) -> bool:
+        """Whether the workflow declares the step; a 'no' is confirmed afresh."""
         for fresh in (False, True):
             workflow = self.get(fresh=fresh).workflows.get(workflow_id)
-            if workflow is not None and workflow.declares(channel):
+            if workflow is not None and workflow.declares(step_id):
                 return True
         return False
 

@@ -14,12 +14,24 @@ place:
   StepExecutionFailedError (the framework's 502; 400 here, where the step's code is a template
   that cannot render the event's data, and no input gets a 5xx).
 
-XNovu's steps are channels. The enterprise comes from `payload._xnovu.enterpriseId` (or a
-top-level `payload.enterpriseId`), the workflow from the registry as the worker resolves it, and
-the outputs from `payload._xnovu.rendered[stepId]`: the content the worker rendered before
-triggering. When that is absent (a trigger that did not come from XNovu's worker) the step is
-rendered here from the workflow's inline content or the enterprise's template. A declared step
-whose channel the enterprise's workflow does not enable is skipped.
+XNovu's steps are channels, after a `delay` step when the workflow has one. The enterprise comes
+from `payload._xnovu.enterpriseId` (or a top-level `payload.enterpriseId`), the workflow from
+the registry as the worker resolves it, and the outputs from `payload._xnovu.rendered[stepId]`:
+the content the worker rendered before triggering. When that is absent (a trigger that did not
+come from XNovu's worker) the step is rendered here from the workflow's inline content or the
+enterprise's template. A declared step the enterprise's workflow does not have (a channel it
+does not enable, a delay it does not set) is skipped. The delay step answers
+`{type: "regular", amount: <delay_seconds>, unit: "seconds"}`, and the channel steps after it
+need it in `state` as they need the channels before them.
+
+`preview` lays the payload over placeholders of the workflow's schema (mock.py), as the
+framework does, so a partial or empty payload still previews; what it was given is still
+checked against the schema.
+
+Called on the event loop (`on_loop=True`), a step raises WouldBlock instead of doing anything
+that may wait or run long: a database read (a registry or catalog that is not fresh), a
+template render, or a payload check against a schema with regular expressions (a tenant's
+pattern must not stall every other request). The caller then runs it again on a thread.
 """
 
 from __future__ import annotations
@@ -32,18 +44,23 @@ from typing import Any
 
 from api.bridge import errors
 from api.bridge.catalog import CatalogCache
+from api.bridge.mock import mock_payload
 from api.bridge.protocol import CHANNEL_BY_STEP_ID, PostAction, step_rank
-from api.bridge.schemas import OUTPUT_SCHEMAS, problems
-from shared.db.enums import ChannelType
+from api.bridge.schemas import DELAY_OUTPUT, OUTPUT_SCHEMAS, problems, uses_regex
+from shared.db.enums import ChannelType, WorkflowType
 from shared.notifications.novu_trigger import FALLBACK_BODY, FALLBACK_SUBJECT, XNOVU_PAYLOAD_KEY
 from shared.templates.renderer import RenderedContent, TemplateNotFound, get_template_renderer
 from shared.templates.sandbox import RenderError
-from shared.workflows.instance import ChannelStep, WorkflowInstance
+from shared.workflows.instance import DELAY_STEP_ID, ChannelStep, WorkflowInstance
 from shared.workflows.registry import get_registry
 
 log = logging.getLogger(__name__)
 
 PAYLOAD_REQUIRED = "Event `payload` is required"
+
+
+class WouldBlock(Exception):
+    """The step cannot be answered on the event loop: run it on a thread."""
 
 
 def execute_step(
@@ -53,6 +70,7 @@ def execute_step(
     step_id: str,
     event: Mapping[str, Any],
     catalog: CatalogCache,
+    on_loop: bool = False,
 ) -> dict[str, Any]:
     """The answer to `execute` (or `preview`) of `step_id` of `workflow_id` for this event."""
     started = time.perf_counter()
@@ -68,47 +86,114 @@ def execute_step(
     variables = {k: v for k, v in payload.items() if k != XNOVU_PAYLOAD_KEY}
     enterprise_id = _enterprise(workflow_id, xnovu, payload)
 
-    workflow = get_registry().get_workflow(workflow_id, enterprise_id)
-    if workflow is None:
-        if enterprise_id is None and catalog.has_workflow(workflow_id):
-            raise errors.payload_invalid(
-                workflow_id,
-                [
-                    {
-                        "path": f"/{XNOVU_PAYLOAD_KEY}/enterpriseId",
-                        "message": "is required: the workflow is defined per enterprise",
-                    }
-                ],
-            )
-        raise errors.workflow_not_found(
-            workflow_id, str(enterprise_id) if enterprise_id is not None else None
-        )
-
+    workflow = _workflow(workflow_id, enterprise_id, catalog, on_loop)
+    is_delay = step_id == DELAY_STEP_ID
     channel = CHANNEL_BY_STEP_ID.get(step_id)
     step = workflow.step(channel) if channel is not None else None
-    if channel is None or (step is None and not catalog.declares(workflow_id, channel)):
+    present = workflow.delay_seconds is not None if is_delay else step is not None
+    if not present and (
+        (channel is None and not is_delay) or not _declares(catalog, workflow_id, step_id, on_loop)
+    ):
         raise errors.step_not_found(workflow_id, step_id)
 
     if action is PostAction.EXECUTE:
         _check_state(workflow_id, workflow, channel, event.get("state"))
-        if workflow.payload_schema:
-            failures = problems(workflow.payload_schema, variables)
-            if failures:
-                raise errors.payload_invalid(workflow_id, failures)
-
-    if step is None:
-        return _result({}, skip=True, started=started)
-    rendered = xnovu.get("rendered")
-    carried = rendered.get(step_id) if isinstance(rendered, dict) else None
-    if isinstance(carried, dict):
-        outputs = _outputs(channel, carried.get("subject"), carried.get("body"))
+        _check_payload(workflow_id, workflow, variables, on_loop)
     else:
-        content = _render(action, workflow, step, enterprise_id, variables)
-        outputs = _outputs(channel, content.subject, content.body)
-    failures = problems(OUTPUT_SCHEMAS[channel], outputs)
+        given = variables
+        variables = mock_payload(workflow.payload_schema, given)
+        _check_payload(workflow_id, workflow, variables, on_loop, only=set(given))
+
+    if not present:
+        return _result({}, skip=True, started=started)
+    if is_delay:
+        outputs: dict[str, Any] = {
+            "type": "regular",
+            "amount": workflow.delay_seconds,
+            "unit": "seconds",
+        }
+        schema = DELAY_OUTPUT
+    else:
+        assert channel is not None and step is not None
+        rendered = xnovu.get("rendered")
+        carried = rendered.get(step_id) if isinstance(rendered, dict) else None
+        if isinstance(carried, dict):
+            outputs = _outputs(channel, carried.get("subject"), carried.get("body"))
+        elif on_loop:
+            raise WouldBlock
+        else:
+            content = _render(action, workflow, step, enterprise_id, variables)
+            outputs = _outputs(channel, content.subject, content.body)
+        schema = OUTPUT_SCHEMAS[channel]
+    failures = problems(schema, outputs)
     if failures:
         raise errors.output_invalid(workflow_id, step_id, failures)
     return _result(outputs, skip=False, started=started)
+
+
+def _workflow(
+    workflow_id: str, enterprise_id: uuid.UUID | None, catalog: CatalogCache, on_loop: bool
+) -> WorkflowInstance:
+    """The workflow the key means for the enterprise; the bridge error when there is none."""
+    registry = get_registry()
+    if on_loop and enterprise_id is not None and not registry.is_fresh(enterprise_id):
+        raise WouldBlock
+    workflow = registry.get_workflow(workflow_id, enterprise_id)
+    if workflow is not None:
+        return workflow
+    if on_loop:
+        raise WouldBlock  # the catalog decides which error, and may need the database
+    if enterprise_id is None and catalog.has_workflow(workflow_id):
+        raise errors.payload_invalid(
+            workflow_id,
+            [
+                {
+                    "path": f"/{XNOVU_PAYLOAD_KEY}/enterpriseId",
+                    "message": "is required: the workflow is defined per enterprise",
+                }
+            ],
+        )
+    raise errors.workflow_not_found(
+        workflow_id, str(enterprise_id) if enterprise_id is not None else None
+    )
+
+
+def _declares(catalog: CatalogCache, workflow_id: str, step_id: str, on_loop: bool) -> bool:
+    """Whether the key declares a step the enterprise's workflow lacks (to skip it, not 404)."""
+    if not on_loop:
+        return catalog.declares(workflow_id, step_id)
+    cached = catalog.peek()
+    declared = cached.workflows.get(workflow_id) if cached is not None else None
+    if declared is None or not declared.declares(step_id):
+        raise WouldBlock  # a "no" is confirmed against the database
+    return True
+
+
+def _check_payload(
+    workflow_id: str,
+    workflow: WorkflowInstance,
+    variables: dict[str, Any],
+    on_loop: bool,
+    *,
+    only: set[str] | None = None,
+) -> None:
+    """The payload against the workflow's schema; with `only`, failures of other top-level
+    keys (preview's placeholders, which cannot honour every pattern) are not reported."""
+    schema = workflow.payload_schema
+    if not schema:
+        return
+    if on_loop and workflow.workflow_type is not WorkflowType.STATIC and uses_regex(schema):
+        raise WouldBlock
+    failures = problems(schema, variables)
+    if only is not None:
+        failures = [f for f in failures if _top_key(f["path"]) in only | {""}]
+    if failures:
+        raise errors.payload_invalid(workflow_id, failures)
+
+
+def _top_key(pointer: str) -> str:
+    """The top-level property a JSON Pointer is in ("" for the document itself)."""
+    return pointer.split("/", 2)[1].replace("~1", "/").replace("~0", "~") if pointer else ""
 
 
 def _enterprise(
@@ -138,15 +223,20 @@ def _as_uuid(value: Any) -> uuid.UUID | None:
 
 
 def _check_state(
-    workflow_id: str, workflow: WorkflowInstance, channel: ChannelType, state: Any
+    workflow_id: str, workflow: WorkflowInstance, channel: ChannelType | None, state: Any
 ) -> None:
-    """Every enabled step before this one must be in `state`, as Novu sends the results of the
-    steps it ran before; a missing one means the event lost part of its history."""
+    """Every step of the workflow before this one must be in `state`, as Novu sends the results
+    of the steps it ran before; a missing one means the event lost part of its history. The
+    delay comes first; `channel` None is the delay step itself."""
+    if channel is None:
+        return
     reported = (
         {entry.get("stepId") for entry in state if isinstance(entry, dict)}
         if isinstance(state, list)
         else set()
     )
+    if workflow.delay_seconds is not None and DELAY_STEP_ID not in reported:
+        raise errors.state_corrupt(workflow_id, DELAY_STEP_ID)
     for earlier in workflow.steps:
         if step_rank(earlier.channel) < step_rank(channel) and earlier.step_id not in reported:
             raise errors.state_corrupt(workflow_id, earlier.step_id)

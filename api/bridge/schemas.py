@@ -9,9 +9,11 @@ same ones and checks its own outputs before answering.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+import fastjsonschema
 from jsonschema import Draft202012Validator, FormatChecker
 
 from shared.db.enums import ChannelType
@@ -130,6 +132,51 @@ RESULT_SCHEMAS: dict[ChannelType, dict[str, Any]] = {
     ChannelType.CHAT: EMPTY_SCHEMA,
 }
 
+# The delay step (framework schemas/steps/actions/delay.schema.ts): XNovu only answers the
+# `regular` form, but declares all three as the framework does, so Novu stores the same schema.
+_DELAY_UNITS = ["seconds", "minutes", "hours", "days", "weeks", "months"]
+DELAY_OUTPUT: dict[str, Any] = {
+    "oneOf": [
+        {
+            "type": "object",
+            "properties": {
+                "type": {"enum": ["regular"]},
+                "amount": {"type": "number"},
+                "unit": {"type": "string", "enum": _DELAY_UNITS},
+                "extendToSchedule": {"type": "boolean"},
+            },
+            "required": ["amount", "unit"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {
+                "type": {"enum": ["timed"]},
+                "cron": {"type": "string"},
+                "extendToSchedule": {"type": "boolean"},
+            },
+            "required": ["cron"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {
+                "type": {"enum": ["dynamic"]},
+                "dynamicKey": {"type": "string"},
+                "extendToSchedule": {"type": "boolean"},
+            },
+            "required": ["dynamicKey"],
+            "additionalProperties": False,
+        },
+    ]
+}
+DELAY_RESULT: dict[str, Any] = {
+    "type": "object",
+    "properties": {"duration": {"type": "number"}},
+    "required": ["duration"],
+    "additionalProperties": False,
+}
+
 # Property under which XNovu's own data rides in the payload (shared/notifications/novu_trigger.py).
 XNOVU_PROPERTY: dict[str, Any] = {
     "type": "object",
@@ -147,14 +194,136 @@ def _validator(schema_json: str) -> Draft202012Validator:
     return Draft202012Validator(json.loads(schema_json), format_checker=FormatChecker())
 
 
+class _ByIdentity:
+    """Values computed from a schema, by the schema object's identity.
+
+    The schemas checked per request are long-lived objects (this module's constants, a
+    workflow's schema held by the registry), and serialising one to find its validator cost as
+    much as the check itself. Each schema is kept with its value so that its id cannot be
+    reused while the entry lives; registry reloads leave old schemas behind, so past `size`
+    entries it starts over.
+    """
+
+    def __init__(self, compute: Callable[[dict[str, Any]], Any], size: int = 1024) -> None:
+        self._compute = compute
+        self._size = size
+        self._entries: dict[int, tuple[dict[str, Any], Any]] = {}
+
+    def __call__(self, schema: dict[str, Any]) -> Any:
+        entry = self._entries.get(id(schema))
+        if entry is not None and entry[0] is schema:
+            return entry[1]
+        value = self._compute(schema)
+        if len(self._entries) >= self._size:
+            self._entries.clear()
+        self._entries[id(schema)] = (schema, value)
+        return value
+
+
+_validators = _ByIdentity(
+    lambda schema: _validator(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+)
+_regex = _ByIdentity(lambda schema: _has_regex(schema))
+
+
 def validator_for(schema: dict[str, Any]) -> Draft202012Validator:
-    """A validator of a schema, cached by the schema's content."""
-    return _validator(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+    """A validator of a schema, cached by the schema object and by its content."""
+    validator: Draft202012Validator = _validators(schema)
+    return validator
+
+
+def uses_regex(schema: dict[str, Any]) -> bool:
+    """Whether checking against the schema runs its own regular expressions (`pattern`,
+    `patternProperties`), whose time on a hostile value has no useful bound."""
+    return bool(_regex(schema))
+
+
+def _has_regex(node: Any) -> bool:
+    if isinstance(node, dict):
+        return any(
+            key in ("pattern", "patternProperties") or _has_regex(value)
+            for key, value in node.items()
+        )
+    if isinstance(node, list):
+        return any(_has_regex(item) for item in node)
+    return False
+
+
+# Keywords whose meaning fastjsonschema (drafts 4 to 7) shares with draft 2020-12. A schema
+# made only of these is first checked by fastjsonschema's compiled code, about ten times faster
+# than jsonschema; only a failure is then explained by jsonschema (`problems`), which stays the
+# judge: where the two differ, fastjsonschema is the stricter (below), never the kinder.
+_FAST_KEYWORDS = frozenset(
+    {
+        "type", "properties", "required", "additionalProperties", "enum", "const",
+        "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+        "multipleOf", "minItems", "maxItems", "uniqueItems", "minProperties", "maxProperties",
+        "anyOf", "oneOf", "allOf", "not", "if", "then", "else", "format", "pattern",
+        "patternProperties", "propertyNames", "items", "title", "description", "default",
+        "examples", "nullable", "$defs", "$schema", "$comment", "readOnly", "writeOnly",
+    }
+)  # fmt: skip
+# Beside a `$ref`, draft 7 ignores every sibling; 2020-12 applies them. Annotations only, then.
+_REF_SIBLINGS = frozenset({"$ref", "title", "description", "default", "examples", "$comment"})
+_FORMATS = FormatChecker()
+# jsonschema's own format checks replace fastjsonschema's of the same name; formats only
+# fastjsonschema knows (date-time, uri, ...) it checks and jsonschema does not: stricter.
+_FAST_FORMATS = {
+    name: (lambda value, name=name: _FORMATS.conforms(value, name)) for name in _FORMATS.checkers
+}
+
+
+def _fast_checker(schema: dict[str, Any]) -> Callable[[Any], Any] | None:
+    if not _fast_compatible(schema, top=True):
+        return None
+    try:
+        # use_default=False: fastjsonschema would otherwise write defaults into the instance.
+        check: Callable[[Any], Any] = fastjsonschema.compile(
+            schema, formats=_FAST_FORMATS, use_default=False, detailed_exceptions=False
+        )
+    except Exception:  # a schema it cannot compile is checked by jsonschema alone
+        return None
+    return check
+
+
+def _fast_compatible(node: Any, *, top: bool = False) -> bool:
+    """Whether every (sub)schema uses only keywords both libraries read alike."""
+    if isinstance(node, bool):
+        return True
+    if not isinstance(node, dict):
+        return False
+    if "$ref" in node:
+        return set(node) <= _REF_SIBLINGS and str(node["$ref"]).startswith("#/")
+    if not set(node) <= _FAST_KEYWORDS or ("$defs" in node and not top):
+        return False
+    for key, value in node.items():
+        if key in ("properties", "patternProperties", "$defs"):
+            if not isinstance(value, dict) or not all(map(_fast_compatible, value.values())):
+                return False
+        elif key in ("anyOf", "oneOf", "allOf"):
+            if not isinstance(value, list) or not all(map(_fast_compatible, value)):
+                return False
+        elif key in ("additionalProperties", "not", "if", "then", "else", "propertyNames"):
+            if not _fast_compatible(value):
+                return False
+        elif key == "items" and not _fast_compatible(value):
+            return False  # a list of item schemas means one thing in draft 7, another in 2020
+    return True
+
+
+_fast_checkers = _ByIdentity(_fast_checker)
 
 
 def problems(schema: dict[str, Any], instance: Any) -> list[dict[str, str]]:
     """Every way `instance` fails `schema`, as the framework reports it: `[{path, message}]`,
     `path` a JSON Pointer to the failing value ("" for the whole document)."""
+    check = _fast_checkers(schema)
+    if check is not None:
+        try:
+            check(instance)
+            return []
+        except fastjsonschema.JsonSchemaException:
+            pass  # jsonschema says how, or that the stricter check was wrong
     errors = sorted(
         validator_for(schema).iter_errors(instance), key=lambda e: [str(p) for p in e.path]
     )

@@ -5,26 +5,45 @@ picks the verb (none means `health-check`); every action but `health-check` need
 `novu-signature` first, whatever the method; GET serves `discover`, `health-check` and `code`,
 POST serves `execute` and `preview`, OPTIONS answers `{}`, and anything else is an error in the
 protocol's `{message, code, data?}` shape, never the API's `{error: {...}}` one.
+
+Novu calls `execute` once per step of every notification, so the bridge is served by a plain
+ASGI handler (BridgeHotPath, mounted ahead of FastAPI's router in api/app.py) rather than by
+FastAPI's routing, dependency solving and a thread hop per request, which measured as nine
+tenths of an `execute` (docs/performance.md). A step runs on the event loop when everything it
+needs is in memory, and on a thread otherwise (api/bridge/execute.py, WouldBlock), as the
+trigger's check does (api/hotpath.py). The FastAPI routes below stay for the OpenAPI
+description and serve the same `answer` when the hot path is bypassed (a `root_path`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.bridge import errors
 from api.bridge.catalog import CatalogCache, load_catalog
 from api.bridge.errors import BridgeError
-from api.bridge.execute import execute_step
-from api.bridge.protocol import GetAction, PostAction, response_headers
-from api.bridge.signature import EMPTY_BODY, signature_header, verify_signature
+from api.bridge.execute import WouldBlock, execute_step
+from api.bridge.protocol import (
+    LEGACY_SIGNATURE_HEADER,
+    SIGNATURE_HEADER,
+    GetAction,
+    PostAction,
+    response_headers,
+)
+from api.bridge.signature import EMPTY_BODY, verify_signature
+from api.limits import BodySizeLimit
+from api.metrics import MetricsMiddleware
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -32,8 +51,12 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["novu bridge"])
 
 BRIDGE_PATH = "/api/novu"
+# A step whose body is larger than this runs on a thread: checking a big payload against its
+# schema would hold up every other request on the loop.
+LOOP_BODY_BYTES = 16 * 1024
 _catalog: CatalogCache | None = None
 _warned_unsigned = False
+_RAW_HEADERS = [(k.encode(), v.encode()) for k, v in response_headers().items()]
 
 
 def catalog_cache() -> CatalogCache:
@@ -44,11 +67,40 @@ def catalog_cache() -> CatalogCache:
     return _catalog
 
 
-def _respond(status: int, body: Any) -> JSONResponse:
-    return JSONResponse(body, status_code=status, headers=response_headers())
+async def answer(
+    method: str, query: Mapping[str, str], headers: Mapping[str, str], body: bytes
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """One bridge request's status, JSON document and extra headers."""
+    settings = get_settings()
+    action = query.get("action") or GetAction.HEALTH_CHECK.value
+    try:
+        if action != GetAction.HEALTH_CHECK:
+            _check_signature(method, headers, body, settings)
+        if method == "OPTIONS":
+            return 200, {}, {}
+        if method == "GET":
+            return 200, await _get(action, query.get("workflowId") or "", query.get("stepId")), {}
+        if method == "POST":
+            if action not in (PostAction.EXECUTE, PostAction.PREVIEW):
+                raise errors.invalid_action(action, method)
+            return 200, await _execute(PostAction(action), query, body), {}
+        raise errors.method_not_allowed(method)
+    except BridgeError as exc:
+        return exc.status_code, exc.body(), {}
+    except (DBAPIError, PoolTimeoutError) as exc:
+        # 503 is one of the statuses Novu retries: the step runs again once the database is back.
+        log.warning("bridge %s %s: database unavailable: %s", method, action, exc)
+        failure = errors.unavailable()
+        return failure.status_code, failure.body(), {"retry-after": "2"}
+    except Exception:
+        log.exception("bridge %s %s failed", method, action)
+        failure = errors.unexpected()
+        return failure.status_code, failure.body(), {}
 
 
-def _check_signature(request: Request, body: bytes, settings: Settings) -> None:
+def _check_signature(
+    method: str, headers: Mapping[str, str], body: bytes, settings: Settings
+) -> None:
     global _warned_unsigned
     if not settings.novu_bridge_verify_signatures:
         if not _warned_unsigned:
@@ -60,8 +112,25 @@ def _check_signature(request: Request, body: bytes, settings: Settings) -> None:
             )
         return
     # Novu signs a GET as `{}`; a POST over the bytes it sends, which are what we received.
-    signed = body if request.method == "POST" and body else EMPTY_BODY
-    verify_signature(signature_header(request.headers), signed, settings.effective_novu_secret_key)
+    signed = body if method == "POST" and body else EMPTY_BODY
+    header = headers.get(SIGNATURE_HEADER) or headers.get(LEGACY_SIGNATURE_HEADER) or None
+    verify_signature(header, signed, settings.effective_novu_secret_key)
+
+
+async def _execute(action: PostAction, query: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    arguments: dict[str, Any] = {
+        "action": action,
+        "workflow_id": query.get("workflowId") or "",
+        "step_id": query.get("stepId") or "",
+        "event": _event(body),
+        "catalog": catalog_cache(),
+    }
+    if len(body) <= LOOP_BODY_BYTES:
+        try:
+            return execute_step(**arguments, on_loop=True)
+        except WouldBlock:
+            pass
+    return await run_in_threadpool(lambda: execute_step(**arguments))
 
 
 def _event(body: bytes) -> dict[str, Any]:
@@ -71,52 +140,6 @@ def _event(body: bytes) -> dict[str, Any]:
     except ValueError:
         return {}
     return document if isinstance(document, dict) else {}
-
-
-async def novu_bridge(
-    request: Request,
-    action: Annotated[str | None, Query()] = None,
-    workflow_id: Annotated[str | None, Query(alias="workflowId")] = None,
-    step_id: Annotated[str | None, Query(alias="stepId")] = None,
-) -> JSONResponse:
-    """Answer one bridge request."""
-    settings = get_settings()
-    action = action or GetAction.HEALTH_CHECK.value
-    method = request.method
-    body = await request.body() if method == "POST" else b""
-    try:
-        if action != GetAction.HEALTH_CHECK:
-            _check_signature(request, body, settings)
-        if method == "OPTIONS":
-            return _respond(200, {})
-        if method == "GET":
-            return _respond(200, await _get(action, workflow_id or "", step_id))
-        if method == "POST":
-            if action not in (PostAction.EXECUTE, PostAction.PREVIEW):
-                raise errors.invalid_action(action, method)
-            answer = await run_in_threadpool(
-                execute_step,
-                action=PostAction(action),
-                workflow_id=workflow_id or "",
-                step_id=step_id or "",
-                event=_event(body),
-                catalog=catalog_cache(),
-            )
-            return _respond(200, answer)
-        raise errors.method_not_allowed(method)
-    except BridgeError as exc:
-        return _respond(exc.status_code, exc.body())
-    except (DBAPIError, PoolTimeoutError) as exc:
-        # 503 is one of the statuses Novu retries: the step runs again once the database is back.
-        log.warning("bridge %s %s: database unavailable: %s", method, action, exc)
-        failure = errors.unavailable()
-        response = _respond(failure.status_code, failure.body())
-        response.headers["retry-after"] = "2"
-        return response
-    except Exception:
-        log.exception("bridge %s %s failed", method, action)
-        failure = errors.unexpected()
-        return _respond(failure.status_code, failure.body())
 
 
 async def _get(action: str, workflow_id: str, step_id: str | None) -> dict[str, Any]:
@@ -130,6 +153,95 @@ async def _get(action: str, workflow_id: str, step_id: str | None) -> dict[str, 
         catalog = await run_in_threadpool(load_catalog)
         return catalog.code(workflow_id, step_id)
     raise errors.invalid_action(action, "GET")
+
+
+def _encode(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# -- the hot path: a plain ASGI handler --------------------------------------------------------
+
+
+class _BridgeRoute:
+    """What MetricsMiddleware reads from `scope["route"]`: the route template."""
+
+    path = BRIDGE_PATH
+
+
+async def _serve(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer one bridge request as an ASGI app."""
+    scope["route"] = _BridgeRoute
+    method = scope["method"]
+    # The last value of a repeated parameter, as FastAPI's Query gave it.
+    query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+    headers: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in (b"novu-signature", b"x-novu-signature"):
+            headers.setdefault(name.decode(), value.decode("latin-1"))
+    body = b""
+    if method == "POST":
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+    status, document, extra = await answer(method, query, headers, body)
+    content = _encode(document)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                *_RAW_HEADERS,
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+                *((k.encode(), v.encode()) for k, v in extra.items()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": content})
+
+
+class BridgeHotPath:
+    """Middleware: requests to the bridge's path go to `_serve` (through the metrics and
+    body-size middleware, as every request does), anything else to the app's usual stack."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.direct = MetricsMiddleware(BodySizeLimit(_serve, max_body_bytes))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == BRIDGE_PATH and not scope.get("root_path"):
+            await self.direct(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+# -- the documented routes ---------------------------------------------------------------------
+
+
+async def novu_bridge(
+    request: Request,
+    action: Annotated[str | None, Query()] = None,
+    workflow_id: Annotated[str | None, Query(alias="workflowId")] = None,
+    step_id: Annotated[str | None, Query(alias="stepId")] = None,
+) -> Response:
+    """Answer one bridge request."""
+    query = {
+        name: value
+        for name, value in (("action", action), ("workflowId", workflow_id), ("stepId", step_id))
+        if value is not None
+    }
+    body = await request.body() if request.method == "POST" else b""
+    status, document, extra = await answer(request.method, query, request.headers, body)
+    return Response(
+        _encode(document),
+        status_code=status,
+        headers={**response_headers(), **extra},
+        media_type="application/json",
+    )
 
 
 # One route per method, so each has its own OpenAPI operation id.

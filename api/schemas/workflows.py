@@ -10,12 +10,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.db.enums import ChannelType, PublishStatus, WorkflowType
 from shared.db.models import NotificationWorkflow, NovuWorkflowSync
+from shared.workflows.instance import MAX_DELAY_SECONDS
 
 WorkflowKey = Annotated[
     str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")
 ]
 Tag = Annotated[str, Field(min_length=1, max_length=100)]
 TemplateId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+DelaySeconds = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=MAX_DELAY_SECONDS,
+        description="Seconds Novu holds each notification in a delay step before its channels "
+        "(1 to 2,592,000: 30 days); while it waits there, a cancel still stops it",
+    ),
+]
 
 
 class TemplateOverrides(BaseModel):
@@ -42,6 +52,7 @@ class WorkflowCreate(BaseModel):
     control_schema: dict[str, Any] | None = None
     tags: list[Tag] | None = Field(default=None, max_length=20)
     business_id: str | None = Field(default=None, max_length=255)
+    delay_seconds: DelaySeconds | None = None
 
 
 class WorkflowUpdate(BaseModel):
@@ -55,6 +66,8 @@ class WorkflowUpdate(BaseModel):
     control_schema: dict[str, Any] | None = None
     tags: list[Tag] | None = Field(default=None, max_length=20)
     business_id: str | None = Field(default=None, max_length=255)
+    # null removes the delay step; leaving the field out keeps it.
+    delay_seconds: DelaySeconds | None = None
 
     @field_validator("default_channels")
     @classmethod
@@ -96,6 +109,7 @@ class WorkflowRead(BaseModel):
     control_schema: dict[str, Any] | None
     tags: list[str] | None
     business_id: str | None
+    delay_seconds: int | None
     created_at: dt.datetime
     updated_at: dt.datetime
     novu_sync: NovuSyncRead

@@ -11,7 +11,7 @@ from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db.enums import ChannelType, WorkflowType
-from shared.workflows.instance import ChannelStep, WorkflowInstance
+from shared.workflows.instance import MAX_DELAY_SECONDS, ChannelStep, WorkflowInstance
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class WorkflowConfig(BaseModel):
     name: str | None = None
     description: str | None = None
     workflow_id: int | None = None
+    delay_seconds: int | None = None
 
     def template_id(self, channel: ChannelType) -> int | None:
         """The template configured for a channel."""
@@ -81,6 +82,8 @@ class DynamicWorkflowFactory:
                     f"channel {channel.value} needs {TEMPLATE_OVERRIDE_KEYS[channel]} "
                     "in template_overrides"
                 )
+        if config.delay_seconds is not None and not 1 <= config.delay_seconds <= MAX_DELAY_SECONDS:
+            problems.append(f"delay_seconds must be from 1 to {MAX_DELAY_SECONDS}")
         if config.payload_schema is not None:
             try:
                 Draft202012Validator.check_schema(config.payload_schema)
@@ -110,4 +113,5 @@ class DynamicWorkflowFactory:
             tags=tuple(config.tags),
             payload_schema=config.payload_schema,
             control_schema=config.control_schema,
+            delay_seconds=config.delay_seconds,
         )

@@ -18,6 +18,10 @@ STEP_IDS: dict[ChannelType, str] = {
     ChannelType.PUSH: "push",
     ChannelType.CHAT: "chat",
 }
+# Novu step id of a workflow's delay, declared before its channel steps.
+DELAY_STEP_ID = "delay"
+# A delay step holds a notification at Novu from 1 second to 30 days (the column's range).
+MAX_DELAY_SECONDS = 30 * 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,8 @@ class WorkflowInstance:
     payload_schema: dict[str, Any] | None = None
     control_schema: dict[str, Any] | None = None
     subscriber: SubscriberBuilder | None = field(default=None, repr=False)
+    # Seconds Novu holds the notification in a delay step before the channel steps; None: none.
+    delay_seconds: int | None = None
 
     @property
     def channels(self) -> tuple[ChannelType, ...]:

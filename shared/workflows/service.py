@@ -33,6 +33,7 @@ EDITABLE_FIELDS = frozenset(
         "control_schema",
         "tags",
         "business_id",
+        "delay_seconds",
     }
 )
 
@@ -195,6 +196,7 @@ class WorkflowService:
             name=workflow.name,
             description=workflow.description,
             workflow_id=workflow.id,
+            delay_seconds=workflow.delay_seconds,
         )
 
     def template_problems(self, config: WorkflowConfig, enterprise_id: uuid.UUID) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from tests.conftest import make_tenant
 from tests.factories import create_template, create_workflow
 
@@ -168,3 +170,39 @@ def test_reload_and_stats(client, tenant):
     assert stats["registry"]["enterprise"]["dynamicWorkflows"] == ["stats-flow"]
     assert stats["registry"]["staticWorkflows"] >= 2
     assert "hits" in stats["templateCache"]
+
+
+@pytest.mark.parametrize("seconds", [0, -1, 2_592_001, "soon", 1.5])
+def test_delay_seconds_out_of_range_is_422(client, tenant, seconds):
+    email = create_template(client, tenant, "EMAIL")
+    body = {
+        "workflow_key": f"bad-delay-{uuid.uuid4().hex[:8]}",
+        "name": "Bad delay",
+        "default_channels": ["EMAIL"],
+        "template_overrides": {"emailTemplateId": email["id"]},
+        "delay_seconds": seconds,
+    }
+    response = client.post("/api/workflows", json=body, headers=tenant.headers)
+    assert response.status_code == 422, response.text
+    assert "delay_seconds" in response.text
+
+
+def test_delay_seconds_is_kept_and_read_back(client, tenant):
+    email = create_template(client, tenant, "EMAIL")
+    body = {
+        "workflow_key": f"delay-{uuid.uuid4().hex[:8]}",
+        "name": "Delay",
+        "default_channels": ["EMAIL"],
+        "template_overrides": {"emailTemplateId": email["id"]},
+        "delay_seconds": 2_592_000,
+    }
+    created = client.post("/api/workflows", json=body, headers=tenant.headers)
+    assert created.status_code == 201, created.text
+    assert created.json()["delay_seconds"] == 2_592_000
+    workflow_id = created.json()["id"]
+    unchanged = client.patch(
+        f"/api/workflows/{workflow_id}", json={"name": "Renamed"}, headers=tenant.headers
+    )
+    assert unchanged.json()["delay_seconds"] == 2_592_000
+    read = client.get(f"/api/workflows/{workflow_id}", headers=tenant.headers)
+    assert read.json()["delay_seconds"] == 2_592_000
