@@ -7,6 +7,7 @@ import binascii
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
+from pydantic import Field
 
 from api.deps import EnterpriseDep, SessionDep
 from api.errors import ApiError, not_found
@@ -45,6 +46,10 @@ def list_notifications(
     enterprise_id: EnterpriseDep,
     status: NotificationStatus | None = None,
     workflowId: Annotated[str | None, Query(max_length=255)] = None,
+    tag: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=100)]] | None,
+        Query(max_length=20, description="only notifications carrying every tag given"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> NotificationPage:
@@ -54,6 +59,7 @@ def list_notifications(
         enterprise_id,
         status=status,
         workflow_key=workflowId,
+        tags=tag,
         limit=limit + 1,
         before_id=_decode_cursor(cursor) if cursor else None,
     )

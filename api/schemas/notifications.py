@@ -38,7 +38,9 @@ class CancelRequest(BaseModel):
 
 
 class NotificationRead(BaseModel):
-    """A notification as stored; names are the columns of `ent_notification`."""
+    """A notification as stored; names are the columns of `ent_notification`, but
+    `recipients` is the list as the trigger gave it: subscriberIds, subscriber objects and
+    topics (`recipient_objects` when any is an object)."""
 
     id: int
     enterprise_id: uuid.UUID
@@ -47,7 +49,7 @@ class NotificationRead(BaseModel):
     notification_status: NotificationStatus
     transaction_id: str
     payload: dict[str, Any]
-    recipients: list[str]
+    recipients: list[str | dict[str, Any]]
     overrides: dict[str, Any] | None
     tags: list[str] | None
     scheduled_for: dt.datetime | None
@@ -63,7 +65,10 @@ class NotificationRead(BaseModel):
 
     @classmethod
     def of(cls, row: Notification) -> NotificationRead:
-        return cls.model_validate(row, from_attributes=True)
+        read = cls.model_validate(row, from_attributes=True)
+        if row.recipient_objects is not None:
+            read.recipients = row.recipient_objects
+        return read
 
 
 class NotificationPage(BaseModel):

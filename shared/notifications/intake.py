@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import anyio.to_thread
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from shared.apikeys import Principal
@@ -33,6 +34,12 @@ from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
 from shared.db.session import transaction
 from shared.errors import DomainError, InvalidInput, NotFound, StateConflict, TooLarge
+from shared.notifications.novu_trigger import (
+    NOVU_EVENT_MAX_BYTES,
+    derived_subscriber,
+    event_bytes_without_rendered,
+    novu_recipients,
+)
 from shared.notifications.publisher import publish_enterprise
 from shared.notifications.recorder import Answer, trigger_recorder
 from shared.notifications.repository import (
@@ -42,7 +49,12 @@ from shared.notifications.repository import (
     is_due,
     json_text,
 )
-from shared.notifications.schemas import TriggerRequest
+from shared.notifications.schemas import (
+    SUBSCRIBER,
+    TriggerRequest,
+    recipient_as_given,
+    recipient_key,
+)
 from shared.payloads import payload_errors
 from shared.settings import Settings, get_settings
 from shared.workflows.instance import WorkflowInstance
@@ -176,24 +188,40 @@ def check(
     """Every check of one trigger for its enterprise and workflow; what to record, or which
     recorded notification it names. Raises the DomainError the trigger answers with."""
     request = trigger.request
-    check_payload(workflow, request.payload, settings)
+    payload_bytes = check_payload(workflow, request.payload, settings)
     if request.notificationId is not None:
         return _Existing(trigger.index, enterprise_id, request.notificationId, request.workflowId)
     recipients = resolve_recipients(request, workflow, enterprise_id, settings)
-    for name, value in (
-        ("overrides", request.overrides),
-        ("recipients", recipients),
-        ("tags", request.tags),
-        ("idempotencyKey", trigger.idempotency_key),
-    ):
+    stored = recipients.as_given if recipients.as_given is not None else recipients.keys
+    stored_text = storable_json(stored, "recipients")
+    overrides_bytes = 0
+    if request.overrides is not None:
+        overrides_bytes = len(storable_json(request.overrides, "overrides").encode())
+    for name, value in (("tags", request.tags), ("idempotencyKey", trigger.idempotency_key)):
         if value is not None:
             storable_json(value, name)
+    # What Novu will receive must fit Novu's limit even without the rendered content, which
+    # the worker leaves out when it does not fit (docs/architecture.md, "Size").
+    to_bytes = len((stored_text if recipients.to is stored else json_text(recipients.to)).encode())
+    size = event_bytes_without_rendered(
+        request.workflowId,
+        to_bytes=to_bytes,
+        payload_bytes=payload_bytes,
+        overrides_bytes=overrides_bytes,
+    )
+    if size > NOVU_EVENT_MAX_BYTES:
+        raise TooLarge(
+            "event_too_large",
+            f"the Novu event of this trigger (payload, recipients, overrides and XNovu's "
+            f"metadata) would be {size} bytes, over Novu's limit of {NOVU_EVENT_MAX_BYTES}",
+        )
     notification = NewNotification(
         index=trigger.index,
         workflow_key=request.workflowId,
         notification_workflow_id=workflow.workflow_id,
         payload=request.payload,
-        recipients=recipients,
+        recipients=recipients.keys,
+        recipient_objects=recipients.as_given,
         overrides=request.overrides,
         tags=request.tags,
         scheduled_for=request.scheduledFor,
@@ -211,9 +239,10 @@ def resolve_workflow(workflow_id: str, enterprise_id: uuid.UUID) -> WorkflowInst
     return workflow
 
 
-def check_payload(workflow: WorkflowInstance, payload: dict[str, Any], settings: Settings) -> None:
-    """InvalidInput for a value PostgreSQL cannot store, TooLarge over the payload limit (bytes
-    of its JSON), InvalidInput naming each field that fails the workflow's schema."""
+def check_payload(workflow: WorkflowInstance, payload: dict[str, Any], settings: Settings) -> int:
+    """The bytes of the payload's JSON. InvalidInput for a value PostgreSQL cannot store,
+    TooLarge over the payload limit, InvalidInput naming each field that fails the workflow's
+    schema."""
     size = len(storable_json(payload, "payload").encode())
     if size > settings.max_payload_bytes:
         raise TooLarge("payload_too_large", f"payload exceeds {settings.max_payload_bytes} bytes")
@@ -222,6 +251,17 @@ def check_payload(workflow: WorkflowInstance, payload: dict[str, Any], settings:
         raise InvalidInput(
             "invalid_payload", "the payload does not match the workflow's schema", errors
         )
+    return size
+
+
+@dataclass(frozen=True, slots=True)
+class Recipients:
+    """Who a trigger is for: the subscriberIds / topicKeys (`recipients`), the list as given
+    when any is an object (`recipient_objects`, else None) and Novu's `to` for them."""
+
+    keys: list[str]
+    as_given: list[Any] | None
+    to: list[Any]
 
 
 def resolve_recipients(
@@ -229,21 +269,62 @@ def resolve_recipients(
     workflow: WorkflowInstance,
     enterprise_id: uuid.UUID,
     settings: Settings,
-) -> list[str]:
+) -> Recipients:
     """Who receives it: the trigger's recipients or subscriberId, else the subscriber the
     workflow derives from the payload, else the enterprise itself (its own Novu subscriber,
-    as the original XNovu's default subscriber). InvalidInput over MAX_RECIPIENTS."""
+    as the original XNovu's default subscriber). InvalidInput over MAX_RECIPIENTS, or when the
+    subscriber derived from the payload is not one Novu accepts."""
+    as_given: list[Any] | None = None
     if request.recipients:
-        chosen = list(request.recipients)
+        keys = [recipient_key(recipient) for recipient in request.recipients]
+        if any(not isinstance(recipient, str) for recipient in request.recipients):
+            as_given = [recipient_as_given(recipient) for recipient in request.recipients]
+        derived = _derived_if_any(workflow, request.payload)
     elif request.subscriberId:
-        chosen = [request.subscriberId]
+        keys = [request.subscriberId]
+        derived = _derived_if_any(workflow, request.payload)
     else:
-        derived = workflow.default_subscriber(request.payload)
-        subscriber = derived.get("subscriberId") if derived else None
-        chosen = [str(subscriber)] if subscriber else [str(enterprise_id)]
-    if len(chosen) > settings.max_recipients:
+        derived = derived_subscriber(workflow, request.payload)
+        keys = [derived["subscriberId"]] if derived else [str(enterprise_id)]
+    if len(keys) > settings.max_recipients:
         raise InvalidInput("too_many_recipients", f"at most {settings.max_recipients} recipients")
-    return chosen
+    if derived is not None and derived["subscriberId"] in keys:
+        _check_derived(derived)
+    else:
+        derived = None
+    if as_given is None and derived is None:
+        return Recipients(keys, None, keys)
+    return Recipients(keys, as_given, novu_recipients(keys, as_given, derived))
+
+
+def _derived_if_any(workflow: WorkflowInstance, payload: dict[str, Any]) -> dict[str, Any] | None:
+    # Explicit recipients need the derived subscriber only to send a bare id that is its
+    # subscriberId as that subscriber object, as the worker does.
+    if workflow.subscriber is None:
+        return None
+    try:
+        return derived_subscriber(workflow, payload)
+    except InvalidInput:
+        return None
+
+
+def _check_derived(derived: dict[str, Any]) -> None:
+    """InvalidInput naming each field of the derived subscriber Novu would not accept."""
+    try:
+        SUBSCRIBER.validate_python(derived)
+    except ValidationError as exc:
+        details = [
+            {
+                "field": ".".join(["subscriber", *(str(part) for part in error["loc"])]),
+                "message": error["msg"],
+            }
+            for error in exc.errors(include_url=False)
+        ]
+        raise InvalidInput(
+            "invalid_recipient",
+            "the subscriber the workflow derives from the payload is not one Novu accepts",
+            details,
+        ) from None
 
 
 def storable_json(value: Any, field: str) -> str:

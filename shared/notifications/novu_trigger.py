@@ -3,19 +3,24 @@ recipients and the transactionId fixed at insert (docs/architecture.md, guarante
 
 The worker renders every channel before calling Novu, so a template error is a FAILED row with
 its reason, never a half-sent notification. The rendered content travels in the payload
-under XNOVU_PAYLOAD_KEY, where the bridge's `execute` returns it as each step's output.
+under XNOVU_PAYLOAD_KEY, where the bridge's `execute` returns it as each step's output, when
+the event stays within Novu's size limit with it; otherwise it is left out and the bridge
+renders each step from the payload when Novu executes it (docs/architecture.md, "Size").
+Intake refuses a trigger whose event would be over the limit even without it
+(`event_bytes_without_rendered`), so an accepted notification always fits.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
-from shared.notifications.repository import ClaimedRow
+from shared.errors import InvalidInput
+from shared.notifications.repository import ClaimedRow, json_text
 from shared.novu.client import trigger_idempotency_key
 from shared.novu.schemas import TriggerEvent
 from shared.templates.renderer import TemplateNotFound, get_template_renderer
@@ -28,6 +33,28 @@ XNOVU_PAYLOAD_KEY = "_xnovu"
 # What a channel says when its template is missing (the fallback is recorded on the row).
 FALLBACK_SUBJECT = "{{ _workflow_name }}"
 FALLBACK_BODY = "{{ message if message is string else 'You have a new notification.' }}"
+# Novu's limit on one trigger event, as compact JSON (it answers 413 above it).
+NOVU_EVENT_MAX_BYTES = 524_288
+# The event's bytes besides its payload, recipients and overrides, at their largest: the keys,
+# the transactionId and XNovu's metadata in the payload (every step id in `channels`).
+_ENVELOPE_BYTES = len(
+    json_text(
+        {
+            "name": "",
+            "to": None,
+            "payload": {
+                XNOVU_PAYLOAD_KEY: {
+                    "enterpriseId": "00000000-0000-0000-0000-000000000000",
+                    "notificationId": 2**63 - 1,
+                    "workflowType": "DYNAMIC",
+                    "channels": ["chat", "email", "in_app", "push", "sms"],
+                }
+            },
+            "overrides": None,
+            "transactionId": "xn-00000000-0000-0000-0000-000000000000",
+        }
+    )
+)
 
 
 class PermanentDeliveryError(Exception):
@@ -83,8 +110,55 @@ def render_workflow(
     return rendered, fallbacks
 
 
+def derived_subscriber(
+    workflow: WorkflowInstance, payload: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The subscriber object the workflow derives from the payload, its unset fields left out;
+    None when it derives none. InvalidInput when the workflow's code fails on the payload."""
+    try:
+        derived = workflow.default_subscriber(payload)
+    except Exception as exc:  # a workflow's own code, on a payload it did not expect
+        raise InvalidInput(
+            "invalid_payload", f"the workflow cannot derive its subscriber from the payload: {exc}"
+        ) from None
+    if not derived or not derived.get("subscriberId"):
+        return None
+    subscriber = {key: value for key, value in derived.items() if value is not None}
+    subscriber["subscriberId"] = str(subscriber["subscriberId"])  # e.g. a numeric user id
+    return subscriber
+
+
+def novu_recipients(
+    recipients: Sequence[str],
+    recipient_objects: Sequence[Any] | None,
+    derived: Mapping[str, Any] | None,
+) -> list[Any]:
+    """Novu's `to`: the recipients as given (a null field means "not given" and is left out),
+    a bare subscriberId the workflow derives a subscriber for as that subscriber object."""
+    to: list[Any] = []
+    for recipient in recipient_objects if recipient_objects is not None else recipients:
+        if isinstance(recipient, str):
+            if derived is not None and recipient == derived["subscriberId"]:
+                to.append(dict(derived))
+            else:
+                to.append(recipient)
+        else:
+            to.append({key: value for key, value in recipient.items() if value is not None})
+    return to
+
+
+def event_bytes_without_rendered(
+    workflow_key: str, *, to_bytes: int, payload_bytes: int, overrides_bytes: int
+) -> int:
+    """At most the bytes of a notification's Novu event without its rendered content, from the
+    JSON sizes of its `to`, payload and overrides (what intake holds against
+    NOVU_EVENT_MAX_BYTES)."""
+    return _ENVELOPE_BYTES + len(workflow_key.encode()) + to_bytes + payload_bytes + overrides_bytes
+
+
 def build_trigger_event(row: ClaimedRow) -> PreparedTrigger:
-    """The Novu trigger for a claimed row, with every channel rendered up front."""
+    """The Novu trigger for a claimed row, with every channel rendered up front; the rendered
+    content rides in the payload only when the event stays within Novu's limit with it."""
     workflow = get_registry().get_workflow(row.workflow_key, row.enterprise_id)
     if workflow is None:
         raise PermanentDeliveryError("workflow_not_found", f"no workflow {row.workflow_key!r}")
@@ -93,33 +167,41 @@ def build_trigger_event(row: ClaimedRow) -> PreparedTrigger:
     except RenderError as exc:
         raise PermanentDeliveryError("render_failed", str(exc)) from exc
 
-    derived = workflow.default_subscriber(row.payload)
-    to: list[Any] = [
-        {k: v for k, v in derived.items() if v is not None}
-        if derived is not None and recipient == derived.get("subscriberId")
-        else recipient
-        for recipient in row.recipients
-    ]
+    try:
+        derived = derived_subscriber(workflow, row.payload)
+    except InvalidInput:
+        derived = None  # intake accepted it, so its recipients do not need the derived one
+    to = novu_recipients(row.recipients, row.recipient_objects, derived)
     if not to:
         raise PermanentDeliveryError("no_recipients", "the notification has no recipients")
 
-    payload = dict(row.payload)
-    payload[XNOVU_PAYLOAD_KEY] = {
+    metadata: dict[str, Any] = {
         "enterpriseId": str(row.enterprise_id),
         "notificationId": row.id,
         "workflowType": workflow.workflow_type.value,
         "channels": sorted(rendered),
-        "rendered": rendered,
     }
+    body: dict[str, Any] = {"name": row.workflow_key, "to": to, "transactionId": row.transaction_id}
+    if row.overrides:
+        body["overrides"] = row.overrides
+    # Measured as the JSON Novu receives (the same bytes as the client's canonical body, whose
+    # keys are only sorted), before the rendered content is let in.
+    size = len(
+        json_text({**body, "payload": {**row.payload, XNOVU_PAYLOAD_KEY: metadata}}).encode()
+    )
+    if size > NOVU_EVENT_MAX_BYTES:  # only a row recorded before intake checked the size
+        raise PermanentDeliveryError(
+            "event_too_large",
+            f"the Novu event is {size} bytes, over Novu's limit of {NOVU_EVENT_MAX_BYTES}",
+        )
+    carried = len(json_text(rendered).encode()) + len(',"rendered":')
+    if size + carried <= NOVU_EVENT_MAX_BYTES:
+        metadata["rendered"] = rendered
+    # else the bridge renders each step from the payload when Novu executes it
+    # (api/bridge/execute.py).
     try:
         event = TriggerEvent.model_validate(
-            {
-                "name": row.workflow_key,
-                "to": to,
-                "payload": payload,
-                "overrides": row.overrides or None,
-                "transactionId": row.transaction_id,
-            }
+            {**body, "payload": {**row.payload, XNOVU_PAYLOAD_KEY: metadata}}
         )
     except ValidationError as exc:
         raise PermanentDeliveryError(

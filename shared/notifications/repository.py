@@ -64,7 +64,9 @@ class Execute(Protocol):
 @dataclass(frozen=True, slots=True)
 class NewNotification:
     """One checked trigger to record. `payload`, `overrides` are the caller's JSON values;
-    `index` is the trigger's position in its request, reported back only."""
+    `recipients` the subscriberIds / topicKeys, `recipient_objects` the recipients as given
+    when any is an object (None when all are bare ids); `index` is the trigger's position in
+    its request, reported back only."""
 
     index: int
     workflow_key: str
@@ -76,6 +78,7 @@ class NewNotification:
     scheduled_for: dt.datetime | None = None
     idempotency_key: str | None = None
     request_fingerprint: str | None = None
+    recipient_objects: list[Any] | None = None
 
 
 class RecordResult(enum.StrEnum):
@@ -109,7 +112,7 @@ _INSERT = f"""
     INSERT INTO {TABLE} (
         enterprise_id, name, workflow_key, notification_workflow_id, notification_status,
         payload, recipients, overrides, tags, transaction_id, scheduled_for,
-        idempotency_key, request_fingerprint, enqueued_at, created_by
+        idempotency_key, request_fingerprint, enqueued_at, created_by, recipient_objects
     )
     SELECT
         %(enterprise_id)s, r.v->>0, r.v->>0, CAST(r.v->>1 AS bigint), 'PENDING',
@@ -118,7 +121,8 @@ _INSERT = f"""
         CASE WHEN jsonb_typeof(r.v->5) = 'array'
              THEN ARRAY(SELECT jsonb_array_elements_text(r.v->5)) END,
         r.v->>6, CAST(r.v->>7 AS timestamptz), r.v->>8, r.v->>9,
-        CASE WHEN CAST(r.v->>10 AS boolean) THEN now() END, %(created_by)s
+        CASE WHEN CAST(r.v->>10 AS boolean) THEN now() END, %(created_by)s,
+        NULLIF(r.v->11, 'null')
     FROM jsonb_array_elements(CAST(%(rows)s AS jsonb)) WITH ORDINALITY AS r(v, ord)
     ORDER BY r.ord
     ON CONFLICT (enterprise_id, idempotency_key) DO NOTHING
@@ -229,8 +233,8 @@ def _existing_by_key(
 
 def _rows_document(items: Sequence[NewNotification], transaction_ids: Sequence[str]) -> str:
     """The rows to insert as `[[workflow_key, workflow_id, payload, recipients, overrides, tags,
-    transaction_id, scheduled_for, idempotency_key, fingerprint, due], ...]`; a due row is
-    stamped enqueued_at, as its delivery is published right after commit."""
+    transaction_id, scheduled_for, idempotency_key, fingerprint, due, recipient_objects], ...]`;
+    a due row is stamped enqueued_at, as its delivery is published right after commit."""
     return json_text(
         [
             [
@@ -245,6 +249,7 @@ def _rows_document(items: Sequence[NewNotification], transaction_ids: Sequence[s
                 item.idempotency_key,
                 item.request_fingerprint,
                 is_due(item.scheduled_for),
+                item.recipient_objects,
             ]
             for item, transaction_id in zip(items, transaction_ids, strict=True)
         ]
@@ -256,7 +261,8 @@ def _rows_document(items: Sequence[NewNotification], transaction_ids: Sequence[s
 
 @dataclass(frozen=True, slots=True)
 class ClaimedRow:
-    """What delivering a claimed notification needs of its row (the attempt it is on)."""
+    """What delivering a claimed notification needs of its row (the attempt it is on);
+    `recipient_objects` is None when every recipient is a bare subscriberId."""
 
     id: int
     enterprise_id: uuid.UUID
@@ -266,6 +272,7 @@ class ClaimedRow:
     overrides: dict[str, Any] | None
     transaction_id: str
     attempts: int
+    recipient_objects: list[Any] | None
 
 
 _CLAIM = text(
@@ -287,7 +294,7 @@ _CLAIM = text(
         FOR UPDATE SKIP LOCKED
     )
     RETURNING n.id, n.enterprise_id, n.workflow_key, n.payload, n.recipients, n.overrides,
-        n.transaction_id, n.attempts,
+        n.transaction_id, n.attempts, n.recipient_objects,
         (SELECT coalesce(max(g.generation), 0) FROM {_GENERATIONS} AS g
          WHERE g.enterprise_id = :enterprise_id)
     """
@@ -318,8 +325,8 @@ def claim_due(
         "lease_seconds": lease_seconds,
     }
     rows = connection.execute(_CLAIM, parameters).all()
-    claimed = sorted((ClaimedRow(*row[:8]) for row in rows), key=lambda row: row.id)
-    return claimed, int(rows[0][8]) if rows else 0
+    claimed = sorted((ClaimedRow(*row[:9]) for row in rows), key=lambda row: row.id)
+    return claimed, int(rows[0][9]) if rows else 0
 
 
 # -- record -----------------------------------------------------------------------------------

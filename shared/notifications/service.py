@@ -50,15 +50,19 @@ class NotificationService:
         *,
         status: S | None = None,
         workflow_key: str | None = None,
+        tags: Sequence[str] | None = None,
         limit: int = 100,
         before_id: int | None = None,
     ) -> Sequence[Notification]:
-        """A keyset page, newest first: rows with id below `before_id`."""
+        """A keyset page, newest first: rows with id below `before_id`, carrying every tag of
+        `tags`."""
         stmt = select(Notification).where(Notification.enterprise_id == enterprise_id)
         if status is not None:
             stmt = stmt.where(Notification.notification_status == status)
         if workflow_key is not None:
             stmt = stmt.where(Notification.workflow_key == workflow_key)
+        if tags:
+            stmt = stmt.where(Notification.tags.contains(list(tags)))
         if before_id is not None:
             stmt = stmt.where(Notification.id < before_id)
         return self.session.scalars(stmt.order_by(Notification.id.desc()).limit(limit)).all()

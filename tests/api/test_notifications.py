@@ -155,3 +155,24 @@ def test_metrics_count_requests_by_route_template(client, tenant):
     assert 'route="/api/notifications/{notification_id}"' in text
     assert 'status="404"' in text
     assert "/api/notifications/123456789" not in text
+
+
+def test_list_filters_by_tag_every_tag_given_must_be_carried(client, tenant):
+    billing = _scheduled(client, tenant, tags=["billing"])
+    both = _scheduled(client, tenant, tags=["billing", "urgent"])
+    _scheduled(client, tenant)
+    other = make_tenant()
+    _scheduled(client, other, tags=["billing"])
+
+    def listed(query: str) -> list[int]:
+        response = client.get(f"/api/notifications?{query}", headers=tenant.headers)
+        assert response.status_code == 200, response.text
+        return [item["id"] for item in response.json()["items"]]
+
+    assert listed("tag=billing") == [both, billing]
+    assert listed("tag=billing&tag=urgent") == [both]
+    assert listed("tag=urgent&limit=1") == [both]
+    assert listed("tag=nobody-uses-it") == []
+    empty = client.get("/api/notifications?tag=", headers=tenant.headers)
+    assert empty.status_code == 422
+    assert empty.json()["error"]["details"][0]["field"].startswith("query.tag")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from typing import Any
 
+from shared.db.models import Notification
+from shared.db.session import transaction
+from shared.notifications import intake
+from shared.notifications.novu_trigger import build_trigger_event
+from shared.notifications.repository import ClaimedRow
+from shared.novu.schemas import canonical_json
 from tests.conftest import make_tenant, signup_payload
 
 
@@ -193,3 +200,234 @@ def test_with_no_key_cache_a_revoked_key_is_refused_at_once(client, monkeypatch)
     with transaction() as session:
         revoke_api_key(session, key_id=owner.key_id)
     assert client.get("/api/stats", headers=owner.headers).status_code == 401
+
+
+# -- recipients: subscriberIds, subscriber objects and topics, as Novu takes them in `to` ------
+
+GRACE = {
+    "subscriberId": "grace-1906",
+    "email": "grace@example.com",
+    "firstName": "Grace",
+    "lastName": "Hopper",
+    "phone": "+15555550100",
+    "locale": "en-US",
+    "timezone": "America/New_York",
+    "avatar": "https://example.com/grace.png",
+    "data": {"plan": "pro", "seats": 3},
+}
+TOPIC = {"type": "Topic", "topicKey": "building-7"}
+
+
+def _stored(notification_id: int) -> tuple[list[str], Any]:
+    with transaction() as session:
+        row = session.get(Notification, notification_id)
+        assert row is not None
+        return list(row.recipients), row.recipient_objects
+
+
+def test_recipients_may_be_subscriber_objects_and_topics_and_read_back_as_given(client, tenant):
+    given = ["ada-1815", GRACE, TOPIC, {"subscriberId": "alan", "phone": None}]
+    response = client.post(
+        "/api/trigger",
+        json={
+            "workflowId": "user-signup",
+            "payload": signup_payload(),
+            "recipients": given,
+            "scheduledFor": _later(),
+        },
+        headers=tenant.headers,
+    )
+    assert response.status_code == 202, response.text
+    notification_id = response.json()["notificationId"]
+    keys, objects = _stored(notification_id)
+    assert keys == ["ada-1815", "grace-1906", "building-7", "alan"]
+    assert objects == given
+    one = client.get(f"/api/notifications/{notification_id}", headers=tenant.headers).json()
+    assert one["recipients"] == given
+    [listed] = client.get("/api/notifications", headers=tenant.headers).json()["items"]
+    assert listed["recipients"] == given
+
+
+def test_bare_subscriber_ids_keep_no_recipient_objects(client, tenant):
+    response = client.post(
+        "/api/trigger",
+        json={
+            "workflowId": "user-signup",
+            "payload": signup_payload(),
+            "recipients": ["a-1", "b.2@example.com"],
+            "scheduledFor": _later(),
+        },
+        headers=tenant.headers,
+    )
+    assert response.status_code == 202, response.text
+    assert _stored(response.json()["notificationId"]) == (["a-1", "b.2@example.com"], None)
+
+
+def _refused_fields(client: Any, tenant: Any, **body: Any) -> dict[str, str]:
+    response = client.post(
+        "/api/trigger",
+        json={"workflowId": "user-signup", "payload": signup_payload(), **body},
+        headers=tenant.headers,
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    return {detail["field"]: detail["message"] for detail in error["details"]}
+
+
+def test_each_recipient_novu_would_refuse_is_named(client, tenant):
+    fields = _refused_fields(
+        client,
+        tenant,
+        recipients=[
+            "fine",
+            {"subscriberId": "x", "email": "not-an-email"},
+            {"subscriberId": "x", "channels": []},
+            "has space",
+            {"type": "Topic"},
+            {"subscriberId": "x", "timezone": "Mars/Olympus_Mons", "locale": "english"},
+            7,
+            {"type": "Subscriber", "topicKey": "t"},
+        ],
+    )
+    assert fields.keys() == {
+        "recipients.1.email",
+        "recipients.2.channels",
+        "recipients.3",
+        "recipients.4.topicKey",
+        "recipients.5.timezone",
+        "recipients.5.locale",
+        "recipients.6",
+        "recipients.7.type",
+    }
+    assert fields["recipients.1.email"] == "not a valid email address"
+    assert "letters, digits" in fields["recipients.3"]
+
+
+def test_a_subscriber_id_novu_would_drop_is_422(client, tenant):
+    for bad in (" padded", "tab\tinside", "ünïcode", "x" * 256):
+        fields = _refused_fields(client, tenant, subscriberId=bad)
+        assert list(fields) == ["subscriberId"], bad
+    assert _refused_fields(client, tenant, recipients=[{"type": "Topic", "topicKey": "a b"}]) == {
+        "recipients.0.topicKey": "must be letters, digits and _ : . - only, or an email address"
+        " (Novu's subscriberId rule)"
+    }
+
+
+def test_subscriber_data_is_bounded_in_size_and_depth(client, tenant):
+    big = {"subscriberId": "x", "data": {"notes": "n" * 5000}}
+    deep = {"subscriberId": "x", "data": {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}}
+    fields = _refused_fields(client, tenant, recipients=[big, deep])
+    assert fields.keys() == {"recipients.0.data", "recipients.1.data"}
+    assert "over 4096" in fields["recipients.0.data"]
+    assert "deeper than 5" in fields["recipients.1.data"]
+
+
+def test_a_subscriber_derived_from_the_payload_novu_would_refuse_is_422(client, tenant):
+    response = client.post(
+        "/api/trigger",
+        json={
+            "workflowId": "user-signup",
+            "payload": {**signup_payload(), "userId": "no spaces please"},
+        },
+        headers=tenant.headers,
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_recipient"
+    assert [detail["field"] for detail in error["details"]] == ["subscriber.subscriberId"]
+
+
+def test_the_same_key_with_another_recipient_object_is_another_body(client, tenant):
+    body = {
+        "workflowId": "user-signup",
+        "payload": signup_payload(),
+        "recipients": [GRACE],
+        "scheduledFor": _later(),
+    }
+    headers = {**tenant.headers, "Idempotency-Key": "recipient-object"}
+    first = client.post("/api/trigger", json=body, headers=headers)
+    again = client.post("/api/trigger", json=body, headers=headers)
+    other = client.post(
+        "/api/trigger",
+        json={**body, "recipients": [{**GRACE, "email": "hopper@example.com"}]},
+        headers=headers,
+    )
+    assert first.status_code == again.status_code == 202
+    assert again.headers.get("Idempotency-Replay") == "true"
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_tenant_data_postgresql_cannot_store_is_422(client, tenant):
+    response = client.post(
+        "/api/trigger",
+        json={
+            "workflowId": "user-signup",
+            "payload": signup_payload(),
+            "recipients": [{"subscriberId": "x", "data": {"note": "nul\u0000"}}],
+        },
+        headers=tenant.headers,
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_value"
+
+
+# -- nothing accepted that Novu would refuse for its size ---------------------------------------
+
+
+def test_a_trigger_whose_novu_event_would_be_over_novus_limit_is_413(client, tenant, monkeypatch):
+    # The test stack's body limit (256 KB) is below Novu's 512 KB: the rule is tested against a
+    # lower limit, with the same arithmetic.
+    monkeypatch.setattr(intake, "NOVU_EVENT_MAX_BYTES", 60_000)
+    payload = {**signup_payload(), "blob": "p" * 30_000}
+    fits = {
+        "workflowId": "user-signup",
+        "payload": payload,
+        "scheduledFor": _later(),
+        "overrides": {"email": {"note": "o" * 25_000}},
+    }
+    over = {**fits, "overrides": {"email": {"note": "o" * 30_000}}}
+    assert client.post("/api/trigger", json=fits, headers=tenant.headers).status_code == 202
+    response = client.post("/api/trigger", json=over, headers=tenant.headers)
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert error["code"] == "event_too_large"
+    assert "over Novu's limit of 60000" in error["message"]
+
+
+def test_intake_sizes_the_novu_event_as_the_worker_builds_it(client, tenant, monkeypatch):
+    """Intake's estimate of the event without rendered content is never below the event the
+    worker builds, and above it by no more than the metadata's widest values."""
+    body = {
+        "workflowId": "user-signup",
+        "payload": {**signup_payload(), "note": "é" * 2_000},
+        "recipients": [GRACE, "ada-1815", TOPIC],
+        "overrides": {"email": {"replyTo": "desk@example.com"}},
+        "scheduledFor": _later(),
+    }
+    response = client.post("/api/trigger", json=body, headers=tenant.headers)
+    assert response.status_code == 202, response.text
+    with transaction() as session:
+        row = session.get(Notification, response.json()["notificationId"])
+        assert row is not None
+        claimed = ClaimedRow(
+            row.id,
+            row.enterprise_id,
+            row.workflow_key,
+            row.payload,
+            row.recipients,
+            row.overrides,
+            row.transaction_id,
+            1,
+            row.recipient_objects,
+        )
+    event = build_trigger_event(claimed).event.to_body()
+    assert event["to"] == [GRACE, "ada-1815", TOPIC]
+    del event["payload"]["_xnovu"]["rendered"]
+    real = len(canonical_json(event))
+
+    monkeypatch.setattr(intake, "NOVU_EVENT_MAX_BYTES", real - 1)
+    assert client.post("/api/trigger", json=body, headers=tenant.headers).status_code == 413
+    monkeypatch.setattr(intake, "NOVU_EVENT_MAX_BYTES", real + 100)
+    assert client.post("/api/trigger", json=body, headers=tenant.headers).status_code == 202

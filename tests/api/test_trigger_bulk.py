@@ -15,7 +15,7 @@ from sqlalchemy import select
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
 from shared.db.session import transaction
-from shared.notifications import recorder
+from shared.notifications import intake, recorder
 from tests.conftest import make_tenant, signup_payload
 
 
@@ -278,3 +278,30 @@ def test_when_the_broker_is_down_events_are_still_accepted_and_left_for_beat(
     assert all(row.enqueued_at is None for row in rows.values())  # beat publishes them
     for notification_id in due_ids:  # leave nothing for a later test's worker to send
         client.post(f"/api/notifications/{notification_id}/cancel", headers=tenant.headers)
+
+
+def test_recipient_objects_are_checked_and_recorded_per_event(client, tenant, monkeypatch):
+    grace = {"subscriberId": "grace-1906", "email": "grace@example.com", "data": {"plan": "pro"}}
+    topic = {"type": "Topic", "topicKey": "floor-3"}
+    monkeypatch.setattr(intake, "NOVU_EVENT_MAX_BYTES", 40_000)
+    events = [
+        _event(recipients=[grace, "ada", topic]),
+        _event(recipients=["ada", {"subscriberId": "x", "email": "nope"}]),
+        _event(payload={**signup_payload(), "blob": "b" * 45_000}),
+        _event(recipients=["plain"]),
+    ]
+    response = _bulk(client, tenant.headers, events)
+    assert response.status_code == 202, response.text
+    results = response.json()["results"]
+    assert [r["statusCode"] for r in results] == [202, 422, 413, 202]
+    assert results[1]["error"]["details"] == [
+        {"field": "recipients.1.email", "message": "not a valid email address"}
+    ]
+    assert results[2]["error"]["code"] == "event_too_large"
+    rows = _rows([results[0]["notificationId"], results[3]["notificationId"]])
+    first, last = rows[results[0]["notificationId"]], rows[results[3]["notificationId"]]
+    assert (first.recipients, first.recipient_objects) == (
+        ["grace-1906", "ada", "floor-3"],
+        [grace, "ada", topic],
+    )
+    assert (last.recipients, last.recipient_objects) == (["plain"], None)
