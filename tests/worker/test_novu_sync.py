@@ -69,6 +69,12 @@ def _runs(reason: str) -> list[NovuSyncRun]:
         return list(session.scalars(select(R).where(R.reason == reason).order_by(R.id)))
 
 
+def _runs_with(key: str) -> list[NovuSyncRun]:
+    with transaction() as session:
+        R = NovuSyncRun
+        return list(session.scalars(select(R).where(R.workflow_keys.any_() == key).order_by(R.id)))
+
+
 def _sync_state(client: Any, tenant: Tenant, workflow_id: int) -> dict[str, Any]:
     response = client.get(f"/api/workflows/{workflow_id}", headers=tenant.headers)
     assert response.status_code == 200, response.text
@@ -193,7 +199,6 @@ def test_a_failed_sync_records_its_error_and_is_retried(
     template = create_template(client, tenant, "IN_APP")
     key = f"retried-{uuid.uuid4().hex[:8]}"
     workflow = create_workflow(client, tenant, key, IN_APP=template)
-    reason = f"workflow {key} published"
     bridge_process.stop()
     try:
         published = client.post(f"/api/workflows/{workflow['id']}/publish", headers=tenant.headers)
@@ -215,9 +220,14 @@ def test_a_failed_sync_records_its_error_and_is_retried(
     )
     assert state["last_error"] is None
     assert key in _known(emulator)
-    runs = _runs(reason)
-    assert runs[0].error is not None and runs[-1].error is None
-    assert all(run.error is not None for run in runs[:-1])
+    # One task's attempts share its reason (requests in one debounce window share a task, whose
+    # reason may be another workflow's): some task failed with the key, then took it on a retry.
+    by_reason: dict[str, list[str | None]] = {}
+    for run in _runs_with(key):
+        by_reason.setdefault(run.reason, []).append(run.error)
+    assert any(errors[0] is not None and errors[-1] is None for errors in by_reason.values()), (
+        by_reason
+    )
 
 
 def test_concurrent_requests_make_one_sync(
