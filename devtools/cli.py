@@ -52,7 +52,22 @@ for _package in DEVSTACK_PACKAGES:
     help="The Novu tier's Events rate limit in tokens/s (60: Novu's Free tier); "
     "env NOVU_EMULATOR_EVENTS_RPS.",
 )
-def novu_emulator(host: str, port: int | None, bridge_url: str | None, events_rps: int) -> None:
+@click.option(
+    "--dedupe-race-window-ms",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    envvar="NOVU_EMULATOR_DEDUPE_RACE_WINDOW_MS",
+    help="A second trigger of a transactionId this soon after the first runs too, as Novu's "
+    "non-atomic deduplication lets it; env NOVU_EMULATOR_DEDUPE_RACE_WINDOW_MS.",
+)
+def novu_emulator(
+    host: str,
+    port: int | None,
+    bridge_url: str | None,
+    events_rps: int,
+    dedupe_race_window_ms: int,
+) -> None:
     """Run the local stand-in for Novu's REST API."""
     from novu_emulator import serve
 
@@ -63,6 +78,7 @@ def novu_emulator(host: str, port: int | None, bridge_url: str | None, events_rp
         settings.effective_novu_secret_key,
         bridge_url=bridge_url or settings.novu_bridge_url,
         events_rps=events_rps,
+        dedupe_race_window_ms=dedupe_race_window_ms,
     )
 
 

@@ -11,13 +11,19 @@ Novu endpoints (need `Authorization: ApiKey <secret key>`, else 401):
   deleted by a later sync, nor registered by hand; see `/_emulator/workflows`), 413 when
   the event is over 512 KB. A known but inactive workflow answers 201 with `{acknowledged,
   status: "trigger_not_active"}`, one without steps `no_workflow_steps_defined`: nothing
-  is queued. A transactionId already accepted gets 201
-  `processed` again but is not recorded twice (counted as a duplicate).
+  is queued. A transactionId already accepted gets 201 `processed` again; it is dropped
+  (`stats.duplicates`) unless it arrives within the deduplication race window after the
+  first (100 ms by default, `--dedupe-race-window-ms` / NOVU_EMULATOR_DEDUPE_RACE_WINDOW_MS,
+  or the `dedupeRaceWindowMs` fault while set): then it runs too (`stats.duplicatesRun`),
+  as Novu's deduplication is a lookup in its worker, not an atomic check.
 - `POST /v1/events/trigger/bulk` `{"events": [...]}` (1 to 100, else 422) ->
   201 `{"data": [result, ...]}`; an invalid event gets its own `status: "error"`
   result, an event over 512 KB fails the whole call with 413.
-- `DELETE /v1/events/trigger/{transactionId}` -> `{"data": true}` when the
-  trigger is still held (see `holdSeconds`) and is now cancelled, else `false`.
+- `DELETE /v1/events/trigger/{transactionId}` -> 200 `{"data": true}` only when a run of
+  that transaction is waiting in a delay step of its workflow (executed on the bridge, see
+  below) and is now cancelled: its remaining steps never run. Otherwise `{"data": false}`:
+  unknown, still queued (`holdSeconds`), running its channel steps, finished, or already
+  cancelled, as Novu cancels only delayed (and digested) jobs.
 - `POST /v1/bridge/sync[?source=NAME]` `{"bridgeUrl": URL}` -> 201 `{"data": [workflow,
   ...]}`, as Novu syncs code-first workflows: one signed `GET <bridgeUrl>?action=discover`
   (no retry), every workflow it lists is remembered (its steps, the bridge URL, when, the
@@ -52,9 +58,9 @@ Emulator endpoints (no authentication):
 - `GET /_emulator/events[?transactionId=X]`: accepted triggers in order, each
   `{transactionId, name, to, payload, overrides?, actor?, tenant?, context?,
   receivedAt, cancelled}`.
-- `GET /_emulator/stats`: `{accepted, duplicates, cancelled, requests, tokens, syncs,
-  idempotency: {replayed, inFlightConflicts, bodyMismatches}, faults: {latency,
-  drop, dropAfterAccept, rateLimited, "status:500": N, ...}, bridge: {...}}`.
+- `GET /_emulator/stats`: `{accepted, duplicates, duplicatesRun, cancelled, requests,
+  tokens, syncs, idempotency: {replayed, inFlightConflicts, bodyMismatches}, faults:
+  {latency, drop, dropAfterAccept, rateLimited, "status:500": N, ...}, bridge: {...}}`.
   `requests` counts every `/v1` request; `tokens` is `{spent, refused, refusedRequests,
   eventsRps, byEndpoint: {trigger|bulk-trigger|cancel|sync: {spent, refused}}}`: the tokens
   charged to requests the rate limiter admitted, those asked by the ones it refused (429),
@@ -106,8 +112,9 @@ Fault configuration (`POST /_emulator/faults`; invalid -> 400 JSON):
       "latencySpikeMs": 200,           # ... this much more
       "dropRate": 0.02,                # close the connection before doing anything
       "dropAfterAcceptRate": 0.02,     # record the trigger(s), then close without answering
-      "holdSeconds": 0,                # accepted triggers stay cancellable this long
-      "rateLimitPerSecond": null       # replaces the Events tier's tokens/s while set
+      "holdSeconds": 0,                # Novu's queue lag before steps run (not cancellable)
+      "rateLimitPerSecond": null,      # replaces the Events tier's tokens/s while set
+      "dedupeRaceWindowMs": null       # replaces the deduplication race window while set
     }
 
 One status rule may be given inline instead of `rules`:

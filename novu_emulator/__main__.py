@@ -1,5 +1,5 @@
-"""`python -m novu_emulator [--host H] [--port P] [--bridge-url URL] [--events-rps N]`: the
-emulator without the CLI."""
+"""`python -m novu_emulator [--host H] [--port P] [--bridge-url URL] [--events-rps N]
+[--dedupe-race-window-ms MS]`: the emulator without the CLI."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 
 from novu_emulator.ratelimit import DEFAULT_EVENTS_RPS
 from novu_emulator.server import serve
+from novu_emulator.state import DEFAULT_DEDUPE_RACE_WINDOW_MS
 from shared.settings import get_settings
 
 
@@ -30,9 +31,20 @@ def main() -> None:
         help="the Novu tier's Events rate limit, tokens/s (default: NOVU_EMULATOR_EVENTS_RPS; "
         "60, Novu's Free tier)",
     )
+    parser.add_argument(
+        "--dedupe-race-window-ms",
+        type=int,
+        default=int(
+            os.environ.get("NOVU_EMULATOR_DEDUPE_RACE_WINDOW_MS") or DEFAULT_DEDUPE_RACE_WINDOW_MS
+        ),
+        help="a second trigger of a transactionId this soon after the first runs too "
+        "(default: NOVU_EMULATOR_DEDUPE_RACE_WINDOW_MS; 100)",
+    )
     args = parser.parse_args()
     if args.events_rps < 1:
         parser.error("--events-rps must be at least 1")
+    if args.dedupe_race_window_ms < 0:
+        parser.error("--dedupe-race-window-ms must not be negative")
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
     )
@@ -42,6 +54,7 @@ def main() -> None:
         settings.effective_novu_secret_key,
         bridge_url=args.bridge_url,
         events_rps=args.events_rps,
+        dedupe_race_window_ms=args.dedupe_race_window_ms,
     )
 
 

@@ -78,8 +78,15 @@ class FaultConfig(_FaultModel):
     latency_spike_ms: int = Field(default=0, ge=0, le=120_000, alias="latencySpikeMs")
     drop_rate: float = Field(default=0.0, ge=0.0, le=1.0, alias="dropRate")
     drop_after_accept_rate: float = Field(default=0.0, ge=0.0, le=1.0, alias="dropAfterAcceptRate")
+    # Novu's queue lag: accepted triggers wait this long before their steps run. Not
+    # cancellable: Novu cancels only runs held in a delay step.
     hold_seconds: float = Field(default=0.0, ge=0.0, le=86_400.0, alias="holdSeconds")
     rate_limit_per_second: int | None = Field(default=None, ge=1, alias="rateLimitPerSecond")
+    # A second trigger of a transactionId this soon after the first runs too (None: the
+    # emulator's startup value, 100 ms unless --dedupe-race-window-ms says otherwise).
+    dedupe_race_window_ms: int | None = Field(
+        default=None, ge=0, le=3_600_000, alias="dedupeRaceWindowMs"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -406,9 +406,10 @@ class NovuApi:
                 "status": "invalid_recipients",
                 "transactionId": transaction_id,
             }
-        if self.state.record(transaction_id, event) and self._bridge is not None:
+        recorded = self.state.record(transaction_id, event)
+        if recorded is not None and self._bridge is not None:
             # Novu's workers run the steps after the 201; so does the bridge runner.
-            self._bridge.schedule(self.state.by_transaction[transaction_id])
+            self._bridge.schedule(recorded)
         return {"acknowledged": True, "status": "processed", "transactionId": transaction_id}
 
 

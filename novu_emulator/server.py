@@ -19,7 +19,7 @@ from novu_emulator.control import CONTROL_PREFIX, ControlApi
 from novu_emulator.http import HttpRequest, Reply, json_response, serve_connection
 from novu_emulator.novu_api import NovuApi, not_found
 from novu_emulator.ratelimit import DEFAULT_EVENTS_RPS, RateLimits
-from novu_emulator.state import EmulatorState
+from novu_emulator.state import DEFAULT_DEDUPE_RACE_WINDOW_MS, EmulatorState
 from novu_emulator.workflows import registered
 from shared.settings import EMULATOR_SECRET_KEY
 
@@ -43,11 +43,14 @@ class EmulatorServer:
         seed: int | None = None,
         bridge_url: str | None = None,
         events_rps: int = DEFAULT_EVENTS_RPS,
+        dedupe_race_window_ms: int = DEFAULT_DEDUPE_RACE_WINDOW_MS,
     ) -> None:
         """`workflows`: workflow ids Novu knows from the start, as if made in its dashboard
         (others must be synced before they can be triggered); `seed` makes faults repeatable;
         `bridge_url`: the Framework bridge to execute accepted triggers on (None: none);
-        `events_rps`: the Novu tier's Events rate limit in tokens a second (Free: 60)."""
+        `events_rps`: the Novu tier's Events rate limit in tokens a second (Free: 60);
+        `dedupe_race_window_ms`: how soon after a transactionId's first trigger a second one
+        still runs instead of being dropped as a duplicate."""
         if not secret_key:
             raise ValueError("secret_key must not be empty")
         self.host = host
@@ -57,6 +60,7 @@ class EmulatorServer:
         self.state.workflows = dict(self.state.startup_workflows)
         self.state.events_rps = events_rps
         self.state.rate_limits = RateLimits(events_rps)
+        self.state.dedupe_race_window_ms = dedupe_race_window_ms
         self._requested_port = port
         self.bridge = BridgeRunner(self.state, secret_key)
         self._novu = NovuApi(
@@ -176,9 +180,17 @@ def serve(
     *,
     bridge_url: str | None = None,
     events_rps: int = DEFAULT_EVENTS_RPS,
+    dedupe_race_window_ms: int = DEFAULT_DEDUPE_RACE_WINDOW_MS,
 ) -> None:
     """Run the emulator in the foreground until SIGINT or SIGTERM, then exit cleanly."""
-    server = EmulatorServer(host, port, secret_key, bridge_url=bridge_url, events_rps=events_rps)
+    server = EmulatorServer(
+        host,
+        port,
+        secret_key,
+        bridge_url=bridge_url,
+        events_rps=events_rps,
+        dedupe_race_window_ms=dedupe_race_window_ms,
+    )
     asyncio.run(_serve_until_signalled(server))
 
 
@@ -231,6 +243,7 @@ def start_in_thread(
     seed: int | None = None,
     bridge_url: str | None = None,
     events_rps: int = DEFAULT_EVENTS_RPS,
+    dedupe_race_window_ms: int = DEFAULT_DEDUPE_RACE_WINDOW_MS,
 ) -> RunningEmulator:
     """Start an emulator on its own event loop in a daemon thread; returns once it listens."""
     server = EmulatorServer(
@@ -241,6 +254,7 @@ def start_in_thread(
         seed=seed,
         bridge_url=bridge_url,
         events_rps=events_rps,
+        dedupe_race_window_ms=dedupe_race_window_ms,
     )
     startup = _Startup()
 

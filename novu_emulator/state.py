@@ -23,6 +23,8 @@ from novu_emulator.ratelimit import DEFAULT_EVENTS_RPS, RateLimits
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600.0
 # Novu forgets an in-flight mark after 5 minutes, in case its request never finished.
 IDEMPOTENCY_IN_FLIGHT_TTL_SECONDS = 300.0
+# Stricter than Novu, whose window is however long its worker takes to store the first.
+DEFAULT_DEDUPE_RACE_WINDOW_MS = 100
 # How many injected faults `GET /_emulator/faults/log` remembers (the oldest are forgotten).
 FAULT_LOG_LIMIT = 100_000
 
@@ -71,10 +73,22 @@ class RecordedTrigger:
     transaction_id: str
     body: dict[str, Any]
     received_at: str
-    cancellable_until: float
+    # Monotonic time before which its steps do not start: Novu's queue lag (`holdSeconds`).
+    queued_until: float
+    # Monotonic time it was received (the start of its deduplication race window).
+    received: float = 0.0
     cancelled: bool = False
     # Monotonic time until which a run of this trigger waits in a delay step (bridge.py).
     delayed_until: float | None = None
+
+    @property
+    def cancellable_until(self) -> float:
+        """The old name of `queued_until` (a queued trigger is not cancellable)."""
+        return self.queued_until
+
+    def held_in_delay(self, now: float) -> bool:
+        """Whether a run of it waits in a delay step now: only then can Novu cancel it."""
+        return self.delayed_until is not None and now < self.delayed_until
 
     def to_json(self) -> dict[str, Any]:
         """`{transactionId, name, to, payload, overrides?, actor?, tenant?, ..., receivedAt}`."""
@@ -114,6 +128,13 @@ class EmulatorState:
     faults: FaultConfig = field(default_factory=FaultConfig)
     triggers: list[RecordedTrigger] = field(default_factory=list)
     by_transaction: dict[str, RecordedTrigger] = field(default_factory=dict)
+    # Later triggers of a transactionId that slipped through the deduplication race window
+    # and run too.
+    slipped: dict[str, list[RecordedTrigger]] = field(default_factory=dict)
+    # How long after a transactionId's first trigger a second one still runs (ms): Novu's
+    # deduplication is a lookup in its worker, not an atomic check. The startup value; the
+    # `dedupeRaceWindowMs` fault overrides it while set.
+    dedupe_race_window_ms: int = DEFAULT_DEDUPE_RACE_WINDOW_MS
     idempotency: dict[str, IdempotencyEntry] = field(default_factory=dict)
     counters: Counter[str] = field(default_factory=Counter)
     fault_counts: Counter[str] = field(default_factory=Counter)
@@ -155,6 +176,7 @@ class EmulatorState:
         self.tokens_refused.clear()
         self.triggers.clear()
         self.by_transaction.clear()
+        self.slipped.clear()
         self.idempotency.clear()
         self.counters.clear()
         self.fault_counts.clear()
@@ -168,21 +190,34 @@ class EmulatorState:
         self.faults = faults
         self.transaction_faults.clear()
 
-    def record(self, transaction_id: str, body: dict[str, Any]) -> bool:
-        """Keep an accepted trigger; False (and counted as a duplicate) if its id was seen."""
-        if transaction_id in self.by_transaction:
-            self.counters["duplicates"] += 1
-            return False
+    def record(self, transaction_id: str, body: dict[str, Any]) -> RecordedTrigger | None:
+        """Keep an accepted trigger and return it; None (counted as a duplicate) when its
+        transactionId was seen longer ago than the race window, else it runs again
+        (counted in `duplicates_run`)."""
+        now = time.monotonic()
+        first = self.by_transaction.get(transaction_id)
+        if first is not None:
+            window_ms = self.faults.dedupe_race_window_ms
+            if window_ms is None:
+                window_ms = self.dedupe_race_window_ms
+            if (now - first.received) * 1000 >= window_ms:
+                self.counters["duplicates"] += 1
+                return None
+            self.counters["duplicates_run"] += 1
         trigger = RecordedTrigger(
             transaction_id=transaction_id,
             body=body,
             received_at=iso_now(),
-            cancellable_until=time.monotonic() + self.faults.hold_seconds,
+            queued_until=now + self.faults.hold_seconds,
+            received=now,
         )
         self.triggers.append(trigger)
-        self.by_transaction[transaction_id] = trigger
+        if first is None:
+            self.by_transaction[transaction_id] = trigger
+        else:
+            self.slipped.setdefault(transaction_id, []).append(trigger)
         self.counters["accepted"] += 1
-        return True
+        return trigger
 
     def sync_workflows(
         self, bridge_url: str, source: str | None, discovered: list[KnownWorkflow]
@@ -225,13 +260,16 @@ class EmulatorState:
         self.counters["bridge_delivered"] += 1
 
     def cancel(self, transaction_id: str) -> bool:
-        """Cancel a trigger still held (see `holdSeconds`); False if unknown, done or cancelled."""
-        trigger = self.by_transaction.get(transaction_id)
-        if trigger is None or trigger.cancelled or time.monotonic() >= trigger.cancellable_until:
-            return False
-        trigger.cancelled = True
-        self.counters["cancelled"] += 1
-        return True
+        """Cancel a transaction whose run waits in a delay step, as Novu cancels its delayed
+        jobs; False when none does (unknown, queued, running, done or already cancelled)."""
+        now = time.monotonic()
+        first = self.by_transaction.get(transaction_id)
+        runs = [first, *self.slipped.get(transaction_id, ())] if first is not None else []
+        held = [run for run in runs if not run.cancelled and run.held_in_delay(now)]
+        for run in held:
+            run.cancelled = True
+        self.counters["cancelled"] += len(held)
+        return bool(held)
 
     def idempotency_entry(self, key: str) -> IdempotencyEntry | None:
         """The live entry for an Idempotency-Key (expired ones are forgotten)."""
@@ -281,6 +319,7 @@ class EmulatorState:
         return {
             "accepted": self.counters["accepted"],
             "duplicates": self.counters["duplicates"],
+            "duplicatesRun": self.counters["duplicates_run"],
             "cancelled": self.counters["cancelled"],
             "requests": self.counters["requests"],
             "tokens": {

@@ -187,6 +187,7 @@ def test_repeated_transaction_id_is_acknowledged_but_not_recorded_again(
     event = make_event()
 
     first = novu.trigger(event)
+    time.sleep(0.15)  # past the 100 ms deduplication race window
     second = novu.trigger({**event, "payload": {"firstName": "Grace"}})
 
     assert first.status_code == second.status_code == 201
@@ -199,7 +200,36 @@ def test_repeated_transaction_id_is_acknowledged_but_not_recorded_again(
     assert len(events) == 1
     assert events[0]["payload"] == {"firstName": "Ada"}
     stats = novu.stats()
-    assert (stats["accepted"], stats["duplicates"]) == (1, 1)
+    assert (stats["accepted"], stats["duplicates"], stats["duplicatesRun"]) == (1, 1, 0)
+
+
+def test_repeated_transaction_id_within_the_race_window_runs_again(novu: EmulatedNovu) -> None:
+    novu.set_faults(dedupeRaceWindowMs=5000)
+    event = make_event()
+
+    answers = [novu.trigger({**event, "payload": {"n": n}}) for n in range(2)]
+    novu.set_faults(dedupeRaceWindowMs=0)
+    late = novu.trigger({**event, "payload": {"n": 2}})
+
+    assert [a.json()["data"]["status"] for a in [*answers, late]] == ["processed"] * 3
+    assert [e["payload"] for e in novu.events(event["transactionId"])] == [{"n": 0}, {"n": 1}]
+    stats = novu.stats()
+    assert (stats["accepted"], stats["duplicates"], stats["duplicatesRun"]) == (2, 1, 1)
+
+
+def test_dedupe_race_window_is_a_startup_option() -> None:
+    event = make_event()
+    with (
+        start_in_thread(
+            secret_key=SECRET, workflows={"welcome"}, dedupe_race_window_ms=0
+        ) as running,
+        httpx.Client(base_url=running.url, headers=AUTH) as http,
+    ):
+        bulk = http.post(BULK, json={"events": [event, event]})
+        stats = http.get("/_emulator/stats").json()
+
+    assert [result["status"] for result in bulk.json()["data"]] == ["processed", "processed"]
+    assert (stats["accepted"], stats["duplicates"], stats["duplicatesRun"]) == (1, 1, 0)
 
 
 @pytest.mark.parametrize(
@@ -372,8 +402,9 @@ def test_bulk_reports_invalid_and_repeated_events_one_by_one(novu: EmulatedNovu)
         "status": "processed",
         "transactionId": first["transactionId"],
     }
-    assert [e["transactionId"] for e in novu.events()] == [first["transactionId"]]
-    assert novu.stats()["duplicates"] == 1
+    # One request: the repeat arrives within Novu's deduplication race window and runs too.
+    assert [e["transactionId"] for e in novu.events()] == [first["transactionId"]] * 2
+    assert (novu.stats()["duplicates"], novu.stats()["duplicatesRun"]) == (0, 1)
 
 
 def test_bulk_with_one_event_over_512_kb_is_413_and_records_nothing(novu: EmulatedNovu) -> None:
@@ -389,10 +420,12 @@ def test_bulk_with_one_event_over_512_kb_is_413_and_records_nothing(novu: Emulat
 # --- cancel ---------------------------------------------------------------------------
 
 
-def test_cancel_within_hold_seconds_is_true_once(novu: EmulatedNovu) -> None:
-    novu.set_faults(holdSeconds=30)
+def test_cancel_of_a_run_held_in_a_delay_step_is_true_once(novu: EmulatedNovu) -> None:
     event = make_event()
     novu.trigger(event)
+    recorded = novu.running.server.state.by_transaction[event["transactionId"]]
+    # What the bridge runner does while the run waits in a delay step.
+    recorded.delayed_until = time.monotonic() + 30
 
     first = novu.cancel(event["transactionId"])
     second = novu.cancel(event["transactionId"])
@@ -404,19 +437,22 @@ def test_cancel_within_hold_seconds_is_true_once(novu: EmulatedNovu) -> None:
     assert novu.events()[0]["cancelled"] is True
 
 
-def test_cancel_after_hold_seconds_or_of_unknown_transaction_is_false(novu: EmulatedNovu) -> None:
-    novu.set_faults(holdSeconds=0.2)
-    held = make_event()
-    novu.trigger(held)
-    time.sleep(0.3)
+def test_cancel_of_a_trigger_not_held_in_a_delay_step_is_false(novu: EmulatedNovu) -> None:
+    novu.set_faults(holdSeconds=30)  # queued at Novu, but not delayed: not cancellable
+    queued = make_event()
+    novu.trigger(queued)
     novu.clear_faults()
-    never_held = make_event()
-    novu.trigger(never_held)
+    delay_over = make_event()
+    novu.trigger(delay_over)
+    novu.running.server.state.by_transaction[delay_over["transactionId"]].delayed_until = (
+        time.monotonic() - 0.1
+    )
 
-    assert novu.cancel(held["transactionId"]).json() == {"data": False}
-    assert novu.cancel(never_held["transactionId"]).json() == {"data": False}
+    assert novu.cancel(queued["transactionId"]).json() == {"data": False}
+    assert novu.cancel(delay_over["transactionId"]).json() == {"data": False}
     assert novu.cancel("tx-unknown").json() == {"data": False}
     assert novu.stats()["cancelled"] == 0
+    assert [event["cancelled"] for event in novu.events()] == [False, False]
 
 
 # --- Idempotency-Key ------------------------------------------------------------------
@@ -618,6 +654,7 @@ def test_drop_after_accept_records_the_trigger_then_closes_the_connection(
 
     assert [e["transactionId"] for e in novu.events()] == [event["transactionId"]]
     novu.clear_faults()
+    time.sleep(0.15)  # a retry past the deduplication race window is dropped
     same_key = novu.trigger(event, **{"Idempotency-Key": "key-8"})
     no_key = novu.trigger(event)
     assert same_key.status_code == 201
@@ -1000,3 +1037,4 @@ def test_workflow_registered_by_hand_is_listed_and_can_be_forgotten(novu: Emulat
     assert novu.http.delete("/_emulator/workflows/plain").status_code == 404
     listed = novu.http.get("/_emulator/workflows").json()
     assert [entry["workflowId"] for entry in listed] == ["welcome", "made-in-dashboard"]
+
