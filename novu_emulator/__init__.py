@@ -37,6 +37,10 @@ Novu endpoints (need `Authorization: ApiKey <secret key>`, else 401):
   request timeout for `...`", a @novu/framework error (e.g. a signature mismatch) -> 400 with
   its message, 405/502 -> 400 with Novu's messages, any other failure -> Novu's generic 500.
   Nothing known changes when a sync fails.
+- Request bodies: Novu's JSON body parser reads up to 20 MB under `/v1/events` and
+  `/v1/bridge/sync` and up to 100 KB on other `/v1` paths; a larger body is refused before
+  authentication with Express's 413 HTML page (`<pre>Payload Too Large</pre>`, not JSON)
+  and the connection is closed. The 512 KB limit per trigger event comes after.
 - `Idempotency-Key` on POST (at most 255 characters, else 400), kept 24 h: while
   the first request is in flight the same key gets 409 with `Retry-After: 1`;
   afterwards the same body gets the stored answer again with

@@ -111,7 +111,7 @@ async def serve_connection(
     writer: asyncio.StreamWriter,
     handler: Handler,
     *,
-    max_body_bytes: int,
+    max_body_bytes: Callable[[str], int],
     keep_alive: Callable[[], bool],
 ) -> None:
     """Answer requests on one connection until either side closes it or `keep_alive()` is false."""
@@ -145,11 +145,12 @@ async def _read_request(
     conn: h11.Connection,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    max_body_bytes: int,
+    max_body_bytes: Callable[[str], int],
 ) -> HttpRequest | None:
     """The next complete request, or None when the client went away or stayed idle."""
     head: h11.Request | None = None
     body = bytearray()
+    limit = 0  # set from the request's target once its head is read
     while True:
         try:
             event = conn.next_event()
@@ -168,13 +169,14 @@ async def _read_request(
             conn.receive_data(data)
         elif isinstance(event, h11.Request):
             head = event
+            limit = max_body_bytes(event.target.decode("ascii", "replace"))
             declared = _content_length(event)
-            if declared is not None and declared > max_body_bytes:
-                raise _EarlyAnswer(_too_large(event, max_body_bytes))
+            if declared is not None and declared > limit:
+                raise _EarlyAnswer(_too_large())
         elif isinstance(event, h11.Data):
             body += event.data
-            if head is not None and len(body) > max_body_bytes:
-                raise _EarlyAnswer(_too_large(head, max_body_bytes))
+            if head is not None and len(body) > limit:
+                raise _EarlyAnswer(_too_large())
         elif isinstance(event, h11.EndOfMessage):
             assert head is not None
             return HttpRequest(
@@ -198,17 +200,25 @@ def _content_length(head: h11.Request) -> int | None:
     return None
 
 
-def _too_large(head: h11.Request, max_body_bytes: int) -> HttpResponse:
-    # Express's body-parser rejects the request before any route runs.
-    return json_response(
+# Express's final handler in production: body-parser's error reaches no Nest exception filter,
+# so the answer is this HTML page, not Novu's JSON error.
+_TOO_LARGE_PAGE = (
+    b'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Error</title>\n'
+    b"</head>\n<body>\n<pre>Payload Too Large</pre>\n</body>\n</html>\n"
+)
+
+
+def _too_large() -> HttpResponse:
+    # body-parser rejects the request before any route (or authentication) runs.
+    return HttpResponse(
         413,
-        {
-            "statusCode": 413,
-            "path": head.target.decode("ascii", "replace"),
-            "message": f"request entity too large (limit {max_body_bytes} bytes)",
-            "error": reason_phrase(413),
-        },
-        ("Connection", "close"),
+        _TOO_LARGE_PAGE,
+        (
+            ("Content-Security-Policy", "default-src 'none'"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Connection", "close"),
+        ),
         close=True,
     )
 

@@ -12,6 +12,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
+from urllib.parse import urlsplit
 
 from novu_emulator.bridge import BridgeRunner
 from novu_emulator.config import BridgeConfig
@@ -25,8 +26,30 @@ from shared.settings import EMULATOR_SECRET_KEY
 
 logger = logging.getLogger(__name__)
 
-# Novu's body parser takes up to 20 MB on /v1/events; the 512 KB limit is per event.
-MAX_REQUEST_BODY_BYTES = 20 * 1024 * 1024
+# Novu's API parses JSON bodies of up to 20 MB under these paths (Express path prefixes), and
+# of up to body-parser's default 100 KB elsewhere; the 512 KB limit per event is checked apart.
+EXTENDED_BODY_PATHS = (
+    "/v1/events",
+    "/v1/notification-templates",
+    "/v1/workflows",
+    "/v1/layouts",
+    "/v1/bridge/sync",
+    "/v1/bridge/diff",
+)
+EXTENDED_BODY_BYTES = 20 * 1024 * 1024
+DEFAULT_BODY_BYTES = 100 * 1024
+
+
+def max_body_bytes(target: str) -> int:
+    """The largest request body Novu's API reads for this target (the emulator's own
+    endpoints take as much as Novu's largest)."""
+    path = urlsplit(target).path
+    if not path.startswith("/v1/"):
+        return EXTENDED_BODY_BYTES
+    extended = any(path == p or path.startswith(p + "/") for p in EXTENDED_BODY_PATHS)
+    return EXTENDED_BODY_BYTES if extended else DEFAULT_BODY_BYTES
+
+
 SHUTDOWN_GRACE_SECONDS = 2.0
 
 
@@ -132,7 +155,7 @@ class EmulatorServer:
                 reader,
                 writer,
                 self._handle,
-                max_body_bytes=MAX_REQUEST_BODY_BYTES,
+                max_body_bytes=max_body_bytes,
                 keep_alive=lambda: not self._closing,
             )
         except asyncio.CancelledError:

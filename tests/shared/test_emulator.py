@@ -407,6 +407,52 @@ def test_bulk_reports_invalid_and_repeated_events_one_by_one(novu: EmulatedNovu)
     assert (novu.stats()["duplicates"], novu.stats()["duplicatesRun"]) == (0, 1)
 
 
+def raw_exchange(url: str, request: bytes) -> bytes:
+    """Send raw bytes to the emulator and read its whole answer (it closes the connection)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_body_over_novus_20_mb_parser_limit_is_express_413_before_authentication(
+    novu: EmulatedNovu,
+) -> None:
+    declared = 20 * 1024 * 1024 + 1
+    answer = raw_exchange(
+        novu.running.url,
+        b"POST /v1/events/trigger/bulk HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % declared,
+    )
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 Payload Too Large")
+    assert b"content-type: text/html; charset=utf-8" in head.lower()
+    assert b"<pre>Payload Too Large</pre>" in body
+    assert novu.stats()["requests"] == 0
+
+
+def test_a_bulk_of_19_mb_passes_the_body_limit(novu: EmulatedNovu) -> None:
+    events = [make_event(to=f"s-{n}", payload={"blob": "x" * 190_000}) for n in range(100)]
+
+    response = novu.bulk(events)
+
+    assert response.status_code == 201
+    assert len(novu.events()) == 100
+
+
+def test_other_v1_paths_take_body_parsers_default_100_kb(novu: EmulatedNovu) -> None:
+    small = novu.http.post("/v1/subscribers", content=b"{}" + b" " * 1000)
+    large = novu.http.post("/v1/subscribers", content=b"{}" + b" " * (100 * 1024))
+
+    assert small.status_code == 404  # not emulated, but read
+    assert large.status_code == 413
+    assert large.headers["content-type"] == "text/html; charset=utf-8"
+
+
 def test_bulk_with_one_event_over_512_kb_is_413_and_records_nothing(novu: EmulatedNovu) -> None:
     big = make_event(name="digest", payload={"blob": "x" * MAX_PAYLOAD_BYTES})
 
