@@ -1,21 +1,23 @@
 """A local stand-in for Novu's REST API, for `make run` and the tests.
 
-Same paths, bodies, envelopes, status codes, limits and deduplication as Novu
-(Novu's API reference, https://docs.novu.co/api-reference), plus fault injection. One
-asyncio process; all state is in memory and lost on exit.
+Same paths, bodies, envelopes, status codes, limits, rate limits, sync and deduplication as
+Novu (Novu's API reference, https://docs.novu.co/api-reference, and its source), never
+kinder, plus fault injection. One asyncio process; all state is in memory and lost on exit.
 
 Novu endpoints (need `Authorization: ApiKey <secret key>`, else 401):
 - `POST /v1/events/trigger` -> 201 `{"data": {acknowledged, status, transactionId}}`.
   422 for a body failing Novu's checks (`name`, `to` with at most 100 recipients,
   ...), 422 `workflow_not_found` for a workflow the emulator does not know (never synced,
   deleted by a later sync, nor registered by hand; see `/_emulator/workflows`), 413 when
-  the event is over 512 KB. A known but inactive workflow answers 201 with `{acknowledged,
-  status: "trigger_not_active"}`, one without steps `no_workflow_steps_defined`: nothing
-  is queued. A transactionId already accepted gets 201 `processed` again; it is dropped
-  (`stats.duplicates`) unless it arrives within the deduplication race window after the
-  first (100 ms by default, `--dedupe-race-window-ms` / NOVU_EMULATOR_DEDUPE_RACE_WINDOW_MS,
-  or the `dedupeRaceWindowMs` fault while set): then it runs too (`stats.duplicatesRun`),
-  as Novu's deduplication is a lookup in its worker, not an atomic check.
+  the event is over 512 KB. A trigger naming a `tenant` answers 201 `{acknowledged,
+  status: "no_tenant_found"}` (Novu needs the tenant created first; the emulator has no
+  tenants), a known but inactive workflow `trigger_not_active`, one without steps
+  `no_workflow_steps_defined`: nothing is queued. A transactionId already accepted gets
+  201 `processed` again; it is dropped (`stats.duplicates`) unless it arrives within the
+  deduplication race window after the first (100 ms by default,
+  `--dedupe-race-window-ms` / NOVU_EMULATOR_DEDUPE_RACE_WINDOW_MS, or the
+  `dedupeRaceWindowMs` fault while set): then it runs too (`stats.duplicatesRun`), as
+  Novu's deduplication is a lookup in its worker, not an atomic check.
 - `POST /v1/events/trigger/bulk` `{"events": [...]}` (1 to 100, else 422) ->
   201 `{"data": [result, ...]}`; an invalid event gets its own `status: "error"`
   result, an event over 512 KB fails the whole call with 413.
@@ -93,14 +95,32 @@ Emulator endpoints (no authentication):
   what the bridge's steps delivered, in order, each `{transactionId, workflowId, stepId,
   channel, subscriberId, outputs, deliveredAt}`.
 
-Framework bridge (Novu's side, see bridge.py): with a bridge URL configured, or a `bridgeUrl`
-in the trigger body, every accepted trigger is executed in the background after its 201:
+Framework bridge (Novu's side, see bridge.py): with a bridge URL (the last sync's, else the
+configured one) or a `bridgeUrl` in the trigger body, every accepted trigger is executed in
+the background after its 201:
 the workflow's steps are discovered (`GET ?action=discover`, cached), then each step is
 POSTed to `?action=execute` per subscriber, signed with the secret key as Novu signs bridge
 calls, with Novu's 5 s timeout and retries. A step answered with `options.skip` delivers
 nothing; any other answer is recorded as a message. `stats.bridge` counts `calls` (HTTP
 requests), `failures` (requests without a 2xx answer), `retries`, `discovers`, `executed`,
 `skipped`, `delivered`, `errors` (steps or discoveries given up) and shows `lastError`.
+
+Where the emulator is stricter than Novu (so that code passing here passes there):
+- Deduplication: a repeated transactionId within 100 ms of the first runs again, whatever the
+  load; Novu's window is however long its worker takes to store the first (usually shorter).
+- Tenants: the emulator has none, so any `tenant` in a trigger gets `no_tenant_found`.
+- Rate limits are enforced for every organisation, on the Free tier unless told otherwise;
+  the refusal cache Novu keeps per API process is one cache here (Novu runs several
+  processes, each of which may still look at the bucket).
+- A sync with a `bridgeUrl` that is not an absolute http(s) URL is a permanent 400 (Novu
+  fails with a 500 there); a bridge's 2xx that is not a JSON object with a `workflows` list
+  fails the sync with 400 (Novu may store what it can read).
+- Workflows a trigger names must be known: Novu also runs a workflow discovered on the fly
+  from a trigger's own `bridgeUrl` in development environments; the emulator does not.
+- The body-parser limits apply to any content type (Novu parses only JSON bodies).
+- Only runs held in a delay step are cancellable: digests are not emulated.
+Contract tests (tests/contract) check the shared behaviour against a real Novu when
+`NOVU_CONTRACT_SECRET_KEY` is set.
 
 Fault configuration (`POST /_emulator/faults`; invalid -> 400 JSON):
 

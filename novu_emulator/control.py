@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from pydantic import ValidationError
@@ -19,10 +20,24 @@ from novu_emulator.workflows import parse_registration
 logger = logging.getLogger(__name__)
 
 CONTROL_PREFIX = "/_emulator"
+_T = TypeVar("_T")
 
 
 def _problem(status: int, message: str, **extra: Any) -> HttpResponse:
     return json_response(status, {"statusCode": status, "message": message, **extra})
+
+
+def _validated(request: HttpRequest, parse: Callable[[Any], _T], what: str) -> _T | HttpResponse:
+    """The request's JSON body (`{}` when empty) as `parse` validates it, or the 400 that says
+    what is wrong with it."""
+    try:
+        document = json.loads(request.body or b"{}")
+    except ValueError as exc:
+        return _problem(400, f"malformed JSON: {exc}")
+    try:
+        return parse(document)
+    except ValidationError as exc:
+        return _problem(400, f"invalid {what}", errors=validation_problems(exc))
 
 
 class ControlApi:
@@ -84,14 +99,9 @@ class ControlApi:
         return json_response(200, self.state.faults.to_json())
 
     def _set_faults(self, request: HttpRequest) -> HttpResponse:
-        try:
-            document = json.loads(request.body or b"{}")
-        except ValueError as exc:
-            return _problem(400, f"malformed JSON: {exc}")
-        try:
-            faults = parse_fault_config(document)
-        except ValidationError as exc:
-            return _problem(400, "invalid fault configuration", errors=validation_problems(exc))
+        faults = _validated(request, parse_fault_config, "fault configuration")
+        if isinstance(faults, HttpResponse):
+            return faults
         self.state.set_faults(faults)
         logger.info("faults set: %s", faults.to_json())
         return json_response(200, faults.to_json())
@@ -117,14 +127,9 @@ class ControlApi:
         return json_response(200, self.state.bridge.to_json())
 
     def _set_config(self, request: HttpRequest) -> HttpResponse:
-        try:
-            document = json.loads(request.body or b"{}")
-        except ValueError as exc:
-            return _problem(400, f"malformed JSON: {exc}")
-        try:
-            config = parse_bridge_config(document)
-        except ValidationError as exc:
-            return _problem(400, "invalid configuration", errors=validation_problems(exc))
+        config = _validated(request, parse_bridge_config, "configuration")
+        if isinstance(config, HttpResponse):
+            return config
         self.state.bridge = config
         logger.info("bridge configuration set: %s", config.to_json())
         return json_response(200, config.to_json())
@@ -173,14 +178,9 @@ class ControlApi:
             )
         if not workflow_id:
             return _problem(400, "the workflowId must not be empty")
-        try:
-            document = json.loads(request.body or b"{}")
-        except ValueError as exc:
-            return _problem(400, f"malformed JSON: {exc}")
-        try:
-            registration = parse_registration(document)
-        except ValidationError as exc:
-            return _problem(400, "invalid workflow", errors=validation_problems(exc))
+        registration = _validated(request, parse_registration, "workflow")
+        if isinstance(registration, HttpResponse):
+            return registration
         workflow = registration.known(workflow_id)
         self.state.workflows[workflow_id] = workflow
         return json_response(200, workflow.to_json())

@@ -392,9 +392,12 @@ class NovuApi:
 
     def _accept(self, event: dict[str, Any]) -> dict[str, Any]:
         """Queue one valid trigger of a known workflow; a transactionId seen before is
-        acknowledged but dropped. An inactive workflow, or one without steps, is acknowledged
-        with Novu's status for it and not queued."""
+        acknowledged but dropped. A tenant (none exists here), an inactive workflow, or one
+        without steps is acknowledged with Novu's status for it and not queued."""
         workflow = self.state.workflows[event["name"]]
+        if event.get("tenant") is not None:
+            # Novu needs the tenant to exist already; the emulator has no tenants API.
+            return {"acknowledged": True, "status": "no_tenant_found"}
         if not workflow.active:
             return {"acknowledged": True, "status": "trigger_not_active"}
         if not workflow.steps:

@@ -312,7 +312,7 @@ def test_workflow_deleted_by_a_sync_is_422_again(novu: EmulatedNovu) -> None:
     assert gone.json()["message"] == "workflow_not_found"
 
 
-def test_inactive_workflow_or_one_without_steps_is_201_but_not_processed(
+def test_inactive_workflow_stepless_one_or_unknown_tenant_is_201_but_not_processed(
     novu: EmulatedNovu,
 ) -> None:
     novu.http.put("/_emulator/workflows/paused", json={"active": False})
@@ -322,12 +322,14 @@ def test_inactive_workflow_or_one_without_steps_is_201_but_not_processed(
         assert novu.http.post(SYNC, json={"bridgeUrl": bridge.url}).status_code == 201
 
     answers = [novu.trigger(make_event(name=name)) for name in ("paused", "empty", "draft")]
+    answers.append(novu.trigger(make_event(tenant="acme")))
 
-    assert [answer.status_code for answer in answers] == [201, 201, 201]
+    assert [answer.status_code for answer in answers] == [201, 201, 201, 201]
     assert [answer.json()["data"] for answer in answers] == [
         {"acknowledged": True, "status": "trigger_not_active"},
         {"acknowledged": True, "status": "no_workflow_steps_defined"},
         {"acknowledged": True, "status": "trigger_not_active"},
+        {"acknowledged": True, "status": "no_tenant_found"},
     ]
     assert novu.events() == []
 
