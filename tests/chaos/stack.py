@@ -147,6 +147,8 @@ class ChaosStack:
                 "NOVU_API_URL": self.emulator_url,
                 "NOVU_EMULATOR_PORT": str(emulator_port),
                 "API_PORT": str(api_port),
+                # The worker syncs Novu (the emulator) with the API's bridge when it starts.
+                "NOVU_BRIDGE_PUBLIC_URL": f"{self.api_url}/api/novu",
                 "XNOVU_DATA_DIR": str(self.workdir / "data"),
                 "PYTHONUNBUFFERED": "1",
             }

@@ -41,14 +41,20 @@ def novu_sync(self: Task, reason: str, force: bool = True) -> dict[str, Any]:
         if not force:
             return {"reason": reason, "skipped": True, "busy": True}
         # The running sync may have read the workflows before this request's change.
-        raise self.retry(countdown=DEBOUNCE_SECONDS) from None
+        return _retry(self, reason, DEBOUNCE_SECONDS, {"reason": reason, "busy": True})
     if outcome.ok or not force:
         return outcome.as_dict()
     delay = backoff_delay(
         self.request.retries + 1, base=SYNC_RETRY_BASE_SECONDS, cap=SYNC_RETRY_CAP_SECONDS
     )
+    return _retry(self, reason, delay, outcome.as_dict())
+
+
+def _retry(task: Task, reason: str, countdown: float, result: dict[str, Any]) -> dict[str, Any]:
+    """Retry the task in `countdown` seconds; once its retries are spent, `result` (beat's check
+    takes over from there)."""
     try:
-        raise self.retry(countdown=delay)
+        raise task.retry(countdown=countdown)
     except MaxRetriesExceededError:
         log.warning("Novu sync (%s) gave up after %d retries", reason, SYNC_MAX_RETRIES)
-        return outcome.as_dict()
+        return result
