@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.db.enums import ChannelType, PublishStatus, WorkflowType
 from shared.db.models import NotificationWorkflow, NovuWorkflowSync
-from shared.workflows.instance import MAX_DELAY_SECONDS
+from shared.workflows.definition import MAX_DELAY_SECONDS
 
 WorkflowKey = Annotated[
     str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")

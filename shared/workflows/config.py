@@ -11,7 +11,8 @@ from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db.enums import ChannelType, WorkflowType
-from shared.workflows.instance import MAX_DELAY_SECONDS, ChannelStep, WorkflowInstance
+from shared.workflows.definition import MAX_DELAY_SECONDS
+from shared.workflows.instance import ChannelStep, WorkflowInstance
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,9 @@ from shared.db.enums import ChannelType
 SubscriberBuilder = Callable[[Mapping[str, Any]], dict[str, Any] | None]
 
 WORKFLOW_KEY_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+# A delay step holds a notification at Novu from 1 second to 30 days (as a dynamic workflow's
+# delay_seconds column allows).
+MAX_DELAY_SECONDS = 30 * 24 * 3600
 
 # Channels whose subject is required: an email needs a subject line, a push a title.
 SUBJECT_REQUIRED = frozenset({ChannelType.EMAIL, ChannelType.PUSH})
@@ -57,6 +60,7 @@ class ProblemCode(enum.StrEnum):
     BAD_PAYLOAD_SCHEMA = "bad_payload_schema"
     BAD_SUBSCRIBER = "bad_subscriber"
     BAD_TAGS = "bad_tags"
+    BAD_DELAY = "bad_delay"
     # Found when a workflows directory is scanned.
     NOT_A_DIRECTORY = "not_a_directory"
     NO_WORKFLOWS = "no_workflows"
@@ -106,6 +110,8 @@ class StaticWorkflow:
     tags: tuple[str, ...] = ()
     # Derives the Novu subscriber from the payload when the trigger names no recipient.
     subscriber: SubscriberBuilder | None = field(default=None, repr=False)
+    # Seconds Novu holds each notification in a delay step before the channels; None: none.
+    delay_seconds: int | None = None
 
     def __post_init__(self) -> None:
         problems: list[DefinitionProblem] = []
@@ -127,6 +133,17 @@ class StaticWorkflow:
                 DefinitionProblem(
                     ProblemCode.BAD_SUBSCRIBER,
                     "subscriber must be a function of the payload returning a Novu subscriber",
+                )
+            )
+        if self.delay_seconds is not None and not (
+            isinstance(self.delay_seconds, int)
+            and not isinstance(self.delay_seconds, bool)
+            and 1 <= self.delay_seconds <= MAX_DELAY_SECONDS
+        ):
+            problems.append(
+                DefinitionProblem(
+                    ProblemCode.BAD_DELAY,
+                    f"delay_seconds must be a whole number from 1 to {MAX_DELAY_SECONDS}",
                 )
             )
         if problems:
@@ -181,6 +198,7 @@ def define_workflow(
     name: str | None = None,
     description: str | None = None,
     tags: Iterable[str] = (),
+    delay_seconds: int | None = None,
 ) -> StaticWorkflow:
     """A static workflow from channel helpers; `payload` is a pydantic model or a JSON Schema."""
     problems: list[DefinitionProblem] = []
@@ -231,6 +249,7 @@ def define_workflow(
             description=description,
             tags=tuple(tags),
             subscriber=subscriber,
+            delay_seconds=delay_seconds,
         )
     except WorkflowDefinitionError as exc:
         raise WorkflowDefinitionError(key, [*problems, *exc.problems]) from None

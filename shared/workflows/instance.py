@@ -20,8 +20,6 @@ STEP_IDS: dict[ChannelType, str] = {
 }
 # Novu step id of a workflow's delay, declared before its channel steps.
 DELAY_STEP_ID = "delay"
-# A delay step holds a notification at Novu from 1 second to 30 days (the column's range).
-MAX_DELAY_SECONDS = 30 * 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,4 +79,5 @@ def from_static(workflow: StaticWorkflow) -> WorkflowInstance:
         tags=tuple(workflow.tags),
         payload_schema=workflow.payload_schema,
         subscriber=workflow.subscriber,
+        delay_seconds=workflow.delay_seconds,
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
+
 from api.bridge.errors import BridgeError
 from api.bridge.execute import WouldBlock, execute_step
 from api.bridge.mock import PLACEHOLDER, mock_payload
@@ -17,6 +19,13 @@ from api.bridge.schemas import DELAY_OUTPUT, DELAY_RESULT, EMPTY_SCHEMA, problem
 from api.routes.novu_bridge import catalog_cache
 from shared.db.enums import ChannelType, PublishStatus
 from shared.db.session import transaction
+from shared.workflows.definition import (
+    ProblemCode,
+    WorkflowDefinitionError,
+    define_workflow,
+    email,
+)
+from shared.workflows.instance import from_static
 from shared.workflows.registry import get_registry
 from shared.workflows.service import WorkflowService
 from tests.api.test_novu_bridge import (
@@ -291,3 +300,45 @@ def test_a_tenant_schema_with_a_pattern_is_checked_on_a_thread(client, tenant):
     sent = event({"code": "aaa", "_xnovu": xnovu(tenant.enterprise_id, rendered)})
     assert _step(key, "email", sent, on_loop=False)["outputs"] == {"subject": "S", "body": "B"}
     assert _step(key, "email", sent, on_loop=True) is WouldBlock
+
+
+# --- the hot path ----------------------------------------------------------------------------
+
+
+def test_bridge_requests_are_counted_under_their_route(client):
+    response = bridge_post(
+        client, event(signup_payload()), workflowId="user-signup", stepId="email"
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["novu-framework-sdk"] == "2.13.2"
+    metrics = client.get("/metrics").text
+    assert 'xnovu_http_requests_total{method="POST",route="/api/novu",status="200"}' in metrics
+
+
+def test_openapi_still_describes_the_bridge(client):
+    operations = client.get("/openapi.json").json()["paths"]["/api/novu"]
+    assert set(operations) == {"get", "post", "options", "put", "patch", "delete"}
+    parameters = {p["name"] for p in operations["post"]["parameters"]}
+    assert parameters == {"action", "workflowId", "stepId"}
+
+
+def test_a_static_workflow_may_declare_a_delay(client):
+    key = f"static-delay-{uuid.uuid4().hex[:8]}"
+    workflow = define_workflow(key, email("Hi {{ name }}", "<p>Hello</p>"), delay_seconds=120)
+    get_registry().register_static_workflow(key, from_static(workflow))
+    assert [s["stepId"] for s in discovered(client, key)["steps"]] == ["delay", "email"]
+    response = bridge_post(client, event({"name": "Ada"}), workflowId=key, stepId="delay")
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"] == {"type": "regular", "amount": 120, "unit": "seconds"}
+    email_step = bridge_post(
+        client, event({"name": "Ada"}, state=done("delay")), workflowId=key, stepId="email"
+    )
+    assert email_step.json()["outputs"]["subject"] == "Hi Ada"
+
+
+@pytest.mark.parametrize("seconds", [0, 2_592_001, True, 1.5])
+def test_a_static_delay_out_of_range_fails_its_definition(seconds):
+    with pytest.raises(WorkflowDefinitionError) as raised:
+        define_workflow("bad-delay", email("s", "b"), delay_seconds=seconds)
+    assert [p.code for p in raised.value.problems] == [ProblemCode.BAD_DELAY]

@@ -172,30 +172,28 @@ def test_reload_and_stats(client, tenant):
     assert "hits" in stats["templateCache"]
 
 
-@pytest.mark.parametrize("seconds", [0, -1, 2_592_001, "soon", 1.5])
-def test_delay_seconds_out_of_range_is_422(client, tenant, seconds):
+def _delayed_body(client, tenant, seconds: object) -> dict[str, object]:
+    """A workflow body of one EMAIL channel with `delay_seconds`."""
     email = create_template(client, tenant, "EMAIL")
-    body = {
-        "workflow_key": f"bad-delay-{uuid.uuid4().hex[:8]}",
-        "name": "Bad delay",
+    return {
+        "workflow_key": f"delay-{uuid.uuid4().hex[:8]}",
+        "name": "Delay",
         "default_channels": ["EMAIL"],
         "template_overrides": {"emailTemplateId": email["id"]},
         "delay_seconds": seconds,
     }
+
+
+@pytest.mark.parametrize("seconds", [0, -1, 2_592_001, "soon", 1.5])
+def test_delay_seconds_out_of_range_is_422(client, tenant, seconds):
+    body = _delayed_body(client, tenant, seconds)
     response = client.post("/api/workflows", json=body, headers=tenant.headers)
     assert response.status_code == 422, response.text
     assert "delay_seconds" in response.text
 
 
 def test_delay_seconds_is_kept_and_read_back(client, tenant):
-    email = create_template(client, tenant, "EMAIL")
-    body = {
-        "workflow_key": f"delay-{uuid.uuid4().hex[:8]}",
-        "name": "Delay",
-        "default_channels": ["EMAIL"],
-        "template_overrides": {"emailTemplateId": email["id"]},
-        "delay_seconds": 2_592_000,
-    }
+    body = _delayed_body(client, tenant, 2_592_000)
     created = client.post("/api/workflows", json=body, headers=tenant.headers)
     assert created.status_code == 201, created.text
     assert created.json()["delay_seconds"] == 2_592_000
@@ -206,3 +204,7 @@ def test_delay_seconds_is_kept_and_read_back(client, tenant):
     assert unchanged.json()["delay_seconds"] == 2_592_000
     read = client.get(f"/api/workflows/{workflow_id}", headers=tenant.headers)
     assert read.json()["delay_seconds"] == 2_592_000
+    cleared = client.patch(
+        f"/api/workflows/{workflow_id}", json={"delay_seconds": None}, headers=tenant.headers
+    )
+    assert cleared.status_code == 200 and cleared.json()["delay_seconds"] is None
