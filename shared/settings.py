@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # The Events rate limit of the Novu tier, in tokens per second (Free 60, Pro 240, Team 600,
     # Enterprise 6,000): every worker process shares one budget of this size in Redis.
     novu_events_rps: float = Field(default=60.0, gt=0, alias="NOVU_EVENTS_RPS")
+    # How long a notification of a workflow Novu does not know yet waits for a sync to make it
+    # known (from the first time Novu refused it) before it fails.
+    novu_sync_wait_seconds: float = Field(default=300.0, ge=0, alias="NOVU_SYNC_WAIT_SECONDS")
 
     # Delivery and retry policy.
     delivery_max_attempts: int = Field(default=8, ge=1, alias="DELIVERY_MAX_ATTEMPTS")

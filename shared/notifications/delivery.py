@@ -13,9 +13,16 @@ alike, keeping docs/architecture.md's guarantees 2 to 7, up to 100 rows per stat
   Each event's result decides its row; a failure of a whole bulk call decides every row of
   it: retryable → the sub-batch is retried later, permanent → each event is sent alone, so
   that one bad event cannot fail the others.
+- tokens: before a sub-batch is claimed, the tokens its calls cost (one per row, a full
+  hundred's bulk call 100) are taken from Novu's rate-limit budget that every worker process
+  shares (shared/novu/budget.py). A wait of up to TOKEN_WAIT_SECONDS is slept here; a longer
+  one leaves the rest of the message's rows PENDING, unclaimed (no attempt used), until then.
 - decide: one rule for every failure (`_failed_call`): permanent → FAILED with Novu's answer;
   retryable → PENDING with a capped, jittered backoff honouring Retry-After, or FAILED
-  `attempts_exhausted` on the last attempt.
+  `attempts_exhausted` on the last attempt. Throttling never fails a notification: a 429
+  empties the shared budget until its Retry-After and puts the rows back without using their
+  attempt; so does Novu's 422 for a workflow it does not know yet, which also asks for a
+  sync, for up to NOVU_SYNC_WAIT_SECONDS (docs/architecture.md, guarantee 7).
 - record: one `UPDATE … FROM unnest(…)` writes every row's outcome (SENT, FAILED, or PENDING
   with next_attempt_at), each fenced by the attempt it claimed.
 
@@ -28,6 +35,8 @@ under a hundred share the same pool.
 from __future__ import annotations
 
 import logging
+import random
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -50,11 +59,21 @@ from shared.notifications.repository import (
     AttemptOutcome,
     ClaimedRow,
     claim_due,
+    defer_pending,
     record_outcomes,
 )
+from shared.novu.budget import NovuBudget
 from shared.novu.client import NovuClient, bulk_idempotency_key
-from shared.novu.errors import NovuError, NovuPermanentError, NovuRetryableError, result_error
-from shared.novu.retry import backoff_delay
+from shared.novu.errors import (
+    NovuError,
+    NovuPermanentError,
+    NovuRetryableError,
+    is_ambiguous,
+    is_rate_limited,
+    is_workflow_not_found,
+    result_error,
+)
+from shared.novu.retry import AMBIGUOUS_RETRY_SECONDS, backoff_delay, throttled_delay
 from shared.novu.schemas import (
     BULK_TRIGGER_TOKENS,
     MAX_BULK_EVENTS,
@@ -72,6 +91,12 @@ SUB_BATCH_SIZE = MAX_BULK_EVENTS
 # Novu calls one task keeps in flight: sub-batches while it prepares the next one, or the
 # single triggers of a sub-batch under a hundred.
 SENDS_IN_FLIGHT = 4
+# The longest wait for Novu's rate-limit tokens slept inside a task; rows whose tokens are
+# further away are deferred instead, so that a worker process is never held for long.
+TOKEN_WAIT_SECONDS = 2.0
+# How soon a notification of a workflow Novu does not know is tried again (a sync takes a few
+# seconds: Novu calls our bridge's discover), and the jitter added to it.
+SYNC_RETRY_SECONDS = 5.0
 
 
 @dataclass
@@ -85,7 +110,11 @@ class DeliveryReport:
     skipped: int = 0
     lost_race: int = 0
     novu_calls: int = 0
-    novu_tokens: int = 0  # what the calls cost in Novu's rate limit
+    novu_tokens: int = 0  # what Novu charged the calls in its rate limit (a 429 costs nothing)
+    throttled: int = 0  # rows Novu's 429 put back, their attempt not used
+    deferred: int = 0  # rows left unclaimed: the rate-limit budget had no tokens soon
+    awaiting_sync: int = 0  # rows put back because Novu does not know their workflow yet
+    token_wait_ms: int = 0  # time slept for rate-limit tokens
     retries: list[tuple[float, list[int]]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
@@ -98,6 +127,10 @@ class DeliveryReport:
             "lost_race": self.lost_race,
             "novu_calls": self.novu_calls,
             "novu_tokens": self.novu_tokens,
+            "throttled": self.throttled,
+            "deferred": self.deferred,
+            "awaiting_sync": self.awaiting_sync,
+            "token_wait_ms": self.token_wait_ms,
         }
 
 
@@ -116,6 +149,20 @@ class _Flight:
     singles: list[Future[CallResult]] = field(default_factory=list)
 
 
+@dataclass
+class _Run:
+    """What every step of one delivery task shares."""
+
+    enterprise_id: uuid.UUID
+    novu: NovuClient
+    settings: Settings
+    pool: Executor
+    budget: NovuBudget | None
+    report: DeliveryReport = field(default_factory=DeliveryReport)
+    # Workflow keys a sync was requested for by this task: one request each is enough.
+    sync_requested: set[str] = field(default_factory=set)
+
+
 def deliver(
     enterprise_id: uuid.UUID,
     notification_ids: Sequence[int],
@@ -123,35 +170,39 @@ def deliver(
     novu: NovuClient,
     settings: Settings,
     executor: Executor,
+    budget: NovuBudget | None = None,
 ) -> DeliveryReport:
     """Run one delivery attempt of each due PENDING row among the ids (one or many) and record
     the outcomes. Ids that are not due, claimed elsewhere, sent or cancelled are skipped.
 
-    The ids are handled in sub-batches of SUB_BATCH_SIZE, each claimed and recorded by one
-    statement; up to SENDS_IN_FLIGHT of their Novu calls run at once on `executor`. A message
-    of one full sub-batch makes its bulk call on the task thread, and a lone notification its
-    single trigger: there is nothing to overlap them with, and the hand-off to a pool thread
-    and back would only add CPU and latency.
+    The ids are handled in sub-batches of SUB_BATCH_SIZE, each paid for in Novu's rate-limit
+    `budget` (None: unmetered), then claimed and recorded by one statement; up to
+    SENDS_IN_FLIGHT of their Novu calls run at once on `executor`. A message of one full
+    sub-batch makes its bulk call on the task thread, and a lone notification its single
+    trigger: there is nothing to overlap them with, and the hand-off to a pool thread and back
+    would only add CPU and latency.
 
     Every statement of the batch runs on one pooled connection, checked out once.
     """
-    report = DeliveryReport()
+    run = _Run(enterprise_id, novu, settings, executor, budget)
     window: deque[_Flight] = deque()
     ids = list(dict.fromkeys(notification_ids))  # a repeated id is claimed once anyway
-    run: Executor | None = executor if len(ids) > SUB_BATCH_SIZE else None
+    bulk_on: Executor | None = executor if len(ids) > SUB_BATCH_SIZE else None
     with connection() as conn:
         try:
             for start in range(0, len(ids), SUB_BATCH_SIZE):
                 chunk = ids[start : start + SUB_BATCH_SIZE]
-                flight = _launch(conn, enterprise_id, chunk, novu, settings, run, executor, report)
+                if not _pay(conn, run, chunk, ids[start:]):
+                    break  # the rest was deferred
+                flight = _launch(conn, run, chunk, bulk_on)
                 if flight is not None:
                     window.append(flight)
                 # Record finished calls as soon as they are back; block only when the window
                 # is full.
                 while window and (len(window) >= SENDS_IN_FLIGHT or _done(window[0])):
-                    _land(conn, enterprise_id, window.popleft(), novu, settings, executor, report)
+                    _land(conn, run, window.popleft())
             while window:
-                _land(conn, enterprise_id, window.popleft(), novu, settings, executor, report)
+                _land(conn, run, window.popleft())
         except BaseException:
             # Failing half-way (the database went away, a time limit): still record what the
             # calls already in flight answered, if that can be done (after a disconnect the
@@ -159,11 +210,11 @@ def deliver(
             # reconciler's lease check sends them again (Novu drops the repeats).
             while window:
                 try:
-                    _land(conn, enterprise_id, window.popleft(), novu, settings, executor, report)
+                    _land(conn, run, window.popleft())
                 except Exception as exc:
                     log.warning("could not record a sub-batch of a failed batch: %s", exc)
             raise
-    return report
+    return run.report
 
 
 def _done(flight: _Flight) -> bool:
@@ -171,32 +222,57 @@ def _done(flight: _Flight) -> bool:
     return all(call.done() for call in calls)
 
 
+def _pay(conn: Connection, run: _Run, chunk: list[int], rest: list[int]) -> bool:
+    """Take the tokens the chunk's calls cost at most (one a row; a full hundred goes as one
+    bulk call of 100), sleeping for them when they are at most TOKEN_WAIT_SECONDS away. When
+    they are further, defer `rest` (this chunk and the ones after it) unclaimed until then,
+    and answer False. Tokens a chunk does not spend are refunded once it is sent."""
+    if run.budget is None:
+        return True
+    reservation = run.budget.reserve(len(chunk), max_wait=TOKEN_WAIT_SECONDS)
+    if reservation.taken:
+        if reservation.wait > 0:
+            time.sleep(reservation.wait)
+            run.report.token_wait_ms += round(reservation.wait * 1000)
+        return True
+    # The tokens of rows that come back together would again not all be there: spread them.
+    delay = reservation.wait * random.uniform(1.0, 1.5)
+    by_message = delay <= run.settings.max_countdown_seconds
+    with enterprise_transaction(conn, run.enterprise_id):
+        deferred = defer_pending(
+            conn,
+            enterprise_id=run.enterprise_id,
+            notification_ids=rest,
+            delay=delay,
+            by_message=by_message,
+        )
+    run.report.deferred += len(deferred)
+    run.report.skipped += len(rest) - len(deferred)
+    if deferred and by_message:
+        run.report.retries.append((delay, deferred))
+    log.info("%d notifications wait %.1fs for Novu rate-limit tokens", len(deferred), delay)
+    return False
+
+
 def _launch(
-    conn: Connection,
-    enterprise_id: uuid.UUID,
-    chunk: list[int],
-    novu: NovuClient,
-    settings: Settings,
-    executor: Executor | None,
-    pool: Executor,
-    report: DeliveryReport,
+    conn: Connection, run: _Run, chunk: list[int], executor: Executor | None
 ) -> _Flight | None:
     """Claim a sub-batch, render it, and start its Novu calls: a bulk call on `executor` (or
-    made here, already answered, when there is none), single triggers on `pool`; None when
-    nothing was claimed."""
-    with enterprise_transaction(conn, enterprise_id):
+    made here, already answered, when there is none), single triggers on the pool; refund the
+    tokens paid for rows not sent. None when nothing was claimed."""
+    report = run.report
+    with enterprise_transaction(conn, run.enterprise_id):
         rows, generation = claim_due(
             conn,
-            enterprise_id=enterprise_id,
+            enterprise_id=run.enterprise_id,
             notification_ids=chunk,
-            lease_seconds=settings.processing_lease_seconds,
+            lease_seconds=run.settings.processing_lease_seconds,
         )
     report.skipped += len(chunk) - len(rows)
-    if not rows:
-        return None
-    report.claimed += len(rows)
-    # A reload that happened before this claim is honoured by this very delivery.
-    get_registry().observe_generation(enterprise_id, generation)
+    if rows:
+        report.claimed += len(rows)
+        # A reload that happened before this claim is honoured by this very delivery.
+        get_registry().observe_generation(run.enterprise_id, generation)
 
     prepared: dict[int, PreparedTrigger] = {}
     decided: list[AttemptOutcome] = []
@@ -208,20 +284,22 @@ def _launch(
             decided.append(AttemptOutcome(row.id, row.attempts, S.FAILED, error=error))
     flight = _Flight(rows=rows, prepared=prepared, decided=decided)
     to_send = [row for row in rows if row.id in prepared]
+    spent = 0
     if len(to_send) == SUB_BATCH_SIZE:
         events = [prepared[row.id].event for row in to_send]
         # Deterministic for this set of attempts, new for every retry.
         key = bulk_idempotency_key([f"{row.transaction_id}-{row.attempts}" for row in to_send])
-        flight.bulk = _start(partial(novu.trigger_bulk, events, idempotency_key=key), executor)
-        report.novu_calls += 1
-        report.novu_tokens += BULK_TRIGGER_TOKENS
+        flight.bulk = _start(partial(run.novu.trigger_bulk, events, idempotency_key=key), executor)
+        spent = BULK_TRIGGER_TOKENS
     elif to_send:
         # Fewer than a hundred cost fewer tokens as single triggers. A lone one is sent from the
         # task thread: a hand-off to a pool thread and back would only add CPU and latency.
-        flight.singles = _send_singles(to_send, prepared, novu, pool if len(to_send) > 1 else None)
-        report.novu_calls += len(to_send)
-        report.novu_tokens += len(to_send) * TRIGGER_TOKENS
-    return flight
+        pool = run.pool if len(to_send) > 1 else None
+        flight.singles = _send_singles(to_send, prepared, run.novu, pool)
+        spent = len(to_send) * TRIGGER_TOKENS
+    if run.budget is not None and spent < len(chunk):
+        run.budget.refund(len(chunk) - spent)
+    return flight if rows else None
 
 
 def _start(
@@ -257,32 +335,38 @@ def _call(send: Callable[[], list[TriggerResult]]) -> CallResult:
         return exc
 
 
-def _land(
-    conn: Connection,
-    enterprise_id: uuid.UUID,
-    flight: _Flight,
-    novu: NovuClient,
-    settings: Settings,
-    executor: Executor,
-    report: DeliveryReport,
-) -> None:
+def _charged(run: _Run, result: CallResult, tokens: int) -> None:
+    """Count a call Novu answered, and the tokens it charged: none for a 429, which also
+    empties the shared budget until its Retry-After, so that every process pauses."""
+    run.report.novu_calls += 1
+    if isinstance(result, NovuError) and is_rate_limited(result):
+        if run.budget is not None:
+            retry_after = result.retry_after if isinstance(result, NovuRetryableError) else None
+            run.budget.drain(retry_after if retry_after is not None else 1.0)
+        return
+    run.report.novu_tokens += tokens
+
+
+def _land(conn: Connection, run: _Run, flight: _Flight) -> None:
     """Wait for a sub-batch's call, decide each row, and record them all in one statement."""
+    report = run.report
     outcomes = list(flight.decided)
     sent_rows = [row for row in flight.rows if row.id in flight.prepared]
     if flight.bulk is not None:
         result = flight.bulk.result()
+        _charged(run, result, BULK_TRIGGER_TOKENS)
         if isinstance(result, NovuPermanentError):
-            outcomes.extend(_one_by_one(sent_rows, flight, novu, settings, executor, report))
+            outcomes.extend(_one_by_one(run, sent_rows, flight))
         elif isinstance(result, NovuError):
-            outcomes.extend(_failed_call(sent_rows, result, settings))
+            outcomes.extend(_failed_call(run, sent_rows, result))
         else:
             for row, event_result in zip(sent_rows, result, strict=True):
-                outcomes.append(_event_outcome(row, flight.prepared[row.id], event_result))
+                outcomes.append(_event_outcome(run, row, flight.prepared[row.id], event_result))
     else:
-        outcomes.extend(_single_outcomes(sent_rows, flight.singles, flight, settings))
+        outcomes.extend(_single_outcomes(run, sent_rows, flight.singles, flight))
 
-    with enterprise_transaction(conn, enterprise_id):
-        moved = record_outcomes(conn, enterprise_id=enterprise_id, outcomes=outcomes)
+    with enterprise_transaction(conn, run.enterprise_id):
+        moved = record_outcomes(conn, enterprise_id=run.enterprise_id, outcomes=outcomes)
     retry_groups: dict[float, list[int]] = {}
     for outcome in outcomes:
         if outcome.notification_id not in moved:
@@ -300,26 +384,32 @@ def _land(
 
 
 def _event_outcome(
-    row: ClaimedRow, prepared: PreparedTrigger, result: TriggerResult
+    run: _Run, row: ClaimedRow, prepared: PreparedTrigger, result: TriggerResult
 ) -> AttemptOutcome:
-    """SENT when Novu processed the event; FAILED with Novu's answer when it did not."""
+    """SENT when Novu processed the event; FAILED with Novu's answer when it did not (or back
+    to PENDING when it does not know the workflow yet)."""
     error = result_error(result)
     if error is None:
         return AttemptOutcome(
             row.id, row.attempts, S.SENT, render_fallbacks=prepared.render_fallbacks or None
         )
+    if is_workflow_not_found(result):
+        return _awaiting_sync(run, row, error)
     return AttemptOutcome(
         row.id, row.attempts, S.FAILED, error=_novu_error("novu_rejected", error, row.attempts)
     )
 
 
-def _failed_call(
-    rows: Sequence[ClaimedRow], exc: NovuError, settings: Settings
-) -> list[AttemptOutcome]:
+def _failed_call(run: _Run, rows: Sequence[ClaimedRow], exc: NovuError) -> list[AttemptOutcome]:
     """The one retry decision: every row of a Novu call that failed as a whole is FAILED when
     the error is permanent or the row is on its last attempt, otherwise back to PENDING with
-    one backoff delay for the whole call. Retries sooner than MAX_COUNTDOWN_SECONDS ride a
-    countdown message; later ones wait in the database for beat."""
+    one backoff delay for the whole call. A 429 (Novu's rate limit) and a 422 for a workflow
+    Novu does not know yet put the rows back without using their attempt, whatever it was.
+    Retries sooner than MAX_COUNTDOWN_SECONDS ride a countdown message; later ones wait in the
+    database for beat."""
+    settings = run.settings
+    if is_workflow_not_found(exc):
+        return [_awaiting_sync(run, row, exc) for row in rows]
     if isinstance(exc, NovuPermanentError):
         return [
             AttemptOutcome(
@@ -328,12 +418,17 @@ def _failed_call(
             for row in rows
         ]
     assert isinstance(exc, NovuRetryableError)
+    if is_rate_limited(exc):
+        run.report.throttled += len(rows)
+        return _put_back(run, rows, exc, "novu_rate_limited", throttled_delay(exc.retry_after))
     delay = backoff_delay(
         max(row.attempts for row in rows),
         base=settings.retry_base_seconds,
         cap=settings.retry_max_seconds,
         retry_after=exc.retry_after,
     )
+    if is_ambiguous(exc):
+        delay = max(delay, AMBIGUOUS_RETRY_SECONDS)
     by_message = delay <= settings.max_countdown_seconds
     outcomes = []
     for row in rows:
@@ -356,36 +451,87 @@ def _failed_call(
     return outcomes
 
 
-def _one_by_one(
-    rows: Sequence[ClaimedRow],
-    flight: _Flight,
-    novu: NovuClient,
-    settings: Settings,
-    executor: Executor,
-    report: DeliveryReport,
+def _put_back(
+    run: _Run, rows: Sequence[ClaimedRow], exc: NovuError, code: str, delay: float
 ) -> list[AttemptOutcome]:
+    """Back to PENDING in `delay` seconds without using the attempt (guarantee 7)."""
+    by_message = delay <= run.settings.max_countdown_seconds
+    return [
+        AttemptOutcome(
+            row.id,
+            row.attempts,
+            S.PENDING,
+            error=_novu_error(code, exc, row.attempts),
+            retry_in=delay,
+            by_message=by_message,
+            attempt_used=False,
+        )
+        for row in rows
+    ]
+
+
+def _awaiting_sync(run: _Run, row: ClaimedRow, exc: NovuError) -> AttemptOutcome:
+    """Novu does not know the row's workflow: ask for a sync (once per workflow and task) and
+    put the row back, its attempt not used, until NOVU_SYNC_WAIT_SECONDS have passed since
+    Novu first refused it; then FAILED, saying so."""
+    bound = run.settings.novu_sync_wait_seconds
+    if row.workflow_key not in run.sync_requested:
+        run.sync_requested.add(row.workflow_key)
+        # Imported here: the sync module pulls in the bridge's catalog, which the delivery
+        # path needs only when Novu does not know a workflow.
+        from shared.novu.sync import request_sync
+
+        request_sync(f"Novu does not know workflow {row.workflow_key!r}")
+    since = (
+        run.budget.unknown_since(row.transaction_id, keep=bound + SYNC_RETRY_SECONDS * 4)
+        if run.budget is not None
+        else time.time()
+    )
+    waited = time.time() - since
+    if waited >= bound:
+        error = _novu_error("novu_workflow_not_found", exc, row.attempts)
+        error["message"] = (
+            f"Novu does not know workflow {row.workflow_key!r}: not synced within "
+            f"{bound:g} s (NOVU_SYNC_WAIT_SECONDS); {exc}"
+        )
+        return AttemptOutcome(row.id, row.attempts, S.FAILED, error=error)
+    run.report.awaiting_sync += 1
+    delay = min(SYNC_RETRY_SECONDS, bound - waited) + random.uniform(0.0, 1.0)
+    (outcome,) = _put_back(run, [row], exc, "novu_workflow_not_synced", delay)
+    return outcome
+
+
+def _one_by_one(run: _Run, rows: Sequence[ClaimedRow], flight: _Flight) -> list[AttemptOutcome]:
     """Novu refused the bulk call as a whole (one event too large, say): send each event on
-    its own, so that each row gets its own answer."""
-    calls = _send_singles(rows, flight.prepared, novu, executor)
-    report.novu_calls += len(calls)
-    report.novu_tokens += len(calls) * TRIGGER_TOKENS
-    return _single_outcomes(rows, calls, flight, settings)
+    its own, so that each row gets its own answer. Their tokens are taken first; when they
+    are not there soon, the rows go back to PENDING without using their attempt."""
+    if run.budget is not None:
+        reservation = run.budget.reserve(len(rows), max_wait=TOKEN_WAIT_SECONDS)
+        if not reservation.taken:
+            run.report.throttled += len(rows)
+            refused = NovuRetryableError(None, "waiting for Novu rate-limit tokens")
+            delay = reservation.wait * random.uniform(1.0, 1.5)
+            return _put_back(run, rows, refused, "novu_rate_limited", delay)
+        time.sleep(reservation.wait)
+    calls = _send_singles(rows, flight.prepared, run.novu, run.pool)
+    return _single_outcomes(run, rows, calls, flight)
 
 
 def _single_outcomes(
+    run: _Run,
     rows: Sequence[ClaimedRow],
     calls: Sequence[Future[CallResult]],
     flight: _Flight,
-    settings: Settings,
 ) -> list[AttemptOutcome]:
     """Each row's outcome from its own single trigger."""
     outcomes: list[AttemptOutcome] = []
     for row, call in zip(rows, calls, strict=True):
         result = call.result()
+        _charged(run, result, TRIGGER_TOKENS)
         if isinstance(result, NovuError):
-            outcomes.extend(_failed_call([row], result, settings))
+            outcomes.extend(_failed_call(run, [row], result))
         else:
-            outcomes.append(_event_outcome(row, flight.prepared[row.id], result[0]))
+            outcomes.append(_event_outcome(run, row, flight.prepared[row.id], result[0]))
     return outcomes
 
 

@@ -9,7 +9,8 @@ its caller's transaction and never commits (docs/architecture.md, "Transactions"
   Idempotency-Key rules (guarantee 6).
 - `claim_due`: PENDING → PROCESSING with a lease, for the due rows nobody holds (guarantee 2).
 - `record_outcomes`: PROCESSING → SENT / FAILED / PENDING, each fenced by the attempt that
-  claimed it (guarantee 3).
+  claimed it (guarantee 3); an attempt Novu throttled is given back.
+- `defer_pending`: due PENDING rows wait longer, unclaimed, for Novu's rate-limit tokens.
 """
 
 from __future__ import annotations
@@ -345,12 +346,16 @@ class AttemptOutcome:
     # A retry carried by a countdown message (enqueued_at = when it is due) rather than left
     # for beat to release (enqueued_at cleared).
     by_message: bool = False
+    # False when the attempt does not count (Novu throttled it, or did not know the workflow
+    # yet): back to PENDING with attempts as before the claim.
+    attempt_used: bool = True
 
 
 _RECORD_OUTCOMES = text(
     f"""
     UPDATE {TABLE} AS n SET
         notification_status = CAST(v.status AS notify.notification_status),
+        attempts = CASE WHEN v.used THEN n.attempts ELSE n.attempts - 1 END,
         processed_at = CASE WHEN v.status = 'PENDING' THEN n.processed_at ELSE now() END,
         locked_until = NULL,
         error_details = v.error,
@@ -366,8 +371,8 @@ _RECORD_OUTCOMES = text(
     FROM unnest(
         CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:statuses AS text[]),
         CAST(:errors AS jsonb[]), CAST(:fallbacks AS jsonb[]), CAST(:delays AS float8[]),
-        CAST(:by_message AS boolean[])
-    ) AS v(id, attempt, status, error, fallbacks, delay, by_message)
+        CAST(:by_message AS boolean[]), CAST(:used AS boolean[])
+    ) AS v(id, attempt, status, error, fallbacks, delay, by_message, used)
     WHERE n.id = v.id
       AND n.enterprise_id = :enterprise_id
       AND n.notification_status = 'PROCESSING'
@@ -398,9 +403,51 @@ def record_outcomes(
         "fallbacks": [_json_or_none(o.render_fallbacks or None) for o in outcomes],
         "delays": [o.retry_in or 0.0 for o in outcomes],
         "by_message": [o.by_message for o in outcomes],
+        "used": [o.attempt_used for o in outcomes],
     }
     return {row[0] for row in connection.execute(_RECORD_OUTCOMES, parameters)}
 
 
 def _json_or_none(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
+
+
+# -- defer ------------------------------------------------------------------------------------
+
+_DEFER = text(
+    f"""
+    UPDATE {TABLE} AS n SET
+        next_attempt_at = now() + make_interval(secs => :delay),
+        enqueued_at = CASE WHEN :by_message THEN now() + make_interval(secs => :delay) END,
+        updated_at = now()
+    WHERE n.id = ANY(CAST(:ids AS bigint[]))
+      AND n.enterprise_id = :enterprise_id
+      AND n.notification_status = 'PENDING'
+      AND (n.scheduled_for IS NULL OR n.scheduled_for <= now())
+      AND (n.next_attempt_at IS NULL OR n.next_attempt_at <= now())
+    RETURNING n.id
+    """
+)
+
+
+def defer_pending(
+    connection: Connection | Session,
+    *,
+    enterprise_id: uuid.UUID,
+    notification_ids: Sequence[int],
+    delay: float,
+    by_message: bool,
+) -> list[int]:
+    """Due PENDING rows among the ids wait `delay` seconds more without being claimed (no
+    attempt used): Novu's rate-limit budget has no tokens for them sooner. Returns the ids
+    deferred; as for a retry, `by_message` says whether a countdown message carries them or
+    beat releases them."""
+    if not notification_ids:
+        return []
+    parameters = {
+        "ids": list(notification_ids),
+        "enterprise_id": enterprise_id,
+        "delay": delay,
+        "by_message": by_message,
+    }
+    return sorted(row[0] for row in connection.execute(_DEFER, parameters))

@@ -22,6 +22,9 @@ from shared.novu.schemas import TriggerResult
 RETRYABLE_STATUS_CODES = frozenset({408, 409, 429})
 # A Retry-After further away than this is treated as garbage and clamped.
 MAX_RETRY_AFTER_SECONDS = 86_400.0
+# Novu's answer to a trigger of a workflow it does not know: the message of its 422, and the
+# `error` of that event's result in a bulk answer (Novu's ParseEventRequest).
+WORKFLOW_NOT_FOUND = "workflow_not_found"
 _MAX_MESSAGE_CHARS = 500
 _MAX_TEXT_BODY_CHARS = 2_000
 
@@ -198,6 +201,26 @@ def result_error(
     if body is None:
         body = result.model_dump(mode="json", by_alias=True)
     return NovuPermanentError(status_code, _shorten(message), body)
+
+
+def is_rate_limited(exc: NovuError) -> bool:
+    """True when Novu refused the call for its rate limit (429): it ran nothing and charged
+    nothing."""
+    return exc.status_code == 429
+
+
+def is_ambiguous(exc: NovuError) -> bool:
+    """True when Novu may have run the call although it failed: no answer (a timeout, a
+    dropped connection), a mangled 2xx, or a 5xx."""
+    status = exc.status_code
+    return isinstance(exc, NovuRetryableError) and (status is None or status < 300 or status >= 500)
+
+
+def is_workflow_not_found(error: NovuError | TriggerResult) -> bool:
+    """True when Novu refused a trigger because it does not know the workflow (not synced)."""
+    if isinstance(error, TriggerResult):
+        return not error.processed and WORKFLOW_NOT_FOUND in error.error_text()
+    return error.status_code == 422 and WORKFLOW_NOT_FOUND in error.message
 
 
 def is_replay(response: httpx.Response) -> bool:

@@ -25,6 +25,7 @@ from shared.db.models import Notification
 from shared.db.session import transaction
 from shared.notifications.delivery import deliver
 from shared.notifications.repository import AttemptOutcome, claim_due, record_outcomes
+from shared.novu.budget import NovuBudget
 from shared.novu.client import NovuClient
 from shared.queue import publish_deliver_batch
 from shared.settings import get_settings
@@ -480,3 +481,196 @@ def test_a_batch_failing_half_way_still_records_the_calls_already_answered(
     # Claimed, never sent: the reconciler returns them to PENDING when their lease runs out.
     assert {row.notification_status for row in rows[100:]} == {S.PROCESSING}
     assert all(row.locked_until is not None for row in rows[100:])
+
+
+# -- Novu's rate limit and workflows it does not know, in process -----------------------------
+
+
+def _processed(event: dict[str, Any]) -> dict[str, Any]:
+    return {"acknowledged": True, "status": "processed", "transactionId": event["transactionId"]}
+
+
+def _novu_answering(single, bulk_event=_processed, calls: list[str] | None = None) -> NovuClient:
+    """A Novu whose single trigger answers `single(body)` (a response) and whose bulk trigger
+    answers each event with `bulk_event(event)`."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if calls is not None:
+            calls.append(request.url.path)
+        if request.url.path.endswith("/bulk"):
+            return httpx.Response(201, json={"data": [bulk_event(e) for e in body["events"]]})
+        return single(body)
+
+    return NovuClient("http://novu.test", "key", transport=httpx.MockTransport(handler))
+
+
+def _test_budget(stack, per_second: float = 1000.0) -> NovuBudget:
+    return NovuBudget(stack.redis_url, per_second=per_second, key=f"xnovu:test:{uuid.uuid4()}")
+
+
+def test_a_429_puts_rows_back_without_using_an_attempt_and_empties_the_shared_budget(
+    client, tenant, stack
+):
+    ids, _ = _pending_rows(client, tenant, 3)
+    budget = _test_budget(stack)
+
+    def throttled(body: dict[str, Any]) -> httpx.Response:
+        body = {"statusCode": 429, "message": "API rate limit exceeded"}
+        return httpx.Response(429, json=body, headers={"Retry-After": "2"})
+
+    with ThreadPoolExecutor(2) as pool:
+        report = deliver(
+            tenant.enterprise_id,
+            ids,
+            novu=_novu_answering(throttled),
+            settings=get_settings(),
+            executor=pool,
+            budget=budget,
+        )
+    assert (report.claimed, report.throttled, report.retried, report.failed) == (3, 3, 3, 0)
+    assert (report.novu_calls, report.novu_tokens) == (3, 0)  # a 429 costs nothing
+    # Every process's budget is empty until Novu's Retry-After.
+    refused = budget.reserve(1, max_wait=1.0)
+    assert not refused.taken and 1.9 < refused.wait <= 2.01
+    now = dt.datetime.now(dt.UTC)
+    for row in _rows(ids):
+        assert row.notification_status is S.PENDING
+        assert row.attempts == 0  # the attempt was given back
+        assert row.error_details["code"] == "novu_rate_limited"
+        assert row.error_details["statusCode"] == 429
+        assert now + dt.timedelta(seconds=1.5) < row.next_attempt_at
+        assert row.next_attempt_at < now + dt.timedelta(seconds=3)
+    assert sorted(i for _, retry in report.retries for i in retry) == sorted(ids)
+
+
+def test_a_429_on_the_last_attempt_does_not_fail_the_notification(client, tenant, stack):
+    ids, _ = _pending_rows(client, tenant, 1)
+    last = get_settings().delivery_max_attempts
+    _make_due(ids, attempts=last - 1)  # the claim makes it the last attempt
+
+    def throttled(body: dict[str, Any]) -> httpx.Response:
+        return httpx.Response(429, json={"message": "API rate limit exceeded"})
+
+    report = deliver(
+        tenant.enterprise_id,
+        ids,
+        novu=_novu_answering(throttled),
+        settings=get_settings(),
+        executor=_NoThreads(),
+        budget=_test_budget(stack),
+    )
+    assert (report.throttled, report.failed) == (1, 0)
+    [row] = _rows(ids)
+    assert (row.notification_status, row.attempts) == (S.PENDING, last - 1)
+
+
+def test_a_workflow_novu_does_not_know_waits_for_a_sync_then_fails_past_the_bound(
+    client, tenant, stack, monkeypatch
+):
+    import shared.novu.sync as sync
+
+    requested: list[str] = []
+    monkeypatch.setattr(sync, "request_sync", requested.append)
+    singles, _ = _pending_rows(client, tenant, 2)
+    hundred, _ = _pending_rows(client, tenant, 100)
+    budget = _test_budget(stack)
+
+    def unknown(body: dict[str, Any]) -> httpx.Response:
+        # Novu's ParseEventRequest: UnprocessableEntityException('workflow_not_found').
+        answer = {"statusCode": 422, "message": "workflow_not_found", "error": "Unprocessable"}
+        return httpx.Response(422, json=answer)
+
+    def unknown_event(event: dict[str, Any]) -> dict[str, Any]:
+        return {"acknowledged": True, "status": "error", "error": ["workflow_not_found"]}
+
+    novu = _novu_answering(unknown, unknown_event)
+    with ThreadPoolExecutor(2) as pool:
+        for ids in (singles, hundred):
+            report = deliver(
+                tenant.enterprise_id,
+                ids,
+                novu=novu,
+                settings=get_settings(),
+                executor=pool,
+                budget=budget,
+            )
+            assert (report.awaiting_sync, report.failed) == (len(ids), 0)
+    assert requested == ["Novu does not know workflow 'user-signup'"] * 2  # once per task
+    for row in _rows(singles + hundred):
+        assert (row.notification_status, row.attempts) == (S.PENDING, 0)
+        assert row.error_details["code"] == "novu_workflow_not_synced"
+        assert "workflow_not_found" in json.dumps(row.error_details["novu"])
+
+    # Past NOVU_SYNC_WAIT_SECONDS since Novu first refused them, they fail, saying why.
+    _make_due(singles + hundred, next_attempt_at=None)
+    impatient = get_settings().model_copy(update={"novu_sync_wait_seconds": 0.0})
+    with ThreadPoolExecutor(2) as pool:
+        for ids in (singles, hundred):
+            report = deliver(
+                tenant.enterprise_id,
+                ids,
+                novu=novu,
+                settings=impatient,
+                executor=pool,
+                budget=budget,
+            )
+            assert (report.awaiting_sync, report.failed) == (0, len(ids))
+    for row in _rows(singles + hundred):
+        assert (row.notification_status, row.attempts) == (S.FAILED, 1)
+        assert row.error_details["code"] == "novu_workflow_not_found"
+        assert "NOVU_SYNC_WAIT_SECONDS" in row.error_details["message"]
+
+
+def test_rows_whose_tokens_are_far_away_are_deferred_unclaimed(client, tenant, stack):
+    ids, _ = _pending_rows(client, tenant, 150)
+    budget = _test_budget(stack, per_second=100.0)
+    budget.drain(20.0)  # nothing for 20 s: far beyond what a task sleeps
+
+    def never(body: dict[str, Any]) -> httpx.Response:
+        raise AssertionError("no Novu call without tokens")
+
+    with ThreadPoolExecutor(2) as pool:
+        report = deliver(
+            tenant.enterprise_id,
+            ids,
+            novu=_novu_answering(never, never),
+            settings=get_settings(),
+            executor=pool,
+            budget=budget,
+        )
+    assert (report.claimed, report.deferred, report.novu_calls) == (0, 150, 0)
+    [(delay, deferred)] = report.retries
+    assert sorted(deferred) == sorted(ids)
+    assert 20.0 <= delay <= 31.0
+    now = dt.datetime.now(dt.UTC)
+    for row in _rows(ids):
+        assert (row.notification_status, row.attempts) == (S.PENDING, 0)
+        assert row.next_attempt_at > now + dt.timedelta(seconds=19)
+        # A countdown message carries them: the reconciler leaves them alone until then.
+        assert row.enqueued_at == row.next_attempt_at
+
+
+def test_a_short_wait_for_tokens_is_slept_and_unspent_tokens_are_refunded(client, tenant, stack):
+    ids, _ = _pending_rows(client, tenant, 30)
+    budget = _test_budget(stack, per_second=100.0)  # holds 500
+    assert budget.reserve(500 + 30, max_wait=1.0).taken  # empty, and 30 more 0.3 s away
+    with transaction() as session:  # two of the rows are not due: paid for, then refunded
+        session.execute(
+            update(Notification)
+            .where(Notification.id.in_(ids[:2]))
+            .values(scheduled_for=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+        )
+    with ThreadPoolExecutor(2) as pool:
+        report = deliver(
+            tenant.enterprise_id,
+            ids,
+            novu=_fake_novu(_processed),
+            settings=get_settings(),
+            executor=pool,
+            budget=budget,
+        )
+    assert (report.claimed, report.sent, report.novu_tokens, report.deferred) == (28, 28, 28, 0)
+    assert 500 <= report.token_wait_ms <= 1500  # its 30 tokens queued behind the 30 reserved
+    available = budget.available()
+    assert available is not None and available >= 2  # the two unclaimed rows' tokens

@@ -2,7 +2,9 @@
 
 Every producer (the API's recorder, the `notificationId` trigger, the retry API, beat's
 release and reconcile, the task's own retries) publishes `deliver_batch(enterprise, ids)`;
-the task hands the ids to the one delivery engine (shared/notifications/delivery.py).
+the task hands the ids to the one delivery engine (shared/notifications/delivery.py), metered
+by Novu's rate-limit budget that every worker process shares (shared/novu/budget.py), and
+adds what Novu charged to the usage counters `GET /api/stats` reports.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from shared.notifications.delivery import SENDS_IN_FLIGHT, deliver
 from shared.notifications.publisher import publish_enterprise
+from shared.novu.budget import get_novu_budget
 from shared.novu.client import get_novu_client
 from shared.process import PerProcess
 from shared.queue import TaskName
@@ -48,15 +51,18 @@ DELIVERY_TASK_OPTIONS: dict[str, Any] = {
 
 def _deliver(enterprise_id: str, notification_ids: list[int]) -> dict[str, int]:
     enterprise = uuid.UUID(enterprise_id)
+    budget = get_novu_budget()
     report = deliver(
         enterprise,
         [int(notification_id) for notification_id in notification_ids],
         novu=get_novu_client(),
         settings=get_settings(),
         executor=_send_pool.get(),
+        budget=budget,
     )
     for delay, ids in report.retries:
         publish_enterprise(enterprise, ids, countdown=delay)
+    budget.record_usage(enterprise, tokens=report.novu_tokens, sent=report.sent)
     return report.as_dict()
 
 
