@@ -30,8 +30,9 @@ checked against the schema.
 
 Called on the event loop (`on_loop=True`), a step raises WouldBlock instead of doing anything
 that may wait or run long: a database read (a registry or catalog that is not fresh), a
-template render, or a payload check against a schema with regular expressions (a tenant's
-pattern must not stall every other request). The caller then runs it again on a thread.
+template render, the first check against a schema (compiling it takes milliseconds), or a
+payload check against a tenant's schema with regular expressions (its pattern must not stall
+every other request). The caller then runs it again on a thread.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from api.bridge import errors
 from api.bridge.catalog import CatalogCache
 from api.bridge.mock import mock_payload
 from api.bridge.protocol import CHANNEL_BY_STEP_ID, PostAction, step_rank
-from api.bridge.schemas import DELAY_OUTPUT, OUTPUT_SCHEMAS, problems, uses_regex
+from api.bridge.schemas import DELAY_OUTPUT, OUTPUT_SCHEMAS, compiled, problems, uses_regex
 from shared.db.enums import ChannelType, WorkflowType
 from shared.notifications.novu_trigger import FALLBACK_BODY, FALLBACK_SUBJECT, XNOVU_PAYLOAD_KEY
 from shared.templates.renderer import RenderedContent, TemplateNotFound, get_template_renderer
@@ -125,6 +126,8 @@ def execute_step(
             content = _render(action, workflow, step, enterprise_id, variables)
             outputs = _outputs(channel, content.subject, content.body)
         schema = OUTPUT_SCHEMAS[channel]
+    if on_loop and not compiled(schema):
+        raise WouldBlock
     failures = problems(schema, outputs)
     if failures:
         raise errors.output_invalid(workflow_id, step_id, failures)
@@ -182,7 +185,10 @@ def _check_payload(
     schema = workflow.payload_schema
     if not schema:
         return
-    if on_loop and workflow.workflow_type is not WorkflowType.STATIC and uses_regex(schema):
+    if on_loop and (
+        not compiled(schema)
+        or (workflow.workflow_type is not WorkflowType.STATIC and uses_regex(schema))
+    ):
         raise WouldBlock
     failures = problems(schema, variables)
     if only is not None:

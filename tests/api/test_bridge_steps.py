@@ -302,6 +302,22 @@ def test_a_tenant_schema_with_a_pattern_is_checked_on_a_thread(client, tenant):
     assert _step(key, "email", sent, on_loop=True) is WouldBlock
 
 
+def test_the_first_check_against_a_schema_is_compiled_on_a_thread(client, tenant):
+    key = f"fresh-schema-{uuid.uuid4().hex[:8]}"
+    schema = {"type": "object", "properties": {key: {"type": "string"}}, "required": [key]}
+    create_workflow(
+        client, tenant, key, publish=True, payload_schema=schema,
+        EMAIL=create_template(client, tenant, "EMAIL"),
+    )  # fmt: skip
+    assert get_registry().is_fresh(tenant.enterprise_id)  # the API loaded it here
+    rendered = {"email": {"subject": "S", "body": "B"}}
+    sent = event({key: "v", "_xnovu": xnovu(tenant.enterprise_id, rendered)})
+    assert _step(key, "email", sent, on_loop=True) is WouldBlock
+    threaded = _step(key, "email", sent, on_loop=False)
+    assert threaded["outputs"] == {"subject": "S", "body": "B"}
+    assert _step(key, "email", sent, on_loop=True) == threaded
+
+
 # --- the hot path ----------------------------------------------------------------------------
 
 
