@@ -13,11 +13,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.notifications.recorder import trigger_recorder
+from shared.novu.budget import novu_usage
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 REQUESTS = Counter(
@@ -33,7 +34,6 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     registry=REGISTRY,
 )
-
 
 
 class RecorderCollector(Collector):
@@ -59,6 +59,36 @@ class RecorderCollector(Collector):
 
 
 REGISTRY.register(RecorderCollector())
+
+
+class NovuUsageCollector(Collector):
+    """What every worker's deliveries cost in Novu's Events rate limit, all enterprises
+    together (counted in Redis by the workers, read at each scrape): the tokens Novu charged
+    and the notifications it accepted, and their ratio."""
+
+    def collect(self) -> Iterator[Metric]:
+        usage = novu_usage()
+        if usage is None:
+            return
+        yield CounterMetricFamily(
+            "xnovu_novu_tokens",
+            "Novu Events rate-limit tokens charged for deliveries (1 a trigger, 100 a bulk).",
+            value=usage.tokens,
+        )
+        yield CounterMetricFamily(
+            "xnovu_novu_notifications_sent",
+            "Notifications Novu accepted (SENT).",
+            value=usage.sent,
+        )
+        if usage.tokens_per_notification is not None:
+            yield GaugeMetricFamily(
+                "xnovu_novu_tokens_per_notification",
+                "Novu Events tokens per notification sent, since the counters began.",
+                value=usage.tokens_per_notification,
+            )
+
+
+REGISTRY.register(NovuUsageCollector())
 
 router = APIRouter(tags=["health"])
 

@@ -15,6 +15,7 @@ from api.schemas.notifications import CancelRequest, NotificationPage, Notificat
 from shared.db.enums import NotificationStatus
 from shared.notifications.publisher import publish_enterprise
 from shared.notifications.service import CancelResult, NotificationService
+from shared.novu.budget import metered_call
 from shared.novu.client import get_novu_client
 from shared.novu.errors import NovuError
 from shared.settings import get_settings
@@ -90,7 +91,8 @@ def cancel_notification(
 
     def cancel_at_novu(transaction_id: str) -> bool:
         try:
-            return get_novu_client().cancel(transaction_id)
+            # A cancel costs an Events token of Novu's rate limit, as a trigger does.
+            return metered_call(lambda: get_novu_client().cancel(transaction_id))
         except NovuError as exc:
             raise ApiError(
                 502, "novu_unavailable", f"Novu could not cancel the transaction: {exc}"

@@ -341,8 +341,7 @@ def _charged(run: _Run, result: CallResult, tokens: int) -> None:
     run.report.novu_calls += 1
     if isinstance(result, NovuError) and is_rate_limited(result):
         if run.budget is not None:
-            retry_after = result.retry_after if isinstance(result, NovuRetryableError) else None
-            run.budget.drain(retry_after if retry_after is not None else 1.0)
+            run.budget.drain_for(result)
         return
     run.report.novu_tokens += tokens
 

@@ -42,10 +42,13 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 
+from shared.novu.errors import NovuError, NovuRetryableError, is_rate_limited
 from shared.process import PerProcess
 from shared.redis_client import fail_fast_client
 from shared.settings import Settings, get_settings
@@ -55,6 +58,10 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "xnovu:novu:budget:"
 UNKNOWN_PREFIX = "xnovu:novu:unknown-workflow:"
 USAGE_PREFIX = "xnovu:novu:usage:"
+# The longest a Novu call made for a person waiting (the API's cancel) waits for its tokens.
+METERED_WAIT_SECONDS = 1.0
+
+T = TypeVar("T")
 # Novu's rate-limit window: its bucket holds one window plus a 10 % burst allowance.
 WINDOW_SECONDS = 5.0
 _US = 1_000_000
@@ -103,10 +110,12 @@ return result
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens Novu charged and notifications it accepted (SENT) since the counters began."""
+    """Tokens Novu charged and notifications it accepted (SENT) since the counters began, and
+    the budget's rate (Events tokens a second)."""
 
     tokens: int
     sent: int
+    per_second: float
 
     @property
     def tokens_per_notification(self) -> float | None:
@@ -211,7 +220,12 @@ class NovuBudget:
         except (redis.RedisError, OSError) as exc:
             self._warn(exc)
             return None
-        return Usage(tokens=int(tokens or 0), sent=int(sent or 0))
+        return Usage(tokens=int(tokens or 0), sent=int(sent or 0), per_second=self.per_second)
+
+    def drain_for(self, exc: NovuError) -> None:
+        """Novu refused a call with 429: empty the budget until its Retry-After (1 s without)."""
+        retry_after = exc.retry_after if isinstance(exc, NovuRetryableError) else None
+        self.drain(retry_after if retry_after is not None else 1.0)
 
     def available(self) -> int | None:
         """Tokens in the budget now (for stats and tests); None when Redis cannot say."""
@@ -262,3 +276,27 @@ _budget = PerProcess(_budget_from_settings)
 def get_novu_budget() -> NovuBudget:
     """The process's handle on the shared budget, built from settings."""
     return _budget.get()
+
+
+def novu_usage(enterprise_id: uuid.UUID | None = None) -> Usage | None:
+    """The usage counters of one enterprise, or of all (None); None when there is no Redis to
+    ask (REDIS_URL unset) or it cannot say."""
+    if not get_settings().redis_url:
+        return None
+    return get_novu_budget().usage(enterprise_id)
+
+
+def metered_call(call: Callable[[], T], *, cost: int = 1) -> T:
+    """Make a Novu call outside the delivery task (the API's cancel) within the shared budget:
+    wait up to METERED_WAIT_SECONDS for its tokens, then call anyway (a person is waiting, and
+    Novu's own 429 still holds the line); a 429 drains the budget like a worker's."""
+    if not get_settings().redis_url:
+        return call()
+    budget = get_novu_budget()
+    budget.take(cost, max_wait=METERED_WAIT_SECONDS)
+    try:
+        return call()
+    except NovuError as exc:
+        if is_rate_limited(exc):
+            budget.drain_for(exc)
+        raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import time
 
 import pytest
@@ -84,6 +85,53 @@ def test_retryable_errors_are_retried_until_sent(client, tenant, worker, emulato
     row = wait_for_status(client, tenant, accepted["notificationId"], {"SENT", "FAILED"})
     assert row["notification_status"] == "SENT"
     assert row["attempts"] >= 2
+    assert len(_events(emulator, accepted["transactionId"])) == 1
+
+
+def test_novus_429_never_uses_an_attempt_nor_fails_the_notification(
+    client, tenant, worker, emulator
+):
+    emulator.put("/_emulator/workflows/user-signup", json={})  # known, whatever the sync did
+    emulator.post("/_emulator/faults", json={"status": 429, "rate": 1.0, "retryAfter": 1})
+    accepted = _trigger(client, tenant)
+
+    def refusals() -> int:
+        log = emulator.get(
+            "/_emulator/faults/log", params={"transactionId": accepted["transactionId"]}
+        ).json()
+        return sum(1 for entry in log if entry.get("status") == 429)
+
+    # More refusals than DELIVERY_MAX_ATTEMPTS (4), and the row never spent an attempt.
+    _wait_until(lambda: refusals() >= 5, timeout=20, what="five 429s")
+    row = _row(accepted["notificationId"])
+    assert (row.notification_status, row.attempts) == (NotificationStatus.PENDING, 0)
+    assert row.error_details["code"] == "novu_rate_limited"
+    emulator.delete("/_emulator/faults")
+    row = wait_for_status(client, tenant, accepted["notificationId"], {"SENT", "FAILED"})
+    assert (row["notification_status"], row["attempts"]) == ("SENT", 1)
+    assert len(_events(emulator, accepted["transactionId"])) == 1
+
+
+def test_an_ambiguous_failure_is_not_sent_again_within_a_second(client, tenant, worker, emulator):
+    # Novu's transactionId check is not atomic: two sends close together could both run.
+    emulator.put("/_emulator/workflows/user-signup", json={})
+    emulator.post("/_emulator/faults", json={"dropAfterAcceptRate": 1.0})
+    accepted = _trigger(client, tenant)
+
+    def drops() -> list[dt.datetime]:
+        log = emulator.get(
+            "/_emulator/faults/log",
+            params={"transactionId": accepted["transactionId"], "kind": "dropAfterAccept"},
+        ).json()
+        return [dt.datetime.fromisoformat(entry["at"].replace("Z", "+00:00")) for entry in log]
+
+    _wait_until(lambda: len(drops()) >= 3, timeout=20, what="three sends")
+    emulator.delete("/_emulator/faults")
+    times = drops()
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
+    assert min(gaps) >= 1.0, gaps
+    row = wait_for_status(client, tenant, accepted["notificationId"], {"SENT", "FAILED"})
+    assert row["notification_status"] == "SENT"
     assert len(_events(emulator, accepted["transactionId"])) == 1
 
 

@@ -208,7 +208,7 @@ def _trigger_tokens(stats: dict[str, Any]) -> int:
 
 
 def _all_sent_within_novus_rate_limit(
-    stack: Stack, tenant: Tenant, emulator: httpx.Client, faults: dict[str, Any]
+    stack: Stack, client: Any, tenant: Tenant, emulator: httpx.Client, faults: dict[str, Any]
 ) -> None:
     # The workflow is known to Novu (as one made in its dashboard: this test is not about the
     # sync); Novu's Free tier, a fresh bucket at the emulator (a new rate replaces it) and a
@@ -234,15 +234,30 @@ def _all_sent_within_novus_rate_limit(
     assert after["duplicates"] == before["duplicates"]
     # The shared budget keeps the workers inside Novu's bucket: Novu never had to refuse.
     assert refused == 0
+    # The workers' own count, per enterprise, as GET /api/stats reports it.
+    novu: dict[str, Any] = {}
+    deadline = time.monotonic() + 5  # a task adds its counts just after recording its rows
+    while time.monotonic() < deadline and novu.get("notificationsSent") != 600:
+        novu = client.get("/api/stats", headers=tenant.headers).json()["novu"]
+        time.sleep(0.1)
+    assert novu == {
+        "eventsTokensPerSecond": 60.0,
+        "tokensSpent": 600,
+        "notificationsSent": 600,
+        "tokensPerNotification": 1.0,
+    }
+    metrics = client.get("/metrics").text
+    assert "xnovu_novu_tokens_total " in metrics
+    assert "xnovu_novu_tokens_per_notification " in metrics
 
 
 def test_600_single_triggers_at_100_a_second_are_all_sent_within_novus_rate_limit(
-    stack: Stack, tenant: Tenant, worker: Any, emulator: httpx.Client
+    stack: Stack, client: Any, tenant: Tenant, worker: Any, emulator: httpx.Client
 ) -> None:
-    _all_sent_within_novus_rate_limit(stack, tenant, emulator, {})
+    _all_sent_within_novus_rate_limit(stack, client, tenant, emulator, {})
 
 
 def test_the_same_with_200_ms_of_novu_latency(
-    stack: Stack, tenant: Tenant, worker: Any, emulator: httpx.Client
+    stack: Stack, client: Any, tenant: Tenant, worker: Any, emulator: httpx.Client
 ) -> None:
-    _all_sent_within_novus_rate_limit(stack, tenant, emulator, {"latencyMs": 200})
+    _all_sent_within_novus_rate_limit(stack, client, tenant, emulator, {"latencyMs": 200})
