@@ -21,8 +21,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"description": "The key cannot act for that enterprise"},
     404: {"description": "Unknown or unpublished workflow"},
     409: {"description": "The notification is not in a state that can be triggered"},
-    413: {"description": "Payload over the limit"},
-    422: {"description": "Invalid body, payload failing the workflow's schema, key reused"},
+    413: {"description": "Payload over the limit, or its Novu event over Novu's 512 KB"},
+    422: {
+        "description": "Invalid body or recipient, payload failing the workflow's schema,"
+        " key reused"
+    },
     503: {"description": "The database is unavailable"},
 }
 

@@ -1,0 +1,156 @@
+"""What reaches Novu for a notification, end to end (API → PostgreSQL → Redis → celery worker →
+the Novu emulator): recipients as Novu's `to`, and an event within Novu's 512 KB whatever its
+templates render (docs/architecture.md, "Recipients" and "Size")."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from api.bridge.signature import sign
+from shared.settings import get_settings
+from tests.conftest import signup_payload, wait_for_status
+from tests.factories import create_template, create_workflow
+
+pytestmark = pytest.mark.integration
+
+NOVU_EVENT_MAX_BYTES = 524_288
+
+
+@contextmanager
+def _known_to_novu(emulator: Any, workflow_id: str) -> Iterator[None]:
+    """Novu knows the workflow while the test runs: synced already, or made known as one made
+    in Novu's dashboard (and forgotten afterwards). These tests are about the event, not the
+    sync (tests/worker/test_novu_sync.py)."""
+    known = {w["workflowId"] for w in emulator.get("/_emulator/workflows").json()}
+    if workflow_id in known:
+        yield
+        return
+    steps = [{"stepId": "email", "type": "email"}, {"stepId": "in_app", "type": "in_app"}]
+    response = emulator.put(f"/_emulator/workflows/{workflow_id}", json={"steps": steps})
+    assert response.status_code in (200, 201), response.text
+    try:
+        yield
+    finally:
+        emulator.delete(f"/_emulator/workflows/{workflow_id}")
+
+
+def _delivered(client: Any, tenant: Any, emulator: Any, body: dict[str, Any]) -> Any:
+    """Trigger `body` and wait for SENT: its id, and the one event Novu received for it."""
+    with _known_to_novu(emulator, body["workflowId"]):
+        response = client.post("/api/trigger", json=body, headers=tenant.headers)
+        assert response.status_code == 202, response.text
+        accepted = response.json()
+        row = wait_for_status(client, tenant, accepted["notificationId"], {"SENT", "FAILED"}, 60)
+    assert row["notification_status"] == "SENT", row
+    events = emulator.get(
+        "/_emulator/events", params={"transactionId": accepted["transactionId"]}
+    ).json()
+    assert len(events) == 1, events
+    return accepted["notificationId"], events[0]
+
+
+def test_subscriber_objects_and_topics_reach_novu_as_given(client, tenant, worker, emulator):
+    payload = signup_payload()
+    grace = {
+        "subscriberId": "grace-1906",
+        "email": "grace@example.com",
+        "firstName": "Grace",
+        "locale": "en-US",
+        "timezone": "America/New_York",
+        "data": {"plan": "pro"},
+    }
+    topic = {"type": "Topic", "topicKey": "building-7"}
+    notification_id, event = _delivered(
+        client,
+        tenant,
+        emulator,
+        {
+            "workflowId": "user-signup",
+            "payload": payload,
+            # A null field is "not given"; the payload's own user is sent as the subscriber
+            # object the workflow derives from the payload.
+            "recipients": [
+                grace,
+                "plain-id",
+                topic,
+                {"subscriberId": "alan", "phone": None},
+                payload["userId"],
+            ],
+        },
+    )
+    assert event["to"] == [
+        grace,
+        "plain-id",
+        topic,
+        {"subscriberId": "alan"},
+        {"subscriberId": payload["userId"], "email": payload["email"], "firstName": "Ada Lovelace"},
+    ]
+    read = client.get(f"/api/notifications/{notification_id}", headers=tenant.headers)
+    assert read.json()["recipients"][0] == grace
+
+
+def test_an_event_its_rendered_content_would_push_over_512_kb_is_sent_without_it(
+    client, tenant, worker, emulator
+):
+    """Each channel repeats the payload's 50 KB six times: 600 KB rendered, which would make a
+    Novu 413 of an event of 50 KB. The event goes without it, and the bridge renders each step
+    from the payload when Novu executes it."""
+    repeat = "{% for _ in range(6) %}{{ blob }}{% endfor %}"
+    email = create_template(client, tenant, "EMAIL", subject="Big {{ size }}", body=repeat)
+    in_app = create_template(client, tenant, "IN_APP", subject="Big", body=repeat)
+    key = f"big-render-{uuid.uuid4().hex[:8]}"
+    create_workflow(client, tenant, key, publish=True, EMAIL=email, IN_APP=in_app)
+    blob = "b" * 50_000
+    _, event = _delivered(
+        client,
+        tenant,
+        emulator,
+        {"workflowId": key, "payload": {"blob": blob, "size": "50k"}, "recipients": ["big-1"]},
+    )
+    size = len(json.dumps(event_body(event), separators=(",", ":"), ensure_ascii=False).encode())
+    assert 50_000 < size <= NOVU_EVENT_MAX_BYTES
+    metadata = event["payload"]["_xnovu"]
+    assert "rendered" not in metadata
+    assert metadata["channels"] == ["email", "in_app"]
+
+    # Novu executes the email step on our bridge with the payload it received.
+    step = {
+        "payload": event["payload"],
+        "controls": {},
+        "state": [],
+        "subscriber": {"subscriberId": "big-1"},
+        "workflowId": key,
+        "stepId": "email",
+        "action": "execute",
+    }
+    body = json.dumps(step, separators=(",", ":")).encode()
+    secret = get_settings().effective_novu_secret_key
+    executed = client.post(
+        "/api/novu",
+        params={"action": "execute", "workflowId": key, "stepId": "email"},
+        content=body,
+        headers={"content-type": "application/json", "novu-signature": sign(secret, body)},
+    )
+    assert executed.status_code == 200, executed.text[:500]
+    assert executed.json()["outputs"] == {"subject": "Big 50k", "body": blob * 6}
+
+
+def test_rendered_content_that_fits_still_rides_in_the_event(client, tenant, worker, emulator):
+    body = {"workflowId": "user-signup", "payload": signup_payload()}
+    rendered = _delivered(client, tenant, emulator, body)[1]["payload"]["_xnovu"]["rendered"]
+    assert rendered["email"]["subject"] == "Welcome to XNovu, Ada Lovelace!"
+
+
+def event_body(event: dict[str, Any]) -> dict[str, Any]:
+    """The trigger body Novu received, without the emulator's own bookkeeping."""
+    return {
+        key: event[key]
+        for key in ("name", "to", "payload", "overrides", "transactionId")
+        if event.get(key) is not None
+    }
