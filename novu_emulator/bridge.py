@@ -1,43 +1,62 @@
 """Novu's side of the Framework bridge: run each accepted trigger's steps on the bridge.
 
-When a bridge URL applies (the trigger's own `bridgeUrl`, else the configured one), an accepted
-trigger is executed in the background, as Novu's worker does it (apps/worker
-execute-bridge-job and libs/application-generic execute-bridge-request):
+When a bridge applies, an accepted trigger is executed in the background as Novu's workers do
+it (apps/worker execute-bridge-job, libs/application-generic execute-bridge-request):
 
-1. The workflow's steps come from `GET <bridge>?action=discover`, cached per bridge URL for
-   `discoverTtlSeconds` and fetched again when the workflow is not in the cached answer.
-2. For each subscriber of `to` (topics are not expanded) and each step in order, a POST
-   `<bridge>?action=execute&workflowId=W&stepId=S` with the body
-   `{payload, controls, state, subscriber, workflowId, stepId, action: "execute"}`, where
-   `state` lists the steps already run for that subscriber, most recent first, each
-   `{stepId, outputs, state: {status}}` (in-app steps report `{seen, read, lastSeenDate,
-   lastReadDate}`, other channels `{}`; a skipped step has status `skipped`).
+1. Which steps, on which bridge: a trigger's own `bridgeUrl` is discovered
+   (`GET <bridgeUrl>?action=discover`, cached per URL for `discoverTtlSeconds`, fetched again
+   when the workflow is not in the cached answer). Otherwise a workflow Novu knows from a sync
+   (`POST /v1/bridge/sync`) runs the steps stored at sync time on the bridge it was synced
+   from, without discovering; any other (one registered by hand) is discovered on the
+   configured bridge.
+2. A bounded pool of `stepConcurrency` step workers takes jobs from one queue, as Novu's
+   standard queue feeds its workers. A job is one step of one subscriber of `to` (topics are
+   not expanded): a signed `POST <bridge>?action=execute&workflowId=W&stepId=S&jobId=J` with
+   Novu's body `{payload, controls, state, subscriber, context}`. `state` lists the steps
+   already run for that subscriber, most recent first, each `{stepId, outputs, state:
+   {status}}`, with the outputs Novu gives by step type: in-app steps `{seen, read,
+   lastSeenDate, lastReadDate}`, delay steps `{duration}` (ms since the jobs were created),
+   custom steps what they answered, others `{}`; a skipped step has status `skipped`. When a
+   step is done its subscriber's next step joins the back of the queue, so a subscriber's
+   steps run in order while different notifications run side by side.
 3. Every call is signed as Novu signs it: `novu-signature` (and the older `x-novu-signature`)
    `t=<ms now>,v1=<hex HMAC-SHA256("<t>.<body>", secret key)>` over the compact JSON body sent
-   (`{}` for the GET). Timeout 5 s; 408, 429, 500, 503, 504 (and Cloudflare's 521, 522, 524),
-   timeouts and connection errors are retried, 3 attempts in all, 2 s then 4 s apart
-   (`retryBaseMs` * 2^n).
-4. A step answered with `options.skip` delivers nothing; any other answer is a delivered
-   message (`GET /_emulator/messages`). A step that fails for good ends that subscriber's run,
-   as a failed job ends Novu's chain.
+   (`{}` for a GET). Each worker calls over its own keep-alive connection (bridge_client.py),
+   so no call waits for a free one; each attempt may take `timeoutMs` (Novu: 5 s for the whole
+   request). 408, 429, 500, 503, 504 (and Cloudflare's 521, 522, 524), timeouts and
+   connection errors are retried: Novu's 3 retries, 4 attempts in all, 2 s, 4 s, then 8 s
+   apart (`retryBaseMs` * 2^n). A worker waits out its retries, as Novu's does.
+4. A channel step answered with `options.skip` delivers nothing; any other answer is a message
+   (`GET /_emulator/messages`, `status: "sent"`). A step that fails for good is listed there
+   with `status: "failed"` and its `error`, counted in `stats.bridge.failedSteps`, and ends
+   that subscriber's run, as a failed job ends Novu's chain.
+5. A `delay` step is executed too; the bridge answers `outputs: {type: "regular", amount,
+   unit}` (unit `seconds`, `minutes`, `hours`, `days`, `weeks` or `months`, as
+   @novu/framework 2.13.2 declares it). The run then waits that long, off the worker pool,
+   with the trigger's `delayed_until` set (cancelling is possible only then), and goes on with
+   the next step unless the trigger was cancelled meanwhile. A delay is not a message; timed
+   and dynamic delays and digest steps are not emulated and fail the step.
 
-A trigger held by `holdSeconds` is executed when the hold ends, unless it was cancelled.
+A trigger held by `holdSeconds` (Novu's queue lag) starts when the hold ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import calendar
 import hashlib
 import hmac
 import json
 import logging
+import secrets
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
+from novu_emulator.bridge_client import Connection, ConnectionFailed, Origin, request_target
 from novu_emulator.config import is_http_url
 from novu_emulator.state import EmulatorState, RecordedTrigger, iso_now
 
@@ -45,6 +64,15 @@ logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 503, 504, 521, 522, 524})
 IN_APP_RESULT = {"seen": False, "read": False, "lastSeenDate": None, "lastReadDate": None}
+# Steps whose answer is a message; `delay` and `custom` steps are not.
+CHANNEL_TYPES = frozenset({"email", "in_app", "sms", "push", "chat"})
+DELAY_UNITS = {
+    "seconds": timedelta(seconds=1),
+    "minutes": timedelta(minutes=1),
+    "hours": timedelta(hours=1),
+    "days": timedelta(days=1),
+    "weeks": timedelta(weeks=1),
+}
 
 
 def compact_json(document: Any) -> bytes:
@@ -94,124 +122,306 @@ def subscribers(to: Any) -> list[dict[str, Any]]:
     return found
 
 
+def delay_seconds(outputs: Any, now: datetime | None = None) -> float:
+    """How long a delay step's outputs hold the run; BridgeCallFailed for what Novu cannot run."""
+    if not isinstance(outputs, dict) or outputs.get("type", "regular") != "regular":
+        kind = outputs.get("type") if isinstance(outputs, dict) else None
+        raise BridgeCallFailed({"message": f"delay type {kind!r} is not emulated"})
+    amount, unit = outputs.get("amount"), outputs.get("unit")
+    if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
+        raise BridgeCallFailed({"message": f"delay amount {amount!r} is not a number >= 0"})
+    if unit == "months":
+        # Calendar months, as Novu's date arithmetic adds them.
+        start = now or datetime.now(UTC)
+        return (_add_months(start, amount) - start).total_seconds()
+    if unit not in DELAY_UNITS:
+        raise BridgeCallFailed({"message": f"delay unit {unit!r} is not one Novu knows"})
+    return float(amount * DELAY_UNITS[unit].total_seconds())
+
+
+def _add_months(start: datetime, months: float) -> datetime:
+    whole = int(months)
+    index = start.month - 1 + whole
+    year, month = start.year + index // 12, index % 12 + 1
+    day = min(start.day, calendar.monthrange(year, month)[1])
+    return start.replace(year=year, month=month, day=day)
+
+
+@dataclass(slots=True)
+class _Run:
+    """One subscriber's chain of jobs for one trigger: Novu's jobs, one step at a time."""
+
+    trigger: RecordedTrigger
+    url: str
+    epoch: int
+    workflow_id: str
+    steps: tuple[DeclaredStep, ...]
+    payload: dict[str, Any]
+    controls: dict[str, Any]
+    subscriber: dict[str, Any]
+    created_ms: int  # when Novu creates the jobs; a delay's `duration` counts from it
+    done: list[tuple[DeclaredStep, str, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def step(self) -> DeclaredStep:
+        return self.steps[len(self.done)]
+
+    def state(self) -> list[dict[str, Any]]:
+        """The `state` Novu sends with the next step: prior steps, most recent first."""
+        entries = []
+        for step, status, outputs in reversed(self.done):
+            if step.type == "delay":
+                outputs = {"duration": int(time.time() * 1000) - self.created_ms}
+            entries.append(
+                {"stepId": step.step_id, "outputs": outputs, "state": {"status": status}}
+            )
+        return entries
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """A trigger whose steps are still to be found."""
+
+    trigger: RecordedTrigger
+    url: str | None
+    epoch: int
+
+
 class BridgeRunner:
-    """Executes accepted triggers on the bridge, in background tasks of the emulator's loop."""
+    """Executes accepted triggers on the bridge with a pool of step workers (module docstring)."""
 
     def __init__(self, state: EmulatorState, secret_key: str) -> None:
         self.state = state
         self._secret_key = secret_key
-        self._client: httpx.AsyncClient | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._queue: asyncio.Queue[_Start | _Run] | None = None
+        self._workers: dict[int, asyncio.Task[None]] = {}
+        self._busy: set[int] = set()  # workers running a job
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._client: httpx.AsyncClient | None = None  # sync's discover only
         self._discover_locks: dict[str, asyncio.Lock] = {}
         self._discovered: dict[str, _Discovery] = {}
-
-    def bridge_url_for(self, trigger: RecordedTrigger) -> str | None:
-        """The trigger's own bridgeUrl, else the configured one."""
-        own = trigger.body.get("bridgeUrl")
-        if isinstance(own, str) and is_http_url(own):
-            return own
-        return self.state.bridge.bridge_url
+        # Triggers (and subscriber runs) started and not yet finished, for idle().
+        self._active = 0
+        self._quiet = asyncio.Event()
 
     def schedule(self, trigger: RecordedTrigger) -> None:
-        """Run the trigger's steps in the background when a bridge URL applies to it."""
-        url = self.bridge_url_for(trigger)
-        if url is None:
-            return
-        task = asyncio.get_running_loop().create_task(self._run(trigger, url, self.state.epoch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Run the trigger's steps in the background when a bridge applies to it."""
+        own = trigger.body.get("bridgeUrl")
+        url = own if isinstance(own, str) and is_http_url(own) else None
+        known = self.state.workflows.get(str(trigger.body.get("name")))
+        if url is None and (known is None or known.bridge_url is None):
+            url = self.state.bridge.bridge_url
+            if url is None:
+                return
+        self._started()
+        job = _Start(trigger, url, self.state.epoch)
+        wait = trigger.queued_until - time.monotonic()
+        if wait > 0:
+            self._later(wait, job)
+        else:
+            self._put(job)
 
     async def idle(self, timeout: float) -> None:
-        """Wait until no trigger is being executed (tests)."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+        """Wait until no trigger is being executed or held (tests)."""
+        if self._active:
+            self._quiet.clear()
+            await asyncio.wait_for(self._quiet.wait(), timeout)
 
     async def close(self) -> None:
-        """Stop every run and close the HTTP client."""
-        for task in list(self._tasks):
+        """Stop every worker and timer and close the HTTP client."""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        for task in self._workers.values():
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=2.0)
+        if self._workers:
+            await asyncio.wait(set(self._workers.values()), timeout=2.0)
+        self._workers.clear()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
-    # -- one trigger -------------------------------------------------------------------------
+    # -- the queue and its workers ------------------------------------------------------------
 
-    async def _run(self, trigger: RecordedTrigger, url: str, epoch: int) -> None:
-        wait = trigger.cancellable_until - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        if trigger.cancelled:
+    def _put(self, job: _Start | _Run) -> None:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        self._queue.put_nowait(job)
+        self._staff(self._queue)
+
+    def _later(self, seconds: float, job: _Start | _Run) -> None:
+        """Queue a job after a hold or a delay; meanwhile it occupies no worker."""
+
+        def due() -> None:
+            self._timers.discard(handle)
+            self._put(job)
+
+        handle = asyncio.get_running_loop().call_later(seconds, due)
+        self._timers.add(handle)
+
+    def _staff(self, queue: asyncio.Queue[_Start | _Run]) -> None:
+        """Workers up to `stepConcurrency`: start missing ones, stop idle extra ones (busy
+        extra ones stop after their current job)."""
+        wanted = self.state.bridge.step_concurrency
+        for index in [i for i in self._workers if i >= wanted and i not in self._busy]:
+            self._workers.pop(index).cancel()
+        loop = asyncio.get_running_loop()
+        for index in range(wanted):
+            if index not in self._workers:
+                self._workers[index] = loop.create_task(self._work(index, queue))
+
+    async def _work(self, index: int, queue: asyncio.Queue[_Start | _Run]) -> None:
+        # The worker's own keep-alive connection to each bridge: it never waits for one.
+        connections: dict[Origin, Connection] = {}
+        try:
+            while index < self.state.bridge.step_concurrency:
+                job = await queue.get()
+                self._busy.add(index)
+                try:
+                    if isinstance(job, _Start):
+                        await self._start(job, connections)
+                    else:
+                        await self._step(job, connections)
+                except Exception:
+                    logger.exception("bridge job failed")
+                    self._finished()
+                finally:
+                    self._busy.discard(index)
+        finally:
+            if self._workers.get(index) is asyncio.current_task():
+                del self._workers[index]
+            for connection in connections.values():
+                await connection.close()
+
+    def _started(self, count: int = 1) -> None:
+        self._active += count
+
+    def _finished(self) -> None:
+        self._active -= 1
+        if self._active <= 0:
+            self._active = 0
+            self._quiet.set()
+
+    # -- one trigger, one step ----------------------------------------------------------------
+
+    async def _start(self, job: _Start, connections: dict[Origin, Connection]) -> None:
+        """Find the trigger's steps and queue each subscriber's first one."""
+        trigger = job.trigger
+        if trigger.cancelled or job.epoch != self.state.epoch:
+            self._finished()
             return
         workflow_id = str(trigger.body.get("name"))
         try:
-            steps = await self._steps(url, workflow_id)
+            url, steps = await self._steps(job.url, workflow_id, connections)
         except BridgeCallFailed as exc:
-            self._failed(epoch, exc.detail)
+            self._failed(job.epoch, exc.detail)
+            self._finished()
             return
         payload = {k: v for k, v in (trigger.body.get("payload") or {}).items() if k != "__source"}
         controls = trigger.body.get("controls") or {}
-        for subscriber in subscribers(trigger.body.get("to")):
-            await self._run_subscriber(
-                trigger, url, epoch, workflow_id, steps, payload, controls, subscriber
+        runs = [
+            _Run(
+                trigger,
+                url,
+                job.epoch,
+                workflow_id,
+                tuple(steps),
+                payload,
+                controls,
+                subscriber,
+                int(time.time() * 1000),
             )
+            for subscriber in subscribers(trigger.body.get("to"))
+            if steps
+        ]
+        self._started(len(runs))
+        self._finished()
+        for run in runs:
+            self._put(run)
 
-    async def _run_subscriber(
-        self,
-        trigger: RecordedTrigger,
-        url: str,
-        epoch: int,
-        workflow_id: str,
-        steps: Iterable[DeclaredStep],
-        payload: dict[str, Any],
-        controls: dict[str, Any],
-        subscriber: dict[str, Any],
-    ) -> None:
-        state: list[dict[str, Any]] = []
-        for step in steps:
-            step_controls = (controls.get("steps") or {}).get(step.step_id) or {}
-            body = {
-                "payload": payload,
-                "controls": step_controls,
-                "state": list(reversed(state)),
-                "subscriber": subscriber,
-                "workflowId": workflow_id,
-                "stepId": step.step_id,
-                "action": "execute",
-            }
-            params = {"action": "execute", "workflowId": workflow_id, "stepId": step.step_id}
-            try:
-                answer = await self._call("POST", url, params, body)
-            except BridgeCallFailed as exc:
-                self._failed(
-                    epoch, {**exc.detail, "workflowId": workflow_id, "stepId": step.step_id}
+    async def _step(self, run: _Run, connections: dict[Origin, Connection]) -> None:
+        """Execute the run's next step; queue the one after it, or hold it for a delay."""
+        if (
+            run.epoch != self.state.epoch
+            or run.trigger.cancelled
+            or len(run.done) == len(run.steps)  # a delay was the last step
+        ):
+            self._finished()
+            return
+        step = run.step
+        step_controls = (run.controls.get("steps") or {}).get(step.step_id) or {}
+        body = {
+            "payload": run.payload,
+            "controls": step_controls,
+            "state": run.state(),
+            "subscriber": run.subscriber,
+            "context": {},
+        }
+        params = {
+            "action": "execute",
+            "workflowId": run.workflow_id,
+            "stepId": step.step_id,
+            "jobId": secrets.token_hex(12),  # a Mongo ObjectId's length, as Novu's job ids
+        }
+        try:
+            if step.type == "digest":
+                raise BridgeCallFailed({"message": "digest steps are not emulated"})
+            answer = await self._call("POST", run.url, params, body, connections)
+            held = delay_seconds(answer.get("outputs")) if step.type == "delay" else None
+        except BridgeCallFailed as exc:
+            self._step_failed(run, exc.detail)
+            self._finished()
+            return
+        if run.epoch != self.state.epoch:
+            self._finished()
+            return  # the emulator was reset meanwhile
+        self.state.counters["bridge_executed"] += 1
+        outputs = answer.get("outputs") or {}
+        if held is not None:
+            run.done.append((step, "completed", {}))
+            until = time.monotonic() + held
+            run.trigger.delayed_until = max(run.trigger.delayed_until or 0.0, until)
+            self._later(held, run)
+            return
+        if (answer.get("options") or {}).get("skip") is True:
+            self.state.counters["bridge_skipped"] += 1
+            status = "skipped"
+        else:
+            status = "completed"
+            if step.type in CHANNEL_TYPES:
+                self.state.record_message(
+                    {
+                        **self._message(run),
+                        "status": "sent",
+                        "outputs": outputs,
+                        "deliveredAt": iso_now(),
+                    }
                 )
-                return
-            if epoch != self.state.epoch:
-                return  # the emulator was reset meanwhile
-            self.state.counters["bridge_executed"] += 1
-            if (answer.get("options") or {}).get("skip") is True:
-                self.state.counters["bridge_skipped"] += 1
-                state.append(
-                    {"stepId": step.step_id, "outputs": {}, "state": {"status": "skipped"}}
-                )
-                continue
-            self.state.record_message(
-                {
-                    "transactionId": trigger.transaction_id,
-                    "workflowId": workflow_id,
-                    "stepId": step.step_id,
-                    "channel": step.type,
-                    "subscriberId": subscriber["subscriberId"],
-                    "outputs": answer.get("outputs") or {},
-                    "deliveredAt": iso_now(),
-                }
-            )
-            result = dict(IN_APP_RESULT) if step.type == "in_app" else {}
-            state.append(
-                {"stepId": step.step_id, "outputs": result, "state": {"status": "completed"}}
-            )
+        result = dict(IN_APP_RESULT) if step.type == "in_app" else {}
+        run.done.append((step, status, outputs if step.type == "custom" else result))
+        if len(run.done) < len(run.steps):
+            self._put(run)
+        else:
+            self._finished()
+
+    def _message(self, run: _Run) -> dict[str, Any]:
+        return {
+            "transactionId": run.trigger.transaction_id,
+            "workflowId": run.workflow_id,
+            "stepId": run.step.step_id,
+            "channel": run.step.type,
+            "subscriberId": run.subscriber["subscriberId"],
+        }
+
+    def _step_failed(self, run: _Run, detail: dict[str, Any]) -> None:
+        if run.epoch != self.state.epoch:
+            return
+        error = {**detail, "workflowId": run.workflow_id, "stepId": run.step.step_id}
+        self.state.counters["bridge_failed_steps"] += 1
+        self.state.messages.append(
+            {**self._message(run), "status": "failed", "error": error, "failedAt": iso_now()}
+        )
+        self._failed(run.epoch, error)
 
     def _failed(self, epoch: int, detail: dict[str, Any]) -> None:
         if epoch != self.state.epoch:
@@ -220,9 +430,24 @@ class BridgeRunner:
         self.state.bridge_last_error = {**detail, "at": iso_now()}
         logger.warning("bridge call failed: %s", detail)
 
-    # -- discovery ---------------------------------------------------------------------------
+    # -- which steps, on which bridge ---------------------------------------------------------
 
-    async def _steps(self, url: str, workflow_id: str) -> list[DeclaredStep]:
+    async def _steps(
+        self, url: str | None, workflow_id: str, connections: dict[Origin, Connection]
+    ) -> tuple[str, list[DeclaredStep]]:
+        """The bridge to run the workflow on and its steps: a synced workflow's own (without
+        discovering, as Novu runs what it stored), else the bridge's declared ones."""
+        known = self.state.workflows.get(workflow_id)
+        if url is None and known is not None and known.bridge_url is not None:
+            steps = [DeclaredStep(step.step_id, step.type) for step in known.steps]
+            return known.bridge_url, steps
+        if url is None:  # the workflow was forgotten (a reset, a sync) while the trigger waited
+            raise BridgeCallFailed({"workflowId": workflow_id, "message": "workflow not synced"})
+        return url, await self._discovered_steps(url, workflow_id, connections)
+
+    async def _discovered_steps(
+        self, url: str, workflow_id: str, connections: dict[Origin, Connection]
+    ) -> list[DeclaredStep]:
         """The workflow's steps as the bridge declares them (cached discovery)."""
         lock = self._discover_locks.setdefault(url, asyncio.Lock())
         async with lock:
@@ -234,9 +459,9 @@ class BridgeRunner:
                 and workflow_id in cached.workflows
             )
             if cached is None or not usable:
-                answer = await self._call("GET", url, {"action": "discover"}, None)
+                answer = await self._call("GET", url, {"action": "discover"}, None, connections)
                 self.state.counters["bridge_discovers"] += 1
-                cached = _Discovery(self.state.epoch, time.monotonic(), _declared_steps(answer))
+                cached = _Discovery(self.state.epoch, time.monotonic(), declared_steps(answer))
                 self._discovered[url] = cached
         steps = cached.workflows.get(workflow_id)
         if steps is None:
@@ -256,50 +481,61 @@ class BridgeRunner:
             "x-novu-signature": signature,
             "content-type": "application/json",
         }
-        return await self._http().get(
+        if self._client is None:
+            self._client = httpx.AsyncClient(follow_redirects=False)
+        return await self._client.get(
             url,
             params={"action": "discover"},
             headers=headers,
             timeout=self.state.bridge.timeout_ms / 1000,
         )
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(follow_redirects=False)
-        return self._client
-
     async def _call(
-        self, method: str, url: str, params: dict[str, str], body: dict[str, Any] | None
+        self,
+        method: str,
+        url: str,
+        params: dict[str, str],
+        body: dict[str, Any] | None,
+        connections: dict[Origin, Connection],
     ) -> dict[str, Any]:
         """One bridge request with Novu's timeout and retries; the JSON object it answers."""
         config = self.state.bridge
         raw = compact_json(body) if body is not None else None
+        origin, target = request_target(url, params)
+        connection = connections.get(origin)
+        if connection is None:
+            connection = connections[origin] = Connection(origin)
         last: dict[str, Any] = {}
         for attempt in range(1, config.attempts + 1):
             if attempt > 1:
                 self.state.counters["bridge_retries"] += 1
                 await asyncio.sleep(config.retry_base_ms / 1000 * 2 ** (attempt - 1))
             signature = novu_signature(self._secret_key, raw if raw is not None else b"{}")
-            headers = {"novu-signature": signature, "x-novu-signature": signature}
+            headers = [("novu-signature", signature), ("x-novu-signature", signature)]
             if raw is not None:
-                headers["content-type"] = "application/json"
+                headers.append(("content-type", "application/json"))
             self.state.counters["bridge_calls"] += 1
             try:
-                response = await self._http().request(
-                    method,
-                    url,
-                    params=params,
-                    content=raw,
-                    headers=headers,
-                    timeout=config.timeout_ms / 1000,
-                )
-            except httpx.TransportError as exc:
+                # Novu's timeout bounds the whole request, connecting and the answer included.
+                async with asyncio.timeout(config.timeout_ms / 1000):
+                    status, answer_body = await connection.request(method, target, headers, raw)
+            except TimeoutError:
+                await connection.close()  # its answer may still come: not on this connection
                 self.state.counters["bridge_failures"] += 1
-                last = {"url": url, "action": params["action"], "message": repr(exc)}
+                last = {
+                    "url": url,
+                    "action": params["action"],
+                    "code": "BRIDGE_REQUEST_TIMEOUT",
+                    "message": f"Timeout: no answer within {config.timeout_ms} ms",
+                }
                 continue
-            if 200 <= response.status_code < 300:
+            except ConnectionFailed as exc:
+                self.state.counters["bridge_failures"] += 1
+                last = {"url": url, "action": params["action"], "message": str(exc)}
+                continue
+            if 200 <= status < 300:
                 try:
-                    answer = response.json()
+                    answer = json.loads(answer_body)
                 except ValueError:
                     answer = None
                 if isinstance(answer, dict):
@@ -309,13 +545,14 @@ class BridgeRunner:
                     {"url": url, "action": params["action"], "message": "answer is not JSON"}
                 )
             self.state.counters["bridge_failures"] += 1
-            last = _error_detail(url, params["action"], response)
-            if response.status_code not in RETRYABLE_STATUSES:
+            last = _error_detail(url, params["action"], status, answer_body)
+            if status not in RETRYABLE_STATUSES:
                 break
         raise BridgeCallFailed(last)
 
 
-def _declared_steps(answer: dict[str, Any]) -> dict[str, list[DeclaredStep]]:
+def declared_steps(answer: dict[str, Any]) -> dict[str, list[DeclaredStep]]:
+    """Each workflow's steps in a bridge's discover answer."""
     declared: dict[str, list[DeclaredStep]] = {}
     for workflow in answer.get("workflows") or []:
         if not isinstance(workflow, dict) or not isinstance(workflow.get("workflowId"), str):
@@ -328,14 +565,14 @@ def _declared_steps(answer: dict[str, Any]) -> dict[str, list[DeclaredStep]]:
     return declared
 
 
-def _error_detail(url: str, action: str, response: httpx.Response) -> dict[str, Any]:
-    detail: dict[str, Any] = {"url": url, "action": action, "statusCode": response.status_code}
+def _error_detail(url: str, action: str, status: int, body: bytes) -> dict[str, Any]:
+    detail: dict[str, Any] = {"url": url, "action": action, "statusCode": status}
     try:
-        body = response.json()
+        document = json.loads(body)
     except ValueError:
-        body = None
-    if isinstance(body, dict):
-        detail.update({k: body[k] for k in ("code", "message", "data") if k in body})
+        document = None
+    if isinstance(document, dict):
+        detail.update({k: document[k] for k in ("code", "message", "data") if k in document})
     else:
-        detail["message"] = response.text[:500]
+        detail["message"] = body[:500].decode("utf-8", "replace")
     return detail

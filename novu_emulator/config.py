@@ -2,10 +2,11 @@
 
     {
       "bridgeUrl": "http://127.0.0.1:8000/api/novu",  # null: no bridge calls
-      "timeoutMs": 5000,            # per bridge request (Novu: 5 s)
-      "attempts": 3,                # in all, for retryable answers (Novu: 3)
-      "retryBaseMs": 1000,          # wait before retry n is retryBaseMs * 2^n (Novu: 2 s, 4 s)
-      "discoverTtlSeconds": 5       # how long a bridge's discover answer is reused
+      "timeoutMs": 5000,            # per bridge request attempt (Novu: 5 s)
+      "attempts": 4,                # in all, for retryable answers (Novu: 1 + 3 retries)
+      "retryBaseMs": 1000,          # wait before retry n is retryBaseMs * 2^n (Novu: 2, 4, 8 s)
+      "discoverTtlSeconds": 5,      # how long a bridge's discover answer is reused
+      "stepConcurrency": 50         # step workers, and HTTP connections, executing steps
     }
 
 Omitted fields take their defaults; `DELETE /_emulator/config` restores the configuration the
@@ -27,9 +28,10 @@ class BridgeConfig(BaseModel):
 
     bridge_url: str | None = Field(default=None, alias="bridgeUrl", max_length=2048)
     timeout_ms: int = Field(default=5000, ge=50, le=60_000, alias="timeoutMs")
-    attempts: int = Field(default=3, ge=1, le=10)
+    attempts: int = Field(default=4, ge=1, le=10)
     retry_base_ms: int = Field(default=1000, ge=0, le=60_000, alias="retryBaseMs")
     discover_ttl_seconds: float = Field(default=5.0, ge=0, le=3600, alias="discoverTtlSeconds")
+    step_concurrency: int = Field(default=50, ge=1, le=1000, alias="stepConcurrency")
 
     @field_validator("bridge_url")
     @classmethod

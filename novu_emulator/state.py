@@ -351,6 +351,7 @@ class EmulatorState:
                 "skipped": self.counters["bridge_skipped"],
                 "delivered": self.counters["bridge_delivered"],
                 "errors": self.counters["bridge_errors"],
+                "failedSteps": self.counters["bridge_failed_steps"],
                 "lastError": self.bridge_last_error,
             },
         }

@@ -1,5 +1,6 @@
 """The emulator's side of the Framework bridge: it executes accepted triggers on a bridge as
-Novu does (discover, signed execute per step and subscriber, retries, skip, messages)."""
+Novu does (discover or synced steps, signed execute per step and subscriber on a bounded pool
+of step workers, retries, skip, delay, failed steps, messages)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -23,11 +25,14 @@ from api.bridge.errors import BridgeError
 from api.bridge.signature import verify_signature
 from devtools.devstack import free_port
 from novu_emulator import start_in_thread
+from novu_emulator.bridge import delay_seconds
 from tests.conftest import REPO
 
 SECRET = "bridge-test-secret"
 AUTH = {"Authorization": f"ApiKey {SECRET}"}
 FAST = {"retryBaseMs": 10, "timeoutMs": 1000}
+# Workflows Novu knows from the start (as if made in its dashboard): run on the configured bridge.
+KNOWN = ("welcome", "later", "undeclared", "slow")
 
 
 @dataclass
@@ -51,8 +56,16 @@ class FakeBridge:
     # stepId -> (status, body) answers used up in turn; then the step succeeds.
     script: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
     delay: float = 0.0
+    # What a `delay` step answers as its outputs.
+    delay_outputs: dict[str, Any] = field(
+        default_factory=lambda: {"type": "regular", "amount": 1, "unit": "seconds"}
+    )
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    in_flight: int = 0
+    most_in_flight: int = 0
+    # (monotonic time, stepId, subscriberId) of each execute answered.
+    answered: list[tuple[float, str, str]] = field(default_factory=list)
 
     def answer(self, request: Received) -> tuple[int, Any]:
         header = request.headers.get("novu-signature")
@@ -73,8 +86,12 @@ class FakeBridge:
             queue = self.script.get(step)
             if queue:
                 return queue.pop(0)
+        subscriber = request.json["subscriber"]["subscriberId"]
+        with self.lock:
+            self.answered.append((time.monotonic(), step, subscriber))
+        outputs = self.delay_outputs if step == "delay" else {"body": f"{step} for {subscriber}"}
         return 200, {
-            "outputs": {"body": f"{step} for {request.json['subscriber']['subscriberId']}"},
+            "outputs": outputs,
             "providers": {},
             "options": {"skip": False},
             "metadata": {"status": "success", "error": False, "duration": 1},
@@ -112,9 +129,15 @@ def bridge() -> Iterator[FakeBridge]:
             )
             with fake.lock:
                 fake.received.append(request)
-            if fake.delay:
-                time.sleep(fake.delay)
-            status, body = fake.answer(request)
+                fake.in_flight += 1
+                fake.most_in_flight = max(fake.most_in_flight, fake.in_flight)
+            try:
+                if fake.delay:
+                    time.sleep(fake.delay)
+                status, body = fake.answer(request)
+            finally:
+                with fake.lock:
+                    fake.in_flight -= 1
             raw = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("content-type", "application/json")
@@ -139,7 +162,7 @@ def bridge() -> Iterator[FakeBridge]:
 @pytest.fixture()
 def novu() -> Iterator[httpx.Client]:
     with (
-        start_in_thread(secret_key=SECRET) as running,
+        start_in_thread(secret_key=SECRET, workflows=KNOWN) as running,
         httpx.Client(base_url=running.url, headers=AUTH, timeout=10.0) as http,
     ):
         yield http
@@ -211,14 +234,16 @@ def test_config_is_shown_replaced_validated_and_restored(novu, bridge):
         "attempts": 2,
         "retryBaseMs": 10,
         "discoverTtlSeconds": 5.0,
+        "stepConcurrency": 50,
     }
     assert novu.get("/_emulator/config").json() == shown
     bad = novu.post("/_emulator/config", json={"bridgeUrl": "ftp://x"})
     assert bad.status_code == 400
     assert novu.post("/_emulator/config", json={"attempts": 0}).status_code == 400
     assert novu.post("/_emulator/config", json={"nope": 1}).status_code == 400
+    assert novu.post("/_emulator/config", json={"stepConcurrency": 0}).status_code == 400
     restored = novu.delete("/_emulator/config").json()
-    assert restored["bridgeUrl"] is None and restored["attempts"] == 3
+    assert restored["bridgeUrl"] is None and restored["attempts"] == 4
 
 
 def test_bridge_url_given_at_start_is_the_default_and_survives_reset(bridge):
@@ -246,7 +271,8 @@ def test_each_step_is_executed_signed_and_recorded_per_subscriber(novu, bridge):
     discover = bridge.discovers()[0]
     assert discover.method == "GET"
     assert discover.headers["novu-signature"] == discover.headers["x-novu-signature"]
-    executes = bridge.executes()
+    # Subscribers run side by side; each one's steps in order.
+    executes = sorted(bridge.executes(), key=lambda r: r.json["subscriber"]["subscriberId"])
     assert [(r.json["subscriber"]["subscriberId"], r.query["stepId"]) for r in executes] == [
         ("sub-1", "email"),
         ("sub-1", "in_app"),
@@ -254,19 +280,14 @@ def test_each_step_is_executed_signed_and_recorded_per_subscriber(novu, bridge):
         ("sub-2", "in_app"),
     ]
     first, second = executes[0], executes[1]
+    job_id = first.query.pop("jobId")
+    assert len(job_id) == 24 and job_id != second.query["jobId"]
     assert first.query == {"action": "execute", "workflowId": "welcome", "stepId": "email"}
     assert first.headers["content-type"] == "application/json"
-    assert set(first.json) == {
-        "payload",
-        "controls",
-        "state",
-        "subscriber",
-        "workflowId",
-        "stepId",
-        "action",
-    }
+    # Novu's worker names the workflow and step in the query only (execute-bridge-job).
+    assert set(first.json) == {"payload", "controls", "state", "subscriber", "context"}
     assert first.json["payload"] == {"firstName": "Ada"}
-    assert first.json["action"] == "execute"
+    assert first.json["context"] == {}
     assert first.json["state"] == []
     # Compact JSON, as JavaScript's JSON.stringify writes it, and signed over those bytes.
     assert first.body == json.dumps(first.json, separators=(",", ":")).encode()
@@ -286,9 +307,11 @@ def test_each_step_is_executed_signed_and_recorded_per_subscriber(novu, bridge):
         "stepId",
         "channel",
         "subscriberId",
+        "status",
         "outputs",
         "deliveredAt",
     }
+    assert message["status"] == "sent"
     assert message["transactionId"] == transaction_id
     assert (message["workflowId"], message["stepId"], message["channel"]) == (
         "welcome",
@@ -300,6 +323,7 @@ def test_each_step_is_executed_signed_and_recorded_per_subscriber(novu, bridge):
     stats = bridge_stats(novu)
     assert (stats["calls"], stats["discovers"], stats["delivered"]) == (5, 1, 4)
     assert (stats["failures"], stats["errors"], stats["retries"]) == (0, 0, 0)
+    assert stats["failedSteps"] == 0
 
 
 def test_in_app_state_reports_seen_and_read_to_the_next_step(novu, bridge):
@@ -316,15 +340,21 @@ def test_in_app_state_reports_seen_and_read_to_the_next_step(novu, bridge):
     ]
 
 
-def test_skipped_step_delivers_nothing(novu, bridge):
+def test_skipped_step_delivers_nothing_and_reports_its_type_s_outputs(novu, bridge):
     bridge.script["in_app"] = [(200, skip_answer())]
     bridge.workflows["welcome"] = ["in_app", "email"]
     configure(novu, bridge)
     transaction_id = trigger(novu)
     wait_until(settled(novu, 2))
     assert [m["stepId"] for m in messages(novu, transactionId=transaction_id)] == ["email"]
+    # Novu maps a prior job's outputs by its type whatever its status: a skipped in-app step
+    # has no message, so Novu sends the in-app fallback.
     assert bridge.executes()[1].json["state"] == [
-        {"stepId": "in_app", "outputs": {}, "state": {"status": "skipped"}}
+        {
+            "stepId": "in_app",
+            "outputs": {"seen": False, "read": False, "lastSeenDate": None, "lastReadDate": None},
+            "state": {"status": "skipped"},
+        }
     ]
     stats = bridge_stats(novu)
     assert (stats["executed"], stats["skipped"], stats["delivered"]) == (2, 1, 1)
@@ -357,14 +387,20 @@ def test_retryable_answers_are_retried(novu, bridge, status):
     assert stats["calls"] == 1 + 3 + 1
 
 
-def test_retries_stop_after_three_attempts_and_end_the_subscribers_run(novu, bridge):
+def test_retries_stop_after_four_attempts_and_end_the_subscribers_run(novu, bridge):
     bridge.script["email"] = [(503, {"message": "down"})] * 5
     configure(novu, bridge)
     transaction_id = trigger(novu)
     wait_until(lambda: bridge_stats(novu)["errors"] == 1)
-    assert len(bridge.executes()) == 3  # in_app is never run
-    assert messages(novu, transactionId=transaction_id) == []
-    last = bridge_stats(novu)["lastError"]
+    time.sleep(0.1)
+    assert len(bridge.executes()) == 4  # Novu's 3 retries; in_app is never run
+    [failed] = messages(novu, transactionId=transaction_id)
+    assert (failed["status"], failed["stepId"], failed["channel"]) == ("failed", "email", "email")
+    assert failed["error"]["statusCode"] == 503 and failed["error"]["message"] == "down"
+    assert "deliveredAt" not in failed and failed["failedAt"]
+    stats = bridge_stats(novu)
+    assert (stats["failedSteps"], stats["retries"], stats["delivered"]) == (1, 3, 0)
+    last = stats["lastError"]
     assert last["statusCode"] == 503 and last["stepId"] == "email"
 
 
@@ -394,7 +430,7 @@ def test_unreachable_bridge_is_counted(novu):
     novu.post("/_emulator/config", json={"bridgeUrl": f"http://127.0.0.1:{free_port()}/x", **FAST})
     trigger(novu)
     wait_until(lambda: bridge_stats(novu)["errors"] == 1)
-    assert bridge_stats(novu)["calls"] == 3
+    assert bridge_stats(novu)["calls"] == 4
 
 
 def test_bridge_url_in_the_trigger_body_is_honoured(novu, bridge):
@@ -421,15 +457,17 @@ def test_workflow_the_bridge_does_not_declare_is_an_error(novu, bridge):
     wait_until(lambda: bridge_stats(novu)["errors"] == 1)
     assert bridge.executes() == []
     assert bridge_stats(novu)["lastError"]["message"] == "workflow not discovered"
+    # Not a step: nothing to list as failed.
+    assert bridge_stats(novu)["failedSteps"] == 0 and messages(novu) == []
 
 
-def test_cancelled_held_trigger_is_never_executed(novu, bridge):
+def test_a_queued_trigger_without_a_delay_cannot_be_cancelled(novu, bridge):
+    # Novu cancels only jobs held in a delay (or digest): channel steps are not.
     configure(novu, bridge)
-    novu.post("/_emulator/faults", json={"holdSeconds": 0.5})
+    novu.post("/_emulator/faults", json={"holdSeconds": 0.3})
     transaction_id = trigger(novu)
-    assert novu.delete(f"/v1/events/trigger/{transaction_id}").json() == {"data": True}
-    time.sleep(0.8)
-    assert bridge.executes() == []
+    assert novu.delete(f"/v1/events/trigger/{transaction_id}").json() == {"data": False}
+    wait_until(lambda: len(messages(novu, transactionId=transaction_id)) == 2)
 
 
 def test_held_trigger_runs_when_its_hold_ends(novu, bridge):
@@ -443,6 +481,8 @@ def test_held_trigger_runs_when_its_hold_ends(novu, bridge):
 
 def test_duplicate_transaction_is_executed_once(novu, bridge):
     configure(novu, bridge)
+    # No deduplication race: the second trigger is dropped however soon it comes.
+    novu.post("/_emulator/faults", json={"dedupeRaceWindowMs": 0})
     transaction_id = trigger(novu)
     trigger(novu, transactionId=transaction_id)
     wait_until(settled(novu, 2))
@@ -466,6 +506,191 @@ def test_reset_forgets_messages_and_bridge_counters(novu, bridge):
     assert messages(novu) == []
     assert bridge_stats(novu)["calls"] == 0
     assert novu.get("/_emulator/config").json()["bridgeUrl"] is None
+
+
+# --- step workers ------------------------------------------------------------------------
+
+
+def test_failed_steps_are_listed_and_filtered_by_status(novu, bridge):
+    error = {"message": "bad payload", "code": "ExecutionEventPayloadInvalidError", "data": []}
+    bridge.script["in_app"] = [(400, error)]
+    configure(novu, bridge)
+    transaction_id = trigger(novu, to=["sub-1", "sub-2"])
+    wait_until(lambda: bridge_stats(novu)["executed"] + bridge_stats(novu)["failedSteps"] == 4)
+    [failed] = messages(novu, status="failed")
+    assert failed["transactionId"] == transaction_id and failed["stepId"] == "in_app"
+    assert failed["error"]["code"] == "ExecutionEventPayloadInvalidError"
+    assert failed["error"]["statusCode"] == 400
+    sent = {(m["subscriberId"], m["stepId"]) for m in messages(novu, status="sent")}
+    everything = {(who, step) for who in ("sub-1", "sub-2") for step in ("email", "in_app")}
+    assert sent == everything - {(failed["subscriberId"], "in_app")}
+    stats = bridge_stats(novu)
+    assert (stats["failedSteps"], stats["delivered"], stats["errors"]) == (1, 3, 1)
+
+
+def test_steps_run_on_a_bounded_pool_of_workers(novu, bridge):
+    bridge.delay = 0.05
+    configure(novu, bridge, stepConcurrency=4)
+    for n in range(12):
+        trigger(novu, to=f"s-{n}")
+    wait_until(settled(novu, 24))
+    # Different notifications ran side by side, never more than the pool's size at once.
+    assert bridge.most_in_flight == 4
+    for n in range(12):
+        steps = [
+            (s, r.json["state"])
+            for r in bridge.executes()
+            if (s := r.query["stepId"]) and r.json["subscriber"]["subscriberId"] == f"s-{n}"
+        ]
+        assert [s for s, _ in steps] == ["email", "in_app"]
+        assert [entry["stepId"] for entry in steps[1][1]] == ["email"]
+
+
+def test_waiting_for_a_worker_is_not_part_of_the_request_timeout(novu, bridge):
+    # 30 steps of 0.1 s on 2 workers take 1.5 s; each request alone is well inside 0.4 s.
+    bridge.delay = 0.1
+    configure(novu, bridge, stepConcurrency=2, timeoutMs=400, attempts=1)
+    for n in range(15):
+        trigger(novu, to=f"s-{n}")
+    wait_until(settled(novu, 30))
+    stats = bridge_stats(novu)
+    assert (stats["executed"], stats["failures"], stats["errors"]) == (30, 0, 0)
+    assert bridge.most_in_flight == 2
+
+
+def test_a_smaller_pool_takes_effect_for_later_steps(novu, bridge):
+    bridge.delay = 0.05
+    configure(novu, bridge, stepConcurrency=8)
+    for n in range(8):
+        trigger(novu, to=f"a-{n}")
+    wait_until(settled(novu, 16))
+    assert bridge.most_in_flight > 1
+    configure(novu, bridge, stepConcurrency=1)
+    bridge.most_in_flight = 0
+    for n in range(6):
+        trigger(novu, to=f"b-{n}")
+    wait_until(settled(novu, 28))
+    assert bridge.most_in_flight == 1
+
+
+# --- delay steps ---------------------------------------------------------------------------
+
+
+def answered_at(bridge: FakeBridge, step: str, subscriber: str = "sub-1") -> float:
+    [at] = [at for at, s, who in bridge.answered if (s, who) == (step, subscriber)]
+    return at
+
+
+def test_a_delay_step_holds_the_run_then_goes_on(novu, bridge):
+    bridge.workflows["welcome"] = ["email", "delay", "in_app"]
+    bridge.delay_outputs = {"type": "regular", "amount": 0.6, "unit": "seconds"}
+    configure(novu, bridge)
+    transaction_id = trigger(novu)
+    wait_until(lambda: len(messages(novu, transactionId=transaction_id)) == 2)
+    held = answered_at(bridge, "in_app") - answered_at(bridge, "delay")
+    assert 0.55 <= held < 2.0
+    delay_call, in_app_call = bridge.executes()[1:]
+    assert delay_call.query["stepId"] == "delay"
+    assert delay_call.json["state"] == [
+        {"stepId": "email", "outputs": {}, "state": {"status": "completed"}}
+    ]
+    # A completed delay reports how long since Novu created the jobs, as Novu's worker does.
+    latest, earliest = in_app_call.json["state"]
+    assert latest["stepId"] == "delay" and latest["state"] == {"status": "completed"}
+    assert set(latest["outputs"]) == {"duration"} and latest["outputs"]["duration"] >= 550
+    assert earliest == {"stepId": "email", "outputs": {}, "state": {"status": "completed"}}
+    # A delay is not a message.
+    delivered = messages(novu, transactionId=transaction_id)
+    assert [m["stepId"] for m in delivered] == ["email", "in_app"]
+    stats = bridge_stats(novu)
+    assert (stats["executed"], stats["delivered"]) == (3, 2)
+
+
+def test_a_trigger_can_be_cancelled_while_its_delay_holds_it(novu, bridge):
+    bridge.workflows["welcome"] = ["email", "delay", "in_app"]
+    bridge.delay_outputs = {"type": "regular", "amount": 0.5, "unit": "seconds"}
+    configure(novu, bridge)
+    transaction_id = trigger(novu)
+    wait_until(lambda: any(r.query["stepId"] == "delay" for r in bridge.executes()))
+    time.sleep(0.05)
+    assert novu.delete(f"/v1/events/trigger/{transaction_id}").json() == {"data": True}
+    time.sleep(0.8)
+    assert [r.query["stepId"] for r in bridge.executes()] == ["email", "delay"]
+    assert [m["stepId"] for m in messages(novu, transactionId=transaction_id)] == ["email"]
+
+
+def test_a_trigger_whose_delay_ended_cannot_be_cancelled(novu, bridge):
+    bridge.workflows["welcome"] = ["delay", "email"]
+    bridge.delay_outputs = {"type": "regular", "amount": 0.1, "unit": "seconds"}
+    configure(novu, bridge)
+    transaction_id = trigger(novu)
+    assert novu.delete(f"/v1/events/trigger/{transaction_id}").json() == {"data": False}
+    wait_until(lambda: len(messages(novu, transactionId=transaction_id)) == 1)
+    assert novu.delete(f"/v1/events/trigger/{transaction_id}").json() == {"data": False}
+
+
+def test_a_held_run_occupies_no_worker(novu, bridge):
+    bridge.workflows["slow"] = ["delay", "email"]
+    bridge.delay_outputs = {"type": "regular", "amount": 1, "unit": "seconds"}
+    configure(novu, bridge, stepConcurrency=1)
+    held = trigger(novu, name="slow")
+    wait_until(lambda: any(r.query["stepId"] == "delay" for r in bridge.executes()))
+    quick = trigger(novu)
+    wait_until(lambda: len(messages(novu, transactionId=quick)) == 2, timeout=0.8)
+    assert messages(novu, transactionId=held) == []
+    wait_until(lambda: len(messages(novu, transactionId=held)) == 1)
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        {"type": "regular", "amount": 1, "unit": "fortnights"},
+        {"type": "regular", "unit": "seconds"},
+        {"type": "timed", "cron": "0 9 * * *"},
+    ],
+)
+def test_a_delay_novu_cannot_run_fails_the_step(novu, bridge, outputs):
+    bridge.workflows["welcome"] = ["delay", "email"]
+    bridge.delay_outputs = outputs
+    configure(novu, bridge)
+    transaction_id = trigger(novu)
+    wait_until(lambda: bridge_stats(novu)["failedSteps"] == 1)
+    [failed] = messages(novu, transactionId=transaction_id)
+    assert (failed["status"], failed["stepId"]) == ("failed", "delay")
+    time.sleep(0.1)
+    assert [r.query["stepId"] for r in bridge.executes()] == ["delay"]
+
+
+@pytest.mark.parametrize(
+    ("amount", "unit", "seconds"),
+    [(90, "seconds", 90), (2, "minutes", 120), (1.5, "hours", 5400), (1, "weeks", 604_800)],
+)
+def test_delay_units(amount, unit, seconds):
+    assert delay_seconds({"type": "regular", "amount": amount, "unit": unit}) == seconds
+
+
+def test_months_are_calendar_months():
+    january = datetime(2026, 1, 31, tzinfo=UTC)
+    assert delay_seconds({"amount": 1, "unit": "months"}, january) == 28 * 86400
+    assert delay_seconds({"amount": 12, "unit": "months"}, january) == 365 * 86400
+
+
+# --- synced workflows ----------------------------------------------------------------------
+
+
+def test_a_synced_workflow_runs_its_stored_steps_without_discovering(novu, bridge):
+    bridge.workflows["welcome"] = ["email", "sms"]
+    synced = novu.post("/v1/bridge/sync", params={"source": "test"}, json={"bridgeUrl": bridge.url})
+    assert synced.status_code == 201, synced.text
+    novu.post("/_emulator/config", json={**novu.get("/_emulator/config").json(), **FAST})
+    calls_at_sync = len(bridge.discovers())
+    # The bridge now declares other steps: Novu runs what it stored at sync time.
+    bridge.workflows["welcome"] = ["in_app"]
+    transaction_id = trigger(novu)
+    wait_until(lambda: len(messages(novu, transactionId=transaction_id)) == 2)
+    assert [m["stepId"] for m in messages(novu, transactionId=transaction_id)] == ["email", "sms"]
+    assert len(bridge.discovers()) == calls_at_sync
+    assert bridge_stats(novu)["discovers"] == 0
 
 
 # --- the command line --------------------------------------------------------------------
