@@ -218,6 +218,12 @@ GRACE = {
 TOPIC = {"type": "Topic", "topicKey": "building-7"}
 
 
+def _signup(client: Any, tenant: Any, headers: dict[str, str] | None = None, **fields: Any) -> Any:
+    """POST /api/trigger of a user-signup with these fields (its payload unless given)."""
+    body = {"workflowId": "user-signup", "payload": signup_payload(), **fields}
+    return client.post("/api/trigger", json=body, headers={**tenant.headers, **(headers or {})})
+
+
 def _stored(notification_id: int) -> tuple[list[str], Any]:
     with transaction() as session:
         row = session.get(Notification, notification_id)
@@ -227,16 +233,7 @@ def _stored(notification_id: int) -> tuple[list[str], Any]:
 
 def test_recipients_may_be_subscriber_objects_and_topics_and_read_back_as_given(client, tenant):
     given = ["ada-1815", GRACE, TOPIC, {"subscriberId": "alan", "phone": None}]
-    response = client.post(
-        "/api/trigger",
-        json={
-            "workflowId": "user-signup",
-            "payload": signup_payload(),
-            "recipients": given,
-            "scheduledFor": _later(),
-        },
-        headers=tenant.headers,
-    )
+    response = _signup(client, tenant, recipients=given, scheduledFor=_later())
     assert response.status_code == 202, response.text
     notification_id = response.json()["notificationId"]
     keys, objects = _stored(notification_id)
@@ -249,26 +246,13 @@ def test_recipients_may_be_subscriber_objects_and_topics_and_read_back_as_given(
 
 
 def test_bare_subscriber_ids_keep_no_recipient_objects(client, tenant):
-    response = client.post(
-        "/api/trigger",
-        json={
-            "workflowId": "user-signup",
-            "payload": signup_payload(),
-            "recipients": ["a-1", "b.2@example.com"],
-            "scheduledFor": _later(),
-        },
-        headers=tenant.headers,
-    )
+    response = _signup(client, tenant, recipients=["a-1", "b.2@example.com"], scheduledFor=_later())
     assert response.status_code == 202, response.text
     assert _stored(response.json()["notificationId"]) == (["a-1", "b.2@example.com"], None)
 
 
 def _refused_fields(client: Any, tenant: Any, **body: Any) -> dict[str, str]:
-    response = client.post(
-        "/api/trigger",
-        json={"workflowId": "user-signup", "payload": signup_payload(), **body},
-        headers=tenant.headers,
-    )
+    response = _signup(client, tenant, **body)
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["code"] == "validation_error"
@@ -324,14 +308,7 @@ def test_subscriber_data_is_bounded_in_size_and_depth(client, tenant):
 
 
 def test_a_subscriber_derived_from_the_payload_novu_would_refuse_is_422(client, tenant):
-    response = client.post(
-        "/api/trigger",
-        json={
-            "workflowId": "user-signup",
-            "payload": {**signup_payload(), "userId": "no spaces please"},
-        },
-        headers=tenant.headers,
-    )
+    response = _signup(client, tenant, payload={**signup_payload(), "userId": "no spaces please"})
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["code"] == "invalid_recipient"
@@ -339,19 +316,12 @@ def test_a_subscriber_derived_from_the_payload_novu_would_refuse_is_422(client, 
 
 
 def test_the_same_key_with_another_recipient_object_is_another_body(client, tenant):
-    body = {
-        "workflowId": "user-signup",
-        "payload": signup_payload(),
-        "recipients": [GRACE],
-        "scheduledFor": _later(),
-    }
-    headers = {**tenant.headers, "Idempotency-Key": "recipient-object"}
-    first = client.post("/api/trigger", json=body, headers=headers)
-    again = client.post("/api/trigger", json=body, headers=headers)
-    other = client.post(
-        "/api/trigger",
-        json={**body, "recipients": [{**GRACE, "email": "hopper@example.com"}]},
-        headers=headers,
+    body = {"payload": signup_payload(), "recipients": [GRACE], "scheduledFor": _later()}
+    key = {"Idempotency-Key": "recipient-object"}
+    first = _signup(client, tenant, key, **body)
+    again = _signup(client, tenant, key, **body)
+    other = _signup(
+        client, tenant, key, **{**body, "recipients": [{**GRACE, "email": "hopper@example.com"}]}
     )
     assert first.status_code == again.status_code == 202
     assert again.headers.get("Idempotency-Replay") == "true"
@@ -360,15 +330,7 @@ def test_the_same_key_with_another_recipient_object_is_another_body(client, tena
 
 
 def test_tenant_data_postgresql_cannot_store_is_422(client, tenant):
-    response = client.post(
-        "/api/trigger",
-        json={
-            "workflowId": "user-signup",
-            "payload": signup_payload(),
-            "recipients": [{"subscriberId": "x", "data": {"note": "nul\u0000"}}],
-        },
-        headers=tenant.headers,
-    )
+    response = _signup(client, tenant, recipients=[{"subscriberId": "x", "data": {"n": "\u0000"}}])
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_value"
 
@@ -381,15 +343,9 @@ def test_a_trigger_whose_novu_event_would_be_over_novus_limit_is_413(client, ten
     # lower limit, with the same arithmetic.
     monkeypatch.setattr(intake, "NOVU_EVENT_MAX_BYTES", 60_000)
     payload = {**signup_payload(), "blob": "p" * 30_000}
-    fits = {
-        "workflowId": "user-signup",
-        "payload": payload,
-        "scheduledFor": _later(),
-        "overrides": {"email": {"note": "o" * 25_000}},
-    }
-    over = {**fits, "overrides": {"email": {"note": "o" * 30_000}}}
-    assert client.post("/api/trigger", json=fits, headers=tenant.headers).status_code == 202
-    response = client.post("/api/trigger", json=over, headers=tenant.headers)
+    fits = {"payload": payload, "scheduledFor": _later(), "overrides": {"e": {"n": "o" * 25_000}}}
+    assert _signup(client, tenant, **fits).status_code == 202
+    response = _signup(client, tenant, **{**fits, "overrides": {"e": {"n": "o" * 30_000}}})
     assert response.status_code == 413, response.text
     error = response.json()["error"]
     assert error["code"] == "event_too_large"
@@ -400,13 +356,12 @@ def test_intake_sizes_the_novu_event_as_the_worker_builds_it(client, tenant, mon
     """Intake's estimate of the event without rendered content is never below the event the
     worker builds, and above it by no more than the metadata's widest values."""
     body = {
-        "workflowId": "user-signup",
         "payload": {**signup_payload(), "note": "é" * 2_000},
         "recipients": [GRACE, "ada-1815", TOPIC],
         "overrides": {"email": {"replyTo": "desk@example.com"}},
         "scheduledFor": _later(),
     }
-    response = client.post("/api/trigger", json=body, headers=tenant.headers)
+    response = _signup(client, tenant, **body)
     assert response.status_code == 202, response.text
     with transaction() as session:
         row = session.get(Notification, response.json()["notificationId"])
@@ -428,6 +383,6 @@ def test_intake_sizes_the_novu_event_as_the_worker_builds_it(client, tenant, mon
     real = len(canonical_json(event))
 
     monkeypatch.setattr(intake, "NOVU_EVENT_MAX_BYTES", real - 1)
-    assert client.post("/api/trigger", json=body, headers=tenant.headers).status_code == 413
+    assert _signup(client, tenant, **body).status_code == 413
     monkeypatch.setattr(intake, "NOVU_EVENT_MAX_BYTES", real + 100)
-    assert client.post("/api/trigger", json=body, headers=tenant.headers).status_code == 202
+    assert _signup(client, tenant, **body).status_code == 202
