@@ -18,6 +18,8 @@ from tests.conftest import signup_payload, wait_for_status
 from tests.factories import create_template, create_workflow
 
 pytestmark = pytest.mark.integration
+novu_models = pytest.importorskip("novu_py.models")
+novu_utils = pytest.importorskip("novu_py.utils")
 
 NOVU_EVENT_MAX_BYTES = 524_288
 
@@ -93,6 +95,10 @@ def test_subscriber_objects_and_topics_reach_novu_as_given(client, tenant, worke
     ]
     read = client.get(f"/api/notifications/{notification_id}", headers=tenant.headers)
     assert read.json()["recipients"][0] == grace
+    # Novu's own SDK reads the body as a trigger and writes it back the same.
+    sdk = novu_models.TriggerEventRequestDto
+    body = event_body(event)
+    assert json.loads(novu_utils.marshal_json(sdk.model_validate(body), sdk)) == body
 
 
 def test_an_event_its_rendered_content_would_push_over_512_kb_is_sent_without_it(
