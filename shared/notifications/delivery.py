@@ -145,6 +145,7 @@ class _Flight:
     rows: list[ClaimedRow]
     prepared: dict[int, PreparedTrigger]
     decided: list[AttemptOutcome]
+    claim: str  # see _claim_token
     bulk: Future[CallResult] | None = None
     singles: list[Future[CallResult]] = field(default_factory=list)
 
@@ -282,20 +283,21 @@ def _launch(
         except PermanentDeliveryError as exc:
             error = {"code": exc.code, "message": str(exc), "attempt": row.attempts}
             decided.append(AttemptOutcome(row.id, row.attempts, S.FAILED, error=error))
-    flight = _Flight(rows=rows, prepared=prepared, decided=decided)
+    flight = _Flight(rows=rows, prepared=prepared, decided=decided, claim=_claim_token())
     to_send = [row for row in rows if row.id in prepared]
+    claim = flight.claim
     spent = 0
     if len(to_send) == SUB_BATCH_SIZE:
         events = [prepared[row.id].event for row in to_send]
-        # Deterministic for this set of attempts, new for every retry.
-        key = bulk_idempotency_key([f"{row.transaction_id}-{row.attempts}" for row in to_send])
+        attempts = [f"{row.transaction_id}-{row.attempts}" for row in to_send]
+        key = bulk_idempotency_key([claim, *attempts])
         flight.bulk = _start(partial(run.novu.trigger_bulk, events, idempotency_key=key), executor)
         spent = BULK_TRIGGER_TOKENS
     elif to_send:
         # Fewer than a hundred cost fewer tokens as single triggers. A lone one is sent from the
         # task thread: a hand-off to a pool thread and back would only add CPU and latency.
         pool = run.pool if len(to_send) > 1 else None
-        flight.singles = _send_singles(to_send, prepared, run.novu, pool)
+        flight.singles = _send_singles(to_send, prepared, run.novu, pool, claim)
         spent = len(to_send) * TRIGGER_TOKENS
     if run.budget is not None and spent < len(chunk):
         run.budget.refund(len(chunk) - spent)
@@ -313,16 +315,24 @@ def _start(
     return done
 
 
+def _claim_token() -> str:
+    """What makes a claim's Idempotency-Keys new: an attempt Novu throttled or refused for an
+    unknown workflow is given back, so the next claim has the same attempt number, and Novu
+    replays a key's stored answer (its 422 included) for 24 h."""
+    return uuid.uuid4().hex[:12]
+
+
 def _send_singles(
     rows: Sequence[ClaimedRow],
     prepared: dict[int, PreparedTrigger],
     novu: NovuClient,
     executor: Executor | None,
+    claim: str,
 ) -> list[Future[CallResult]]:
-    """One single trigger per row, each with its attempt's Idempotency-Key."""
+    """One single trigger per row, each with its claim's own Idempotency-Key."""
     calls = []
     for row in rows:
-        key = attempt_idempotency_key(row.transaction_id, row.attempts)
+        key = f"{attempt_idempotency_key(row.transaction_id, row.attempts)}-{claim}"
         calls.append(_start(partial(_trigger_one, novu, prepared[row.id].event, key), executor))
     return calls
 
@@ -512,7 +522,7 @@ def _one_by_one(run: _Run, rows: Sequence[ClaimedRow], flight: _Flight) -> list[
             delay = reservation.wait * random.uniform(1.0, 1.5)
             return _put_back(run, rows, refused, "novu_rate_limited", delay)
         time.sleep(reservation.wait)
-    calls = _send_singles(rows, flight.prepared, run.novu, run.pool)
+    calls = _send_singles(rows, flight.prepared, run.novu, run.pool, flight.claim)
     return _single_outcomes(run, rows, calls, flight)
 
 

@@ -112,6 +112,28 @@ def test_novus_429_never_uses_an_attempt_nor_fails_the_notification(
     assert len(_events(emulator, accepted["transactionId"])) == 1
 
 
+def test_a_workflow_novu_does_not_know_yet_waits_without_using_an_attempt(
+    client, tenant, worker, emulator
+):
+    emulator.delete("/_emulator/workflows/user-signup")  # Novu does not know it (yet)
+    accepted = _trigger(client, tenant)
+    _wait_until(
+        lambda: (
+            (_row(accepted["notificationId"]).error_details or {}).get("code")
+            == "novu_workflow_not_synced"
+        ),
+        what="Novu's 422 workflow_not_found",
+    )
+    row = _row(accepted["notificationId"])
+    assert (row.notification_status, row.attempts) == (NotificationStatus.PENDING, 0)
+    # Known now (the sync the worker asked for, or by hand): the next try is sent with a new
+    # Idempotency-Key, or Novu would replay its stored 422.
+    emulator.put("/_emulator/workflows/user-signup", json={})
+    row = wait_for_status(client, tenant, accepted["notificationId"], {"SENT", "FAILED"})
+    assert (row["notification_status"], row["attempts"]) == ("SENT", 1)
+    assert len(_events(emulator, accepted["transactionId"])) == 1
+
+
 def test_an_ambiguous_failure_is_not_sent_again_within_a_second(client, tenant, worker, emulator):
     # Novu's transactionId check is not atomic: two sends close together could both run.
     emulator.put("/_emulator/workflows/user-signup", json={})
