@@ -58,7 +58,7 @@ import httpx
 
 from novu_emulator.bridge_client import Connection, ConnectionFailed, Origin, request_target
 from novu_emulator.config import is_http_url
-from novu_emulator.state import EmulatorState, RecordedTrigger, iso_now
+from novu_emulator.state import EmulatorState, RecordedTrigger, WorkflowStep, iso_now
 
 logger = logging.getLogger(__name__)
 
@@ -90,16 +90,10 @@ def novu_signature(secret_key: str, body: bytes, timestamp_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class DeclaredStep:
-    step_id: str
-    type: str
-
-
-@dataclass(frozen=True, slots=True)
 class _Discovery:
     epoch: int
     at: float
-    workflows: dict[str, list[DeclaredStep]]
+    workflows: dict[str, list[WorkflowStep]]
 
 
 class BridgeCallFailed(Exception):
@@ -155,15 +149,15 @@ class _Run:
     url: str
     epoch: int
     workflow_id: str
-    steps: tuple[DeclaredStep, ...]
+    steps: tuple[WorkflowStep, ...]
     payload: dict[str, Any]
     controls: dict[str, Any]
     subscriber: dict[str, Any]
     created_ms: int  # when Novu creates the jobs; a delay's `duration` counts from it
-    done: list[tuple[DeclaredStep, str, dict[str, Any]]] = field(default_factory=list)
+    done: list[tuple[WorkflowStep, str, dict[str, Any]]] = field(default_factory=list)
 
     @property
-    def step(self) -> DeclaredStep:
+    def step(self) -> WorkflowStep:
         return self.steps[len(self.done)]
 
     def state(self) -> list[dict[str, Any]]:
@@ -434,20 +428,19 @@ class BridgeRunner:
 
     async def _steps(
         self, url: str | None, workflow_id: str, connections: dict[Origin, Connection]
-    ) -> tuple[str, list[DeclaredStep]]:
+    ) -> tuple[str, list[WorkflowStep]]:
         """The bridge to run the workflow on and its steps: a synced workflow's own (without
         discovering, as Novu runs what it stored), else the bridge's declared ones."""
         known = self.state.workflows.get(workflow_id)
         if url is None and known is not None and known.bridge_url is not None:
-            steps = [DeclaredStep(step.step_id, step.type) for step in known.steps]
-            return known.bridge_url, steps
+            return known.bridge_url, list(known.steps)
         if url is None:  # the workflow was forgotten (a reset, a sync) while the trigger waited
             raise BridgeCallFailed({"workflowId": workflow_id, "message": "workflow not synced"})
         return url, await self._discovered_steps(url, workflow_id, connections)
 
     async def _discovered_steps(
         self, url: str, workflow_id: str, connections: dict[Origin, Connection]
-    ) -> list[DeclaredStep]:
+    ) -> list[WorkflowStep]:
         """The workflow's steps as the bridge declares them (cached discovery)."""
         lock = self._discover_locks.setdefault(url, asyncio.Lock())
         async with lock:
@@ -551,14 +544,14 @@ class BridgeRunner:
         raise BridgeCallFailed(last)
 
 
-def declared_steps(answer: dict[str, Any]) -> dict[str, list[DeclaredStep]]:
+def declared_steps(answer: dict[str, Any]) -> dict[str, list[WorkflowStep]]:
     """Each workflow's steps in a bridge's discover answer."""
-    declared: dict[str, list[DeclaredStep]] = {}
+    declared: dict[str, list[WorkflowStep]] = {}
     for workflow in answer.get("workflows") or []:
         if not isinstance(workflow, dict) or not isinstance(workflow.get("workflowId"), str):
             continue
         declared[workflow["workflowId"]] = [
-            DeclaredStep(step_id=str(step["stepId"]), type=str(step.get("type", "")))
+            WorkflowStep(step_id=str(step["stepId"]), type=str(step.get("type", "")))
             for step in workflow.get("steps") or []
             if isinstance(step, dict) and "stepId" in step
         ]

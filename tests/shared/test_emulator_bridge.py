@@ -64,6 +64,11 @@ class FakeBridge:
     lock: threading.Lock = field(default_factory=threading.Lock)
     in_flight: int = 0
     most_in_flight: int = 0
+    # HTTP/1.1 keep-alive; and closing each connection after its answer without saying so, as
+    # a server does with a connection idle past its keep-alive timeout.
+    keep_alive: bool = False
+    drop_after_answer: bool = False
+    connections: int = 0
     # (monotonic time, stepId, subscriberId) of each execute answered.
     answered: list[tuple[float, str, str]] = field(default_factory=list)
 
@@ -118,6 +123,13 @@ def bridge() -> Iterator[FakeBridge]:
     fake = FakeBridge(workflows={"welcome": ["email", "in_app"]})
 
     class Handler(BaseHTTPRequestHandler):
+        def setup(self) -> None:
+            super().setup()
+            if fake.keep_alive:
+                self.protocol_version = "HTTP/1.1"
+            with fake.lock:
+                fake.connections += 1
+
         def _serve(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             parts = urlsplit(self.path)
@@ -144,6 +156,8 @@ def bridge() -> Iterator[FakeBridge]:
             self.send_header("content-length", str(len(raw)))
             self.end_headers()
             self.wfile.write(raw)
+            if fake.drop_after_answer:
+                self.close_connection = True
 
         do_GET = do_POST = _serve
 
@@ -185,6 +199,12 @@ def trigger(novu: httpx.Client, **fields: Any) -> str:
     response = novu.post("/v1/events/trigger", json=body)
     assert response.status_code == 201, response.text
     return str(body["transactionId"])
+
+
+def trigger_each(novu: httpx.Client, prefix: str, count: int) -> None:
+    """One trigger for each of `count` subscribers `<prefix>-<n>`."""
+    for n in range(count):
+        trigger(novu, to=f"{prefix}-{n}")
 
 
 def messages(novu: httpx.Client, **params: str) -> list[dict[str, Any]]:
@@ -531,8 +551,7 @@ def test_failed_steps_are_listed_and_filtered_by_status(novu, bridge):
 def test_steps_run_on_a_bounded_pool_of_workers(novu, bridge):
     bridge.delay = 0.05
     configure(novu, bridge, stepConcurrency=4)
-    for n in range(12):
-        trigger(novu, to=f"s-{n}")
+    trigger_each(novu, "s", 12)
     wait_until(settled(novu, 24))
     # Different notifications ran side by side, never more than the pool's size at once.
     assert bridge.most_in_flight == 4
@@ -550,8 +569,7 @@ def test_waiting_for_a_worker_is_not_part_of_the_request_timeout(novu, bridge):
     # 30 steps of 0.1 s on 2 workers take 1.5 s; each request alone is well inside 0.4 s.
     bridge.delay = 0.1
     configure(novu, bridge, stepConcurrency=2, timeoutMs=400, attempts=1)
-    for n in range(15):
-        trigger(novu, to=f"s-{n}")
+    trigger_each(novu, "s", 15)
     wait_until(settled(novu, 30))
     stats = bridge_stats(novu)
     assert (stats["executed"], stats["failures"], stats["errors"]) == (30, 0, 0)
@@ -561,16 +579,32 @@ def test_waiting_for_a_worker_is_not_part_of_the_request_timeout(novu, bridge):
 def test_a_smaller_pool_takes_effect_for_later_steps(novu, bridge):
     bridge.delay = 0.05
     configure(novu, bridge, stepConcurrency=8)
-    for n in range(8):
-        trigger(novu, to=f"a-{n}")
+    trigger_each(novu, "a", 8)
     wait_until(settled(novu, 16))
     assert bridge.most_in_flight > 1
     configure(novu, bridge, stepConcurrency=1)
     bridge.most_in_flight = 0
-    for n in range(6):
-        trigger(novu, to=f"b-{n}")
+    trigger_each(novu, "b", 6)
     wait_until(settled(novu, 28))
     assert bridge.most_in_flight == 1
+
+
+def test_a_worker_keeps_its_connection_to_the_bridge_alive(novu, bridge):
+    bridge.keep_alive = True
+    configure(novu, bridge, stepConcurrency=1)
+    trigger_each(novu, "s", 3)
+    wait_until(settled(novu, 6))
+    assert len(bridge.received) == 7 and bridge.connections == 1
+
+
+def test_a_connection_the_bridge_closed_is_replaced_without_a_failure(novu, bridge):
+    bridge.keep_alive = bridge.drop_after_answer = True
+    configure(novu, bridge, stepConcurrency=1)
+    trigger_each(novu, "s", 3)
+    wait_until(settled(novu, 6))
+    stats = bridge_stats(novu)
+    assert (stats["calls"], stats["failures"], stats["retries"], stats["errors"]) == (7, 0, 0, 0)
+    assert len(bridge.received) == 7 and bridge.connections == 7
 
 
 # --- delay steps ---------------------------------------------------------------------------
