@@ -1086,3 +1086,24 @@ def test_workflow_registered_by_hand_is_listed_and_can_be_forgotten(novu: Emulat
     listed = novu.http.get("/_emulator/workflows").json()
     assert [entry["workflowId"] for entry in listed] == ["welcome", "made-in-dashboard"]
 
+
+def test_cancel_stops_a_bridge_run_in_its_delay_step(novu: EmulatedNovu) -> None:
+    steps = [("hello", "in_app"), ("wait", "delay"), ("mail", "email")]
+    with serve_discover_bridge(SECRET, {"drip": steps}) as bridge:
+        bridge.delay_seconds = 1.0
+        assert novu.http.post(SYNC, json={"bridgeUrl": bridge.url}).status_code == 201
+        cancelled, finished = make_event(name="drip"), make_event(name="drip", to="s-2")
+        assert novu.trigger(cancelled).status_code == 201
+        recorded = novu.running.server.state.by_transaction[cancelled["transactionId"]]
+        deadline = time.monotonic() + 5
+        while recorded.delayed_until is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        answer = novu.cancel(cancelled["transactionId"])
+        assert novu.trigger(finished).status_code == 201
+        time.sleep(2.5)  # both delays are over
+
+        assert answer.json() == {"data": True}
+        assert novu.cancel(finished["transactionId"]).json() == {"data": False}
+        ran = [step for _, step in bridge.executed]
+        assert ran.count("wait") == 2
+        assert ran.count("mail") == 1  # only the run that was not cancelled
