@@ -81,11 +81,6 @@ class RecordedTrigger:
     # Monotonic time until which a run of this trigger waits in a delay step (bridge.py).
     delayed_until: float | None = None
 
-    @property
-    def cancellable_until(self) -> float:
-        """The old name of `queued_until` (a queued trigger is not cancellable)."""
-        return self.queued_until
-
     def held_in_delay(self, now: float) -> bool:
         """Whether a run of it waits in a delay step now: only then can Novu cancel it."""
         return self.delayed_until is not None and now < self.delayed_until
