@@ -45,7 +45,7 @@ from typing import Any
 
 from api.bridge import errors
 from api.bridge.catalog import CatalogCache
-from api.bridge.mock import mock_payload
+from api.bridge.mock import PLACEHOLDER, mock_payload
 from api.bridge.protocol import CHANNEL_BY_STEP_ID, PostAction, step_rank
 from api.bridge.schemas import DELAY_OUTPUT, OUTPUT_SCHEMAS, compiled, problems, uses_regex
 from shared.db.enums import ChannelType, WorkflowType
@@ -88,6 +88,18 @@ def execute_step(
     enterprise_id = _enterprise(workflow_id, xnovu, payload)
 
     workflow = _workflow(workflow_id, enterprise_id, catalog, on_loop)
+    if workflow is None:  # a per-enterprise key, and the event names no enterprise
+        if action is PostAction.PREVIEW:
+            return _placeholder_step(workflow_id, step_id, catalog, started)
+        raise errors.payload_invalid(
+            workflow_id,
+            [
+                {
+                    "path": f"/{XNOVU_PAYLOAD_KEY}/enterpriseId",
+                    "message": "is required: the workflow is defined per enterprise",
+                }
+            ],
+        )
     is_delay = step_id == DELAY_STEP_ID
     channel = CHANNEL_BY_STEP_ID.get(step_id)
     step = workflow.step(channel) if channel is not None else None
@@ -136,8 +148,9 @@ def execute_step(
 
 def _workflow(
     workflow_id: str, enterprise_id: uuid.UUID | None, catalog: CatalogCache, on_loop: bool
-) -> WorkflowInstance:
-    """The workflow the key means for the enterprise; the bridge error when there is none."""
+) -> WorkflowInstance | None:
+    """The workflow the key means for the enterprise; None for a key only enterprises define
+    when none is named; WorkflowNotFoundError when there is no such key."""
     registry = get_registry()
     if on_loop and enterprise_id is not None and not registry.is_fresh(enterprise_id):
         raise WouldBlock
@@ -147,18 +160,23 @@ def _workflow(
     if on_loop:
         raise WouldBlock  # the catalog decides which error, and may need the database
     if enterprise_id is None and catalog.has_workflow(workflow_id):
-        raise errors.payload_invalid(
-            workflow_id,
-            [
-                {
-                    "path": f"/{XNOVU_PAYLOAD_KEY}/enterpriseId",
-                    "message": "is required: the workflow is defined per enterprise",
-                }
-            ],
-        )
+        return None
     raise errors.workflow_not_found(
         workflow_id, str(enterprise_id) if enterprise_id is not None else None
     )
+
+
+def _placeholder_step(
+    workflow_id: str, step_id: str, catalog: CatalogCache, started: float
+) -> dict[str, Any]:
+    """`preview` of a per-enterprise key without an enterprise (Novu's dashboard knows none):
+    placeholder outputs in the step's shape, as the framework mocks what it cannot run."""
+    if not catalog.declares(workflow_id, step_id):
+        raise errors.step_not_found(workflow_id, step_id)
+    channel = CHANNEL_BY_STEP_ID.get(step_id)
+    if channel is None:
+        return _result(mock_payload(DELAY_OUTPUT, {}), skip=False, started=started)
+    return _result(_outputs(channel, PLACEHOLDER, PLACEHOLDER), skip=False, started=started)
 
 
 def _declares(catalog: CatalogCache, workflow_id: str, step_id: str, on_loop: bool) -> bool:

@@ -15,7 +15,13 @@ from api.bridge.errors import BridgeError
 from api.bridge.execute import WouldBlock, execute_step
 from api.bridge.mock import PLACEHOLDER, mock_payload
 from api.bridge.protocol import PostAction
-from api.bridge.schemas import DELAY_OUTPUT, DELAY_RESULT, EMPTY_SCHEMA, problems
+from api.bridge.schemas import (
+    DELAY_OUTPUT,
+    DELAY_RESULT,
+    EMPTY_SCHEMA,
+    OUTPUT_SCHEMAS,
+    problems,
+)
 from api.routes.novu_bridge import catalog_cache
 from shared.db.enums import ChannelType, PublishStatus
 from shared.db.session import transaction
@@ -183,6 +189,27 @@ def test_preview_of_a_dynamic_workflow_fills_its_schema(client, tenant):
     )
     assert response.status_code == 200, response.text
     assert PLACEHOLDER in response.json()["outputs"]["body"]
+
+
+def test_preview_of_a_per_enterprise_key_without_an_enterprise_has_placeholders(client, tenant):
+    key = f"delayed-{uuid.uuid4().hex[:8]}"
+    delayed(client, tenant, key, 30, IN_APP=create_template(client, tenant, "IN_APP"))
+    for step_id, outputs, schema in (
+        (
+            "in_app",
+            {"subject": PLACEHOLDER, "body": PLACEHOLDER},
+            OUTPUT_SCHEMAS[ChannelType.IN_APP],
+        ),
+        ("delay", {"amount": 0, "unit": "seconds"}, DELAY_OUTPUT),
+    ):
+        response = bridge_post(client, event({}), action="preview", workflowId=key, stepId=step_id)
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"] == outputs
+        assert problems(schema, outputs) == []
+    unknown = bridge_post(client, event({}), action="preview", workflowId=key, stepId="sms")
+    assert_bridge_error(unknown, 404, "StepNotFoundError")
+    strict = bridge_post(client, event({}), workflowId=key, stepId="in_app")
+    assert_bridge_error(strict, 400, "ExecutionEventPayloadInvalidError")
 
 
 def test_mock_follows_the_framework_rules():
