@@ -32,10 +32,11 @@ it (apps/worker execute-bridge-job, libs/application-generic execute-bridge-requ
    that subscriber's run, as a failed job ends Novu's chain.
 5. A `delay` step is executed too; the bridge answers `outputs: {type: "regular", amount,
    unit}` (unit `seconds`, `minutes`, `hours`, `days`, `weeks` or `months`, as
-   @novu/framework 2.13.2 declares it). The run then waits that long, off the worker pool,
-   with the trigger's `delayed_until` set (cancelling is possible only then), and goes on with
-   the next step unless the trigger was cancelled meanwhile. A delay is not a message; timed
-   and dynamic delays and digest steps are not emulated and fail the step.
+   @novu/framework 2.13.2 declares it; Novu counts a month as 30 days). The run then waits
+   that long, off the worker pool, with the trigger's `delayed_until` set (cancelling is
+   possible only then), and goes on with the next step unless the trigger was cancelled
+   meanwhile. A delay is not a message; timed and dynamic delays and digest steps are not
+   emulated and fail the step.
 
 A trigger held by `holdSeconds` (Novu's queue lag) starts when the hold ends.
 """
@@ -43,7 +44,6 @@ A trigger held by `holdSeconds` (Novu's queue lag) starts when the hold ends.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import hashlib
 import hmac
 import json
@@ -51,7 +51,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -72,6 +72,7 @@ DELAY_UNITS = {
     "hours": timedelta(hours=1),
     "days": timedelta(days=1),
     "weeks": timedelta(weeks=1),
+    "months": timedelta(days=30),  # Novu's own approximation of a month (calculate-delay)
 }
 
 
@@ -116,7 +117,7 @@ def subscribers(to: Any) -> list[dict[str, Any]]:
     return found
 
 
-def delay_seconds(outputs: Any, now: datetime | None = None) -> float:
+def delay_seconds(outputs: Any) -> float:
     """How long a delay step's outputs hold the run; BridgeCallFailed for what Novu cannot run."""
     if not isinstance(outputs, dict) or outputs.get("type", "regular") != "regular":
         kind = outputs.get("type") if isinstance(outputs, dict) else None
@@ -124,21 +125,9 @@ def delay_seconds(outputs: Any, now: datetime | None = None) -> float:
     amount, unit = outputs.get("amount"), outputs.get("unit")
     if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
         raise BridgeCallFailed({"message": f"delay amount {amount!r} is not a number >= 0"})
-    if unit == "months":
-        # Calendar months, as Novu's date arithmetic adds them.
-        start = now or datetime.now(UTC)
-        return (_add_months(start, amount) - start).total_seconds()
     if unit not in DELAY_UNITS:
         raise BridgeCallFailed({"message": f"delay unit {unit!r} is not one Novu knows"})
     return float(amount * DELAY_UNITS[unit].total_seconds())
-
-
-def _add_months(start: datetime, months: float) -> datetime:
-    whole = int(months)
-    index = start.month - 1 + whole
-    year, month = start.year + index // 12, index % 12 + 1
-    day = min(start.day, calendar.monthrange(year, month)[1])
-    return start.replace(year=year, month=month, day=day)
 
 
 @dataclass(slots=True)

@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -703,10 +702,9 @@ def test_delay_units(amount, unit, seconds):
     assert delay_seconds({"type": "regular", "amount": amount, "unit": unit}) == seconds
 
 
-def test_months_are_calendar_months():
-    january = datetime(2026, 1, 31, tzinfo=UTC)
-    assert delay_seconds({"amount": 1, "unit": "months"}, january) == 28 * 86400
-    assert delay_seconds({"amount": 12, "unit": "months"}, january) == 365 * 86400
+def test_a_month_is_thirty_days_as_novu_counts_it():
+    assert delay_seconds({"amount": 1, "unit": "months"}) == 30 * 86400
+    assert delay_seconds({"amount": 0.5, "unit": "months"}) == 15 * 86400
 
 
 # --- synced workflows ----------------------------------------------------------------------
