@@ -279,6 +279,10 @@ _FAST_FORMATS = {
 
 
 def _fast_checker(schema: dict[str, Any]) -> Callable[[Any], Any] | None:
+    # jsonschema's validator and the regex flag too, so that a schema `compiled` says is ready
+    # costs the event loop nothing to prepare, even when a check fails and jsonschema explains.
+    validator_for(schema)
+    uses_regex(schema)
     if not _fast_compatible(schema, top=True):
         return None
     try:
