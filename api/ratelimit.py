@@ -31,7 +31,7 @@ from fastapi import Depends
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
-from shared.redis_client import fail_fast_client
+from shared.redis_client import OccasionalWarning, fail_fast_client
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -104,10 +104,9 @@ class RateLimiter:
         self._script = self._redis.register_script(_GCRA_SCRIPT)
         # After a failure, requests skip Redis for a moment instead of each paying a timeout.
         self._pause_after_failure = pause_after_failure
-        self._warn_every = warn_every
+        self._warning = OccasionalWarning(log, warn_every)
         self._lock = threading.Lock()
         self._paused_until = 0.0
-        self._last_warning = -math.inf
 
     def check(self, key_id: int | str) -> RateDecision:
         """Count one request of the key; whether it may proceed, and if not, when it may."""
@@ -147,14 +146,9 @@ class RateLimiter:
         return ALLOWED
 
     def _failed_open(self, exc: Exception) -> None:
-        now = time.monotonic()
         with self._lock:
-            self._paused_until = now + self._pause_after_failure
-            warn = now - self._last_warning >= self._warn_every
-            if warn:
-                self._last_warning = now
-        if warn:
-            log.warning("rate limiter: Redis unavailable, accepting requests unlimited: %s", exc)
+            self._paused_until = time.monotonic() + self._pause_after_failure
+        self._warning("rate limiter: Redis unavailable, accepting requests unlimited: %s", exc)
 
     def close(self) -> None:
         """Release the Redis connections."""

@@ -45,7 +45,22 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         out += _rows_e(results["e"])
     if results.get("f"):
         out += _rows_f(results["f"])
+    out += _rows_tokens(results)
     return out
+
+
+def _rows_tokens(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Novu Events tokens per notification at every load measured."""
+    return [
+        (
+            f"({stage}) Novu tokens per notification",
+            f"{results[stage]['novu_tokens_per_notification']:.3f}",
+            "1 a single trigger, 100 a bulk call of 100",
+            f"<= 1.0: {_met(results[stage]['novu_tokens_per_notification'] <= 1.0)}",
+        )
+        for stage in ("b", "c", "d")
+        if "novu_tokens_per_notification" in results.get(stage, {})
+    ]
 
 
 def _rows_a(a: dict[str, Any]) -> list[tuple[str, str, str, str]]:

@@ -181,6 +181,13 @@ def noop_drain_rate(stack: BenchStack, count: int) -> dict[str, Any]:
     }
 
 
+def trigger_tokens(stats: dict[str, Any]) -> int:
+    """Novu Events tokens the emulator charged to triggers and bulk triggers, from its stats
+    (a sync's tokens come from another category)."""
+    by_endpoint = stats["tokens"]["byEndpoint"]
+    return sum(by_endpoint.get(name, {}).get("spent", 0) for name in ("trigger", "bulk-trigger"))
+
+
 def bulk_end_to_end(
     loop: asyncio.AbstractEventLoop, stack: BenchStack, api_url: str, total: int
 ) -> dict[str, Any]:
@@ -270,6 +277,9 @@ def bulk_end_to_end(
         "novu_accepted": stats["accepted"] - stats_before["accepted"],
         "novu_requests": stats["requests"] - stats_before["requests"],
         "novu_duplicates": stats["duplicates"] - stats_before["duplicates"],
+        # What the notifications cost in Novu's rate limit (acceptance: at most 1 each).
+        "novu_tokens_per_notification": (trigger_tokens(stats) - trigger_tokens(stats_before))
+        / total,
     }
 
 
@@ -277,7 +287,11 @@ def bulk_end_to_end(
 
 
 def steady_latency(
-    loop: asyncio.AbstractEventLoop, api_url: str, seconds: float, rate: float = 100.0
+    loop: asyncio.AbstractEventLoop,
+    api_url: str,
+    emulator_url: str,
+    seconds: float,
+    rate: float = 100.0,
 ) -> dict[str, Any]:
     """Single triggers at `rate`/s; latency from sending to processed_at (SENT)."""
     from sqlalchemy import text
@@ -285,6 +299,7 @@ def steady_latency(
     from shared.db.session import transaction
 
     url = f"{api_url}/api/trigger"
+    tokens_before = trigger_tokens(httpx.get(f"{emulator_url}/_emulator/stats").json())
 
     def request(n: int) -> bytes:
         body = {"workflowId": "building-alert", "payload": {**ALERT, "buildingId": f"s-{n}"}}
@@ -311,6 +326,7 @@ def steady_latency(
             raise TimeoutError("steady-rate notifications did not all reach SENT")
         time.sleep(0.2)
     latencies = [row.processed_at.timestamp() - sent_at[row.id] for row in rows]
+    tokens = trigger_tokens(httpx.get(f"{emulator_url}/_emulator/stats").json()) - tokens_before
     return {
         "rate": rate,
         "seconds": seconds,
@@ -322,6 +338,7 @@ def steady_latency(
         "p50_ms": percentile(latencies, 50) * 1000,
         "p99_ms": percentile(latencies, 99) * 1000,
         "max_ms": max(latencies) * 1000,
+        "novu_tokens_per_notification": tokens / len(ids),
     }
 
 
@@ -632,7 +649,9 @@ class Run:
         api_url = self.api_url()
         self.start_worker()
         with self.stage("c"):
-            self.results["c"] = steady_latency(self.loop, api_url, self.sizes.steady_seconds)
+            self.results["c"] = steady_latency(
+                self.loop, api_url, self.stack.emulator_url, self.sizes.steady_seconds
+            )
         self.step(f"steady 100/s: p50 {self.results['c']['p50_ms']:.1f} ms")
 
     def d(self) -> None:

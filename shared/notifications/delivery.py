@@ -162,6 +162,16 @@ class _Run:
     report: DeliveryReport = field(default_factory=DeliveryReport)
     # Workflow keys a sync was requested for by this task: one request each is enough.
     sync_requested: set[str] = field(default_factory=set)
+    # The jittered delay of each kind of put-back, drawn once per task, so that the rows it
+    # puts back come back together, in one message.
+    delays: dict[tuple[str, float | None], float] = field(default_factory=dict)
+
+    def delay(self, kind: str, base: float | None, draw: Callable[[], float]) -> float:
+        """The task's delay for `kind` (and Novu's Retry-After or our bound, `base`)."""
+        key = (kind, base)
+        if key not in self.delays:
+            self.delays[key] = draw()
+        return self.delays[key]
 
 
 def deliver(
@@ -429,7 +439,9 @@ def _failed_call(run: _Run, rows: Sequence[ClaimedRow], exc: NovuError) -> list[
     assert isinstance(exc, NovuRetryableError)
     if is_rate_limited(exc):
         run.report.throttled += len(rows)
-        return _put_back(run, rows, exc, "novu_rate_limited", throttled_delay(exc.retry_after))
+        retry_after = exc.retry_after
+        delay = run.delay("throttled", retry_after, lambda: throttled_delay(retry_after))
+        return _put_back(run, rows, exc, "novu_rate_limited", delay)
     delay = backoff_delay(
         max(row.attempts for row in rows),
         base=settings.retry_base_seconds,
@@ -505,7 +517,7 @@ def _awaiting_sync(run: _Run, row: ClaimedRow, exc: NovuError) -> AttemptOutcome
         )
         return AttemptOutcome(row.id, row.attempts, S.FAILED, error=error)
     run.report.awaiting_sync += 1
-    delay = min(SYNC_RETRY_SECONDS, bound - waited) + random.uniform(0.0, 1.0)
+    delay = run.delay("sync", None, lambda: SYNC_RETRY_SECONDS + random.uniform(0.0, 1.0))
     (outcome,) = _put_back(run, [row], exc, "novu_workflow_not_synced", delay)
     return outcome
 

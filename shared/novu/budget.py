@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -50,7 +49,7 @@ import redis
 
 from shared.novu.errors import NovuError, NovuRetryableError, is_rate_limited
 from shared.process import PerProcess
-from shared.redis_client import fail_fast_client
+from shared.redis_client import OccasionalWarning, fail_fast_client
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -154,9 +153,7 @@ class NovuBudget:
         self._interval_us = max(1, round(_US / per_second))
         self._redis = fail_fast_client(redis_url, socket_timeout)
         self._script = self._redis.register_script(_SCRIPT)
-        self._warn_every = warn_every
-        self._lock = threading.Lock()
-        self._last_warning = -math.inf
+        self._warning = OccasionalWarning(log, warn_every)
 
     def reserve(self, cost: int, *, max_wait: float) -> Reservation:
         """Take `cost` tokens if they are there within `max_wait` seconds (see the module)."""
@@ -243,13 +240,7 @@ class NovuBudget:
             return None
 
     def _warn(self, exc: Exception) -> None:
-        now = time.monotonic()
-        with self._lock:
-            warn = now - self._last_warning >= self._warn_every
-            if warn:
-                self._last_warning = now
-        if warn:
-            log.warning("Novu budget: Redis unavailable, calling Novu unmetered: %s", exc)
+        self._warning("Novu budget: Redis unavailable, calling Novu unmetered: %s", exc)
 
     def close(self) -> None:
         """Release the Redis connections."""

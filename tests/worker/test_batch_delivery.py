@@ -268,15 +268,10 @@ def _fake_novu(answer, paths: list[str] | None = None) -> NovuClient:
     """A Novu whose trigger endpoints answer each event with `answer(event)` (and note the
     path of every call in `paths`)."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
-        if paths is not None:
-            paths.append(request.url.path)
-        if request.url.path.endswith("/bulk"):
-            return httpx.Response(201, json={"data": [answer(event) for event in body["events"]]})
+    def single(body: dict[str, Any]) -> httpx.Response:
         return httpx.Response(201, json={"data": answer(body)})
 
-    return NovuClient("http://novu.test", "key", transport=httpx.MockTransport(handler))
+    return _novu_answering(single, answer, paths)
 
 
 def test_an_event_novu_did_not_process_fails_only_its_row(client, tenant, stack):
@@ -510,6 +505,19 @@ def _test_budget(stack, per_second: float = 1000.0) -> NovuBudget:
     return NovuBudget(stack.redis_url, per_second=per_second, key=f"xnovu:test:{uuid.uuid4()}")
 
 
+def _deliver_metered(tenant, ids, novu: NovuClient, budget: NovuBudget, settings=None):
+    """One delivery of `ids` on a send pool of two, metered by `budget`."""
+    with ThreadPoolExecutor(2) as pool:
+        return deliver(
+            tenant.enterprise_id,
+            ids,
+            novu=novu,
+            settings=settings or get_settings(),
+            executor=pool,
+            budget=budget,
+        )
+
+
 def test_a_429_puts_rows_back_without_using_an_attempt_and_empties_the_shared_budget(
     client, tenant, stack
 ):
@@ -520,15 +528,7 @@ def test_a_429_puts_rows_back_without_using_an_attempt_and_empties_the_shared_bu
         body = {"statusCode": 429, "message": "API rate limit exceeded"}
         return httpx.Response(429, json=body, headers={"Retry-After": "2"})
 
-    with ThreadPoolExecutor(2) as pool:
-        report = deliver(
-            tenant.enterprise_id,
-            ids,
-            novu=_novu_answering(throttled),
-            settings=get_settings(),
-            executor=pool,
-            budget=budget,
-        )
+    report = _deliver_metered(tenant, ids, _novu_answering(throttled), budget)
     assert (report.claimed, report.throttled, report.retried, report.failed) == (3, 3, 3, 0)
     assert (report.novu_calls, report.novu_tokens) == (3, 0)  # a 429 costs nothing
     # Every process's budget is empty until Novu's Retry-After.
@@ -586,17 +586,9 @@ def test_a_workflow_novu_does_not_know_waits_for_a_sync_then_fails_past_the_boun
         return {"acknowledged": True, "status": "error", "error": ["workflow_not_found"]}
 
     novu = _novu_answering(unknown, unknown_event)
-    with ThreadPoolExecutor(2) as pool:
-        for ids in (singles, hundred):
-            report = deliver(
-                tenant.enterprise_id,
-                ids,
-                novu=novu,
-                settings=get_settings(),
-                executor=pool,
-                budget=budget,
-            )
-            assert (report.awaiting_sync, report.failed) == (len(ids), 0)
+    for ids in (singles, hundred):
+        report = _deliver_metered(tenant, ids, novu, budget)
+        assert (report.awaiting_sync, report.failed) == (len(ids), 0)
     assert requested == ["Novu does not know workflow 'user-signup'"] * 2  # once per task
     for row in _rows(singles + hundred):
         assert (row.notification_status, row.attempts) == (S.PENDING, 0)
@@ -606,17 +598,9 @@ def test_a_workflow_novu_does_not_know_waits_for_a_sync_then_fails_past_the_boun
     # Past NOVU_SYNC_WAIT_SECONDS since Novu first refused them, they fail, saying why.
     _make_due(singles + hundred, next_attempt_at=None)
     impatient = get_settings().model_copy(update={"novu_sync_wait_seconds": 0.0})
-    with ThreadPoolExecutor(2) as pool:
-        for ids in (singles, hundred):
-            report = deliver(
-                tenant.enterprise_id,
-                ids,
-                novu=novu,
-                settings=impatient,
-                executor=pool,
-                budget=budget,
-            )
-            assert (report.awaiting_sync, report.failed) == (0, len(ids))
+    for ids in (singles, hundred):
+        report = _deliver_metered(tenant, ids, novu, budget, impatient)
+        assert (report.awaiting_sync, report.failed) == (0, len(ids))
     for row in _rows(singles + hundred):
         assert (row.notification_status, row.attempts) == (S.FAILED, 1)
         assert row.error_details["code"] == "novu_workflow_not_found"
@@ -631,15 +615,7 @@ def test_rows_whose_tokens_are_far_away_are_deferred_unclaimed(client, tenant, s
     def never(body: dict[str, Any]) -> httpx.Response:
         raise AssertionError("no Novu call without tokens")
 
-    with ThreadPoolExecutor(2) as pool:
-        report = deliver(
-            tenant.enterprise_id,
-            ids,
-            novu=_novu_answering(never, never),
-            settings=get_settings(),
-            executor=pool,
-            budget=budget,
-        )
+    report = _deliver_metered(tenant, ids, _novu_answering(never, never), budget)
     assert (report.claimed, report.deferred, report.novu_calls) == (0, 150, 0)
     [(delay, deferred)] = report.retries
     assert sorted(deferred) == sorted(ids)
@@ -662,15 +638,7 @@ def test_a_short_wait_for_tokens_is_slept_and_unspent_tokens_are_refunded(client
             .where(Notification.id.in_(ids[:2]))
             .values(scheduled_for=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
         )
-    with ThreadPoolExecutor(2) as pool:
-        report = deliver(
-            tenant.enterprise_id,
-            ids,
-            novu=_fake_novu(_processed),
-            settings=get_settings(),
-            executor=pool,
-            budget=budget,
-        )
+    report = _deliver_metered(tenant, ids, _fake_novu(_processed), budget)
     assert (report.claimed, report.sent, report.novu_tokens, report.deferred) == (28, 28, 28, 0)
     assert 500 <= report.token_wait_ms <= 1500  # its 30 tokens queued behind the 30 reserved
     available = budget.available()
