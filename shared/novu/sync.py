@@ -20,7 +20,7 @@ import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -204,13 +204,13 @@ def sync_now(*, reason: str, force: bool = True, settings: Settings | None = Non
             bridge_url,
             novu_api_url,
         ):
-            return SyncOutcome(reason, bridge_url, digest, tuple(entries), skipped=True)
+            return replace(outcome, skipped=True)
     started = datetime.now(UTC)
     try:
         with sync_client(settings) as novu:
             novu.sync_bridge(bridge_url, source=SYNC_SOURCE)
     except NovuError as exc:
-        outcome = SyncOutcome(reason, bridge_url, digest, tuple(entries), error=str(exc))
+        outcome = replace(outcome, error=str(exc))
     with transaction() as session:
         record_sync(session, outcome, entries=entries, started=started, novu_api_url=novu_api_url)
     if outcome.ok:
