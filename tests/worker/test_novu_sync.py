@@ -18,10 +18,10 @@ from redis import Redis
 from sqlalchemy import select
 
 from shared.db.enums import ChannelType, PublishStatus, WorkflowType
-from shared.db.models import NotificationWorkflow, NovuSyncRun
+from shared.db.models import NotificationWorkflow, NovuSyncRun, NovuWorkflowSync
 from shared.db.session import transaction
 from shared.novu.sync import DEBOUNCE_KEY, request_sync, sync_exclusively
-from tests.conftest import REPO, BridgeApi, Stack, Tenant, free_port
+from tests.conftest import REPO, BridgeApi, Stack, Tenant, free_port, make_tenant
 from tests.factories import create_template, create_workflow
 
 pytestmark = pytest.mark.integration
@@ -264,3 +264,22 @@ def test_request_sync_with_redis_unreachable_logs_and_returns(stack: Stack) -> N
     assert done.returncode == 0, done.stderr
     assert "could not request a Novu sync (test: no redis)" in done.stderr
     assert time.monotonic() - started < 10
+
+
+def test_an_enterprise_reads_the_sync_rows_of_its_own_keys_only(
+    emulator: httpx.Client, bridge_process: BridgeApi, client: Any, tenant: Tenant
+) -> None:
+    template = create_template(client, tenant, "IN_APP")
+    key = f"own-sync-{uuid.uuid4().hex[:8]}"
+    _insert_published(tenant, key, template["id"])
+    assert key in sync_exclusively(reason="test: isolation", wait_seconds=30).workflow_keys
+    other = make_tenant()
+
+    def keys_seen_by(enterprise_id: uuid.UUID) -> set[str]:
+        with transaction(enterprise_id) as session:
+            return set(session.scalars(select(NovuWorkflowSync.workflow_key)))
+
+    assert key in keys_seen_by(tenant.enterprise_id)
+    assert key not in keys_seen_by(other.enterprise_id)
+    with transaction() as session:  # the worker's system transactions see every key
+        assert key in set(session.scalars(select(NovuWorkflowSync.workflow_key)))
