@@ -167,7 +167,7 @@ class _Run:
     delays: dict[tuple[str, float | None], float] = field(default_factory=dict)
 
     def delay(self, kind: str, base: float | None, draw: Callable[[], float]) -> float:
-        """The task's delay for `kind` (and Novu's Retry-After or our bound, `base`)."""
+        """The task's delay for `kind` (and `base`, Novu's Retry-After of a 429)."""
         key = (kind, base)
         if key not in self.delays:
             self.delays[key] = draw()
