@@ -271,11 +271,24 @@ def bridge_process(stack: Stack) -> Iterator[BridgeApi]:
     api.stop()
 
 
+def novu_workflows(emulator_url: str) -> set[str]:
+    """The workflow ids the emulator (Novu) knows."""
+    known = httpx.get(f"{emulator_url}/_emulator/workflows").json()
+    return {workflow["workflowId"] for workflow in known}
+
+
 @pytest.fixture(scope="session")
 def worker(stack: Stack, novu_emulator: str, bridge_process: BridgeApi) -> Iterator[Worker]:
-    """The worker and beat, with the bridge API up: the worker syncs Novu when it starts."""
+    """The worker and beat, with the bridge API up: the worker syncs Novu when it starts, and
+    tests begin once Novu knows the workflows (a trigger before would be Novu's 422, and wait
+    for that very sync)."""
     w = Worker(stack)
     w.start()
+    _wait_for(
+        lambda: "user-signup" in novu_workflows(novu_emulator),
+        30,
+        f"the worker's first Novu sync (log: {w.log})",
+    )
     yield w
     w.stop()
 

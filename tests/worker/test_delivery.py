@@ -13,7 +13,7 @@ from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
 from shared.db.session import transaction
 from shared.queue import TaskName, publish_deliver_batch, task_writer
-from tests.conftest import signup_payload, wait_for_status
+from tests.conftest import novu_workflows, signup_payload, wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +91,6 @@ def test_retryable_errors_are_retried_until_sent(client, tenant, worker, emulato
 def test_novus_429_never_uses_an_attempt_nor_fails_the_notification(
     client, tenant, worker, emulator
 ):
-    emulator.put("/_emulator/workflows/user-signup", json={})  # known, whatever the sync did
     emulator.post("/_emulator/faults", json={"status": 429, "rate": 1.0, "retryAfter": 1})
     accepted = _trigger(client, tenant)
 
@@ -126,9 +125,10 @@ def test_a_workflow_novu_does_not_know_yet_waits_without_using_an_attempt(
     )
     row = _row(accepted["notificationId"])
     assert (row.notification_status, row.attempts) == (NotificationStatus.PENDING, 0)
-    # Known now (the sync the worker asked for, or by hand): the next try is sent with a new
-    # Idempotency-Key, or Novu would replay its stored 422.
-    emulator.put("/_emulator/workflows/user-signup", json={})
+    # The worker asked for a sync, which makes Novu know it again; the next try is sent with a
+    # new Idempotency-Key, or Novu would replay its stored 422.
+    emulator_url = str(emulator.base_url).rstrip("/")
+    _wait_until(lambda: "user-signup" in novu_workflows(emulator_url), what="the sync")
     row = wait_for_status(client, tenant, accepted["notificationId"], {"SENT", "FAILED"})
     assert (row["notification_status"], row["attempts"]) == ("SENT", 1)
     assert len(_events(emulator, accepted["transactionId"])) == 1
@@ -136,7 +136,6 @@ def test_a_workflow_novu_does_not_know_yet_waits_without_using_an_attempt(
 
 def test_an_ambiguous_failure_is_not_sent_again_within_a_second(client, tenant, worker, emulator):
     # Novu's transactionId check is not atomic: two sends close together could both run.
-    emulator.put("/_emulator/workflows/user-signup", json={})
     emulator.post("/_emulator/faults", json={"dropAfterAcceptRate": 1.0})
     accepted = _trigger(client, tenant)
 
