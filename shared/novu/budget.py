@@ -159,6 +159,9 @@ class NovuBudget:
         """Take `cost` tokens if they are there within `max_wait` seconds (see the module)."""
         if cost <= 0:
             return Reservation(taken=True, wait=0.0)
+        # More than the budget holds is paid only by waiting for the rest, even from full:
+        # always allowed, or such a call could never be made.
+        max_wait = max(max_wait, (cost - self.capacity) / self.per_second)
         value = f"{cost} {max(0, math.floor(max_wait * _US))}"
         answer = self._run("reserve", value)
         if answer is None:

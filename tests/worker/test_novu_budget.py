@@ -54,6 +54,13 @@ def test_a_full_budget_pays_at_once_then_paces_at_the_rate(stack: Stack, key: st
     assert queued.taken and 0.55 < queued.wait <= 0.61
 
 
+def test_a_cost_above_the_capacity_waits_for_the_rest(stack: Stack, key: str) -> None:
+    small = NovuBudget(stack.redis_url, per_second=10.0, key=key, window_seconds=5.0)
+    assert small.capacity == 50  # a bulk call of 100 can never be paid at once
+    bulk = small.reserve(100, max_wait=0)
+    assert bulk.taken and 4.9 < bulk.wait <= 5.01
+
+
 def test_the_budget_refills_at_its_rate_up_to_its_capacity(stack: Stack, key: str) -> None:
     budget = _budget(stack, key)
     assert budget.reserve(100, max_wait=0).taken
