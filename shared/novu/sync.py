@@ -8,7 +8,8 @@ workflow Novu does not know answers 422.
 - `request_sync(reason)`: ask for a sync soon. Debounced in Redis, so a burst of requests from
   any number of processes becomes one `xnovu.novu_sync` task; never raises.
 - `sync_exclusively(...)`: what the task (and `xnovu novu sync`) runs: under a Redis lock, so
-  no two processes sync at once, `sync_now`.
+  no two processes sync at once (a task waits for a running sync, then syncs once more),
+  `sync_now`.
 - `sync_now(...)`: build the discover document as the bridge answers it, hash it, call Novu's
   sync and record the outcome: one `novu_sync_run` row, and per workflow key a
   `novu_workflow_sync` row (what the workflow API shows as `novu_sync`). Safe to repeat.
@@ -43,9 +44,12 @@ log = logging.getLogger(__name__)
 
 # The `source` Novu records a sync under (the Novu CLI sends its own name).
 SYNC_SOURCE = "xnovu"
-# Requests within this window become one sync. The task starts no sooner (its countdown), and
-# clears the mark before it reads the workflows: a request the mark swallowed was committed
-# before that read, and a later one publishes a task of its own.
+# Requests while the mark lives become one sync: the task clears the mark once it holds the lock,
+# before it reads the workflows, so a request the mark swallowed was committed before that read,
+# and a later one publishes a task of its own. The expiry only bounds how long a lost task's mark
+# swallows requests. No countdown: a worker holds a countdown message unacknowledged until it is
+# due, and kombu's Redis transport crashes the worker when the broker connection drops while it
+# restores such messages (seen in tests/integration/test_broker_outage.py).
 DEBOUNCE_SECONDS = 2.0
 DEBOUNCE_KEY = "xnovu:novu-sync:requested"
 LOCK_KEY = "xnovu:novu-sync:lock"
@@ -120,7 +124,6 @@ def request_sync(reason: str) -> None:
             TaskName.NOVU_SYNC.value,
             args=[reason],
             queue=TASK_QUEUES[TaskName.NOVU_SYNC].value,
-            countdown=DEBOUNCE_SECONDS,
             retry=False,
         )
     except Exception as exc:

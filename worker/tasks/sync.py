@@ -16,7 +16,7 @@ from celery import Task
 from celery.exceptions import MaxRetriesExceededError
 
 from shared.novu.retry import backoff_delay
-from shared.novu.sync import DEBOUNCE_SECONDS, SyncBusy, SyncNotConfigured, sync_exclusively
+from shared.novu.sync import LOCK_SECONDS, SyncBusy, SyncNotConfigured, sync_exclusively
 from shared.queue import TaskName
 from worker.celery_app import app
 
@@ -32,29 +32,26 @@ SYNC_RETRY_CAP_SECONDS = 30.0
 @app.task(name=TaskName.NOVU_SYNC.value, bind=True, acks_late=False, max_retries=SYNC_MAX_RETRIES)
 def novu_sync(self: Task, reason: str, force: bool = True) -> dict[str, Any]:
     """Sync Novu with the bridge's discover document (only when it changed, unless `force`)."""
+    # A requested sync waits for one running (which may have read the workflows before this
+    # request's change); the request mark lets at most one task wait at a time. Beat's check
+    # never waits: the next check follows up.
+    wait = LOCK_SECONDS if force else 0.0
     try:
-        outcome = sync_exclusively(reason=reason, force=force)
+        outcome = sync_exclusively(reason=reason, force=force, wait_seconds=wait)
     except SyncNotConfigured as exc:
         log.warning("Novu sync (%s) skipped: %s", reason, exc)
         return {"reason": reason, "error": str(exc), "skipped": True}
     except SyncBusy:
-        if not force:
-            return {"reason": reason, "skipped": True, "busy": True}
-        # The running sync may have read the workflows before this request's change.
-        return _retry(self, reason, DEBOUNCE_SECONDS, {"reason": reason, "busy": True})
+        if force:
+            log.warning("Novu sync (%s) skipped: another sync held the lock %.0f s", reason, wait)
+        return {"reason": reason, "skipped": True, "busy": True}
     if outcome.ok or not force:
         return outcome.as_dict()
     delay = backoff_delay(
         self.request.retries + 1, base=SYNC_RETRY_BASE_SECONDS, cap=SYNC_RETRY_CAP_SECONDS
     )
-    return _retry(self, reason, delay, outcome.as_dict())
-
-
-def _retry(task: Task, reason: str, countdown: float, result: dict[str, Any]) -> dict[str, Any]:
-    """Retry the task in `countdown` seconds; once its retries are spent, `result` (beat's check
-    takes over from there)."""
     try:
-        raise task.retry(countdown=countdown)
+        raise self.retry(countdown=delay)
     except MaxRetriesExceededError:
         log.warning("Novu sync (%s) gave up after %d retries", reason, SYNC_MAX_RETRIES)
-        return result
+        return outcome.as_dict()
