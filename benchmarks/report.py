@@ -45,8 +45,51 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         out += _rows_e(results["e"])
     if results.get("f"):
         out += _rows_f(results["f"])
+    if "g" in results:
+        out += _rows_g(results["g"])
+    if "h" in results:
+        out += _rows_h(results["h"])
     out += _rows_tokens(results)
     return out
+
+
+def _rows_g(g: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The bridge's execute against the reference bridge, medians of alternating rounds."""
+    ours, reference = g["median"]["xnovu"], g["median"]["reference"]
+    p99 = ours["at_1000"]["p99_ms"]
+    return [
+        (
+            f"(g) bridge execute {g['workflow']}/{g['step']}, {g['connections']} connections",
+            f"{ours['rate']:,.0f} req/s",
+            f"{g['reference']}: {reference['rate']:,.0f} req/s, ratio {g['ratio_rate']:.2f}",
+            f">= 1.0: {_met(g['ratio_rate'] >= 1.0)}",
+        ),
+        (
+            "(g) bridge execute p99 at 1,000 req/s, one process",
+            f"{p99:.1f} ms",
+            f"{g['reference']}: {reference['at_1000']['p99_ms']:.1f} ms",
+            f"<= 25 ms: {_met(p99 <= 25)}",
+        ),
+    ]
+
+
+def _rows_h(h: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """End to end with every step executed on the bridge, against the no-op drain rate."""
+    return [
+        (
+            f"(h) {h['notifications']:,} bulk-triggered, accepted by Novu",
+            f"{h['accepted_rate']:,.0f} /s",
+            f"{h['accepted_ratio']:.2f}x the no-op drain ({h['noop_rate']:,.0f} tasks/s)",
+            "",
+        ),
+        (
+            f"(h) all {h['steps_per_notification']} steps executed on the bridge",
+            f"{h['executed_rate']:,.0f} /s",
+            f"{h['executed_ratio']:.2f}x the no-op drain; failed steps "
+            f"{h['bridge']['failedSteps']}",
+            f">= 5x: {_met(h['executed_ratio'] >= 5)}",
+        ),
+    ]
 
 
 def _rows_tokens(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:

@@ -13,7 +13,14 @@ worker of concurrency 2 and beat) and measures, each against its baseline:
 (c) trigger → SENT latency at a steady 100 triggers/s (single triggers);
 (d) (b) again with 200 ms of Novu latency;
 (e) peak RSS of the API and worker processes;
-(f) GET /api/notifications?status=FAILED and cancel latency with 10,000 and 1,000,000 rows.
+(f) GET /api/notifications?status=FAILED and cancel latency with 10,000 and 1,000,000 rows;
+(g) the bridge's `execute` vs @novu/framework 2.13.2 serving the same step, one process each
+    (benchmarks/bridge_bench.py; a bare Starlette route when Node is missing), on a stack of
+    its own;
+(h) 5,000 bulk-triggered notifications with Novu (the emulator) executing every step on our
+    bridge, vs the Celery no-op drain rate (benchmarks/e2e_steps.py), on a stack of its own.
+
+Novu tokens per notification are reported for (b), (c) and (d) (target at most 1.0).
 
 Prints a table and writes benchmarks/results.json. The load generator is benchmarks/loadgen.py
 (its own ceiling is measured against a canned-response server first).
@@ -548,7 +555,11 @@ def purge_queue(stack: BenchStack, queue: str = "xnovu.deliver") -> None:
         client.delete(key)
 
 
-STAGES = ("a", "b", "c", "d", "e", "f")
+STAGES = ("a", "b", "c", "d", "e", "f", "g", "h")
+# Stages with a stack of their own, run after the shared one is stopped: (g) the bridge's
+# execute against @novu/framework (benchmarks/bridge_bench.py), (h) end to end with Novu
+# executing every step on the bridge (benchmarks/e2e_steps.py).
+OWN_STACK_STAGES = ("g", "h")
 
 
 class Run:
@@ -737,7 +748,16 @@ def main() -> int:
             bench = Run(stack, sizes, results)
             bench.step("stack started")
             for name in stages:
-                getattr(bench, name)()
+                if name not in OWN_STACK_STAGES:
+                    getattr(bench, name)()
+        if "g" in stages:
+            from benchmarks import bridge_bench
+
+            results["g"] = bridge_bench.run(quick)
+        if "h" in stages:
+            from benchmarks import e2e_steps
+
+            results["h"] = e2e_steps.run(quick)["e2e_steps"]
     finally:
         results["elapsed_seconds"] = time.perf_counter() - began
         RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
