@@ -111,7 +111,8 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
         )
         assert alert.status_code == 202, alert.text
         alert_tx = alert.json()["transactionId"]
-        deadline = time.monotonic() + 20
+        # Within one sync retry (the worker asks for a sync when Novu does not know it yet).
+        deadline = time.monotonic() + 60
         alert_events: list = []
         while time.monotonic() < deadline and not alert_events:
             alert_events = httpx.get(
@@ -119,6 +120,8 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
                 params={"transactionId": alert_tx},
             ).json()
             time.sleep(0.1)
+        known = httpx.get(f"http://127.0.0.1:{ports['NOVU_EMULATOR_PORT']}/_emulator/workflows")
+        assert alert_events, f"not at Novu; Novu knows {known.text[:2000]}; output:\n{banner}"
         rendered = alert_events[0]["payload"]["_xnovu"]["rendered"]
         assert rendered["email"]["subject"] == "[HIGH] Building b-789: HVAC failure"
         assert "HVAC failure" in rendered["email"]["body"]

@@ -261,17 +261,6 @@ def test_reconciler_requeues_a_row_whose_worker_died_mid_delivery(client, tenant
     assert row["attempts"] == 2
 
 
-def test_cancel_sent_retracts_while_novu_still_holds_it(client, tenant, worker, emulator):
-    emulator.post("/_emulator/faults", json={"holdSeconds": 60})
-    accepted = _trigger(client, tenant)
-    wait_for_status(client, tenant, accepted["notificationId"], {"SENT"})
-    response = client.post(
-        f"/api/notifications/{accepted['notificationId']}/cancel", headers=tenant.headers
-    )
-    assert response.status_code == 200, response.text
-    assert response.json()["notification_status"] == "RETRACTED"
-
-
 def test_cancel_sent_after_delivery_is_409_already_delivered(client, tenant, worker, emulator):
     accepted = _trigger(client, tenant)
     wait_for_status(client, tenant, accepted["notificationId"], {"SENT"})
