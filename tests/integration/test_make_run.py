@@ -50,7 +50,14 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
         k: v
         for k, v in os.environ.items()
         if k
-        not in {"DATABASE_URL", "REDIS_URL", "NOVU_API_URL", "NOVU_SECRET_KEY", "FLOWER_BASIC_AUTH"}
+        not in {
+            "DATABASE_URL",
+            "REDIS_URL",
+            "NOVU_API_URL",
+            "NOVU_SECRET_KEY",
+            "NOVU_BRIDGE_PUBLIC_URL",  # the suite's own bridge, not this stack's
+            "FLOWER_BASIC_AUTH",
+        }
     }
     env.update({k: str(v) for k, v in ports.items()})
     env["XNOVU_DATA_DIR"] = str(tmp_path / "data")
