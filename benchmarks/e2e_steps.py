@@ -177,10 +177,13 @@ def report(results: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description="End to end with every step on the bridge.")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (QUICK=1)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     quick = args.quick or os.environ.get("QUICK", "").lower() in ("1", "true", "yes")
     results = run(quick)
     print(json.dumps(results, indent=2, default=str))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(report(results))
     return 0
 

@@ -312,10 +312,10 @@ class _NoThreads(Executor):
         raise AssertionError("a lone notification must be sent on the task thread")
 
 
-def test_a_lone_notification_is_one_single_trigger_sent_on_the_task_thread(client, tenant, stack):
-    ids, _ = _pending_rows(client, tenant, 1)
-    threads: list[str] = []
-    paths: list[str] = []
+def _deliver_without_threads(
+    tenant: Any, ids: list[int], threads: list[str], paths: list[str]
+) -> Any:
+    """Deliver with a Novu that accepts everything, noting the thread of each call."""
 
     def answer(event: dict[str, Any]) -> dict[str, Any]:
         threads.append(threading.current_thread().name)
@@ -325,13 +325,20 @@ def test_a_lone_notification_is_one_single_trigger_sent_on_the_task_thread(clien
             "transactionId": event["transactionId"],
         }
 
-    report = deliver(
+    return deliver(
         tenant.enterprise_id,
         ids,
         novu=_fake_novu(answer, paths),
         settings=get_settings(),
         executor=_NoThreads(),
     )
+
+
+def test_a_lone_notification_is_one_single_trigger_sent_on_the_task_thread(client, tenant, stack):
+    ids, _ = _pending_rows(client, tenant, 1)
+    threads: list[str] = []
+    paths: list[str] = []
+    report = _deliver_without_threads(tenant, ids, threads, paths)
     assert (report.claimed, report.sent, report.novu_calls, report.novu_tokens) == (1, 1, 1, 1)
     assert paths == ["/v1/events/trigger"]
     assert set(threads) == {threading.current_thread().name}
@@ -344,22 +351,7 @@ def test_a_full_hundred_is_one_bulk_call_sent_on_the_task_thread(client, tenant,
     ids, _ = _pending_rows(client, tenant, 100)
     threads: list[str] = []
     paths: list[str] = []
-
-    def answer(event: dict[str, Any]) -> dict[str, Any]:
-        threads.append(threading.current_thread().name)
-        return {
-            "acknowledged": True,
-            "status": "processed",
-            "transactionId": event["transactionId"],
-        }
-
-    report = deliver(
-        tenant.enterprise_id,
-        ids,
-        novu=_fake_novu(answer, paths),
-        settings=get_settings(),
-        executor=_NoThreads(),
-    )
+    report = _deliver_without_threads(tenant, ids, threads, paths)
     assert (report.claimed, report.sent, report.novu_calls, report.novu_tokens) == (
         100,
         100,
