@@ -42,7 +42,7 @@ from api.bridge.protocol import (
     response_headers,
 )
 from api.bridge.signature import EMPTY_BODY, verify_signature
-from api.limits import BodySizeLimit
+from api.limits import BodySizeLimit, send_json
 from api.metrics import MetricsMiddleware
 from shared.settings import Settings, get_settings
 
@@ -188,20 +188,8 @@ async def _serve(scope: Scope, receive: Receive, send: Send) -> None:
                 break
         body = b"".join(chunks)
     status, document, extra = await answer(method, query, headers, body)
-    content = _encode(document)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                *_RAW_HEADERS,
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(content)).encode()),
-                *((k.encode(), v.encode()) for k, v in extra.items()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": content})
+    extra_headers = ((k.encode(), v.encode()) for k, v in extra.items())
+    await send_json(send, status, _encode(document), (*_RAW_HEADERS, *extra_headers))
 
 
 class BridgeHotPath:
