@@ -179,6 +179,8 @@ class BridgeRunner:
         self._queue: asyncio.Queue[_Start | _Run] | None = None
         self._workers: dict[int, asyncio.Task[None]] = {}
         self._busy: set[int] = set()  # workers running a job
+        # The stepConcurrency the workers were last made to match; None once one has left.
+        self._staffed_for: int | None = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._client: httpx.AsyncClient | None = None  # sync's discover only
         self._discover_locks: dict[str, asyncio.Lock] = {}
@@ -220,6 +222,7 @@ class BridgeRunner:
         if self._workers:
             await asyncio.wait(set(self._workers.values()), timeout=2.0)
         self._workers.clear()
+        self._staffed_for = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -246,12 +249,15 @@ class BridgeRunner:
         """Workers up to `stepConcurrency`: start missing ones, stop idle extra ones (busy
         extra ones stop after their current job)."""
         wanted = self.state.bridge.step_concurrency
+        if self._staffed_for == wanted:
+            return  # every job queued meets the same workers: nothing to look at
         for index in [i for i in self._workers if i >= wanted and i not in self._busy]:
             self._workers.pop(index).cancel()
         loop = asyncio.get_running_loop()
         for index in range(wanted):
             if index not in self._workers:
                 self._workers[index] = loop.create_task(self._work(index, queue))
+        self._staffed_for = wanted
 
     async def _work(self, index: int, queue: asyncio.Queue[_Start | _Run]) -> None:
         # The worker's own keep-alive connection to each bridge: it never waits for one.
@@ -273,6 +279,7 @@ class BridgeRunner:
         finally:
             if self._workers.get(index) is asyncio.current_task():
                 del self._workers[index]
+            self._staffed_for = None
             for connection in connections.values():
                 await connection.close()
 

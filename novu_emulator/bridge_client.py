@@ -1,23 +1,30 @@
 """The HTTP/1.1 client the emulator's step workers call the bridge with: one keep-alive
-connection per worker and bridge origin, on asyncio streams and h11 (as the emulator's server).
+connection per worker and bridge origin, an asyncio protocol whose answers are parsed by
+httptools (llhttp, the parser uvicorn and Node use).
 
 Why not httpx: on this path (small JSON requests, 50 concurrent callers) httpx's pool answered
-10 to 20 times fewer requests a second than h11 on the same machine (its pool scans every
-connection on each request), and the emulator must not be what limits Novu's step rate. A
-connection owned by one worker also means no request ever waits for a free connection.
+10 to 20 times fewer requests a second than a plain connection on the same machine (its pool
+scans every connection on each request), and the emulator stands in for Novu on the machine
+that runs everything it measures (benchmarks/e2e_steps.py): every millisecond it spends is one
+our stack cannot. An h11 client on asyncio streams cost 0.22 ms of CPU per step; this one
+costs a fraction of that (benchmarks/emulator_steps.py). A connection owned by one worker also
+means no request ever waits for a free one.
+
+Answers must carry a `content-length` or be chunked (uvicorn, Node and every proxy Novu sits
+behind do); one delimited by closing the connection is a failed call, which is stricter than
+Novu's client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-import h11
+import httptools
 
-READ_CHUNK = 65536
 # A bridge answer larger than this is refused (Novu's own limit on a step's output is far lower).
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
@@ -54,102 +61,138 @@ def request_target(url: str, params: dict[str, str]) -> tuple[Origin, str]:
     return Origin(parts.scheme, parts.hostname or "", port), target
 
 
+class _Exchange(asyncio.Protocol):
+    """A connection's protocol: feeds what arrives to httptools' response parser and resolves
+    the waiting request's future with (status, body) when its answer is complete."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.status = 0
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.failure: ConnectionFailed | None = None
+        self.keep_alive = True
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same API.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(
+            ConnectionFailed("connection closed before the answer", before_answer=self.status == 0)
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter is None or self.waiter.done():
+            self.keep_alive = False  # bytes nobody asked for: the connection is not reusable
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ConnectionFailed("the server switched protocols", before_answer=False))
+        except httptools.HttpParserError as exc:
+            self._fail(ConnectionFailed(f"not HTTP/1.1: {exc}", before_answer=self.status == 0))
+        if self.failure is not None:
+            self._fail(self.failure)
+
+    # httptools' callbacks
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size > MAX_ANSWER_BYTES:
+            self.failure = ConnectionFailed(
+                f"answer over {MAX_ANSWER_BYTES} bytes", before_answer=False
+            )
+        elif self.failure is None:
+            self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.failure is None and self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result((self.status, b"".join(self.chunks)))
+
+    # the connection's side
+
+    def send(self, request: bytes) -> asyncio.Future[tuple[int, bytes]]:
+        """Write one request; the future of its answer."""
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.status, self.chunks, self.size = 0, [], 0
+        if self.closed or self.transport.is_closing():
+            self.waiter.set_exception(ConnectionFailed("connection already closed"))
+        else:
+            self.transport.write(request)
+        return self.waiter
+
+    def reusable(self) -> bool:
+        return not self.closed and self.keep_alive and self.failure is None
+
+    def _fail(self, exc: ConnectionFailed) -> None:
+        self.keep_alive = False
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+
+
 class Connection:
     """One keep-alive connection to an origin, used for one request at a time."""
 
     def __init__(self, origin: Origin) -> None:
         self.origin = origin
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._h11 = h11.Connection(h11.CLIENT)
+        self._exchange: _Exchange | None = None
 
     async def request(
         self, method: str, target: str, headers: list[tuple[str, str]], body: bytes | None
     ) -> tuple[int, bytes]:
         """Send one request and read its whole answer: (status, body)."""
-        reused = self._writer is not None and self._reusable()
-        if not reused:
-            await self._open()
+        head = [f"{method} {target} HTTP/1.1", f"host: {self.origin.host_header}"]
+        head.extend(f"{name}: {value}" for name, value in headers)
+        if body is not None:
+            head.append(f"content-length: {len(body)}")
+        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
+        exchange = self._exchange
+        reused = exchange is not None and exchange.reusable()
+        if exchange is None or not reused:
+            exchange = await self._open()
         try:
-            return await self._exchange(method, target, headers, body)
+            return await self._answer(exchange, request)
         except ConnectionFailed as exc:
-            await self.close()
             if not (reused and exc.before_answer):
                 raise
         # The server closed the idle connection as we reused it: once more on a new one.
-        await self._open()
-        try:
-            return await self._exchange(method, target, headers, body)
-        except ConnectionFailed:
-            await self.close()
-            raise
+        return await self._answer(await self._open(), request)
 
     async def close(self) -> None:
         """Close the connection (the next request opens a new one)."""
-        writer, self._reader, self._writer = self._writer, None, None
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError, ssl.SSLError):  # already gone: nothing to tidy
-                await writer.wait_closed()
+        exchange, self._exchange = self._exchange, None
+        if exchange is not None and exchange.transport is not None:
+            exchange.transport.close()
 
-    def _reusable(self) -> bool:
-        return (
-            self._reader is not None
-            and not self._reader.at_eof()
-            and self._h11.our_state is h11.IDLE
-            and self._h11.their_state is h11.IDLE
-        )
-
-    async def _open(self) -> None:
+    async def _open(self) -> _Exchange:
         await self.close()
         context = ssl.create_default_context() if self.origin.scheme == "https" else None
+        loop = asyncio.get_running_loop()
         try:
-            self._reader, self._writer = await asyncio.open_connection(
-                self.origin.host, self.origin.port, ssl=context
+            _, exchange = await loop.create_connection(
+                _Exchange, self.origin.host, self.origin.port, ssl=context
             )
         except (OSError, ssl.SSLError) as exc:
             raise ConnectionFailed(f"connect to {self.origin.host_header}: {exc!r}") from exc
-        self._h11 = h11.Connection(h11.CLIENT)
+        self._exchange = exchange
+        return exchange
 
-    async def _exchange(
-        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes | None
-    ) -> tuple[int, bytes]:
-        assert self._reader is not None and self._writer is not None
-        conn, reader, writer = self._h11, self._reader, self._writer
-        sent = [("host", self.origin.host_header), *headers]
-        if body is not None:
-            sent.append(("content-length", str(len(body))))
-        status, chunks, size = 0, [], 0
+    async def _answer(self, exchange: _Exchange, request: bytes) -> tuple[int, bytes]:
         try:
-            events: list[h11.Event] = [h11.Request(method=method, target=target, headers=sent)]
-            if body:
-                events.append(h11.Data(data=body))
-            events.append(h11.EndOfMessage())
-            writer.write(b"".join(conn.send(event) or b"" for event in events))
-            await writer.drain()
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await reader.read(READ_CHUNK))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    size += len(event.data)
-                    if size > MAX_ANSWER_BYTES:
-                        raise ConnectionFailed(
-                            f"answer over {MAX_ANSWER_BYTES} bytes", before_answer=False
-                        )
-                    chunks.append(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                elif isinstance(event, h11.ConnectionClosed):
-                    raise ConnectionFailed(
-                        "connection closed before the answer", before_answer=status == 0
-                    )
-        except (OSError, ssl.SSLError, h11.ProtocolError) as exc:
-            raise ConnectionFailed(repr(exc), before_answer=status == 0) from exc
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-        else:
-            await self.close()  # `connection: close`, or an answer before our body was read
-        return status, b"".join(chunks)
+            answer = await exchange.send(request)
+        except BaseException:
+            await self.close()  # cancelled (a timeout) or failed: its answer may still come
+            raise
+        if not exchange.reusable():
+            await self.close()  # `connection: close`
+        return answer

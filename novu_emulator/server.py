@@ -7,11 +7,11 @@ import logging
 import random
 import signal
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from novu_emulator.bridge import BridgeRunner
@@ -196,6 +196,18 @@ async def _serve_until_signalled(server: EmulatorServer) -> None:
         await server.close()
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop where it is installed (uvicorn[standard] brings it on Linux and
+    macOS): the emulator shares the machine with what it measures, so its loop should cost as
+    little as uvicorn's does; asyncio's own loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def serve(
     host: str,
     port: int,
@@ -214,7 +226,7 @@ def serve(
         events_rps=events_rps,
         dedupe_race_window_ms=dedupe_race_window_ms,
     )
-    asyncio.run(_serve_until_signalled(server))
+    run_loop(_serve_until_signalled(server))
 
 
 @dataclass(slots=True)
@@ -296,7 +308,7 @@ def start_in_thread(
         finally:
             await server.close()
 
-    thread = threading.Thread(target=asyncio.run, args=(main(),), name="novu-emulator", daemon=True)
+    thread = threading.Thread(target=run_loop, args=(main(),), name="novu-emulator", daemon=True)
     thread.start()
     if not startup.ready.wait(timeout=10.0):
         raise RuntimeError("the Novu emulator did not start within 10 s")

@@ -29,9 +29,18 @@ DEFAULT_DEDUPE_RACE_WINDOW_MS = 100
 FAULT_LOG_LIMIT = 100_000
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def iso_now() -> str:
-    """Now in UTC as ISO-8601 with milliseconds, like JavaScript's `toISOString()`."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now in UTC as ISO-8601 with milliseconds, like JavaScript's `toISOString()`. Every
+    executed step stamps one, so the part up to the second is formatted once a second."""
+    global _second
+    now_ms = time.time_ns() // 1_000_000
+    seconds, millis = divmod(now_ms, 1000)
+    if _second[0] != seconds:
+        _second = (seconds, datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second[1]}.{millis:03d}Z"
 
 
 @dataclass(frozen=True, slots=True)

@@ -288,11 +288,62 @@ def _fast_checker(schema: dict[str, Any]) -> Callable[[Any], Any] | None:
     try:
         # use_default=False: fastjsonschema would otherwise write defaults into the instance.
         check: Callable[[Any], Any] = fastjsonschema.compile(
-            schema, formats=_FAST_FORMATS, use_default=False, detailed_exceptions=False
+            _fast_form(schema), formats=_FAST_FORMATS, use_default=False, detailed_exceptions=False
         )
     except Exception:  # a schema it cannot compile is checked by jsonschema alone
         return None
     return check
+
+
+def _fast_form(node: Any) -> Any:
+    """The schema as fastjsonschema should be given it: the same, with every `$` inside a
+    character class of a `pattern` (or `patternProperties` key) escaped. fastjsonschema turns
+    each unescaped `$` of a pattern into `\\Z`, which inside a class is a bad escape, so a
+    schema like @novu/framework's in-app redirect URL (`[^\\s/$.?#]`) would never compile and
+    every check of it would fall to jsonschema. Inside a class `$` and `\\$` mean the same."""
+    if isinstance(node, list):
+        return [_fast_form(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    form = {}
+    for key, value in node.items():
+        if key == "pattern" and isinstance(value, str):
+            form[key] = escape_class_dollars(value)
+        elif key == "patternProperties" and isinstance(value, dict):
+            form[key] = {escape_class_dollars(k): _fast_form(v) for k, v in value.items()}
+        elif key in ("enum", "const", "default", "examples"):
+            form[key] = value  # values, not schemas
+        else:
+            form[key] = _fast_form(value)
+    return form
+
+
+def escape_class_dollars(pattern: str) -> str:
+    """`pattern` with each `$` inside a character class written `\\$` (the same regex)."""
+    out: list[str] = []
+    in_class, i, n = False, 0, len(pattern)
+    while i < n:
+        char = pattern[i]
+        if char == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if not in_class and char == "[":
+            in_class = True
+            out.append(char)
+            i += 1
+            if pattern.startswith("^", i):
+                out.append("^")
+                i += 1
+            if pattern.startswith("]", i):  # a `]` first in a class is a literal one
+                out.append("]")
+                i += 1
+            continue
+        if in_class and char == "]":
+            in_class = False
+        out.append("\\$" if in_class and char == "$" else char)
+        i += 1
+    return "".join(out)
 
 
 def _fast_compatible(node: Any, *, top: bool = False) -> bool:

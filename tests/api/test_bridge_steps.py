@@ -6,6 +6,7 @@ placeholder payload for `preview`; see api/bridge/mock.py).
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -20,6 +21,8 @@ from api.bridge.schemas import (
     DELAY_RESULT,
     EMPTY_SCHEMA,
     OUTPUT_SCHEMAS,
+    _fast_checkers,
+    escape_class_dollars,
     problems,
 )
 from api.routes.novu_bridge import catalog_cache
@@ -385,3 +388,35 @@ def test_a_static_delay_out_of_range_fails_its_definition(seconds):
     with pytest.raises(WorkflowDefinitionError) as raised:
         define_workflow("bad-delay", email("s", "b"), delay_seconds=seconds)
     assert [p.code for p in raised.value.problems] == [ProblemCode.BAD_DELAY]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "escaped"),
+    [
+        (r"^[^\s/$.?#].$", r"^[^\s/\$.?#].$"),
+        (r"a$|[$]", r"a$|[\$]"),
+        (r"[]$]x$", r"[]\$]x$"),
+        (r"[^]$]", r"[^]\$]"),
+        (r"\[$\]", r"\[$\]"),
+        (r"[\]$]$", r"[\]\$]$"),
+    ],
+)
+def test_dollars_in_classes_are_escaped_for_fastjsonschema(pattern, escaped):
+    assert escape_class_dollars(pattern) == escaped
+    for text in ("a", "$", "x$", "]", "[", "ab", "/a", "$x"):
+        assert bool(re.search(pattern, text)) == bool(re.search(escaped, text)), text
+
+
+def test_every_channel_output_schema_is_checked_by_compiled_code():
+    """@novu/framework's in-app schema has `$` in a character class (its redirect URL), which
+    fastjsonschema cannot compile as written; every channel's answer would be checked by the
+    slower jsonschema on every execute."""
+    for channel, schema in OUTPUT_SCHEMAS.items():
+        assert _fast_checkers(schema) is not None, channel
+    in_app = OUTPUT_SCHEMAS[ChannelType.IN_APP]
+    redirect = {"label": "Open", "redirect": {"url": "https://example.com/a"}}
+    assert problems(in_app, {"body": "hi", "primaryAction": redirect}) == []
+    wrong = {"label": "Open", "redirect": {"url": "mailto:someone@example.com"}}
+    assert [p["path"] for p in problems(in_app, {"body": "hi", "primaryAction": wrong})] == [
+        "/primaryAction/redirect/url"
+    ]
