@@ -305,7 +305,7 @@ def _fast_form(node: Any) -> Any:
         return [_fast_form(item) for item in node]
     if not isinstance(node, dict):
         return node
-    form = {}
+    form: dict[str, Any] = {}
     for key, value in node.items():
         if key == "pattern" and isinstance(value, str):
             form[key] = escape_class_dollars(value)

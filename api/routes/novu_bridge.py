@@ -7,9 +7,9 @@ POST serves `execute` and `preview`, OPTIONS answers `{}`, and anything else is 
 protocol's `{message, code, data?}` shape, never the API's `{error: {...}}` one.
 
 Novu calls `execute` once per step of every notification, so the bridge is served by a plain
-ASGI handler (BridgeHotPath, mounted ahead of FastAPI's router in api/app.py) rather than by
-FastAPI's routing, dependency solving and a thread hop per request, which measured as nine
-tenths of an `execute` (docs/performance.md). A step runs on the event loop when everything it
+ASGI handler (BridgeHotPath, ahead of FastAPI's whole middleware stack, api/app.py) rather
+than by FastAPI's routing, dependency solving and a thread hop per request, which measured as
+nine tenths of an `execute` (docs/performance.md). A step runs on the event loop when everything it
 needs is in memory, and on a thread otherwise (api/bridge/execute.py, WouldBlock), as the
 trigger's check does (api/hotpath.py). The FastAPI routes below stay for the OpenAPI
 description and serve the same `answer` when the hot path is bypassed (a `root_path`).
@@ -188,13 +188,21 @@ async def _serve(scope: Scope, receive: Receive, send: Send) -> None:
                 break
         body = b"".join(chunks)
     status, document, extra = await answer(method, query, headers, body)
+    try:
+        encoded = _encode(document)
+    except (TypeError, ValueError):  # no ServerErrorMiddleware out here (api/app.py)
+        log.exception("bridge %s: the answer is not JSON", method)
+        failure = errors.unexpected()
+        status, encoded, extra = failure.status_code, _encode(failure.body()), {}
     extra_headers = ((k.encode(), v.encode()) for k, v in extra.items())
-    await send_json(send, status, _encode(document), (*_RAW_HEADERS, *extra_headers))
+    await send_json(send, status, encoded, (*_RAW_HEADERS, *extra_headers))
 
 
 class BridgeHotPath:
-    """Middleware: requests to the bridge's path go to `_serve` (through the metrics and
-    body-size middleware, as every request does), anything else to the app's usual stack."""
+    """Wraps the app's whole middleware stack (api/app.py, XNovuAPI): requests to the bridge's
+    path go to `_serve` (through the metrics and body-size middleware, as every request does),
+    anything else to the app's usual stack. `answer` turns every failure into the protocol's
+    error, so nothing here needs Starlette's ServerErrorMiddleware."""
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
         self.app = app
