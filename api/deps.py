@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from api.authguard import auth_failure_guard, client_address, too_many_failures
 from api.errors import ApiError
 from api.ratelimit import RateLimiterDep, enforce_rate_limit
 from shared.apikeys import Principal, PrincipalCache, authenticate_hash, hash_api_key
@@ -63,7 +64,8 @@ async def get_principal(
     limiter: RateLimiterDep,
     _declared: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)] = None,
 ) -> Principal:
-    """The caller, from `Authorization: Bearer <api key>`; 429 when the key is over its rate.
+    """The caller, from `Authorization: Bearer <api key>`; 429 when the key is over its rate
+    or its client address over its failed-authentication limit.
     A key seen in the last API_KEY_CACHE_SECONDS costs no database round trip; otherwise it is
     looked up from a worker thread, off the event loop. (The header is read from the request
     rather than declared as a header parameter: FastAPI's per-parameter validation was a
@@ -78,11 +80,30 @@ async def get_principal(
     key_hash = hash_api_key(token)
     principal = principal_cache().get(key_hash)
     if principal is None:
-        principal = await run_in_threadpool(_look_up, key_hash)
-    if principal is None:
-        raise _unauthorized("invalid or revoked API key")
+        principal = await _authenticate(request, key_hash)
     await enforce_rate_limit(limiter, principal.key_id)
     return principal
+
+
+async def _authenticate(request: Request, key_hash: str) -> Principal:
+    """A key the process has not cached: looked up, unless its client address is over its
+    failed-authentication limit or the key failed a moment ago (api/authguard.py); a failure
+    is 401, or 429 once the address is over the limit."""
+    guard = auth_failure_guard(request)
+    address = client_address(request)
+    refusal = guard.refusal(address, key_hash)
+    if refusal is not None:
+        raise too_many_failures(refusal, guard)
+    principal = None
+    if not guard.known_to_fail(key_hash):
+        principal = await run_in_threadpool(_look_up, key_hash)
+    if principal is not None:
+        guard.succeeded(key_hash)
+        return principal
+    decision = await run_in_threadpool(guard.failed, address, key_hash)
+    if not decision.allowed:
+        raise too_many_failures(decision, guard)
+    raise _unauthorized("invalid or revoked API key")
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

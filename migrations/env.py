@@ -1,4 +1,5 @@
-"""Alembic environment: online migrations against DATABASE_URL, schema `notify`."""
+"""Alembic environment: online migrations against MIGRATIONS_DATABASE_URL (else DATABASE_URL),
+schema `notify`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ target_metadata = Base.metadata
 
 def _url() -> str:
     configured = config.get_main_option("sqlalchemy.url")
-    return to_sqlalchemy_url(configured) if configured else get_settings().require_database_url()
+    if configured:
+        return to_sqlalchemy_url(configured)
+    return get_settings().require_migrations_database_url()
 
 
 def run_migrations_online() -> None:

@@ -25,10 +25,10 @@ def main() -> None:
 
 @main.command()
 def migrate() -> None:
-    """Apply the database migrations (DATABASE_URL)."""
+    """Apply the database migrations (MIGRATIONS_DATABASE_URL, else DATABASE_URL)."""
     from shared.migrate import upgrade
 
-    upgrade(get_settings().require_database_url())
+    upgrade(get_settings().require_migrations_database_url())
     click.echo("database migrated to head")
 
 

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
 
     # Where things live. Unset DATABASE_URL / REDIS_URL make `xnovu dev` start embedded servers.
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    # Who runs `xnovu migrate` when it is not DATABASE_URL's role: the schema's owner, while
+    # the services connect as a role that owns nothing (README, "Production").
+    migrations_database_url: str | None = Field(default=None, alias="MIGRATIONS_DATABASE_URL")
     redis_url: str | None = Field(default=None, alias="REDIS_URL")
     novu_api_url: str | None = Field(default=None, alias="NOVU_API_URL")
     novu_secret_key: str | None = Field(default=None, alias="NOVU_SECRET_KEY")
@@ -87,8 +90,14 @@ class Settings(BaseSettings):
     # Where the limiter counts (unset: REDIS_URL). When it is unreachable, requests are accepted.
     rate_limit_redis_url: str | None = Field(default=None, alias="RATE_LIMIT_REDIS_URL")
     # How long an API process trusts a key it has looked up; a revoked key stops working in
-    # every process within this time. 0: look the key up on every request.
+    # every process within this time. A key that failed is refused for as long without a
+    # lookup. 0: look the key up on every request.
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300, alias="API_KEY_CACHE_SECONDS")
+    # Failed key lookups each client address may cause per second, with bursts up to
+    # AUTH_FAILURE_BURST; above it 429 (api/authguard.py). Counted where the request rate is.
+    # 0 switches the limit off.
+    auth_failures_per_second: float = Field(default=1.0, ge=0, alias="AUTH_FAILURES_PER_SECOND")
+    auth_failure_burst: int = Field(default=20, ge=1, alias="AUTH_FAILURE_BURST")
     # Single triggers that arrive together are recorded in one transaction (group commit) of
     # at most this many rows per API process.
     trigger_batch_max_rows: int = Field(default=500, ge=1, le=1000, alias="TRIGGER_BATCH_MAX_ROWS")
@@ -128,6 +137,12 @@ class Settings(BaseSettings):
         if not self.database_url:
             raise RuntimeError("DATABASE_URL is not set (run through `xnovu dev` or set it)")
         return to_sqlalchemy_url(self.database_url)
+
+    def require_migrations_database_url(self) -> str:
+        """MIGRATIONS_DATABASE_URL, else DATABASE_URL, normalised as require_database_url."""
+        if self.migrations_database_url:
+            return to_sqlalchemy_url(self.migrations_database_url)
+        return self.require_database_url()
 
     def require_redis_url(self) -> str:
         """REDIS_URL, or a clear error when it is missing."""

@@ -40,6 +40,9 @@ TEST_TIMINGS = {
     # Far above what any test sends; tests/api/test_limits.py tests the limiter with small ones.
     "RATE_LIMIT_PER_SECOND": "100000",
     "RATE_LIMIT_BURST": "100000",
+    # Likewise for failed authentication (tests/api/test_auth_failures.py tests it).
+    "AUTH_FAILURES_PER_SECOND": "100000",
+    "AUTH_FAILURE_BURST": "100000",
     "LOG_LEVEL": "WARNING",
 }
 
