@@ -119,6 +119,10 @@ class Settings(BaseSettings):
         default=2.0, gt=0, alias="TEMPLATE_RENDER_TIMEOUT_SECONDS"
     )
     template_max_depth: int = Field(default=5, ge=1, le=20, alias="TEMPLATE_MAX_DEPTH")
+    # What one render's values may take, counted as they are built (shared/templates/limits.py).
+    template_max_memory_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024 * 1024, alias="TEMPLATE_MAX_MEMORY_BYTES"
+    )
 
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 

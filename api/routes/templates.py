@@ -24,6 +24,7 @@ from shared.settings import get_settings
 from shared.templates import (
     RenderError,
     RenderLimitExceeded,
+    RenderMemoryExceeded,
     TemplateSecurityError,
     get_template_renderer,
 )
@@ -171,6 +172,8 @@ def preview_template(
             variables_description=row.variables_description,
             template_key=row.template_key,
         )
+    except RenderMemoryExceeded as exc:
+        raise ApiError(422, "render_memory_exceeded", str(exc)) from exc
     except RenderLimitExceeded as exc:
         raise ApiError(422, "render_limit_exceeded", str(exc)) from exc
     except TemplateSecurityError as exc:

@@ -23,6 +23,7 @@ from shared.errors import InvalidInput
 from shared.notifications.repository import ClaimedRow, json_text
 from shared.novu.client import trigger_idempotency_key
 from shared.novu.schemas import TriggerEvent
+from shared.templates.errors import RenderMemoryExceeded
 from shared.templates.renderer import TemplateNotFound, get_template_renderer
 from shared.templates.sandbox import RenderError
 from shared.workflows.instance import WorkflowInstance
@@ -164,6 +165,8 @@ def build_trigger_event(row: ClaimedRow) -> PreparedTrigger:
         raise PermanentDeliveryError("workflow_not_found", f"no workflow {row.workflow_key!r}")
     try:
         rendered, fallbacks = render_workflow(workflow, row.enterprise_id, row.payload)
+    except RenderMemoryExceeded as exc:
+        raise PermanentDeliveryError("render_memory_exceeded", str(exc)) from exc
     except RenderError as exc:
         raise PermanentDeliveryError("render_failed", str(exc)) from exc
 

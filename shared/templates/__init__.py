@@ -4,6 +4,7 @@ from shared.templates.cache import variable_defaults
 from shared.templates.errors import (
     RenderError,
     RenderLimitExceeded,
+    RenderMemoryExceeded,
     TemplateNotFound,
     TemplateSecurityError,
 )
@@ -17,6 +18,7 @@ from shared.templates.renderer import (
 __all__ = [
     "RenderError",
     "RenderLimitExceeded",
+    "RenderMemoryExceeded",
     "RenderedContent",
     "TemplateNotFound",
     "TemplateRenderer",

@@ -18,3 +18,7 @@ class RenderLimitExceeded(RenderError):
 
 class TemplateNotFound(RenderError):
     """No usable template with that id or key in this enterprise."""
+
+
+class RenderMemoryExceeded(RenderLimitExceeded):
+    """The values a render built went over its memory budget (TEMPLATE_MAX_MEMORY_BYTES)."""

@@ -13,12 +13,24 @@ every render to these bounds:
   what `*`, `**`, `+`, `%`, a join or an amplifying str method would build and refuse it *before*
   it is built; `text_size` estimates the text form of a container without building it. Integers
   stay below MAX_INT_BITS bits and `range()` below MAX_RANGE items.
+- Memory. Bounding each value is not enough: a render can build many of them (a hundred
+  thousand strings of a megabyte each, `map`ped from a range, took a worker to 3.5 GB within its
+  time limit). So every value the sandbox's hooks build (a filter's or call's result, each item
+  a filter's generator yields, an intercepted operator's result, a slice, a joined buffer) is
+  charged, by its `sys.getsizeof`, to the render's byte budget (`max_bytes`,
+  TEMPLATE_MAX_MEMORY_BYTES), and a value whose size is known beforehand (`check_size`) is
+  refused before it is built when it would not fit. The charge is of bytes built, never given
+  back: an upper bound of what the render can hold at once, whatever Python frees meanwhile.
+  Containers count their own size, not their items' (those were charged when they were built,
+  or belong to the payload). Going over fails the render alone (`RenderMemoryExceeded`); the
+  process never comes near it (docs/architecture.md, "Rendering").
 """
 
 from __future__ import annotations
 
 import contextvars
 import re
+import sys
 import time
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from contextlib import contextmanager
@@ -27,7 +39,7 @@ from typing import Any
 from jinja2.runtime import Undefined
 from jinja2.utils import Namespace
 
-from shared.templates.errors import RenderError, RenderLimitExceeded
+from shared.templates.errors import RenderError, RenderLimitExceeded, RenderMemoryExceeded
 
 MAX_RANGE = 100_000
 # Integers in templates stay below this size (about 1 200 decimal digits).
@@ -43,14 +55,23 @@ IncludeFunc = Callable[[str, dict[str, Any], bool], str]
 class RenderBudget:
     """What one top-level render may spend; its nested renders share it."""
 
-    __slots__ = ("deadline", "include", "max_depth", "stack", "timeout")
+    __slots__ = (
+        "deadline", "include", "max_bytes", "max_depth", "spent_bytes", "stack", "timeout"
+    )  # fmt: skip
 
     def __init__(
-        self, *, timeout: float, max_depth: int, include: IncludeFunc | None = None
+        self,
+        *,
+        timeout: float,
+        max_depth: int,
+        max_bytes: int,
+        include: IncludeFunc | None = None,
     ) -> None:
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.max_depth = max_depth
+        self.max_bytes = max_bytes
+        self.spent_bytes = 0
         self.include = include
         # Templates being rendered, outermost first: the cycle and depth checks read it.
         self.stack: list[str] = []
@@ -60,6 +81,24 @@ class RenderBudget:
         if time.monotonic() > self.deadline:
             raise RenderLimitExceeded(
                 f"rendering timed out: it took longer than {self.timeout:g} s"
+            )
+
+    def check_room(self, size: int, what: str) -> None:
+        """Refuse building `what` of `size` bytes when the render has not that much left."""
+        if self.spent_bytes + size > self.max_bytes:
+            raise RenderMemoryExceeded(
+                f"rendering would use more than {self.max_bytes} bytes of memory "
+                f"(TEMPLATE_MAX_MEMORY_BYTES): {what} needs {size} more, "
+                f"{self.spent_bytes} were used already"
+            )
+
+    def charge(self, size: int, what: str) -> None:
+        """Count `size` bytes the render built; past max_bytes the render stops."""
+        self.spent_bytes += size
+        if self.spent_bytes > self.max_bytes:
+            raise RenderMemoryExceeded(
+                f"rendering used more than {self.max_bytes} bytes of memory "
+                f"(TEMPLATE_MAX_MEMORY_BYTES), the last {size} by {what}"
             )
 
     @contextmanager
@@ -121,6 +160,60 @@ def deadline_checked(iterator: Iterator[Any]) -> Iterator[Any]:
 def too_large(what: str, limit: int) -> RenderLimitExceeded:
     """The error for `what` growing past `limit` characters."""
     return RenderLimitExceeded(f"{what} would exceed the limit of {limit} characters")
+
+
+def check_size(what: str, size: int, limit: int) -> None:
+    """Refuse building `what` of `size` characters: over `limit`, or more than the running
+    render has left of its memory budget (a character is at least a byte)."""
+    if size > limit:
+        raise too_large(what, limit)
+    check_room(what, size)
+
+
+def check_room(what: str, size: int) -> None:
+    """Refuse building `what` of `size` bytes when the running render has not that much left."""
+    budget = _budget.get()
+    if budget is not None:
+        budget.check_room(size, what)
+
+
+# What `footprint` measures: values a hook may build. Anything else (a loop object, a macro,
+# a namespace) is small or was built of charged values.
+_SIZED = (str, bytes, bytearray, list, tuple, dict, set, frozenset, int, float)
+
+
+def footprint(value: Any) -> int:
+    """The bytes `value` itself takes (a container's, not its items'); 0 for other objects."""
+    return sys.getsizeof(value) if isinstance(value, _SIZED) else 0
+
+
+def charge(value: Any, what: str) -> None:
+    """Charge a value a hook built to the running render's memory budget."""
+    budget = _budget.get()
+    if budget is not None and isinstance(value, _SIZED):
+        budget.charge(sys.getsizeof(value), what)
+
+
+def charge_items(values: Iterable[Any], what: str) -> None:
+    """Charge the items of a container a hook built along with them (str.split's parts)."""
+    budget = _budget.get()
+    if budget is not None:
+        budget.charge(sum(footprint(value) for value in values), what)
+
+
+def charged(iterator: Iterator[Any], what: str) -> Iterator[Any]:
+    """The items of a filter's generator, each charged as it is consumed (an item a hook built,
+    a `map`ped filter's result, was charged already: only containers are charged here, such as
+    `batch`'s and `slice`'s lists), checking the deadline before each."""
+    budget = _budget.get()
+    if budget is None:
+        yield from iterator
+        return
+    for item in iterator:
+        budget.check_time()
+        if isinstance(item, (list, tuple, dict, set, frozenset)):
+            budget.charge(sys.getsizeof(item), what)
+        yield item
 
 
 class GuardedRange:
@@ -213,6 +306,7 @@ def check_joined(parts: Iterable[Any], limit: int, extra: int = 0) -> None:
         total += len(part) if isinstance(part, str) else text_size(part, limit)
         if total > limit:
             raise too_large("the joined text", limit)
+    check_size("the joined text", total, limit)
 
 
 def check_printf(fmt: str, args: Any, limit: int) -> None:
@@ -227,8 +321,7 @@ def check_printf(fmt: str, args: Any, limit: int) -> None:
                     raise too_large("the formatted text", limit)
                 size += int(number)
     size += text_size(args, limit)
-    if size > limit:
-        raise too_large("the formatted text", limit)
+    check_size("the formatted text", size, limit)
 
 
 def replaced_size(s: str, old: Any, new: Any, count: Any) -> int:
@@ -249,8 +342,12 @@ def check_binop(operator: str, left: Any, right: Any, limit: int) -> None:
     if operator == "*":
         for seq, times in ((left, right), (right, left)):
             repeats = isinstance(seq, (str, bytes, list, tuple)) and isinstance(times, int)
-            if repeats and times > 0 and len(seq) * times > limit:
-                raise too_large("repeating a value", limit)
+            if repeats and times > 0:
+                # A list's item is a pointer of 8 bytes; a text's character at least one.
+                width = 1 if isinstance(seq, (str, bytes)) else 8
+                if len(seq) * times > limit:
+                    raise too_large("repeating a value", limit)
+                check_room("repeating a value", width * len(seq) * times)
         if _int_bits(left) + _int_bits(right) > MAX_INT_BITS:
             raise RenderLimitExceeded(f"integers are limited to {MAX_INT_BITS} bits")
     elif operator == "**":
@@ -259,8 +356,8 @@ def check_binop(operator: str, left: Any, right: Any, limit: int) -> None:
             raise RenderLimitExceeded(f"integers are limited to {MAX_INT_BITS} bits")
     elif operator == "+":
         sequences = isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple))
-        if sequences and len(left) + len(right) > limit:
-            raise too_large("adding these values", limit)
+        if sequences:
+            check_size("adding these values", len(left) + len(right), limit)
     elif operator == "%" and isinstance(left, str):
         check_printf(left, right, limit)
 
@@ -269,12 +366,10 @@ def check_str_call(s: str, name: str, args: tuple[Any, ...], limit: int) -> tupl
     """Refuse a str method call that would build too much text; returns the arguments to call
     it with (a join's iterable is read once, here)."""
     if name in _PADDING_METHODS and args and isinstance(args[0], int):
-        if args[0] > limit:
-            raise too_large(f"str.{name}()", limit)
+        check_size(f"str.{name}()", args[0], limit)
     elif name == "replace" and len(args) >= 2:
         count = args[2] if len(args) > 2 else -1
-        if replaced_size(s, args[0], args[1], count) > limit:
-            raise too_large("str.replace()", limit)
+        check_size("str.replace()", replaced_size(s, args[0], args[1], count), limit)
     elif name == "join" and args:
         items = list(args[0])
         check_joined(items, limit, extra=len(s) * max(len(items) - 1, 0))

@@ -28,7 +28,8 @@ Nesting
 
 Limits (see shared.templates.limits): each field's output is counted while it is generated
 and stopped past TEMPLATE_MAX_OUTPUT_BYTES; a render (all fields and nested templates) stops
-after TEMPLATE_RENDER_TIMEOUT_SECONDS. Every failure is a `RenderError` (permanent: the
+after TEMPLATE_RENDER_TIMEOUT_SECONDS, or once the values it built take more than
+TEMPLATE_MAX_MEMORY_BYTES (RenderMemoryExceeded). Every failure is a `RenderError` (permanent: the
 template or its variables are wrong).
 
 Rows come from the TemplateCache (shared.templates.cache), which keeps this renderer's compiled
@@ -230,6 +231,7 @@ class TemplateRenderer:
         budget = RenderBudget(
             timeout=self.settings.template_render_timeout_seconds,
             max_depth=self.settings.template_max_depth,
+            max_bytes=self.settings.template_max_memory_bytes,
             include=partial(self._include, enterprise_id) if enterprise_id else None,
         )
         budget.stack.append(name)

@@ -9,6 +9,11 @@ Jinja's `ImmutableSandboxedEnvironment` already refuses private and internal att
   `{% set %}` block or filter block joins. The filters and str methods that amplify (`center`,
   `indent`, `format`, `replace`, `join`, `wordwrap`, `urlize`, `batch`, `slice`, `sum` of
   non-numbers) are checked before they run.
+- Memory. What the hooks build is charged to the render's byte budget (see limits.py):
+  filters' results and the items their generators yield, calls' results (a str method's parts
+  too), intercepted operators' results, slices and joined buffers. Every filter takes the
+  context, so that Jinja never folds one at compile time, outside any render's budget (300
+  `{{ 'x'|center(999999) }}` took 1.2 GB to save).
 - Surface. `lipsum` is gone, `range` is bounded (100 000 items), `str.format`/`format_map` are
   refused (the `format` filter remains), strings and numbers expose only an allowlist of
   harmless methods, bytes and generators none. There is no loader: `{% include %}`,
@@ -29,17 +34,22 @@ from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.environment import Environment
 from jinja2.exceptions import TemplateSyntaxError
 from jinja2.nodes import EvalContext
-from jinja2.runtime import Context, Undefined, markup_join, str_join
+from jinja2.runtime import Context, Macro, Undefined, markup_join, str_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import _PassArg
 from markupsafe import Markup
 
 from shared.templates.errors import RenderError, RenderLimitExceeded
 from shared.templates.limits import (
     MAX_RANGE,
+    charge,
+    charge_items,
+    charged,
     check_binop,
     check_deadline,
     check_joined,
     check_printf,
+    check_size,
     check_str_call,
     current_budget,
     deadline_checked,
@@ -108,7 +118,8 @@ def _words(value: Any, limit: int) -> tuple[int, int]:
 
 
 class _GuardedCodeGenerator(CodeGenerator):
-    """Jinja's code generator with each loop's iterable and each `~` routed through checks."""
+    """Jinja's code generator with each loop's iterable, each slice and each `~` routed through
+    checks."""
 
     def visit_Template(self, node: nodes.Template, frame: Frame | None = None) -> None:
         for loop in node.find_all(nodes.For):
@@ -119,6 +130,24 @@ class _GuardedCodeGenerator(CodeGenerator):
             guard.set_environment(self.environment)
             loop.iter = guard
         super().visit_Template(node, frame)
+
+    @optimizeconst
+    def visit_Getitem(self, node: nodes.Getitem, frame: Frame) -> None:
+        # Jinja writes a slice as Python's `x[a:b]`, past environment.getitem: route it there,
+        # so that the copy it makes is charged to the render's memory budget.
+        if not isinstance(node.arg, nodes.Slice):
+            super().visit_Getitem(node, frame)
+            return
+        self.write("environment.getitem(")
+        self.visit(node.node, frame)
+        self.write(", slice(")
+        for index, part in enumerate((node.arg.start, node.arg.stop, node.arg.step)):
+            self.write(", " if index else "")
+            if part is None:
+                self.write("None")
+            else:
+                self.visit(part, frame)
+        self.write("))")
 
     @optimizeconst
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
@@ -175,7 +204,9 @@ class XNovuSandbox(ImmutableSandboxedEnvironment):
         """Join a buffer (macro output, `{% set %}` blocks, filter blocks), within the limit."""
         items = parts if isinstance(parts, list) else list(parts)
         check_joined(items, self.max_text)
-        return "".join(items)
+        joined = "".join(items)
+        charge(joined, "a joined buffer")
+        return joined
 
     def _finalize(self, value: Any) -> Any:
         # Every {{ ... }} passes here before it becomes text.
@@ -213,7 +244,10 @@ class XNovuSandbox(ImmutableSandboxedEnvironment):
 
     def getitem(self, obj: Any, argument: Any) -> Any:
         check_deadline()
-        return super().getitem(obj, argument)
+        item = super().getitem(obj, argument)
+        if isinstance(argument, slice):
+            charge(item, "a slice")
+        return item
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         check_deadline()
@@ -223,33 +257,49 @@ class XNovuSandbox(ImmutableSandboxedEnvironment):
         result = super().call(context, obj, *args, **kwargs)
         if isinstance(result, str) and len(result) > self.max_text:
             raise too_large("the result of a call", self.max_text)
+        if not isinstance(obj, Macro):  # a macro's output was charged as its buffer was joined
+            charge(result, "the result of a call")
+            if isinstance(owner, str) and isinstance(result, (list, tuple)):
+                charge_items(result, "the parts of a string")  # split, partition: new strings
         return result
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         check_deadline()
         check_binop(operator, left, right, self.max_text)
-        return super().call_binop(context, operator, left, right)
+        result = super().call_binop(context, operator, left, right)
+        charge(result, f"the {operator} operator")
+        return result
 
     # -- filters, for loops and `~` -----------------------------------------------------
 
     def _guard_filter(self, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
-        skip = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0
+        passes = _PassArg.from_obj(func)
         check = _FILTER_CHECKS.get(name)
+        what = f"the {name} filter"
 
         @functools.wraps(func)
-        def guarded(*args: Any, **kwargs: Any) -> Any:
+        def guarded(context: Context, *args: Any, **kwargs: Any) -> Any:
             check_deadline()
-            own = list(args[skip:])
+            own = list(args)
             for value in (*own, *kwargs.values()):
                 if not isinstance(value, (str, int, float, Undefined)) and value is not None:
-                    self.check_text(value, f"the input of the {name} filter")
+                    self.check_text(value, f"the input of {what}")
             if check is not None:
                 check(self, own, kwargs)
-            result = func(*args[:skip], *own, **kwargs)
+            if passes is None:
+                result = func(*own, **kwargs)
+            else:
+                result = func(_passed(passes, context), *own, **kwargs)
             if isinstance(result, str) and len(result) > self.max_text:
-                raise too_large(f"the output of the {name} filter", self.max_text)
+                raise too_large(f"the output of {what}", self.max_text)
+            if isinstance(result, Iterator):
+                return charged(result, what)
+            charge(result, what)
             return result
 
+        # Called with the context, so Jinja never runs it at compile time (constant folding
+        # happens outside any render's budget); the wrapped filter gets what it asked for.
+        guarded.jinja_pass_arg = _PassArg.context  # type: ignore[attr-defined]
         return guarded
 
     def xnovu_guard_iter(self, iterable: Any) -> Iterator[Any]:
@@ -259,12 +309,25 @@ class XNovuSandbox(ImmutableSandboxedEnvironment):
     def xnovu_str_join(self, seq: Iterable[Any]) -> str:
         parts = tuple(seq)
         check_joined(parts, self.max_text)
-        return str_join(parts)
+        joined = str_join(parts)
+        charge(joined, "the ~ operator")
+        return joined
 
     def xnovu_markup_join(self, seq: Iterable[Any]) -> str:
         parts = tuple(seq)
         check_joined(parts, self.max_text)
-        return markup_join(parts)
+        joined = markup_join(parts)
+        charge(joined, "the ~ operator")
+        return joined
+
+
+def _passed(passes: _PassArg, context: Context) -> Any:
+    """What a filter declared with `passes` takes first, from the render's context."""
+    if passes is _PassArg.context:
+        return context
+    if passes is _PassArg.eval_context:
+        return context.eval_ctx
+    return context.environment
 
 
 FilterCheck = Callable[[XNovuSandbox, list[Any], dict[str, Any]], None]
@@ -272,8 +335,8 @@ FilterCheck = Callable[[XNovuSandbox, list[Any], dict[str, Any]], None]
 
 def _check_center(env: XNovuSandbox, args: list[Any], kwargs: dict[str, Any]) -> None:
     width = _arg(args, kwargs, 1, "width", 80)
-    if isinstance(width, int) and width > env.max_text:
-        raise too_large("the center filter", env.max_text)
+    if isinstance(width, int):
+        check_size("the center filter", width, env.max_text)
 
 
 def _check_indent(env: XNovuSandbox, args: list[Any], kwargs: dict[str, Any]) -> None:
@@ -281,8 +344,7 @@ def _check_indent(env: XNovuSandbox, args: list[Any], kwargs: dict[str, Any]) ->
     per_line = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
     size, _ = _words(args[0] if args else "", env.max_text)
     lines = args[0].count("\n") + 1 if args and isinstance(args[0], str) else size + 1
-    if size + lines * max(per_line, 0) > env.max_text:
-        raise too_large("the indent filter", env.max_text)
+    check_size("the indent filter", size + lines * max(per_line, 0), env.max_text)
 
 
 def _check_format(env: XNovuSandbox, args: list[Any], kwargs: dict[str, Any]) -> None:
@@ -296,8 +358,7 @@ def _check_replace(env: XNovuSandbox, args: list[Any], kwargs: dict[str, Any]) -
         old = _arg(args, kwargs, 1, "old", "")
         new = _arg(args, kwargs, 2, "new", "")
         count = _arg(args, kwargs, 3, "count", None)
-        if replaced_size(s, old, new, count) > env.max_text:
-            raise too_large("the replace filter", env.max_text)
+        check_size("the replace filter", replaced_size(s, old, new, count), env.max_text)
 
 
 def _check_join(env: XNovuSandbox, args: list[Any], kwargs: dict[str, Any]) -> None:
@@ -313,8 +374,7 @@ def _check_wordwrap(env: XNovuSandbox, args: list[Any], kwargs: dict[str, Any]) 
     wrap = _arg(args, kwargs, 3, "wrapstring", None) or "\n"
     size, words = _words(args[0] if args else "", env.max_text)
     lines = min(size + 1, size // max(width if isinstance(width, int) else 1, 1) + words)
-    if size + lines * len(str(wrap)) > env.max_text:
-        raise too_large("the wordwrap filter", env.max_text)
+    check_size("the wordwrap filter", size + lines * len(str(wrap)), env.max_text)
 
 
 def _check_urlize(env: XNovuSandbox, args: list[Any], kwargs: dict[str, Any]) -> None:
@@ -322,8 +382,7 @@ def _check_urlize(env: XNovuSandbox, args: list[Any], kwargs: dict[str, Any]) ->
         len(str(_arg(args, kwargs, i, name, None) or "")) for i, name in ((3, "target"), (4, "rel"))
     )
     size, words = _words(args[0] if args else "", env.max_text)
-    if 3 * size + words * extra > env.max_text:
-        raise too_large("the urlize filter", env.max_text)
+    check_size("the urlize filter", 3 * size + words * extra, env.max_text)
 
 
 def _check_count_arg(index: int, name: str) -> FilterCheck:

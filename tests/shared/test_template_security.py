@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from shared.settings import Settings
 from shared.templates import (
     RenderError,
     RenderLimitExceeded,
+    RenderMemoryExceeded,
     TemplateRenderer,
     TemplateSecurityError,
     validate_template_source,
@@ -257,3 +259,79 @@ def test_reasonable_templates_still_work(renderer):
         out
         == "1. Tea x2 = 3.00, 2. Cake x1 = 3.00 | 3 items | x, y | - | 1024 | ababab | 0-1-2 | a+b"
     )
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+# Each builds far more than TEMPLATE_MAX_MEMORY_BYTES out of values that are each within the
+# output limit; the first took a worker child from 129 MB to 3.5 GB before its timeout.
+MEMORY_BOMBS = {
+    "center_every_number": "{{ range(100000)|map('string')|map('center', 999999)|list|length }}",
+    "ljust_in_a_loop": ("{% for i in range(100000) %}{% set x = 'x'.ljust(999999) %}{% endfor %}"),
+    "split_into_many_strings": "{{ ('a ' * 499999).split()|length }}",
+    "set_block_buffers": (
+        "{% for i in range(100000) %}{% set b %}{{ s * 9999 }}{% endset %}{% endfor %}"
+    ),
+    "slices_of_a_long_string": (
+        "{% set long = s * 9999 %}{% for i in range(100000) %}{{ long[i:]|length }}{% endfor %}"
+    ),
+    "concatenations": "{% for i in range(100000) %}{{ (s * 9999 ~ i)|length }}{% endfor %}",
+    "list_repetitions": "{% for i in range(100000) %}{% set l = [i] * 999999 %}{% endfor %}",
+}
+MEMORY_TIMEOUT = 30.0  # far away: the memory budget, not the clock, must stop these
+
+
+@pytest.fixture(scope="module")
+def budgeted() -> TemplateRenderer:
+    """The default limits (1 MB of output, 8 MiB of memory), with a timeout out of the way."""
+    settings = Settings().model_copy(update={"template_render_timeout_seconds": MEMORY_TIMEOUT})
+    assert settings.template_max_memory_bytes == 8 * 1024 * 1024
+    return TemplateRenderer(settings)
+
+
+def peak_bytes(run: Any) -> int:
+    """The most memory Python held while `run()` ran (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("body", MEMORY_BOMBS.values(), ids=MEMORY_BOMBS.keys())
+def test_memory_bombs_fail_on_the_memory_budget(budgeted, body):
+    def run() -> None:
+        with pytest.raises(RenderMemoryExceeded, match="TEMPLATE_MAX_MEMORY_BYTES"):
+            render(budgeted, body, ChannelType.SMS, s="z" * 100)
+
+    # The budget is 8 MiB; what else a render holds (its compiled code, the 1 MB output limit,
+    # one value past the budget) stays well within 64 MB.
+    assert peak_bytes(run) < 64 * 1024 * 1024
+
+
+def test_the_memory_reason_says_what_it_refused(budgeted):
+    with pytest.raises(RenderMemoryExceeded) as info:
+        render(budgeted, MEMORY_BOMBS["center_every_number"])
+    assert "more than 8388608 bytes of memory" in str(info.value)
+    assert "the center filter" in str(info.value)
+
+
+def test_compiling_does_not_fold_filters_outside_the_budget():
+    # Jinja folds constant filter calls while compiling, with no render (nor budget) running:
+    # 300 centred strings took 1.2 GB to save. Filters take the context, so none is folded.
+    body = "{{ 'x'|center(999999) }}" * 300
+    assert peak_bytes(lambda: validate_template_source(None, body)) < 64 * 1024 * 1024
+
+
+def test_large_honest_renders_fit_the_budget(budgeted):
+    # A 70 KB payload printed as JSON twelve times (over 850 KB of output, near the most a body
+    # may have), through filters, loops and joins: well within the memory budget.
+    payload = {f"k{i}": "v" * 60 for i in range(1000)}
+    body = (
+        "{% for i in range(12) %}{{ payload|tojson }}{% endfor %}"
+        "{{ payload.values()|map('upper')|join(',')|length }}"
+    )
+    out = render(budgeted, body, ChannelType.SMS, payload=payload)
+    assert len(out) > 850_000
+    assert out.endswith(str(1000 * 61 - 1))
