@@ -173,9 +173,6 @@ def _migrate_and_seed(settings: Settings) -> None:
 def _processes(settings: Settings, worker_concurrency: int) -> dict[str, str]:
     py = sys.executable
     data_dir = settings.data_dir.resolve()
-    flower_auth = (
-        f" --basic-auth={settings.flower_basic_auth}" if settings.flower_basic_auth else ""
-    )
     processes = {
         "api": f"{py} -m uvicorn api.app:app --host {settings.api_host} --port {settings.api_port}",
         "worker": (
@@ -187,9 +184,11 @@ def _processes(settings: Settings, worker_concurrency: int) -> dict[str, str]:
             f"{py} -m celery -A worker.celery_app beat --loglevel=INFO"
             f" --schedule={data_dir / 'celerybeat-schedule'}"
         ),
+        # Flower reads FLOWER_BASIC_AUTH from the environment it inherits: never on a command
+        # line, which every user of the machine can read.
         "flower": (
             f"{py} -m celery -A worker.celery_app flower --address=127.0.0.1"
-            f" --port={settings.flower_port}{flower_auth}"
+            f" --port={settings.flower_port}"
         ),
     }
     if not settings.novu_api_url:
