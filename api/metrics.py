@@ -1,4 +1,9 @@
-"""Prometheus metrics of an API process at GET /metrics (one series set per process)."""
+"""Prometheus metrics of an API process at GET /metrics (one series set per process).
+
+The series count every enterprise's traffic together, so they are the operator's: /metrics
+needs the operator credential (api/operator.py), which Prometheus sends as a bearer token
+(`authorization: {credentials: ...}` in its scrape config). No label names an enterprise.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.operator import OperatorDep
 from shared.notifications.recorder import trigger_recorder
 from shared.novu.budget import novu_usage
 
@@ -94,8 +100,9 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics() -> Response:
-    """Request counts and latencies of this process, in Prometheus' text format."""
+def metrics(_operator: OperatorDep) -> Response:
+    """Request counts and latencies of this process, in Prometheus' text format (for the
+    operator credential only)."""
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -64,9 +64,10 @@ Emulator endpoints (no authentication):
 - `GET /_emulator/events[?transactionId=X]`: accepted triggers in order, each
   `{transactionId, name, to, payload, overrides?, actor?, tenant?, context?,
   receivedAt, cancelled}`.
-- `GET /_emulator/stats`: `{accepted, duplicates, duplicatesRun, cancelled, requests,
-  tokens, syncs, idempotency: {replayed, inFlightConflicts, bodyMismatches}, faults:
-  {latency, drop, dropAfterAccept, rateLimited, "status:500": N, ...}, bridge: {...}}`.
+- `GET /_emulator/stats`: `{accepted, recipientsDropped, duplicates, duplicatesRun,
+  cancelled, requests, tokens, syncs, idempotency: {replayed, inFlightConflicts,
+  bodyMismatches}, faults: {latency, drop, dropAfterAccept, rateLimited, "status:500": N,
+  ...}, bridge: {...}}`.
   `requests` counts every `/v1` request; `tokens` is `{spent, refused, refusedRequests,
   eventsRps, byEndpoint: {trigger|bulk-trigger|cancel|sync: {spent, refused}}}`: the tokens
   charged to requests the rate limiter admitted, those asked by the ones it refused (429),
@@ -91,6 +92,9 @@ Emulator endpoints (no authentication):
   `bridgeUrl` is null and no sync deletes it. `DELETE` forgets one (404 if unknown). The
   `workflows` argument of `start_in_thread`/`EmulatorServer` registers names this way at
   startup, and `POST /_emulator/reset` goes back to those.
+- `GET /_emulator/subscribers[?subscriberId=X]`: Novu's subscribers as triggers left them,
+  each `{subscriberId, email?, phone?, firstName?, ...}`: a trigger Novu runs creates every
+  subscriber its `to` names and updates it with the fields of an inline subscriber object.
 - `GET /_emulator/messages[?transactionId=&subscriberId=&workflowId=&stepId=&channel=]`:
   what the bridge's steps delivered, in order, each `{transactionId, workflowId, stepId,
   channel, subscriberId, outputs, deliveredAt}`.
@@ -119,6 +123,9 @@ Where the emulator is stricter than Novu (so that code passing here passes there
   from a trigger's own `bridgeUrl` in development environments; the emulator does not.
 - The body-parser limits apply to any content type (Novu parses only JSON bodies).
 - Only runs held in a delay step are cancellable: digests are not emulated.
+- Recipients: a subscriberId or topicKey outside Novu's SUBSCRIBER_ID_REGEX (after trimming)
+  is dropped from `to` (`stats.recipientsDropped`), and a trigger left with none is
+  `invalid_recipients`; Novu only logs them while its dry-run flag is on.
 Contract tests (tests/contract) check the shared behaviour against a real Novu when
 `NOVU_CONTRACT_SECRET_KEY` is set.
 

@@ -69,6 +69,7 @@ class ControlApi:
             },
             f"{CONTROL_PREFIX}/messages": {"GET": self._messages},
             f"{CONTROL_PREFIX}/workflows": {"GET": self._workflows},
+            f"{CONTROL_PREFIX}/subscribers": {"GET": self._subscribers},
         }
         methods = routes.get(path)
         if methods is None:
@@ -157,6 +158,17 @@ class ControlApi:
                 message
                 for message in self.state.messages
                 if all(message.get(name) in wanted for name, wanted in filters.items())
+            ],
+        )
+
+    def _subscribers(self, request: HttpRequest) -> HttpResponse:
+        wanted = request.query.get("subscriberId")
+        return json_response(
+            200,
+            [
+                subscriber
+                for subscriber_id, subscriber in self.state.subscribers.items()
+                if wanted is None or subscriber_id in wanted
             ],
         )
 

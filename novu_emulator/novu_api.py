@@ -38,8 +38,8 @@ from novu_emulator.validation import (
     flat_messages,
     json_size,
     payload_too_large_message,
-    recipients,
     trigger_errors,
+    valid_recipients,
 )
 
 logger = logging.getLogger(__name__)
@@ -403,13 +403,17 @@ class NovuApi:
         if not workflow.steps:
             return {"acknowledged": True, "status": "no_workflow_steps_defined"}
         transaction_id = event.get("transactionId") or str(uuid.uuid4())
-        if not recipients(event["to"]):
+        to, dropped = valid_recipients(event["to"])
+        if not to:
             return {
                 "acknowledged": True,
                 "status": "invalid_recipients",
                 "transactionId": transaction_id,
             }
-        recorded = self.state.record(transaction_id, event)
+        if dropped:
+            logger.warning("invalid recipients dropped: %s", json.dumps(dropped)[:500])
+            self.state.counters["recipients_dropped"] += len(dropped)
+        recorded = self.state.record(transaction_id, {**event, "to": to})
         if recorded is not None and self._bridge is not None:
             # Novu's workers run the steps after the 201; so does the bridge runner.
             self._bridge.schedule(recorded)

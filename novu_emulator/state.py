@@ -1,5 +1,5 @@
-"""Everything the emulator remembers, in memory: triggers, workflows, counters, idempotency
-keys, tokens.
+"""Everything the emulator remembers, in memory: triggers, workflows, subscribers, counters,
+idempotency keys, tokens.
 
 Only the event loop thread touches this state, and no method awaits, so each
 call is atomic with respect to concurrent requests.
@@ -19,6 +19,7 @@ from novu_emulator.config import BridgeConfig
 from novu_emulator.faults import FaultConfig, FaultScope, StatusFault
 from novu_emulator.http import HttpResponse
 from novu_emulator.ratelimit import DEFAULT_EVENTS_RPS, RateLimits
+from novu_emulator.validation import recipients
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600.0
 # Novu forgets an in-flight mark after 5 minutes, in case its request never finished.
@@ -165,6 +166,9 @@ class EmulatorState:
     # those registered at startup, which reset() restores.
     workflows: dict[str, KnownWorkflow] = field(default_factory=dict)
     startup_workflows: dict[str, KnownWorkflow] = field(default_factory=dict)
+    # Novu's subscribers, by subscriberId: a trigger Novu runs creates each subscriber it names
+    # and updates it with the fields of an inline subscriber object.
+    subscribers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def reset(self) -> None:
         """Forget every trigger, message, counter, fault, idempotency key and synced workflow,
@@ -186,6 +190,7 @@ class EmulatorState:
         self.fault_counts.clear()
         self.transaction_faults.clear()
         self.fault_log.clear()
+        self.subscribers.clear()
 
     def set_faults(self, faults: FaultConfig) -> None:
         """Replace the fault configuration (and the rate limits when its rate changes)."""
@@ -216,12 +221,24 @@ class EmulatorState:
             received=now,
         )
         self.triggers.append(trigger)
+        self._upsert_subscribers(body.get("to"))
         if first is None:
             self.by_transaction[transaction_id] = trigger
         else:
             self.slipped.setdefault(transaction_id, []).append(trigger)
         self.counters["accepted"] += 1
         return trigger
+
+    def _upsert_subscribers(self, to: Any) -> None:
+        """Create the subscribers `to` names and update them with the fields given inline, as
+        Novu's trigger does (topics are left alone: the emulator has none)."""
+        for recipient in recipients(to):
+            if isinstance(recipient, str):
+                self.subscribers.setdefault(recipient, {"subscriberId": recipient})
+            elif isinstance(recipient, dict) and isinstance(recipient.get("subscriberId"), str):
+                subscriber_id = recipient["subscriberId"]
+                known = self.subscribers.setdefault(subscriber_id, {"subscriberId": subscriber_id})
+                known.update(recipient)
 
     def sync_workflows(
         self, bridge_url: str, source: str | None, discovered: list[KnownWorkflow]
@@ -322,6 +339,7 @@ class EmulatorState:
         faults.update(sorted(self.fault_counts.items()))
         return {
             "accepted": self.counters["accepted"],
+            "recipientsDropped": self.counters["recipients_dropped"],
             "duplicates": self.counters["duplicates"],
             "duplicatesRun": self.counters["duplicates_run"],
             "cancelled": self.counters["cancelled"],

@@ -7,11 +7,15 @@ Field errors have the shape of Novu's 422 `errors` member:
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 MAX_PAYLOAD_BYTES = 524_288  # 512 KB, per trigger event (Novu: "Payload Limits").
 MAX_RECIPIENTS = 100
 MAX_BULK_EVENTS = 100
+# Novu's SUBSCRIBER_ID_REGEX, which every subscriberId and topicKey of `to` must match once
+# trimmed (apps/api trigger-recipient-validation.ts); Novu sets no length limit.
+SUBSCRIBER_ID = re.compile(r"(?:[A-Za-z0-9_:.\-]+|\S+@\S+\.\S+)")
 _RECIPIENT_SHAPE = (
     'each recipient must be a subscriberId string, a subscriber object with "subscriberId", '
     'or a topic {"type": "Topic", "topicKey"}'
@@ -56,6 +60,44 @@ def _is_recipient(item: Any) -> bool:
 def recipients(to: Any) -> list[Any]:
     """The recipients of `to`, whether it is one recipient or a list of them."""
     return to if isinstance(to, list) else [to]
+
+
+def _valid_id(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    trimmed = value.strip()
+    return trimmed if SUBSCRIBER_ID.fullmatch(trimmed) else None
+
+
+def _valid_recipient(item: Any) -> Any:
+    """The recipient as Novu keeps it (its id trimmed), or None when Novu's rule refuses it."""
+    if isinstance(item, str):
+        return _valid_id(item)
+    if isinstance(item, dict):
+        for key in ("subscriberId", "topicKey"):
+            if key in item:
+                checked = _valid_id(item[key])
+                return None if checked is None else {**item, key: checked}
+    return None
+
+
+def valid_recipients(to: Any) -> tuple[Any, list[Any]]:
+    """What Novu keeps of `to` and what it drops: a list loses the recipients whose
+    subscriberId or topicKey fails SUBSCRIBER_ID_REGEX; a single such recipient leaves None.
+    (Novu drops them unless its dry-run flag is on, where it only logs them: the emulator
+    always drops them, the stricter of the two.)"""
+    if not isinstance(to, list):
+        kept = _valid_recipient(to)
+        return kept, [] if kept is not None else [to]
+    valid: list[Any] = []
+    invalid: list[Any] = []
+    for item in to:
+        kept = _valid_recipient(item)
+        if kept is None:
+            invalid.append(item)
+        else:
+            valid.append(kept)
+    return valid, invalid
 
 
 def trigger_errors(body: Any) -> FieldErrors:

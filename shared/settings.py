@@ -6,7 +6,7 @@ import uuid
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_ENTERPRISE_ID = uuid.UUID("00000000-0000-0000-0000-000000000001")
@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     # How long a notification of a workflow Novu does not know yet waits for a sync to make it
     # known (from the first time Novu refused it) before it fails.
     novu_sync_wait_seconds: float = Field(default=300.0, ge=0, alias="NOVU_SYNC_WAIT_SECONDS")
+    # Novu's subscribers and topics are global to a Novu environment: every subscriberId and
+    # topicKey XNovu sends is prefixed with its enterprise's id (docs/architecture.md,
+    # "Recipients"). Off sends them bare, as before: only for moving a deployment over.
+    novu_namespace_subscribers: bool = Field(default=True, alias="NOVU_NAMESPACE_SUBSCRIBERS")
 
     # Delivery and retry policy.
     delivery_max_attempts: int = Field(default=8, ge=1, alias="DELIVERY_MAX_ATTEMPTS")
@@ -93,6 +97,11 @@ class Settings(BaseSettings):
     # every process within this time. A key that failed is refused for as long without a
     # lookup. 0: look the key up on every request.
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300, alias="API_KEY_CACHE_SECONDS")
+    # The operator's credential (`Authorization: Bearer <token>`) for process-wide figures:
+    # /metrics and /api/operator/stats. Unset, those answer 403 to everyone.
+    operator_token: SecretStr | None = Field(
+        default=None, min_length=32, alias="XNOVU_OPERATOR_TOKEN"
+    )
     # Failed key lookups each client address may cause per second, with bursts up to
     # AUTH_FAILURE_BURST; above it 429 (api/authguard.py). Counted where the request rate is.
     # 0 switches the limit off.

@@ -344,6 +344,18 @@ def tenant(stack: Stack) -> Tenant:
 
 
 @pytest.fixture()
+def operator(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The operator credential's headers, its token set for this test (XNOVU_OPERATOR_TOKEN)."""
+    from pydantic import SecretStr
+
+    from shared.settings import get_settings
+
+    token = f"op-{uuid.uuid4().hex}{uuid.uuid4().hex}"
+    monkeypatch.setattr(get_settings(), "operator_token", SecretStr(token))
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture()
 def emulator(novu_emulator: str) -> Iterator[httpx.Client]:
     """An HTTP client for the emulator's control endpoints; faults are cleared afterwards."""
     with httpx.Client(base_url=novu_emulator, timeout=10) as http:

@@ -1,14 +1,16 @@
-"""Registry, template-cache and Novu rate-limit statistics."""
+"""Statistics: an enterprise's own (`/api/stats`, any key acting for it) and the process's
+(`/api/operator/stats`, the operator credential only): one enterprise never sees another's
+ids or counts (docs/architecture.md, "Operator credential")."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from fastapi import APIRouter
 
 from api.deps import EnterpriseDep
-from shared.novu.budget import novu_usage
+from api.operator import OperatorDep
+from shared.novu.budget import Usage, novu_usage
 from shared.templates.renderer import get_template_renderer
 from shared.workflows.registry import get_registry
 
@@ -17,22 +19,39 @@ router = APIRouter(tags=["stats"])
 
 @router.get("/api/stats")
 def stats(enterprise_id: EnterpriseDep) -> dict[str, Any]:
-    """What this process has registered and cached (counts; the enterprise's own details), and
-    what the enterprise's deliveries cost in Novu's rate limit."""
+    """The enterprise's own figures in this process (its workflows as loaded, its cached
+    templates) and what its deliveries cost in Novu's rate limit."""
+    registry = get_registry().get_stats(enterprise_id)
+    cache = get_template_renderer().get_cache_stats()
+    own: dict[str, Any] = {"staticWorkflows": registry["staticWorkflows"]}
+    if "enterprise" in registry:
+        own["enterprise"] = registry["enterprise"]
     return {
-        "registry": get_registry().get_stats(enterprise_id),
-        "templateCache": get_template_renderer().get_cache_stats(),
-        "novu": _novu(enterprise_id),
+        "registry": own,
+        "templateCache": {
+            "entries": cache["enterprises"].get(str(enterprise_id), 0),
+            "ttlSeconds": cache["ttlSeconds"],
+        },
+        "novu": _novu(novu_usage(enterprise_id)),
     }
 
 
-def _novu(enterprise_id: uuid.UUID) -> dict[str, Any]:
-    """The Events tokens Novu charged for this enterprise's notifications, per notification it
-    accepted, since the counters began (every worker adds to them). The tokens come from one
-    budget per Novu environment that all enterprises share (`eventsTokensPerSecond`); each
-    Novu call carries one enterprise's notifications, so the counts are this enterprise's own.
-    Nulls when Redis cannot say."""
-    usage = novu_usage(enterprise_id)
+@router.get("/api/operator/stats")
+def operator_stats(_operator: OperatorDep) -> dict[str, Any]:
+    """The whole process: registry and template-cache counters with every enterprise's
+    entries, and the Novu usage of all enterprises together."""
+    return {
+        "registry": get_registry().get_stats(),
+        "templateCache": get_template_renderer().get_cache_stats(),
+        "novu": _novu(novu_usage()),
+    }
+
+
+def _novu(usage: Usage | None) -> dict[str, Any]:
+    """The Events tokens Novu charged, per notification it accepted, since the counters began
+    (every worker adds to them). The tokens come from one budget per Novu environment that all
+    enterprises share (`eventsTokensPerSecond`); each Novu call carries one enterprise's
+    notifications, so an enterprise's counts are its own. Nulls when Redis cannot say."""
     return {
         "eventsTokensPerSecond": usage.per_second if usage else None,
         "tokensSpent": usage.tokens if usage else None,

@@ -39,6 +39,7 @@ from shared.notifications.novu_trigger import (
     derived_subscriber,
     event_bytes_without_rendered,
     novu_recipients,
+    subscriber_namespace,
 )
 from shared.notifications.publisher import publish_enterprise
 from shared.notifications.recorder import Answer, trigger_recorder
@@ -203,6 +204,8 @@ def check(
     # What Novu will receive must fit Novu's limit even without the rendered content, which
     # the worker leaves out when it does not fit (docs/architecture.md, "Size").
     to_bytes = len((stored_text if recipients.to is stored else json_text(recipients.to)).encode())
+    if recipients.to is stored:  # bare ids, each sent in the enterprise's namespace
+        to_bytes += len(subscriber_namespace(enterprise_id)) * len(stored)
     size = event_bytes_without_rendered(
         request.workflowId,
         to_bytes=to_bytes,
@@ -257,7 +260,8 @@ def check_payload(workflow: WorkflowInstance, payload: dict[str, Any], settings:
 @dataclass(frozen=True, slots=True)
 class Recipients:
     """Who a trigger is for: the subscriberIds / topicKeys (`recipients`), the list as given
-    when any is an object (`recipient_objects`, else None) and Novu's `to` for them."""
+    when any is an object (`recipient_objects`, else None) and Novu's `to` for them (for bare
+    ids alone, the ids themselves: the enterprise's namespace is only counted)."""
 
     keys: list[str]
     as_given: list[Any] | None
@@ -294,7 +298,8 @@ def resolve_recipients(
         derived = None
     if as_given is None and derived is None:
         return Recipients(keys, None, keys)
-    return Recipients(keys, as_given, novu_recipients(keys, as_given, derived))
+    namespace = subscriber_namespace(enterprise_id)
+    return Recipients(keys, as_given, novu_recipients(keys, as_given, derived, namespace))
 
 
 def _derived_if_any(workflow: WorkflowInstance, payload: dict[str, Any]) -> dict[str, Any] | None:

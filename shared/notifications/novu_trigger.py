@@ -8,6 +8,12 @@ the event stays within Novu's size limit with it; otherwise it is left out and t
 renders each step from the payload when Novu executes it (docs/architecture.md, "Size").
 Intake refuses a trigger whose event would be over the limit even without it
 (`event_bytes_without_rendered`), so an accepted notification always fits.
+
+Novu's subscribers and topics are global to a Novu environment, and a trigger creates or
+updates the subscribers it names. So every subscriberId and topicKey in `to` goes to Novu in
+its enterprise's namespace, `<enterprise uuid>_<caller's id>` (docs/architecture.md,
+"Recipients"): an enterprise can neither reach nor rewrite another's subscribers. The row keeps
+the caller's ids; only the event carries the namespaced ones.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from shared.errors import InvalidInput
 from shared.notifications.repository import ClaimedRow, json_text
 from shared.novu.client import trigger_idempotency_key
 from shared.novu.schemas import TriggerEvent
+from shared.settings import get_settings
 from shared.templates.errors import RenderMemoryExceeded
 from shared.templates.renderer import TemplateNotFound, get_template_renderer
 from shared.templates.sandbox import RenderError
@@ -34,6 +41,9 @@ XNOVU_PAYLOAD_KEY = "_xnovu"
 # What a channel says when its template is missing (the fallback is recorded on the row).
 FALLBACK_SUBJECT = "{{ _workflow_name }}"
 FALLBACK_BODY = "{{ message if message is string else 'You have a new notification.' }}"
+# Between the enterprise's id and the caller's in a subscriberId or topicKey sent to Novu: a
+# character every form of Novu's subscriberId rule allows, in an email-like id's local part too.
+NAMESPACE_SEPARATOR = "_"
 # Novu's limit on one trigger event, as compact JSON (it answers 413 above it).
 NOVU_EVENT_MAX_BYTES = 524_288
 # The event's bytes besides its payload, recipients and overrides, at their largest: the keys,
@@ -129,23 +139,44 @@ def derived_subscriber(
     return subscriber
 
 
+def subscriber_namespace(enterprise_id: uuid.UUID) -> str:
+    """What the enterprise's subscriberIds and topicKeys are prefixed with at Novu; empty when
+    NOVU_NAMESPACE_SUBSCRIBERS is off (bare ids, for moving a deployment over)."""
+    if not get_settings().novu_namespace_subscribers:
+        return ""
+    return f"{enterprise_id}{NAMESPACE_SEPARATOR}"
+
+
 def novu_recipients(
     recipients: Sequence[str],
     recipient_objects: Sequence[Any] | None,
     derived: Mapping[str, Any] | None,
+    namespace: str,
 ) -> list[Any]:
     """Novu's `to`: the recipients as given (a null field means "not given" and is left out),
-    a bare subscriberId the workflow derives a subscriber for as that subscriber object."""
+    a bare subscriberId the workflow derives a subscriber for as that subscriber object, every
+    subscriberId and topicKey (and a topic's `exclude`) in the enterprise's namespace."""
     to: list[Any] = []
     for recipient in recipient_objects if recipient_objects is not None else recipients:
         if isinstance(recipient, str):
             if derived is not None and recipient == derived["subscriberId"]:
-                to.append(dict(derived))
+                to.append(_namespaced(dict(derived), namespace))
             else:
-                to.append(recipient)
+                to.append(namespace + recipient)
         else:
-            to.append({key: value for key, value in recipient.items() if value is not None})
+            given = {key: value for key, value in recipient.items() if value is not None}
+            to.append(_namespaced(given, namespace))
     return to
+
+
+def _namespaced(recipient: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """A subscriber object or topic with its ids in the namespace (changed in place)."""
+    for key in ("subscriberId", "topicKey"):
+        if key in recipient:
+            recipient[key] = namespace + recipient[key]
+    if "exclude" in recipient:
+        recipient["exclude"] = [namespace + excluded for excluded in recipient["exclude"]]
+    return recipient
 
 
 def event_bytes_without_rendered(
@@ -174,7 +205,8 @@ def build_trigger_event(row: ClaimedRow) -> PreparedTrigger:
         derived = derived_subscriber(workflow, row.payload)
     except InvalidInput:
         derived = None  # intake accepted it, so its recipients do not need the derived one
-    to = novu_recipients(row.recipients, row.recipient_objects, derived)
+    namespace = subscriber_namespace(row.enterprise_id)
+    to = novu_recipients(row.recipients, row.recipient_objects, derived, namespace)
     if not to:
         raise PermanentDeliveryError("no_recipients", "the notification has no recipients")
 

@@ -149,9 +149,9 @@ def test_ids_beyond_bigint_are_422_not_a_database_error(client, tenant):
     assert response.status_code == 422
 
 
-def test_metrics_count_requests_by_route_template(client, tenant):
+def test_metrics_count_requests_by_route_template(client, tenant, operator):
     client.get("/api/notifications/123456789", headers=tenant.headers)
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=operator).text
     assert 'route="/api/notifications/{notification_id}"' in text
     assert 'status="404"' in text
     assert "/api/notifications/123456789" not in text

@@ -100,7 +100,8 @@ def test_each_enterprise_receives_its_own_channels_rendered_through_the_bridge(c
     assert set(by_step) == {"email", "in_app"}
     email, in_app = by_step["email"], by_step["in_app"]
     assert email["channel"] == "email" and in_app["channel"] == "in_app"
-    assert email["subscriberId"] == in_app["subscriberId"] == "resident-a"
+    # Novu knows each enterprise's subscribers in its namespace (docs/architecture.md).
+    assert email["subscriberId"] == in_app["subscriberId"] == f"{a.enterprise_id}_resident-a"
     assert email["workflowId"] == key
     assert email["outputs"] == {
         "subject": "[HIGH] B-12",
@@ -114,7 +115,7 @@ def test_each_enterprise_receives_its_own_channels_rendered_through_the_bridge(c
     delivered_b = _wait_for_messages(bridged, sent_b["transactionId"], 1)
     assert [m["stepId"] for m in delivered_b] == ["email"]
     assert delivered_b[0]["outputs"]["subject"] == "[HIGH] B-12"
-    assert delivered_b[0]["subscriberId"] == "resident-b"
+    assert delivered_b[0]["subscriberId"] == f"{b.enterprise_id}_resident-b"
     assert bridged.get("/_emulator/stats").json()["bridge"]["lastError"] is None
 
 
@@ -125,4 +126,4 @@ def test_static_workflow_is_delivered_through_the_bridge(client, tenant, bridged
     assert delivered["email"]["outputs"]["subject"] == "Welcome to XNovu, Ada Lovelace!"
     assert "<h1>Welcome, Ada Lovelace!</h1>" in delivered["email"]["outputs"]["body"]
     assert "Ada Lovelace" in delivered["in_app"]["outputs"]["body"]
-    assert delivered["email"]["subscriberId"] == payload["userId"]
+    assert delivered["email"]["subscriberId"] == f"{tenant.enterprise_id}_{payload['userId']}"

@@ -229,7 +229,12 @@ def _others(budget: NovuBudget, tenant: Tenant) -> int:
 
 
 def _all_sent_within_novus_rate_limit(
-    stack: Stack, client: Any, tenant: Tenant, emulator: httpx.Client, faults: dict[str, Any]
+    stack: Stack,
+    client: Any,
+    tenant: Tenant,
+    emulator: httpx.Client,
+    faults: dict[str, Any],
+    operator: dict[str, str],
 ) -> None:
     # Novu's Free tier, a fresh bucket at the emulator (a new rate replaces it) and a full
     # budget here: what tests before this one spent does not count.
@@ -274,18 +279,28 @@ def _all_sent_within_novus_rate_limit(
         "notificationsSent": 600,
         "tokensPerNotification": 1.0,
     }
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=operator).text
     assert "xnovu_novu_tokens_total " in metrics
     assert "xnovu_novu_tokens_per_notification " in metrics
 
 
 def test_600_single_triggers_at_100_a_second_are_all_sent_within_novus_rate_limit(
-    stack: Stack, client: Any, tenant: Tenant, worker: Any, emulator: httpx.Client
+    stack: Stack,
+    client: Any,
+    tenant: Tenant,
+    worker: Any,
+    emulator: httpx.Client,
+    operator: dict[str, str],
 ) -> None:
-    _all_sent_within_novus_rate_limit(stack, client, tenant, emulator, {})
+    _all_sent_within_novus_rate_limit(stack, client, tenant, emulator, {}, operator)
 
 
 def test_the_same_with_200_ms_of_novu_latency(
-    stack: Stack, client: Any, tenant: Tenant, worker: Any, emulator: httpx.Client
+    stack: Stack,
+    client: Any,
+    tenant: Tenant,
+    worker: Any,
+    emulator: httpx.Client,
+    operator: dict[str, str],
 ) -> None:
-    _all_sent_within_novus_rate_limit(stack, client, tenant, emulator, {"latencyMs": 200})
+    _all_sent_within_novus_rate_limit(stack, client, tenant, emulator, {"latencyMs": 200}, operator)

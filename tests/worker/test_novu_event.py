@@ -14,7 +14,7 @@ import pytest
 
 from api.bridge.signature import sign
 from shared.settings import get_settings
-from tests.conftest import signup_payload, wait_for_status
+from tests.conftest import make_tenant, signup_payload, wait_for_status
 from tests.factories import create_template, create_workflow
 
 pytestmark = pytest.mark.integration
@@ -57,7 +57,9 @@ def _delivered(client: Any, tenant: Any, emulator: Any, body: dict[str, Any]) ->
     return accepted["notificationId"], events[0]
 
 
-def test_subscriber_objects_and_topics_reach_novu_as_given(client, tenant, worker, emulator):
+def test_subscriber_objects_and_topics_reach_novu_in_the_enterprises_namespace(
+    client, tenant, worker, emulator
+):
     payload = signup_payload()
     grace = {
         "subscriberId": "grace-1906",
@@ -67,38 +69,126 @@ def test_subscriber_objects_and_topics_reach_novu_as_given(client, tenant, worke
         "timezone": "America/New_York",
         "data": {"plan": "pro"},
     }
-    topic = {"type": "Topic", "topicKey": "building-7"}
+    topic = {"type": "Topic", "topicKey": "building-7", "exclude": ["plain-id"]}
+    # A null field is "not given"; the payload's own user is sent as the subscriber object the
+    # workflow derives from the payload.
+    recipients = [
+        grace,
+        "plain-id",
+        topic,
+        {"subscriberId": "alan", "phone": None},
+        payload["userId"],
+    ]
     notification_id, event = _delivered(
         client,
         tenant,
         emulator,
-        {
-            "workflowId": "user-signup",
-            "payload": payload,
-            # A null field is "not given"; the payload's own user is sent as the subscriber
-            # object the workflow derives from the payload.
-            "recipients": [
-                grace,
-                "plain-id",
-                topic,
-                {"subscriberId": "alan", "phone": None},
-                payload["userId"],
-            ],
-        },
+        {"workflowId": "user-signup", "payload": payload, "recipients": recipients},
     )
+    ours = f"{tenant.enterprise_id}_"
     assert event["to"] == [
-        grace,
-        "plain-id",
-        topic,
-        {"subscriberId": "alan"},
-        {"subscriberId": payload["userId"], "email": payload["email"], "firstName": "Ada Lovelace"},
+        {**grace, "subscriberId": ours + "grace-1906"},
+        ours + "plain-id",
+        {"type": "Topic", "topicKey": ours + "building-7", "exclude": [ours + "plain-id"]},
+        {"subscriberId": ours + "alan"},
+        {
+            "subscriberId": ours + payload["userId"],
+            "email": payload["email"],
+            "firstName": "Ada Lovelace",
+        },
     ]
+    # The caller's ids stay the caller's: stored and read back exactly as given.
     read = client.get(f"/api/notifications/{notification_id}", headers=tenant.headers)
-    assert read.json()["recipients"][0] == grace
+    assert read.json()["recipients"] == recipients
     # Novu's own SDK reads the body as a trigger and writes it back the same.
     sdk = novu_models.TriggerEventRequestDto
     body = event_body(event)
     assert json.loads(novu_utils.marshal_json(sdk.model_validate(body), sdk)) == body
+
+
+# --- subscriber isolation: Novu's subscribers are global to its environment (issue 12) ---------
+
+
+def _novu_subscriber(emulator: Any, subscriber_id: str) -> dict[str, Any] | None:
+    """Novu's subscriber of that id as the triggers left it, or None when Novu has none."""
+    found = emulator.get("/_emulator/subscribers", params={"subscriberId": subscriber_id}).json()
+    return found[0] if found else None
+
+
+def test_another_enterprise_naming_the_same_user_reaches_its_own_novu_subscriber(
+    client, worker, emulator
+):
+    """Enterprise B triggers user-signup for A's user with its own address: Novu receives it
+    for B's subscriber, and A's subscriber keeps A's address."""
+    a, b = make_tenant(), make_tenant()
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    _, from_a = _delivered(
+        client,
+        a,
+        emulator,
+        {
+            "workflowId": "user-signup",
+            "payload": {"userId": user, "email": "ada@example.com", "name": "Ada"},
+        },
+    )
+    _, from_b = _delivered(
+        client,
+        b,
+        emulator,
+        {
+            "workflowId": "user-signup",
+            "payload": {"userId": user, "email": "attacker@example.com", "name": "Eve"},
+        },
+    )
+    a_id, b_id = f"{a.enterprise_id}_{user}", f"{b.enterprise_id}_{user}"
+    assert from_a["to"] == [{"subscriberId": a_id, "email": "ada@example.com", "firstName": "Ada"}]
+    assert [r["subscriberId"] for r in from_b["to"]] == [b_id]
+    assert _novu_subscriber(emulator, a_id) == {
+        "subscriberId": a_id,
+        "email": "ada@example.com",
+        "firstName": "Ada",
+    }
+    assert (_novu_subscriber(emulator, b_id) or {}).get("email") == "attacker@example.com"
+    assert _novu_subscriber(emulator, user) is None  # no bare id reaches Novu
+
+
+def test_an_enterprise_id_named_by_another_enterprise_is_not_that_enterprises_subscriber(
+    client, worker, emulator
+):
+    """The issue's attack: A's alerts go to A's own subscriber (the fallback recipient, its
+    enterprise id); B triggers with `userId` = A's enterprise id and its own email. B's
+    trigger reaches another subscriber, and A's is left as it was."""
+    a, b = make_tenant(), make_tenant()
+    key = f"alert-{uuid.uuid4().hex[:8]}"
+    create_workflow(client, a, key, publish=True, IN_APP=create_template(client, a, "IN_APP"))
+    _, alert = _delivered(
+        client, a, emulator, {"workflowId": key, "payload": {"buildingId": "B-1", "message": "hi"}}
+    )
+    own = f"{a.enterprise_id}_{a.enterprise_id}"
+    assert alert["to"] == [own]
+
+    _, attack = _delivered(
+        client,
+        b,
+        emulator,
+        {
+            "workflowId": "user-signup",
+            "payload": {
+                "userId": str(a.enterprise_id),
+                "email": "attacker@example.com",
+                "name": "Eve",
+            },
+        },
+    )
+    assert attack["to"] == [
+        {
+            "subscriberId": f"{b.enterprise_id}_{a.enterprise_id}",
+            "email": "attacker@example.com",
+            "firstName": "Eve",
+        }
+    ]
+    assert _novu_subscriber(emulator, own) == {"subscriberId": own}
+    assert _novu_subscriber(emulator, str(a.enterprise_id)) is None
 
 
 def test_an_event_its_rendered_content_would_push_over_512_kb_is_sent_without_it(
