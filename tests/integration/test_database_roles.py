@@ -3,9 +3,11 @@
 docker-compose.yml's PostgreSQL runs deploy/postgres/10-xnovu-roles.sh once, as its bootstrap
 superuser. Here the same script runs against a fresh database of the suite's PostgreSQL; then
 `xnovu migrate` runs as xnovu_owner (MIGRATIONS_DATABASE_URL) and a real API process as
-xnovu_service (DATABASE_URL). The attack this answers: the services connected as a superuser,
-so row-level security rested only on the role switch inside each transaction, and anything
-that reached SQL could alter tables, drop policies or turn the policies off.
+xnovu_service (DATABASE_URL). Every test runs twice: on a new database, and on one a superuser
+migrated before the roles existed, then adopted. The attack this answers: the services
+connected as a superuser, so row-level security rested only on the role switch inside each
+transaction, and anything that reached SQL could alter tables, drop policies or turn the
+policies off.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tests.conftest import REPO, Stack, api_process, signup_payload
 
 INIT_SCRIPT = REPO / "deploy" / "postgres" / "10-xnovu-roles.sh"
 ROLES_SQL = REPO / "deploy" / "postgres" / "xnovu-roles.psql"
+ADOPT_SQL = REPO / "deploy" / "postgres" / "adopt-existing.psql"
 OWNER, SERVICE = "xnovu_owner", "xnovu_service"
 
 
@@ -59,26 +62,50 @@ def _run_init_script(stack: Stack, database: str) -> subprocess.CompletedProcess
     )
 
 
-@pytest.fixture(scope="module")
-def roles(stack: Stack) -> Iterator[Roles]:
+def _xnovu_migrate(stack: Stack, **env: str) -> None:
+    migrate = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "migrate"],
+        env={**stack.env, **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+
+
+@pytest.fixture(scope="module", params=["new database", "adopted database"])
+def roles(stack: Stack, request: pytest.FixtureRequest) -> Iterator[Roles]:
+    """A database set up by the init script; or one migrated by a superuser before it existed
+    (the old compose file), then given the roles and adopted (deploy/postgres/adopt-existing)."""
     database = f"roles_{uuid.uuid4().hex[:8]}"
+    admin_url = _url(stack, "postgres", database)
     with psycopg.connect(stack.database_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
     try:
+        if request.param == "adopted database":
+            _xnovu_migrate(stack, DATABASE_URL=admin_url)
         done = _run_init_script(stack, database)
         assert done.returncode == 0, done.stderr
+        if request.param == "adopted database":
+            adopted = subprocess.run(
+                [
+                    str(stack.postgres.bin_dir / "psql"),
+                    "--no-psqlrc",
+                    admin_url,
+                    "-f",
+                    str(ADOPT_SQL),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert adopted.returncode == 0, adopted.stderr
         owner_url, service_url = _url(stack, OWNER, database), _url(stack, SERVICE, database)
-        migrate = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "migrate"],
-            env={**stack.env, "MIGRATIONS_DATABASE_URL": owner_url, "DATABASE_URL": service_url},
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert migrate.returncode == 0, migrate.stderr
-        yield Roles(database, _url(stack, "postgres", database), owner_url, service_url)
+        _xnovu_migrate(stack, MIGRATIONS_DATABASE_URL=owner_url, DATABASE_URL=service_url)
+        yield Roles(database, admin_url, owner_url, service_url)
     finally:
         with psycopg.connect(stack.database_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
