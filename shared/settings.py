@@ -6,7 +6,7 @@ import uuid
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_ENTERPRISE_ID = uuid.UUID("00000000-0000-0000-0000-000000000001")
@@ -134,6 +134,12 @@ class Settings(BaseSettings):
     )
 
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+
+    @field_validator("operator_token", mode="before")
+    @classmethod
+    def _empty_token_is_unset(cls, value: object) -> object:
+        # Empty (a compose `${VAR:-}`, a blanked .env line) means no operator credential.
+        return None if value == "" else value
 
     @property
     def effective_novu_api_url(self) -> str:

@@ -98,3 +98,11 @@ def test_a_short_operator_token_is_refused_at_startup(monkeypatch):
     monkeypatch.setenv("XNOVU_OPERATOR_TOKEN", "too-short")
     with pytest.raises(ValidationError, match="XNOVU_OPERATOR_TOKEN"):
         Settings()
+
+
+def test_an_empty_operator_token_means_none(monkeypatch):
+    """A compose `${XNOVU_OPERATOR_TOKEN:-}` or a blanked .env line: no credential, no error."""
+    from shared.settings import Settings
+
+    monkeypatch.setenv("XNOVU_OPERATOR_TOKEN", "")
+    assert Settings().operator_token is None
