@@ -156,8 +156,10 @@ async def _json_body(request: Request) -> Any:
                 }
             ]
         ) from exc
-    except ValueError as exc:  # not UTF-8, or nesting too deep
+    except ValueError as exc:  # not UTF-8, or an integer of over 4,300 digits
         raise HTTPException(400, "There was an error parsing the body") from exc
+    except RecursionError as exc:  # nested deeper than the parser's stack: refused, not a 500
+        raise HTTPException(400, "the request body is nested too deeply") from exc
 
 
 def _is_json(content_type: str) -> bool:

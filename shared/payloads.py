@@ -3,36 +3,135 @@
 Every trigger is validated, and jsonschema interprets a schema on each call: it was about a
 tenth of a trigger's CPU. A schema that reads the same in draft 7 is also compiled to a Python
 function by fastjsonschema, which answers "valid" for the common case in a fraction of the
-time; whenever it does not, jsonschema decides as before (docs/performance.md)."""
+time; whenever it does not, jsonschema decides as before (docs/performance.md).
+
+A payload schema is a tenant's input, so its cost is bounded (docs/architecture.md, "Hostile
+input"): its `pattern`s and `patternProperties` run on RE2, whose time is linear in the text
+(Python's `re` backtracks: `^(a+)+$` against 26 a's and a "!" took seconds), and
+`schema_problems` refuses, when a workflow is saved, a schema over MAX_SCHEMA_BYTES or
+MAX_SCHEMA_DEPTH, a pattern RE2 cannot run, or a keyword jsonschema would evaluate with `re`.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any
 
 import fastjsonschema
-from jsonschema import Draft202012Validator, FormatChecker
-from jsonschema.exceptions import SchemaError
+import re2
+from jsonschema import Draft202012Validator, FormatChecker, validators
+from jsonschema.exceptions import SchemaError, ValidationError
+
+# A saved payload schema's bounds: validation's cost grows with the schema, and 64 KB at depth
+# 32 is far beyond any real payload's description (the largest in the repo is under 2 KB).
+MAX_SCHEMA_BYTES = 64 * 1024
+MAX_SCHEMA_DEPTH = 32
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a refused pattern is reported to the caller, not to stderr
+
+
+@lru_cache(maxsize=4096)
+def _re2(pattern: str) -> Any:
+    """The pattern compiled by RE2 (re2.error when RE2 cannot run it)."""
+    return re2.compile(pattern, _RE2_OPTIONS)
+
+
+def re2_problem(pattern: str) -> str | None:
+    """Why RE2 cannot run the pattern (lookaround, backreferences, ...), or None."""
+    try:
+        _re2(pattern)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        return reason.decode() if isinstance(reason, bytes) else str(reason)
+    return None
+
+
+def _matches(pattern: str, text: str) -> bool:
+    try:
+        return _re2(pattern).search(text) is not None
+    except re2.error:
+        # Not reached: the registry refuses a workflow whose schema has such a pattern
+        # (schema_problems). Were it reached, the pattern would match nothing.
+        return False
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _matches(pattern, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: dict[str, Any], instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _matches(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional_properties(
+    validator: Any, additional: Any, instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    # jsonschema's own looks past `patternProperties` with `re`; the same rule, on RE2.
+    if not validator.is_type(instance, "object"):
+        return
+    properties = schema.get("properties", {})
+    patterns = list(schema.get("patternProperties", {}))
+    extras = [
+        key
+        for key in instance
+        if key not in properties and not any(_matches(p, key) for p in patterns)
+    ]
+    if validator.is_type(additional, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], additional, path=extra)
+    elif not additional and extras:
+        names = ", ".join(repr(extra) for extra in sorted(extras, key=str))
+        if "patternProperties" in schema:
+            verb = "does" if len(extras) == 1 else "do"
+            listed = ", ".join(repr(p) for p in sorted(patterns))
+            yield ValidationError(f"{names} {verb} not match any of the regexes: {listed}")
+        else:
+            verb = "was" if len(extras) == 1 else "were"
+            yield ValidationError(
+                f"Additional properties are not allowed ({names} {verb} unexpected)"
+            )
+
+
+# Draft 2020-12 with every keyword that runs a tenant's regular expression on RE2.
+PayloadValidator = validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator,
+    validators={
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties,
+    },
+)
 
 
 @lru_cache(maxsize=1024)
-def _validator(schema_json: str) -> Draft202012Validator:
-    return Draft202012Validator(json.loads(schema_json), format_checker=FormatChecker())
+def _validator(schema_json: str) -> Any:
+    return PayloadValidator(json.loads(schema_json), format_checker=FormatChecker())
 
 
 # Keywords that mean the same in JSON Schema draft 7, which fastjsonschema compiles into a
 # Python function, and in 2020-12, which XNovu validates against; annotations are among them.
-# Left out on purpose: `format` (jsonschema's FormatChecker decides formats its own way),
+# Left out on purpose: `pattern` and `patternProperties` (fastjsonschema runs them with `re`,
+# which backtracks: only RE2 may run a tenant's pattern), `format` (jsonschema's FormatChecker
+# decides formats its own way),
 # `enum`/`const` (unless every value is a string: the two libraries compare 1, 1.0 and true
 # their own ways), `multipleOf` (float arithmetic), `uniqueItems`, `contains`, `items` as a
 # list, and every 2020-12-only or referencing keyword.
 _PORTABLE = frozenset(
     {
-        "type", "properties", "required", "additionalProperties", "patternProperties",
+        "type", "properties", "required", "additionalProperties",
         "propertyNames", "minProperties", "maxProperties", "items", "minItems", "maxItems",
-        "minLength", "maxLength", "pattern", "minimum", "maximum", "exclusiveMinimum",
+        "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum",
         "exclusiveMaximum", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "enum",
         "const", "title", "description", "default", "examples", "$comment", "deprecated",
         "readOnly", "writeOnly",
@@ -41,7 +140,7 @@ _PORTABLE = frozenset(
 _SUBSCHEMA = frozenset(
     {"additionalProperties", "propertyNames", "items", "not", "if", "then", "else"}
 )
-_SUBSCHEMA_MAP = frozenset({"properties", "patternProperties"})
+_SUBSCHEMA_MAP = frozenset({"properties"})
 _SUBSCHEMA_LIST = frozenset({"allOf", "anyOf", "oneOf"})
 
 
@@ -94,8 +193,6 @@ def _fast_check(schema: dict[str, Any]) -> FastCheck | None:
             validate(payload)
         except fastjsonschema.JsonSchemaException:
             return False
-        except Exception:  # a pattern fastjsonschema cannot run: jsonschema decides
-            return False
         return True
 
     return check
@@ -103,11 +200,11 @@ def _fast_check(schema: dict[str, Any]) -> FastCheck | None:
 
 # The validators of each schema object a workflow holds, by identity: a trigger finds them
 # without serialising the schema. The schema is kept in the entry, so its id cannot be reused.
-_BY_IDENTITY: dict[int, tuple[dict[str, Any], Draft202012Validator, FastCheck | None]] = {}
+_BY_IDENTITY: dict[int, tuple[dict[str, Any], Any, FastCheck | None]] = {}
 _BY_IDENTITY_MAX = 1024
 
 
-def _validators_of(schema: dict[str, Any]) -> tuple[Draft202012Validator, FastCheck | None]:
+def _validators_of(schema: dict[str, Any]) -> tuple[Any, FastCheck | None]:
     entry = _BY_IDENTITY.get(id(schema))
     if entry is not None and entry[0] is schema:
         return entry[1], entry[2]
@@ -137,14 +234,21 @@ def payload_errors(schema: dict[str, Any] | None, payload: dict[str, Any]) -> li
     if validator.is_valid(payload):
         return []
     errors = []
+    # jsonschema reports each missing property as an error of its own, in `required`'s order:
+    # the n-th error of one `required` keyword is about its n-th missing property.
+    reported: dict[tuple[Any, ...], int] = {}
     for err in sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.path))):
         path = ".".join(str(part) for part in err.absolute_path)
         if err.validator == "required" and isinstance(err.instance, dict):
             # Name the missing property itself, not its parent.
             missing = [name for name in err.validator_value if name not in err.instance]
-            for name in missing:
+            where = (*err.absolute_path, "|", *err.absolute_schema_path)
+            number = reported.get(where, 0)
+            reported[where] = number + 1
+            if number < len(missing):
+                name = missing[number]
                 errors.append({"field": f"{path}.{name}" if path else name, "message": err.message})
-            continue
+                continue
         errors.append({"field": path or "payload", "message": err.message})
     return errors
 
@@ -152,3 +256,85 @@ def payload_errors(schema: dict[str, Any] | None, payload: dict[str, Any]) -> li
 def json_size(value: Any) -> int:
     """Bytes of the compact JSON encoding of a value."""
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+# Keywords whose values are data, not schemas: a "pattern" inside them is not a regex.
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
+
+
+def schema_problems(schema: Any) -> list[str]:
+    """Why a payload schema may not be saved: over MAX_SCHEMA_BYTES or MAX_SCHEMA_DEPTH, not
+    a JSON Schema, a pattern RE2 cannot run (named by its JSON Pointer), or
+    `unevaluatedProperties` beside `patternProperties` (jsonschema matches those with `re`)."""
+    if not isinstance(schema, dict):
+        return ["payload_schema must be a JSON object"]
+    if json_depth(schema) > MAX_SCHEMA_DEPTH:
+        return [f"payload_schema is nested deeper than {MAX_SCHEMA_DEPTH} levels"]
+    size = json_size(schema)
+    if size > MAX_SCHEMA_BYTES:
+        return [f"payload_schema is {size} bytes of JSON, over the limit of {MAX_SCHEMA_BYTES}"]
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        return [f"payload_schema is not a valid JSON Schema: {exc.message}"]
+    problems: list[str] = []
+    keywords: set[str] = set()
+    for pointer, pattern in _patterns(schema, "", keywords):
+        reason = re2_problem(pattern)
+        if reason is not None:
+            problems.append(
+                f"payload_schema{pointer}: the pattern {pattern!r} cannot run on RE2 ({reason});"
+                " lookaround and backreferences are not supported"
+            )
+    if "patternProperties" in keywords and "unevaluatedProperties" in keywords:
+        problems.append(
+            "payload_schema: unevaluatedProperties cannot be used with patternProperties"
+        )
+    return problems
+
+
+def _patterns(node: Any, pointer: str, keywords: set[str]) -> Iterator[tuple[str, str]]:
+    """Every regular expression of a schema, with its JSON Pointer; `keywords` collects the
+    keywords met on the way."""
+    if isinstance(node, list):
+        for number, item in enumerate(node):
+            yield from _patterns(item, f"{pointer}/{number}", keywords)
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        here = f"{pointer}/{_escaped(str(key))}"
+        if key in _DATA_KEYWORDS:
+            continue
+        keywords.add(key)
+        if key == "pattern" and isinstance(value, str):
+            yield here, value
+        elif key == "patternProperties" and isinstance(value, dict):
+            for name, subschema in value.items():
+                yield f"{here}/{_escaped(name)}", name
+                yield from _patterns(subschema, f"{here}/{_escaped(name)}", keywords)
+        else:
+            yield from _patterns(value, here, keywords)
+
+
+def _escaped(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def json_depth(value: Any) -> int:
+    """How deeply a JSON value nests: 0 for a scalar, 1 for `{}` or `[1]`, 2 for `{"a": []}`."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return deepest

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     # Limits of the HTTP API.
     max_body_bytes: int = Field(default=1_048_576, ge=1024, alias="MAX_BODY_BYTES")
     max_payload_bytes: int = Field(default=262_144, ge=256, alias="MAX_PAYLOAD_BYTES")
+    # How deeply a trigger's payload or overrides may nest (422 payload_too_deep above it). The
+    # worker's JSON encoder refuses about 250 levels, and Python's parsers and jsonschema
+    # recurse once a level: 64 keeps far from both (docs/architecture.md, "Hostile input").
+    max_payload_depth: int = Field(default=32, ge=1, le=64, alias="MAX_PAYLOAD_DEPTH")
     max_recipients: int = Field(default=100, ge=1, le=100, alias="MAX_RECIPIENTS")
     max_page_size: int = Field(default=200, ge=1, alias="MAX_PAGE_SIZE")
     # Requests per second each API key may make, with bursts up to RATE_LIMIT_BURST; counted in

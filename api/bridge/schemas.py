@@ -17,6 +17,7 @@ import fastjsonschema
 from jsonschema import Draft202012Validator, FormatChecker
 
 from shared.db.enums import ChannelType
+from shared.payloads import PayloadValidator
 
 # The framework's schema for "nothing": controls of a step without controls, results of a step
 # that reports nothing back.
@@ -177,6 +178,15 @@ DELAY_RESULT: dict[str, Any] = {
     "additionalProperties": False,
 }
 
+# The schemas above are the bridge's own code; any other is a tenant's (see _validator).
+_OWN_SCHEMAS: tuple[dict[str, Any], ...] = (
+    EMPTY_SCHEMA,
+    *OUTPUT_SCHEMAS.values(),
+    *RESULT_SCHEMAS.values(),
+    DELAY_OUTPUT,
+    DELAY_RESULT,
+)
+
 # Property under which XNovu's own data rides in the payload (shared/notifications/novu_trigger.py).
 XNOVU_PROPERTY: dict[str, Any] = {
     "type": "object",
@@ -190,8 +200,12 @@ def schema_pair(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=1024)
-def _validator(schema_json: str) -> Draft202012Validator:
-    return Draft202012Validator(json.loads(schema_json), format_checker=FormatChecker())
+def _validator(schema_json: str, trusted: bool) -> Draft202012Validator:
+    # A tenant's schema (any but this module's own) runs its patterns on RE2 (shared/payloads.py);
+    # ours keep Python's `re`: the in-app redirect's lookahead is beyond RE2, and they are code.
+    kind = Draft202012Validator if trusted else PayloadValidator
+    validator: Draft202012Validator = kind(json.loads(schema_json), format_checker=FormatChecker())
+    return validator
 
 
 class _ByIdentity:
@@ -226,9 +240,16 @@ class _ByIdentity:
 
 
 _validators = _ByIdentity(
-    lambda schema: _validator(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+    lambda schema: _validator(
+        json.dumps(schema, sort_keys=True, separators=(",", ":")), _trusted(schema)
+    )
 )
 _regex = _ByIdentity(lambda schema: _has_regex(schema))
+
+
+def _trusted(schema: dict[str, Any]) -> bool:
+    """Whether the schema is one of this module's own (the bridge's code, not a tenant's)."""
+    return any(schema is own for own in _OWN_SCHEMAS)
 
 
 def validator_for(schema: dict[str, Any]) -> Draft202012Validator:
@@ -239,7 +260,7 @@ def validator_for(schema: dict[str, Any]) -> Draft202012Validator:
 
 def uses_regex(schema: dict[str, Any]) -> bool:
     """Whether checking against the schema runs its own regular expressions (`pattern`,
-    `patternProperties`), whose time on a hostile value has no useful bound."""
+    `patternProperties`): RE2's for a tenant's schema, linear in the text but not free."""
     return bool(_regex(schema))
 
 
@@ -285,6 +306,8 @@ def _fast_checker(schema: dict[str, Any]) -> Callable[[Any], Any] | None:
     uses_regex(schema)
     if not _fast_compatible(schema, top=True):
         return None
+    if uses_regex(schema) and not _trusted(schema):
+        return None  # fastjsonschema runs patterns with `re`, which backtracks
     try:
         # use_default=False: fastjsonschema would otherwise write defaults into the instance.
         check: Callable[[Any], Any] = fastjsonschema.compile(

@@ -37,6 +37,7 @@ from api.bridge.execute import WouldBlock, execute_step
 from api.bridge.protocol import (
     LEGACY_SIGNATURE_HEADER,
     SIGNATURE_HEADER,
+    ErrorCode,
     GetAction,
     PostAction,
     response_headers,
@@ -44,6 +45,7 @@ from api.bridge.protocol import (
 from api.bridge.signature import EMPTY_BODY, verify_signature
 from api.limits import BodySizeLimit, send_json
 from api.metrics import MetricsMiddleware
+from shared.payloads import json_depth
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -133,12 +135,30 @@ async def _execute(action: PostAction, query: Mapping[str, str], body: bytes) ->
     return await run_in_threadpool(lambda: execute_step(**arguments))
 
 
+# How much deeper than a trigger's payload (MAX_PAYLOAD_DEPTH) an event may nest: the event
+# wraps the payload, and `state` carries earlier steps' outputs.
+EVENT_DEPTH_MARGIN = 8
+
+
 def _event(body: bytes) -> dict[str, Any]:
-    """The POST body as an object; like the framework, an unreadable body counts as `{}`."""
+    """The POST body as an object; like the framework, an unreadable body counts as `{}`. A
+    body nested deeper than any trigger could have made it is refused (400)."""
     try:
         document = json.loads(body) if body.strip() else {}
     except ValueError:
         return {}
+    except RecursionError:
+        document = None  # deeper than the parser's stack
+    limit = get_settings().max_payload_depth + EVENT_DEPTH_MARGIN
+    # No value nests deeper than it has brackets: most bodies need no walk.
+    shallow = body.count(b"{") + body.count(b"[") <= limit
+    if document is None or (not shallow and json_depth(document) > limit):
+        raise BridgeError(
+            400,
+            ErrorCode.EXECUTION_EVENT_PAYLOAD_INVALID,
+            f"The request body is nested deeper than {limit} levels",
+            {"maxDepth": limit},
+        )
     return document if isinstance(document, dict) else {}
 
 

@@ -56,7 +56,7 @@ from shared.notifications.schemas import (
     recipient_as_given,
     recipient_key,
 )
-from shared.payloads import payload_errors
+from shared.payloads import json_depth, payload_errors
 from shared.settings import Settings, get_settings
 from shared.workflows.instance import WorkflowInstance
 from shared.workflows.registry import get_registry
@@ -104,6 +104,7 @@ class _Existing:
     enterprise_id: uuid.UUID
     notification_id: int
     workflow_key: str
+    workflow: WorkflowInstance
 
 
 _Checked = tuple[uuid.UUID, NewNotification] | _Existing | DomainError
@@ -189,14 +190,18 @@ def check(
     """Every check of one trigger for its enterprise and workflow; what to record, or which
     recorded notification it names. Raises the DomainError the trigger answers with."""
     request = trigger.request
-    payload_bytes = check_payload(workflow, request.payload, settings)
     if request.notificationId is not None:
-        return _Existing(trigger.index, enterprise_id, request.notificationId, request.workflowId)
+        # The stored row's payload is what Novu will get: trigger_existing checks that one.
+        return _Existing(
+            trigger.index, enterprise_id, request.notificationId, request.workflowId, workflow
+        )
+    payload_bytes = check_payload(workflow, request.payload, settings)
     recipients = resolve_recipients(request, workflow, enterprise_id, settings)
     stored = recipients.as_given if recipients.as_given is not None else recipients.keys
     stored_text = storable_json(stored, "recipients")
     overrides_bytes = 0
     if request.overrides is not None:
+        check_depth(request.overrides, "overrides", settings)
         overrides_bytes = len(storable_json(request.overrides, "overrides").encode())
     for name, value in (("tags", request.tags), ("idempotencyKey", trigger.idempotency_key)):
         if value is not None:
@@ -243,9 +248,10 @@ def resolve_workflow(workflow_id: str, enterprise_id: uuid.UUID) -> WorkflowInst
 
 
 def check_payload(workflow: WorkflowInstance, payload: dict[str, Any], settings: Settings) -> int:
-    """The bytes of the payload's JSON. InvalidInput for a value PostgreSQL cannot store,
-    TooLarge over the payload limit, InvalidInput naming each field that fails the workflow's
-    schema."""
+    """The bytes of the payload's JSON. InvalidInput when nested too deeply or for a value
+    PostgreSQL cannot store, TooLarge over the payload limit, InvalidInput naming each field
+    that fails the workflow's schema."""
+    check_depth(payload, "payload", settings)
     size = len(storable_json(payload, "payload").encode())
     if size > settings.max_payload_bytes:
         raise TooLarge("payload_too_large", f"payload exceeds {settings.max_payload_bytes} bytes")
@@ -255,6 +261,17 @@ def check_payload(workflow: WorkflowInstance, payload: dict[str, Any], settings:
             "invalid_payload", "the payload does not match the workflow's schema", errors
         )
     return size
+
+
+def check_depth(value: Any, field: str, settings: Settings) -> None:
+    """InvalidInput when the value nests deeper than MAX_PAYLOAD_DEPTH: the worker could not
+    serialise a value nested a few hundred levels deep, and every check recurses per level."""
+    if json_depth(value) > settings.max_payload_depth:
+        raise InvalidInput(
+            "payload_too_deep",
+            f"{field} is nested deeper than {settings.max_payload_depth} levels",
+            [{"field": field, "message": f"at most {settings.max_payload_depth} levels deep"}],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +403,16 @@ def _result(answer: Answer, enterprise_id: uuid.UUID) -> Result:
     )
 
 
+def _stored_payload_refusal(workflow: WorkflowInstance, payload: Any) -> DomainError | None:
+    """Why a row another service stored cannot be sent with its payload (the workflow's
+    schema, the payload limits), or None."""
+    try:
+        check_payload(workflow, payload if isinstance(payload, dict) else {}, get_settings())
+    except DomainError as exc:
+        return exc
+    return None
+
+
 async def _trigger_existing_async(
     enterprise_id: uuid.UUID, items: list[_Existing]
 ) -> list[tuple[_Existing, Result]]:
@@ -424,6 +451,8 @@ def trigger_existing(
         elif row.notification_status is not NotificationStatus.PENDING:
             message = f"the notification is {row.notification_status.value}, not PENDING"
             result = StateConflict("invalid_state", message)
+        elif (refusal := _stored_payload_refusal(item.workflow, row.payload)) is not None:
+            result = refusal
         else:
             result = Accepted(
                 item.index,

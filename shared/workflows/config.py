@@ -6,11 +6,10 @@ import logging
 import uuid
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db.enums import ChannelType, WorkflowType
+from shared.payloads import schema_problems
 from shared.workflows.definition import MAX_DELAY_SECONDS
 from shared.workflows.instance import ChannelStep, WorkflowInstance
 
@@ -86,10 +85,7 @@ class DynamicWorkflowFactory:
         if config.delay_seconds is not None and not 1 <= config.delay_seconds <= MAX_DELAY_SECONDS:
             problems.append(f"delay_seconds must be from 1 to {MAX_DELAY_SECONDS}")
         if config.payload_schema is not None:
-            try:
-                Draft202012Validator.check_schema(config.payload_schema)
-            except SchemaError as exc:
-                problems.append(f"payload_schema is not a valid JSON Schema: {exc.message}")
+            problems.extend(schema_problems(config.payload_schema))
         return problems
 
     @classmethod

@@ -26,11 +26,10 @@ from typing import Any, NamedTuple
 
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel
 
 from shared.db.enums import ChannelType
+from shared.payloads import schema_problems
 
 SubscriberBuilder = Callable[[Mapping[str, Any]], dict[str, Any] | None]
 
@@ -387,10 +386,10 @@ def _payload_problems(model: object, json_schema: object) -> list[DefinitionProb
         return []
     if not isinstance(json_schema, dict):
         return [problem("payload_json_schema must be a dict")]
-    try:
-        Draft202012Validator.check_schema(json_schema)
-    except SchemaError as exc:
-        return [problem(f"payload schema is not a valid JSON Schema: {exc.message}")]
+    # The same bounds and RE2 patterns as a dynamic workflow's (shared/payloads.py).
+    refused = schema_problems(json_schema)
+    if refused:
+        return [problem(message) for message in refused]
     if json_schema.get("type", "object") != "object":
         return [problem('payload schema must describe an object ("type": "object")')]
     return []

@@ -3,6 +3,7 @@ authority) calls invalid, so payload_errors answers exactly as jsonschema alone 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -73,12 +74,15 @@ SCHEMAS: st.SearchStrategy[Any] = st.recursive(
 def test_the_fast_check_never_accepts_what_jsonschema_refuses(schema: Any, instance: Any) -> None:
     if not isinstance(schema, dict):
         schema = {"not": {}} if schema is False else {}
-    assert portable(schema)
+    # Patterns run on RE2 only, never in fastjsonschema's compiled code (Python's `re`).
+    assert portable(schema) or "pattern" in json.dumps(schema)
     fast = _fast_check(schema)
     authority = Draft202012Validator(schema, format_checker=FormatChecker()).is_valid(instance)
     if fast is not None and fast(instance):
         assert authority, (schema, instance)
-    if isinstance(instance, dict):
+    # RE2's `$` is the end of the text, as ECMA-262's; Python's also matches before a final
+    # newline: the two engines are compared on payloads without one (JSON writes it `\n`).
+    if isinstance(instance, dict) and "\\n" not in json.dumps(instance):
         assert (payload_errors(schema, instance) == []) == authority
 
 
@@ -93,6 +97,8 @@ def test_schemas_the_two_drafts_read_differently_are_left_to_jsonschema() -> Non
         {"items": [{"type": "string"}]},
         {"$ref": "#/$defs/x", "$defs": {"x": {}}},
         {"properties": {"a": {"format": "date-time"}}},
+        {"type": "string", "pattern": "^a"},
+        {"patternProperties": {"^a": {"type": "string"}}},
     ):
         assert not portable(schema), schema
         assert _fast_check(schema) is None
