@@ -16,7 +16,6 @@ from __future__ import annotations
 import ipaddress
 import secrets
 import uuid
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -46,19 +45,14 @@ def _guard(redis_url: str, *, per_second: float, burst: int, ttl: float = 5.0) -
 
 
 @pytest.fixture()
-def use_guard(app: Any) -> Iterator[Any]:
-    """Install a guard for the duration of a test: `use_guard(guard)`."""
-    installed: list[AuthFailureGuard] = []
+def use_guard(app: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Any:
+    """`use_guard(guard)`: the app's guard for the rest of the test, closed afterwards."""
 
-    def install(guard: AuthFailureGuard) -> AuthFailureGuard:
-        installed.append(guard)
-        app.dependency_overrides[get_auth_failure_guard] = lambda: guard
-        return guard
+    def install(guard: AuthFailureGuard) -> None:
+        monkeypatch.setitem(app.dependency_overrides, get_auth_failure_guard, lambda: guard)
+        request.addfinalizer(guard.close)
 
-    yield install
-    app.dependency_overrides.pop(get_auth_failure_guard, None)
-    for guard in installed:
-        guard.close()
+    return install
 
 
 @pytest.fixture()
@@ -96,13 +90,28 @@ def test_random_keys_are_refused_after_the_burst_without_a_lookup(
     assert len(lookups) == 6
 
 
-def test_a_valid_key_is_served_while_its_address_is_refused(
-    client: Any, stack: Stack, use_guard: Any, lookups: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # No key cache: every request with the valid key is looked up in the database.
+class _NoCache:
+    """A key cache that never holds a key."""
+
+    def get(self, _key_hash: str) -> None:
+        return None
+
+    def put(self, _key_hash: str, _principal: Any) -> None:
+        return None
+
+
+@pytest.fixture()
+def uncached_tenant(monkeypatch: pytest.MonkeyPatch) -> Tenant:
+    """A tenant, with no key cache: each of its requests is looked up in the database."""
     monkeypatch.setattr("api.deps.principal_cache", lambda: _NoCache())
+    return make_tenant()
+
+
+def test_a_valid_key_is_served_while_its_address_is_refused(
+    client: Any, stack: Stack, use_guard: Any, lookups: list[str], uncached_tenant: Tenant
+) -> None:
     use_guard(_guard(stack.redis_url, per_second=0.1, burst=2, ttl=0))
-    tenant = make_tenant()
+    tenant = uncached_tenant
     assert client.get("/api/stats", headers=tenant.headers).status_code == 200
     for _ in range(5):
         client.get("/api/stats", headers=_bearer(_random_key()))
@@ -111,14 +120,6 @@ def test_a_valid_key_is_served_while_its_address_is_refused(
     for _ in range(3):
         assert client.get("/api/stats", headers=tenant.headers).status_code == 200
     assert len(lookups) == before + 3  # looked up (a revoked key would fail), not refused
-
-
-class _NoCache:
-    def get(self, _key_hash: str) -> None:
-        return None
-
-    def put(self, _key_hash: str, _principal: Any) -> None:
-        return None
 
 
 def test_a_key_that_just_failed_is_refused_without_another_lookup(
@@ -132,14 +133,13 @@ def test_a_key_that_just_failed_is_refused_without_another_lookup(
 
 
 def test_a_revoked_key_stops_working_and_is_then_refused_from_memory(
-    client: Any, stack: Stack, use_guard: Any, lookups: list[str], monkeypatch: pytest.MonkeyPatch
+    client: Any, stack: Stack, use_guard: Any, lookups: list[str], uncached_tenant: Tenant
 ) -> None:
     from shared.apikeys import revoke_api_key
     from shared.db.session import transaction
 
-    monkeypatch.setattr("api.deps.principal_cache", lambda: _NoCache())
     use_guard(_guard(stack.redis_url, per_second=100, burst=100, ttl=30))
-    tenant: Tenant = make_tenant()
+    tenant = uncached_tenant
     assert client.get("/api/stats", headers=tenant.headers).status_code == 200
     with transaction() as session:
         revoke_api_key(session, key_id=tenant.key_id)

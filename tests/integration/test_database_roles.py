@@ -62,9 +62,10 @@ def _run_init_script(stack: Stack, database: str) -> subprocess.CompletedProcess
     )
 
 
-def _xnovu_migrate(stack: Stack, **env: str) -> None:
-    migrate = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "migrate"],
+def _xnovu(stack: Stack, *args: str, **env: str) -> str:
+    """Run the `xnovu` command with these environment variables; its output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
         env={**stack.env, **env},
         cwd=REPO,
         capture_output=True,
@@ -72,7 +73,8 @@ def _xnovu_migrate(stack: Stack, **env: str) -> None:
         timeout=120,
         check=False,
     )
-    assert migrate.returncode == 0, migrate.stderr
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 @pytest.fixture(scope="module", params=["new database", "adopted database"])
@@ -85,7 +87,7 @@ def roles(stack: Stack, request: pytest.FixtureRequest) -> Iterator[Roles]:
         conn.execute(f'CREATE DATABASE "{database}"')
     try:
         if request.param == "adopted database":
-            _xnovu_migrate(stack, DATABASE_URL=admin_url)
+            _xnovu(stack, "migrate", DATABASE_URL=admin_url)
         done = _run_init_script(stack, database)
         assert done.returncode == 0, done.stderr
         if request.param == "adopted database":
@@ -104,7 +106,7 @@ def roles(stack: Stack, request: pytest.FixtureRequest) -> Iterator[Roles]:
             )
             assert adopted.returncode == 0, adopted.stderr
         owner_url, service_url = _url(stack, OWNER, database), _url(stack, SERVICE, database)
-        _xnovu_migrate(stack, MIGRATIONS_DATABASE_URL=owner_url, DATABASE_URL=service_url)
+        _xnovu(stack, "migrate", MIGRATIONS_DATABASE_URL=owner_url, DATABASE_URL=service_url)
         yield Roles(database, admin_url, owner_url, service_url)
     finally:
         with psycopg.connect(stack.database_url, autocommit=True) as conn:
@@ -203,18 +205,11 @@ def test_row_level_security_applies_to_enterprise_transactions_of_the_service_ro
 
 
 def test_the_api_serves_a_trigger_connected_as_the_service_role(stack: Stack, roles: Roles) -> None:
-    enterprise = uuid.uuid4()
-    created = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "keys", "create", "--enterprise", str(enterprise)],
-        env={**stack.env, "DATABASE_URL": roles.service_url},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    enterprise = str(uuid.uuid4())
+    created = _xnovu(
+        stack, "keys", "create", "--enterprise", enterprise, DATABASE_URL=roles.service_url
     )
-    assert created.returncode == 0, created.stderr
-    key = created.stdout.strip()
+    key = created.strip()
     # A Redis database nobody consumes: the suite's worker must not see this database's rows.
     redis_url = stack.redis_url.rsplit("/", 1)[0] + "/9"
     with (
