@@ -71,11 +71,15 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
 def test_every_secret_is_required_with_a_message_and_has_no_default() -> None:
     seen: set[str] = set()
     for match in _interpolations():
-        name, op, message = match["name"], match["op"], match["arg"]
-        if name in REQUIRED or SECRET_NAME.search(name):
+        name, op, argument = match["name"], match["op"], match["arg"]
+        if name in REQUIRED:
             assert op == ":?", f"{match[0]}: a secret must be `${{{name}:?message}}`"
-            assert message.strip(), f"{match[0]}: say what to set"
+            assert argument.strip(), f"{match[0]}: say what to set"
             seen.add(name)
+        elif SECRET_NAME.search(name):
+            # An optional credential may default to nothing (the feature stays off), never to
+            # a value.
+            assert op in (":?", ":-") and (op == ":?" or argument == ""), match[0]
     assert seen == REQUIRED
 
 
