@@ -370,13 +370,7 @@ def test_intake_sizes_the_novu_event_as_the_worker_builds_it(client, tenant, mon
         ours + "ada-1815",
         {**TOPIC, "topicKey": ours + TOPIC["topicKey"]},
     ]
-    del event["payload"]["_xnovu"]["rendered"]
-    real = len(canonical_json(event))
-
-    monkeypatch.setattr(intake, "NOVU_EVENT_MAX_BYTES", real - 1)
-    assert _signup(client, tenant, **body).status_code == 413
-    monkeypatch.setattr(intake, "NOVU_EVENT_MAX_BYTES", real + 100)
-    assert _signup(client, tenant, **body).status_code == 202
+    _refused_just_over_its_size(client, tenant, monkeypatch, body, event)
 
 
 def test_intake_sizes_bare_ids_with_the_enterprise_namespace_they_reach_novu_in(
@@ -394,13 +388,7 @@ def test_intake_sizes_bare_ids_with_the_enterprise_namespace_they_reach_novu_in(
     assert response.status_code == 202, response.text
     event = _event_of(response.json()["notificationId"])
     assert event["to"] == [f"{tenant.enterprise_id}_{r}" for r in body["recipients"]]
-    del event["payload"]["_xnovu"]["rendered"]
-    real = len(canonical_json(event))
-
-    monkeypatch.setattr(intake, "NOVU_EVENT_MAX_BYTES", real - 1)
-    assert _signup(client, tenant, **body).status_code == 413
-    monkeypatch.setattr(intake, "NOVU_EVENT_MAX_BYTES", real + 100)
-    assert _signup(client, tenant, **body).status_code == 202
+    _refused_just_over_its_size(client, tenant, monkeypatch, body, event)
 
 
 def test_with_namespacing_off_ids_reach_novu_as_given(client, tenant, monkeypatch):
@@ -412,6 +400,19 @@ def test_with_namespacing_off_ids_reach_novu_as_given(client, tenant, monkeypatc
     response = _signup(client, tenant, recipients=[GRACE, "ada-1815", topic], scheduledFor=_later())
     assert response.status_code == 202, response.text
     assert _event_of(response.json()["notificationId"])["to"] == [GRACE, "ada-1815", topic]
+
+
+def _refused_just_over_its_size(
+    client: Any, tenant: Any, monkeypatch: Any, body: dict[str, Any], event: dict[str, Any]
+) -> None:
+    """The same trigger again is 413 with Novu's limit a byte below the event the worker built
+    for it (without rendered content), and accepted a little above."""
+    del event["payload"]["_xnovu"]["rendered"]
+    real = len(canonical_json(event))
+    monkeypatch.setattr(intake, "NOVU_EVENT_MAX_BYTES", real - 1)
+    assert _signup(client, tenant, **body).status_code == 413
+    monkeypatch.setattr(intake, "NOVU_EVENT_MAX_BYTES", real + 100)
+    assert _signup(client, tenant, **body).status_code == 202
 
 
 def _event_of(notification_id: int) -> dict[str, Any]:

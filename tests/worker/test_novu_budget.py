@@ -284,6 +284,9 @@ def _all_sent_within_novus_rate_limit(
     assert "xnovu_novu_tokens_per_notification " in metrics
 
 
+@pytest.mark.parametrize(
+    "faults", [{}, {"latencyMs": 200}], ids=["no-latency", "200-ms-of-novu-latency"]
+)
 def test_600_single_triggers_at_100_a_second_are_all_sent_within_novus_rate_limit(
     stack: Stack,
     client: Any,
@@ -291,16 +294,6 @@ def test_600_single_triggers_at_100_a_second_are_all_sent_within_novus_rate_limi
     worker: Any,
     emulator: httpx.Client,
     operator: dict[str, str],
+    faults: dict[str, Any],
 ) -> None:
-    _all_sent_within_novus_rate_limit(stack, client, tenant, emulator, {}, operator)
-
-
-def test_the_same_with_200_ms_of_novu_latency(
-    stack: Stack,
-    client: Any,
-    tenant: Tenant,
-    worker: Any,
-    emulator: httpx.Client,
-    operator: dict[str, str],
-) -> None:
-    _all_sent_within_novus_rate_limit(stack, client, tenant, emulator, {"latencyMs": 200}, operator)
+    _all_sent_within_novus_rate_limit(stack, client, tenant, emulator, faults, operator)
