@@ -15,7 +15,7 @@ from api.schemas.notifications import CancelRequest, NotificationPage, Notificat
 from shared.db.enums import NotificationStatus
 from shared.notifications.publisher import publish_enterprise
 from shared.notifications.service import CancelResult, NotificationService
-from shared.novu.budget import metered_call
+from shared.novu.budget import METERED_WAIT_SECONDS, metered_call
 from shared.novu.client import get_novu_client
 from shared.novu.errors import NovuError
 from shared.settings import get_settings
@@ -80,6 +80,15 @@ def get_notification(
     return NotificationRead.of(row)
 
 
+def cancel_hold_seconds() -> float:
+    """How long a cancel holds a row of unknown outcome from the workers: longer than its Novu
+    call can take (the wait for a rate-limit token, then httpx's pool, connect, write and read
+    timeouts one after another), with a margin."""
+    settings = get_settings()
+    call = 2 * settings.novu_connect_timeout_seconds + 2 * settings.novu_timeout_seconds
+    return METERED_WAIT_SECONDS + call + 5.0
+
+
 @router.post("/{notification_id}/cancel", response_model=NotificationRead)
 def cancel_notification(
     notification_id: NotificationId,
@@ -87,29 +96,41 @@ def cancel_notification(
     enterprise_id: EnterpriseDep,
     body: CancelRequest | None = None,
 ) -> NotificationRead:
-    """PENDING → RETRACTED; SENT → RETRACTED when Novu still had steps to cancel."""
+    """PENDING → RETRACTED; SENT, or PENDING after an attempt whose answer was lost, →
+    RETRACTED only when Novu confirms it cancelled the transaction."""
 
     def cancel_at_novu(transaction_id: str) -> bool:
-        try:
-            # A cancel costs an Events token of Novu's rate limit, as a trigger does.
-            return metered_call(lambda: get_novu_client().cancel(transaction_id))
-        except NovuError as exc:
-            raise ApiError(
-                502, "novu_unavailable", f"Novu could not cancel the transaction: {exc}"
-            ) from exc
+        # A cancel costs an Events token of Novu's rate limit, as a trigger does.
+        return metered_call(lambda: get_novu_client().cancel(transaction_id))
 
-    outcome, row = NotificationService(session).cancel_notification(
-        notification_id,
-        enterprise_id,
-        reason=body.reason if body else None,
-        cancel_at_novu=cancel_at_novu,
-    )
+    try:
+        outcome, row = NotificationService(session).cancel_notification(
+            notification_id,
+            enterprise_id,
+            reason=body.reason if body else None,
+            cancel_at_novu=cancel_at_novu,
+            commit=session.commit,
+            hold_seconds=cancel_hold_seconds(),
+        )
+    except NovuError as exc:  # a SENT row's cancel: nothing changed
+        raise ApiError(
+            502, "novu_unavailable", f"Novu could not cancel the transaction: {exc}"
+        ) from exc
     session.commit()
     if outcome is CancelResult.NOT_FOUND or row is None:
         raise not_found("notification")
     if outcome is CancelResult.ALREADY_DELIVERED:
         raise ApiError(
             409, "already_delivered", "Novu has already delivered this notification's steps"
+        )
+    if outcome is CancelResult.DELIVERY_UNKNOWN:
+        raise ApiError(
+            409,
+            "delivery_unknown",
+            "the notification may have been delivered: an earlier attempt's answer from Novu "
+            "was lost, so Novu may hold it, and Novu did not confirm the cancel (or could not "
+            "be reached); the notification is left as it was and delivered as usual",
+            details={"notification_status": row.notification_status.value},
         )
     if outcome is CancelResult.INVALID_STATE:
         raise ApiError(

@@ -60,6 +60,9 @@ class NotificationRead(BaseModel):
     render_fallbacks: list[dict[str, Any]] | None
     attempts: int
     next_attempt_at: dt.datetime | None
+    # Since when Novu may hold it without our knowing (an attempt's answer was lost): a cancel
+    # then needs Novu's confirmation (409 delivery_unknown without it). Null once SENT.
+    outcome_unknown_at: dt.datetime | None
     created_at: dt.datetime
     updated_at: dt.datetime
 

@@ -213,6 +213,9 @@ class Notification(AuditedRow, Base):
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     enqueued_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # Since when Novu may hold the event without our knowing: an attempt was sent and its answer
+    # lost (migration 0006). A cancel must then ask Novu; cleared once Novu accepted it (SENT).
+    outcome_unknown_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     # Channels rendered with default content because their template was missing.
     render_fallbacks: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
 

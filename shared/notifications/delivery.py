@@ -448,7 +448,10 @@ def _failed_call(run: _Run, rows: Sequence[ClaimedRow], exc: NovuError) -> list[
         cap=settings.retry_max_seconds,
         retry_after=exc.retry_after,
     )
-    if is_ambiguous(exc):
+    # Novu may have run a call that got no answer: the rows' outcome is unknown, and a cancel
+    # must ask Novu (docs/architecture.md, "Cancel").
+    unknown = is_ambiguous(exc)
+    if unknown:
         delay = max(delay, AMBIGUOUS_RETRY_SECONDS)
     by_message = delay <= settings.max_countdown_seconds
     outcomes = []
@@ -456,7 +459,9 @@ def _failed_call(run: _Run, rows: Sequence[ClaimedRow], exc: NovuError) -> list[
         error = _novu_error("novu_unavailable", exc, row.attempts)
         if row.attempts >= settings.delivery_max_attempts:
             error["code"] = "attempts_exhausted"
-            outcomes.append(AttemptOutcome(row.id, row.attempts, S.FAILED, error=error))
+            outcomes.append(
+                AttemptOutcome(row.id, row.attempts, S.FAILED, error=error, outcome_unknown=unknown)
+            )
         else:
             outcomes.append(
                 AttemptOutcome(
@@ -466,6 +471,7 @@ def _failed_call(run: _Run, rows: Sequence[ClaimedRow], exc: NovuError) -> list[
                     error=error,
                     retry_in=delay,
                     by_message=by_message,
+                    outcome_unknown=unknown,
                 )
             )
     log.info("batch of %d: retry in %.1fs: %s", len(rows), delay, exc)

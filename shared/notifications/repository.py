@@ -9,7 +9,8 @@ its caller's transaction and never commits (docs/architecture.md, "Transactions"
   Idempotency-Key rules (guarantee 6).
 - `claim_due`: PENDING → PROCESSING with a lease, for the due rows nobody holds (guarantee 2).
 - `record_outcomes`: PROCESSING → SENT / FAILED / PENDING, each fenced by the attempt that
-  claimed it (guarantee 3); an attempt Novu throttled is given back.
+  claimed it (guarantee 3); an attempt Novu throttled is given back; an attempt whose answer
+  was lost marks the row's outcome unknown.
 - `defer_pending`: due PENDING rows wait longer, unclaimed, for Novu's rate-limit tokens.
 """
 
@@ -349,6 +350,9 @@ class AttemptOutcome:
     # False when the attempt does not count (Novu throttled it, or did not know the workflow
     # yet): back to PENDING with attempts as before the claim.
     attempt_used: bool = True
+    # The call was sent and its answer is not known (no answer, a 5xx): Novu may hold the
+    # event, so the row's outcome_unknown_at is set (a cancel must then ask Novu).
+    outcome_unknown: bool = False
 
 
 _RECORD_OUTCOMES = text(
@@ -361,6 +365,9 @@ _RECORD_OUTCOMES = text(
         error_details = v.error,
         render_fallbacks = CASE WHEN v.status = 'SENT' THEN v.fallbacks
                                 ELSE n.render_fallbacks END,
+        outcome_unknown_at = CASE WHEN v.status = 'SENT' THEN NULL
+                                  WHEN v.unknown THEN coalesce(n.outcome_unknown_at, now())
+                                  ELSE n.outcome_unknown_at END,
         next_attempt_at = CASE WHEN v.status = 'PENDING'
                                THEN now() + make_interval(secs => v.delay)
                                ELSE n.next_attempt_at END,
@@ -371,8 +378,8 @@ _RECORD_OUTCOMES = text(
     FROM unnest(
         CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:statuses AS text[]),
         CAST(:errors AS jsonb[]), CAST(:fallbacks AS jsonb[]), CAST(:delays AS float8[]),
-        CAST(:by_message AS boolean[]), CAST(:used AS boolean[])
-    ) AS v(id, attempt, status, error, fallbacks, delay, by_message, used)
+        CAST(:by_message AS boolean[]), CAST(:used AS boolean[]), CAST(:unknown AS boolean[])
+    ) AS v(id, attempt, status, error, fallbacks, delay, by_message, used, unknown)
     WHERE n.id = v.id
       AND n.enterprise_id = :enterprise_id
       AND n.notification_status = 'PROCESSING'
@@ -404,6 +411,7 @@ def record_outcomes(
         "delays": [o.retry_in or 0.0 for o in outcomes],
         "by_message": [o.by_message for o in outcomes],
         "used": [o.attempt_used for o in outcomes],
+        "unknown": [o.outcome_unknown for o in outcomes],
     }
     return {row[0] for row in connection.execute(_RECORD_OUTCOMES, parameters)}
 

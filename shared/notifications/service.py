@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from shared.db.enums import NotificationStatus as S
 from shared.db.models import Notification
 from shared.notifications import transitions
+from shared.novu.errors import NovuError
 
 
 class CancelResult(enum.StrEnum):
@@ -24,6 +25,9 @@ class CancelResult(enum.StrEnum):
     RETRACTED = "retracted"
     ALREADY_RETRACTED = "already_retracted"
     ALREADY_DELIVERED = "already_delivered"
+    # An attempt's outcome is unknown (Novu may hold the event) and Novu did not confirm a
+    # cancel, or could not be asked: the notification may be delivered.
+    DELIVERY_UNKNOWN = "delivery_unknown"
     INVALID_STATE = "invalid_state"
     NOT_FOUND = "not_found"
 
@@ -74,9 +78,15 @@ class NotificationService:
         *,
         reason: str | None,
         cancel_at_novu: Callable[[str], bool],
+        commit: Callable[[], None],
+        hold_seconds: float,
     ) -> tuple[CancelResult, Notification | None]:
-        """Retract a notification. PENDING is retracted here; SENT only if Novu cancels the
-        transaction's pending steps (`cancel_at_novu(transaction_id)` answers True)."""
+        """Retract a notification. PENDING that never reached Novu is retracted here; SENT, or
+        PENDING whose outcome is unknown, only if Novu cancels the transaction
+        (`cancel_at_novu(transaction_id)` answers True; it raises NovuError when Novu cannot
+        be asked). `commit` is the edge's commit: a row of unknown outcome is held
+        (`transitions.hold_for_cancel`, for `hold_seconds`) and committed before Novu is
+        asked, so that no worker sends it meanwhile and no row lock is held across HTTP."""
         for _ in range(3):  # the row may move under us; each pass re-reads it
             row = self.get_notification(notification_id, enterprise_id)
             if row is None:
@@ -84,7 +94,22 @@ class NotificationService:
             match row.notification_status:
                 case S.RETRACTED:
                     return CancelResult.ALREADY_RETRACTED, row
+                case S.PENDING if row.outcome_unknown_at is not None:
+                    hold = transitions.hold_for_cancel(
+                        self.session,
+                        notification_id=notification_id,
+                        enterprise_id=enterprise_id,
+                        hold_seconds=hold_seconds,
+                    )
+                    if hold is not None:
+                        commit()
+                        return self._cancel_held(
+                            notification_id, enterprise_id, hold, reason, cancel_at_novu, commit
+                        )
+                    done = None
                 case S.PENDING:
+                    # Conditional on the outcome still being known: an attempt whose answer is
+                    # lost after this read makes it fail, and the next pass asks Novu.
                     done = transitions.retract_pending(
                         self.session,
                         notification_id=notification_id,
@@ -92,7 +117,9 @@ class NotificationService:
                         reason=reason,
                     )
                 case S.SENT:
-                    if not cancel_at_novu(row.transaction_id):
+                    transaction_id = row.transaction_id
+                    commit()  # nothing of ours stays open while Novu answers
+                    if not cancel_at_novu(transaction_id):
                         return CancelResult.ALREADY_DELIVERED, row
                     done = transitions.retract_sent(
                         self.session,
@@ -106,6 +133,50 @@ class NotificationService:
                 return CancelResult.RETRACTED, done
             self.session.expire_all()
         return CancelResult.INVALID_STATE, self.get_notification(notification_id, enterprise_id)
+
+    def _cancel_held(
+        self,
+        notification_id: int,
+        enterprise_id: uuid.UUID,
+        hold: transitions.CancelHold,
+        reason: str | None,
+        cancel_at_novu: Callable[[str], bool],
+        commit: Callable[[], None],
+    ) -> tuple[CancelResult, Notification | None]:
+        """Ask Novu to cancel a held row: RETRACTED only when Novu confirms; otherwise the row
+        goes back to PENDING as it was (delivered as usual) and the delivery is unknown."""
+
+        def release() -> None:
+            transitions.release_hold(
+                self.session,
+                notification_id=notification_id,
+                enterprise_id=enterprise_id,
+                hold=hold,
+            )
+
+        try:
+            cancelled = cancel_at_novu(hold.transaction_id)
+        except NovuError:
+            cancelled = False  # not reached, or no answer: nothing is confirmed
+        except BaseException:
+            release()
+            commit()
+            raise
+        if cancelled:
+            done = transitions.retract_held(
+                self.session,
+                notification_id=notification_id,
+                enterprise_id=enterprise_id,
+                hold=hold,
+                reason=reason,
+            )
+            if done is not None:
+                return CancelResult.RETRACTED, done
+        else:
+            release()
+        # Not confirmed, or the hold ran out before Novu answered (the reconciler took the row
+        # back, and a worker may send it again): what Novu will deliver is not known.
+        return CancelResult.DELIVERY_UNKNOWN, self.get_notification(notification_id, enterprise_id)
 
     def retry_notification(
         self, notification_id: int, enterprise_id: uuid.UUID

@@ -1,5 +1,8 @@
 """The transitions of cancel, retry and the reconciler, one conditional UPDATE each.
 
+A cancel of a row whose outcome is unknown (Novu may hold it) holds the row while it asks
+Novu (`hold_for_cancel`), then retracts or releases it (docs/architecture.md, "Cancel").
+
 Every transition names the state it expects, so two actors (a worker and a cancel, two
 workers, a worker and the reconciler) can never both win (docs/architecture.md, guarantee 2).
 The delivery path's own statements (insert, claim, record an attempt) are in `repository`.
@@ -10,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
@@ -50,8 +54,13 @@ def _update_in_state(notification_id: int, enterprise_id: uuid.UUID, expected: S
 def retract_pending(
     session: Session, *, notification_id: int, enterprise_id: uuid.UUID, reason: str | None
 ) -> Notification | None:
-    """PENDING → RETRACTED; the worker's claim will then find nothing to send."""
-    return _retract(session, notification_id, enterprise_id, S.PENDING, reason)
+    """PENDING → RETRACTED for a row no attempt of which may have reached Novu; the worker's
+    claim will then find nothing to send. A row whose outcome is unknown is not retracted
+    here (None): Novu may hold it, and only Novu's confirmed cancel may retract it
+    (`hold_for_cancel`)."""
+    return _retract(
+        session, notification_id, enterprise_id, S.PENDING, reason, N.outcome_unknown_at.is_(None)
+    )
 
 
 def retract_sent(
@@ -67,19 +76,101 @@ def _retract(
     enterprise_id: uuid.UUID,
     expected: S,
     reason: str | None,
+    *conditions: Any,
+    **values: Any,
 ) -> Notification | None:
     stmt = (
         _update_in_state(notification_id, enterprise_id, expected)
+        .where(*conditions)
         .values(
             notification_status=S.RETRACTED,
             retracted_at=func.now(),
             retraction_reason=reason,
             locked_until=None,
             updated_at=func.now(),
+            **values,
         )
         .returning(N)
     )
     return _one_or_none(session, stmt)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelHold:
+    """A PENDING row of unknown outcome held by a cancel while Novu is asked: PROCESSING under
+    the attempt `attempt`, so that no worker claims (and sends) it meanwhile."""
+
+    transaction_id: str
+    attempt: int
+
+
+def hold_for_cancel(
+    session: Session, *, notification_id: int, enterprise_id: uuid.UUID, hold_seconds: float
+) -> CancelHold | None:
+    """PENDING (outcome unknown) → PROCESSING under a lease of `hold_seconds`, as a worker's
+    claim takes it (attempt + 1, so a worker whose lease ran out cannot record over the hold,
+    guarantee 3), but without sending anything. None when the row is not such a row.
+
+    Why no path can both send and retract: while held, the worker's claim (PENDING only)
+    skips the row, and the hold ends only by `retract_held` or `release_hold`, each fenced by
+    the hold's attempt; a hold whose lease ran out (the API process died) is taken back by the
+    reconciler like a dead worker's, and then neither fenced update applies."""
+    stmt = (
+        _update_in_state(notification_id, enterprise_id, S.PENDING)
+        .where(N.outcome_unknown_at.is_not(None))
+        .values(
+            notification_status=S.PROCESSING,
+            attempts=N.attempts + 1,
+            locked_until=func.now() + dt.timedelta(seconds=hold_seconds),
+            updated_at=func.now(),
+        )
+        .returning(N.transaction_id, N.attempts)
+    )
+    row = session.execute(stmt, execution_options={"synchronize_session": False}).one_or_none()
+    return None if row is None else CancelHold(row.transaction_id, row.attempts)
+
+
+def retract_held(
+    session: Session,
+    *,
+    notification_id: int,
+    enterprise_id: uuid.UUID,
+    hold: CancelHold,
+    reason: str | None,
+) -> Notification | None:
+    """Held → RETRACTED, after Novu confirmed it cancelled the transaction, the hold's attempt
+    given back (nothing was sent); None when the hold was lost (its lease ran out first)."""
+    return _retract(
+        session,
+        notification_id,
+        enterprise_id,
+        S.PROCESSING,
+        reason,
+        N.attempts == hold.attempt,
+        attempts=N.attempts - 1,
+    )
+
+
+def release_hold(
+    session: Session, *, notification_id: int, enterprise_id: uuid.UUID, hold: CancelHold
+) -> bool:
+    """Held → PENDING as it was, the hold's attempt given back (Novu did not confirm the
+    cancel): delivered as usual. enqueued_at is cleared, so beat publishes it again when due
+    (its message may have been skipped meanwhile). False when the hold was lost."""
+    stmt = (
+        _update_in_state(notification_id, enterprise_id, S.PROCESSING)
+        .where(N.attempts == hold.attempt)
+        .values(
+            notification_status=S.PENDING,
+            attempts=N.attempts - 1,
+            locked_until=None,
+            enqueued_at=None,
+            updated_at=func.now(),
+        )
+        .returning(N.id)
+    )
+    released = session.execute(stmt, execution_options={"synchronize_session": False})
+    return released.one_or_none() is not None
 
 
 def requeue_failed(
@@ -122,9 +213,14 @@ def _lock_batch(conditions: tuple[Any, ...], *, order_by: Any, limit: int) -> An
     )
 
 
+def _unknown_since() -> Any:
+    return func.coalesce(N.outcome_unknown_at, func.now())
+
+
 def expire_leases(session: Session, *, max_attempts: int, limit: int) -> tuple[list[Target], int]:
     """PROCESSING rows whose worker died: back to PENDING (to be published again), or FAILED
-    when their attempts are spent. Returns the rows to publish and the number failed."""
+    when their attempts are spent. Returns the rows to publish and the number failed. The
+    worker may have died after its call reached Novu: either way the outcome is unknown."""
     expired = _lock_batch(
         (N.notification_status == S.PROCESSING, N.locked_until < func.now()),
         order_by=N.locked_until,
@@ -137,6 +233,7 @@ def expire_leases(session: Session, *, max_attempts: int, limit: int) -> tuple[l
             notification_status=S.FAILED,
             processed_at=func.now(),
             locked_until=None,
+            outcome_unknown_at=_unknown_since(),
             error_details=func.jsonb_build_object(
                 "code", "attempts_exhausted", "message", "worker lease expired on the last attempt"
             ),
@@ -151,6 +248,7 @@ def expire_leases(session: Session, *, max_attempts: int, limit: int) -> tuple[l
         .values(
             notification_status=S.PENDING,
             locked_until=None,
+            outcome_unknown_at=_unknown_since(),
             next_attempt_at=None,
             enqueued_at=func.now(),
             updated_at=func.now(),

@@ -1,13 +1,15 @@
 """Property test of the notification state machine against the real database.
 
 Hypothesis interleaves every actor's transition on a few notifications: the worker's claim,
-recording SENT / FAILED / a retry (record_outcomes) with the current or a stale attempt, cancels
-(retract_pending, retract_sent, and NotificationService.cancel_notification with Novu saying
-yes or no), the retry API (requeue_failed, NotificationService.retry_notification), and the
-reconciler's expire_leases after a worker "died". Each step runs in one transaction that first
+recording SENT / FAILED / a retry (record_outcomes, its answer known or lost) with the current
+or a stale attempt, cancels (retract_pending, retract_sent, and
+NotificationService.cancel_notification with Novu saying yes or no), the retry API
+(requeue_failed, NotificationService.retry_notification), and the reconciler's
+expire_leases after a worker "died". Each step runs in one transaction that first
 locks the row, so what the step saw before and after is exact:
 
-- a transition that reports failure left the row unchanged (a stale attempt never writes);
+- a transition that reports failure left the row unchanged (a stale attempt never writes; a
+  cancel Novu did not confirm touches only enqueued_at and updated_at);
 - a transition that reports success made exactly its edge of the state machine, and it
   succeeds exactly when its precondition held;
 - across all steps: the status is one of the five, RETRACTED is never left, SENT is left only
@@ -62,7 +64,10 @@ SNAPSHOT = (
     N.error_details,
     N.transaction_id,
     N.updated_at,
+    N.outcome_unknown_at,
 )
+# What a cancel Novu did not confirm may still touch: the hold it took and gave back.
+CANCEL_MAY_TOUCH = (SNAPSHOT.index(N.enqueued_at), SNAPSHOT.index(N.updated_at))
 # The edge each transition makes when it succeeds.
 EDGES: dict[str, set[tuple[S, S]]] = {
     "claim": {(S.PENDING, S.PROCESSING)},
@@ -86,10 +91,16 @@ class Row:
     values: tuple[Any, ...]
     now: dt.datetime
     next_attempt_at: dt.datetime | None
+    outcome_unknown_at: dt.datetime | None
 
     @property
     def due(self) -> bool:
         return self.next_attempt_at is None or self.next_attempt_at <= self.now
+
+    @property
+    def unknown(self) -> bool:
+        """An attempt's answer was lost: Novu may hold it."""
+        return self.outcome_unknown_at is not None
 
 
 @dataclass
@@ -113,7 +124,12 @@ def _read(session: Session, notification_id: int, enterprise_id: uuid.UUID, *, l
         values=tuple(values[:-1]),
         now=values[-1],
         next_attempt_at=values[3],
+        outcome_unknown_at=values[11],
     )
+
+
+def _without(values: tuple[Any, ...], positions: tuple[int, ...]) -> tuple[Any, ...]:
+    return tuple(value for index, value in enumerate(values) if index not in positions)
 
 
 def _check_edge(before: Row, after: Row, *, may_reset: bool, what: str) -> None:
@@ -180,7 +196,10 @@ class NotificationMachine(RuleBasedStateMachine):
             else:
                 assert after.attempts == before.attempts, what
         else:
-            assert after.values == before.values, f"{what}: failed but changed the row"
+            touched = CANCEL_MAY_TOUCH if name == "cancel" else ()
+            assert _without(after.values, touched) == _without(before.values, touched), (
+                f"{what}: failed but changed the row"
+            )
         _check_edge(before, after, may_reset=name in RESETS_ATTEMPTS, what=what)
         target.last = after
         target.history.append(after.status)
@@ -239,9 +258,10 @@ class NotificationMachine(RuleBasedStateMachine):
         stale=st.booleans(),
         delay=st.sampled_from([0.0, 3600.0]),
         published=st.booleans(),
+        lost=st.booleans(),
     )
     def schedule_retry(
-        self, notification: Tracked, stale: bool, delay: float, published: bool
+        self, notification: Tracked, stale: bool, delay: float, published: bool, lost: bool
     ) -> None:
         def act(session: Session, row: Row) -> bool:
             return record(
@@ -252,6 +272,7 @@ class NotificationMachine(RuleBasedStateMachine):
                 error={"code": "probe"},
                 retry_in=delay,
                 by_message=published,
+                outcome_unknown=lost,
             )
 
         self._step(
@@ -269,7 +290,12 @@ class NotificationMachine(RuleBasedStateMachine):
                 is not None
             )
 
-        self._step(notification, "retract_pending", act, lambda row: row.status is S.PENDING)
+        self._step(
+            notification,
+            "retract_pending",
+            act,
+            lambda row: row.status is S.PENDING and not row.unknown,
+        )
 
     @rule(notification=notifications)
     def retract_sent(self, notification: Tracked) -> None:
@@ -285,15 +311,22 @@ class NotificationMachine(RuleBasedStateMachine):
     def cancel(self, notification: Tracked, novu_cancels: bool) -> None:
         """The cancel API: NotificationService.cancel_notification."""
 
+        def asks_novu(row: Row) -> bool:
+            return row.status is S.SENT or (row.status is S.PENDING and row.unknown)
+
         def act(session: Session, row: Row) -> bool:
             outcome, _ = NotificationService(session).cancel_notification(
                 notification.notification_id,
                 notification.enterprise_id,
                 reason="probe",
                 cancel_at_novu=lambda _transaction_id: novu_cancels,
+                # The step's one transaction: the hold and its end are checked together.
+                commit=lambda: None,
+                hold_seconds=LEASE_SECONDS,
             )
+            unconfirmed = CancelResult.DELIVERY_UNKNOWN if row.unknown else CancelResult.RETRACTED
             expected_outcome = {
-                S.PENDING: CancelResult.RETRACTED,
+                S.PENDING: CancelResult.RETRACTED if novu_cancels else unconfirmed,
                 S.SENT: (
                     CancelResult.RETRACTED if novu_cancels else CancelResult.ALREADY_DELIVERED
                 ),
@@ -308,7 +341,9 @@ class NotificationMachine(RuleBasedStateMachine):
             notification,
             "cancel",
             act,
-            lambda row: row.status is S.PENDING or (row.status is S.SENT and novu_cancels),
+            lambda row: (
+                (row.status is S.PENDING and not row.unknown) or (asks_novu(row) and novu_cancels)
+            ),
         )
 
     @rule(notification=notifications)
