@@ -167,6 +167,11 @@ def test_cancel_after_a_timeout_is_delivery_unknown(client, tenant, worker, emul
     _wait_until(lambda: len(_events(emulator, transaction_id)) == 1, 20, "Novu's late accept")
 
     _assert_refused_and_left_as_it_was(client, tenant, accepted)
+    # Novu cannot be reached for the cancel either: still not confirmed, still not RETRACTED.
+    emulator.post("/_emulator/faults", json={"dropRate": 1.0})
+    drops = emulator.get("/_emulator/stats").json()["faults"]["drop"]
+    _assert_refused_and_left_as_it_was(client, tenant, accepted)
+    assert emulator.get("/_emulator/stats").json()["faults"]["drop"] > drops  # Novu was tried
     assert [event["cancelled"] for event in _events(emulator, transaction_id)] == [False]
 
 
@@ -404,3 +409,42 @@ def test_an_unconfirmed_cancel_gives_the_row_back_unchanged(pending):
         assert after.outcome_unknown_at == before.outcome_unknown_at
     with transaction() as session:  # delivered as usual
         assert claim(session, nid, enterprise) is not None
+
+
+def test_a_refused_attempt_is_known_and_still_cancels_without_novu(pending):
+    nid, enterprise = pending
+    with transaction() as session:  # Novu's 429: it ran nothing, the attempt is given back
+        claimed = claim(session, nid, enterprise)
+        assert claimed is not None
+        assert record(
+            session,
+            enterprise,
+            nid,
+            claimed.attempts,
+            S.PENDING,
+            error={"code": "novu_rate_limited"},
+            retry_in=0.0,
+            attempt_used=False,
+        )
+
+    def never(transaction_id: str) -> bool:
+        raise AssertionError("Novu was asked about a row it never received")
+
+    assert _cancel_in_service(nid, enterprise, never) is CancelResult.RETRACTED
+
+
+def test_the_retry_api_keeps_the_mark_of_a_failed_row(pending):
+    nid, enterprise = pending
+    with transaction() as session:  # the last attempt's answer was lost: FAILED, unknown
+        claimed = claim(session, nid, enterprise)
+        assert claimed is not None
+        failed = {"code": "attempts_exhausted"}
+        assert record(
+            session, enterprise, nid, claimed.attempts, S.FAILED, error=failed, outcome_unknown=True
+        )
+    with transaction(enterprise) as session:
+        moved, _ = NotificationService(session).retry_notification(nid, enterprise)
+    assert moved
+    assert _row(nid).outcome_unknown_at is not None
+    refused = _cancel_in_service(nid, enterprise, lambda _transaction_id: False)
+    assert refused is CancelResult.DELIVERY_UNKNOWN
