@@ -228,13 +228,17 @@ def _others(budget: NovuBudget, tenant: Tenant) -> int:
     return everyone.tokens - mine.tokens
 
 
-def _all_sent_within_novus_rate_limit(
+@pytest.mark.parametrize(
+    "faults", [{}, {"latencyMs": 200}], ids=["no-latency", "200-ms-of-novu-latency"]
+)
+def test_600_single_triggers_at_100_a_second_are_all_sent_within_novus_rate_limit(
     stack: Stack,
     client: Any,
     tenant: Tenant,
+    worker: Any,
     emulator: httpx.Client,
-    faults: dict[str, Any],
     operator: dict[str, str],
+    faults: dict[str, Any],
 ) -> None:
     # Novu's Free tier, a fresh bucket at the emulator (a new rate replaces it) and a full
     # budget here: what tests before this one spent does not count.
@@ -282,18 +286,3 @@ def _all_sent_within_novus_rate_limit(
     metrics = client.get("/metrics", headers=operator).text
     assert "xnovu_novu_tokens_total " in metrics
     assert "xnovu_novu_tokens_per_notification " in metrics
-
-
-@pytest.mark.parametrize(
-    "faults", [{}, {"latencyMs": 200}], ids=["no-latency", "200-ms-of-novu-latency"]
-)
-def test_600_single_triggers_at_100_a_second_are_all_sent_within_novus_rate_limit(
-    stack: Stack,
-    client: Any,
-    tenant: Tenant,
-    worker: Any,
-    emulator: httpx.Client,
-    operator: dict[str, str],
-    faults: dict[str, Any],
-) -> None:
-    _all_sent_within_novus_rate_limit(stack, client, tenant, emulator, faults, operator)
