@@ -286,23 +286,22 @@ def pending(stack):
     return insert_notification(enterprise).notification_id, enterprise
 
 
-def _ambiguous_retry(notification_id: int, enterprise: uuid.UUID) -> int:
-    """One attempt whose answer was lost: claimed, then recorded as a retry of unknown
-    outcome, due at once. Returns its attempt."""
+def _attempt(notification_id: int, enterprise: uuid.UUID, status: S, **outcome: Any) -> int:
+    """One attempt of the worker: claimed, then recorded with `status` and `outcome`'s fields.
+    Returns its attempt."""
     with transaction() as session:
         claimed = claim(session, notification_id, enterprise)
         assert claimed is not None
-        assert record(
-            session,
-            enterprise,
-            notification_id,
-            claimed.attempts,
-            S.PENDING,
-            error={"code": "novu_unavailable"},
-            retry_in=0.0,
-            outcome_unknown=True,
-        )
+        assert record(session, enterprise, notification_id, claimed.attempts, status, **outcome)
         return claimed.attempts
+
+
+def _ambiguous_retry(notification_id: int, enterprise: uuid.UUID) -> int:
+    """One attempt whose answer was lost, recorded as a retry of unknown outcome, due at once."""
+    lost = {"code": "novu_unavailable"}
+    return _attempt(
+        notification_id, enterprise, S.PENDING, error=lost, retry_in=0.0, outcome_unknown=True
+    )
 
 
 def _cancel_in_service(
@@ -413,19 +412,9 @@ def test_an_unconfirmed_cancel_gives_the_row_back_unchanged(pending):
 
 def test_a_refused_attempt_is_known_and_still_cancels_without_novu(pending):
     nid, enterprise = pending
-    with transaction() as session:  # Novu's 429: it ran nothing, the attempt is given back
-        claimed = claim(session, nid, enterprise)
-        assert claimed is not None
-        assert record(
-            session,
-            enterprise,
-            nid,
-            claimed.attempts,
-            S.PENDING,
-            error={"code": "novu_rate_limited"},
-            retry_in=0.0,
-            attempt_used=False,
-        )
+    # Novu's 429: it ran nothing, and the attempt is given back.
+    throttled = {"code": "novu_rate_limited"}
+    _attempt(nid, enterprise, S.PENDING, error=throttled, retry_in=0.0, attempt_used=False)
 
     def never(transaction_id: str) -> bool:
         raise AssertionError("Novu was asked about a row it never received")
@@ -435,13 +424,8 @@ def test_a_refused_attempt_is_known_and_still_cancels_without_novu(pending):
 
 def test_the_retry_api_keeps_the_mark_of_a_failed_row(pending):
     nid, enterprise = pending
-    with transaction() as session:  # the last attempt's answer was lost: FAILED, unknown
-        claimed = claim(session, nid, enterprise)
-        assert claimed is not None
-        failed = {"code": "attempts_exhausted"}
-        assert record(
-            session, enterprise, nid, claimed.attempts, S.FAILED, error=failed, outcome_unknown=True
-        )
+    # The last attempt's answer was lost: FAILED, its outcome unknown.
+    _attempt(nid, enterprise, S.FAILED, error={"code": "attempts_exhausted"}, outcome_unknown=True)
     with transaction(enterprise) as session:
         moved, _ = NotificationService(session).retry_notification(nid, enterprise)
     assert moved
