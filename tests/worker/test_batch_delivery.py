@@ -113,6 +113,7 @@ def test_bulk_triggered_notifications_are_sent_once_each_in_bulk_calls(
     assert {row.notification_status for row in rows} == {S.SENT}
     assert all(row.attempts == 1 and row.processed_at is not None for row in rows)
     transaction_ids = [r["transactionId"] for r in results]
+    ours = set(transaction_ids)
     assert _accepted_counts(emulator, transaction_ids) == Counter(transaction_ids)
     # 250 notifications, one deliver_batch message, three sub-batches, each recorded by one
     # statement (processed_at is its transaction's start time): two bulk calls of a hundred
@@ -126,6 +127,19 @@ def test_bulk_triggered_notifications_are_sent_once_each_in_bulk_calls(
     ]
     assert event["payload"]["_xnovu"]["notificationId"] == ids[0]
     assert "Welcome, Ada Lovelace!" in event["payload"]["_xnovu"]["rendered"]["email"]["body"]
+    # Events of a bulk call name their subscribers as single triggers do: in the enterprise's
+    # namespace (docs/architecture.md, "Recipients").
+    sent = [e for e in emulator.get("/_emulator/events").json() if e["transactionId"] in ours]
+    assert len(sent) == 250
+    for each in sent:
+        user = each["payload"]["userId"]
+        assert each["to"] == [
+            {
+                "subscriberId": f"{tenant.enterprise_id}_{user}",
+                "email": each["payload"]["email"],
+                "firstName": "Ada Lovelace",
+            }
+        ]
 
 
 def test_whole_batch_is_retried_after_500s_and_sent_once(client, tenant, worker, emulator):
