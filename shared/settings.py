@@ -136,6 +136,12 @@ class Settings(BaseSettings):
     template_max_memory_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024 * 1024, alias="TEMPLATE_MAX_MEMORY_BYTES"
     )
+    # Previews render on the API's threads, sharing its CPU with every request: how many may
+    # run at once in one API process, and of those how many for one enterprise (429 beyond).
+    preview_concurrency: int = Field(default=2, ge=1, alias="PREVIEW_CONCURRENCY")
+    preview_concurrency_per_enterprise: int = Field(
+        default=1, ge=1, alias="PREVIEW_CONCURRENCY_PER_ENTERPRISE"
+    )
 
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 

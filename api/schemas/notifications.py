@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
 from shared.notifications.schemas import TriggerRequest
+from shared.payloads import json_depth
 
 __all__ = [
     "CancelRequest",
@@ -71,7 +72,39 @@ class NotificationRead(BaseModel):
         read = cls.model_validate(row, from_attributes=True)
         if row.recipient_objects is not None:
             read.recipients = row.recipient_objects
+        for name in _JSON_FIELDS:
+            value = getattr(read, name)
+            if json_depth(value) > READ_MAX_DEPTH:
+                setattr(read, name, _cut(value, READ_MAX_DEPTH))
         return read
+
+
+# A stored JSON value is answered as stored down to this depth, and below it as TOO_DEEP:
+# pydantic's encoder refuses values nested about 250 levels deep, which made every read of a
+# row recorded before intake bounded depth (MAX_PAYLOAD_DEPTH, at most 64) answer 500.
+READ_MAX_DEPTH = 128
+TOO_DEEP = f"[nested deeper than {READ_MAX_DEPTH} levels: not shown]"
+_JSON_FIELDS = ("payload", "recipients", "overrides", "error_details", "render_fallbacks")
+
+
+def _cut(value: Any, limit: int) -> Any:
+    """A copy of a JSON value with every object or array deeper than `limit` levels replaced by
+    TOO_DEEP (without recursion: the value may be nested thousands of levels deep)."""
+    root: list[Any] = [None]
+    pending: list[tuple[Any, Any, Any, int]] = [(root, 0, value, 1)]
+    while pending:
+        parent, key, node, depth = pending.pop()
+        if isinstance(node, (dict, list)) and depth > limit:
+            parent[key] = TOO_DEEP
+        elif isinstance(node, dict):
+            parent[key] = mapping = dict.fromkeys(node)
+            pending.extend((mapping, k, v, depth + 1) for k, v in node.items())
+        elif isinstance(node, list):
+            parent[key] = items = [None] * len(node)
+            pending.extend((items, i, v, depth + 1) for i, v in enumerate(node))
+        else:
+            parent[key] = node
+    return root[0]
 
 
 class NotificationPage(BaseModel):

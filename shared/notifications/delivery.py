@@ -6,7 +6,12 @@ alike, keeping docs/architecture.md's guarantees 2 to 7, up to 100 rows per stat
 - claim: one `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)` moves the due PENDING
   rows among the given ids to PROCESSING (attempt + 1, a lease) and commits. A row another
   worker holds, or that was cancelled, sent or is not due, is simply not claimed.
-- render: every row on its own (`build_trigger_event`); a render failure fails that row only.
+- render: every row on its own (`build_trigger_event`); a render failure, or anything else
+  that stops one row's trigger from being built (a payload the encoder refuses), fails that
+  row only, at once. Renders are shared fairly between enterprises (fairness.py): a task of an
+  enterprise whose renders are slow renders only while it holds the enterprise's render lane,
+  for at most the render timeout in all; the rows it does not get to go back PENDING, their
+  attempt not used.
 - send: a full hundred as one `POST /v1/events/trigger/bulk` (100 of Novu's rate-limit
   tokens), fewer as single `POST /v1/events/trigger` calls (1 token each), concurrently;
   every event with the transactionId fixed at insert, so a repeated send is dropped by Novu.
@@ -45,10 +50,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from redis import RedisError
 from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared.db.enums import NotificationStatus as S
 from shared.db.session import connection, enterprise_transaction
+from shared.notifications.fairness import FairRenders, RenderLanes, wait_for
 from shared.notifications.novu_trigger import (
     PermanentDeliveryError,
     PreparedTrigger,
@@ -82,6 +90,8 @@ from shared.novu.schemas import (
     TriggerResult,
 )
 from shared.settings import Settings
+from shared.templates.errors import RenderDeferred
+from shared.templates.limits import watched
 from shared.workflows.registry import get_registry
 
 log = logging.getLogger(__name__)
@@ -114,6 +124,7 @@ class DeliveryReport:
     throttled: int = 0  # rows Novu's 429 put back, their attempt not used
     deferred: int = 0  # rows left unclaimed: the rate-limit budget had no tokens soon
     awaiting_sync: int = 0  # rows put back because Novu does not know their workflow yet
+    render_deferred: int = 0  # rows given back: their enterprise's slow renders wait their turn
     token_wait_ms: int = 0  # time slept for rate-limit tokens
     retries: list[tuple[float, list[int]]] = field(default_factory=list)
 
@@ -130,6 +141,7 @@ class DeliveryReport:
             "throttled": self.throttled,
             "deferred": self.deferred,
             "awaiting_sync": self.awaiting_sync,
+            "render_deferred": self.render_deferred,
             "token_wait_ms": self.token_wait_ms,
         }
 
@@ -159,6 +171,7 @@ class _Run:
     settings: Settings
     pool: Executor
     budget: NovuBudget | None
+    fair: FairRenders
     report: DeliveryReport = field(default_factory=DeliveryReport)
     # Workflow keys a sync was requested for by this task: one request each is enough.
     sync_requested: set[str] = field(default_factory=set)
@@ -182,20 +195,23 @@ def deliver(
     settings: Settings,
     executor: Executor,
     budget: NovuBudget | None = None,
+    lanes: RenderLanes | None = None,
 ) -> DeliveryReport:
     """Run one delivery attempt of each due PENDING row among the ids (one or many) and record
     the outcomes. Ids that are not due, claimed elsewhere, sent or cancelled are skipped.
 
     The ids are handled in sub-batches of SUB_BATCH_SIZE, each paid for in Novu's rate-limit
     `budget` (None: unmetered), then claimed and recorded by one statement; up to
-    SENDS_IN_FLIGHT of their Novu calls run at once on `executor`. A message of one full
+    SENDS_IN_FLIGHT of their Novu calls run at once on `executor`. Renders take their turn in
+    the enterprise's render `lanes` when they are slow (None: unchecked). A message of one full
     sub-batch makes its bulk call on the task thread, and a lone notification its single
     trigger: there is nothing to overlap them with, and the hand-off to a pool thread and back
     would only add CPU and latency.
 
     Every statement of the batch runs on one pooled connection, checked out once.
     """
-    run = _Run(enterprise_id, novu, settings, executor, budget)
+    fair = FairRenders(lanes, enterprise_id, settings.template_render_timeout_seconds)
+    run = _Run(enterprise_id, novu, settings, executor, budget, fair)
     window: deque[_Flight] = deque()
     ids = list(dict.fromkeys(notification_ids))  # a repeated id is claimed once anyway
     bulk_on: Executor | None = executor if len(ids) > SUB_BATCH_SIZE else None
@@ -203,6 +219,11 @@ def deliver(
         try:
             for start in range(0, len(ids), SUB_BATCH_SIZE):
                 chunk = ids[start : start + SUB_BATCH_SIZE]
+                wait = fair.admit()
+                if wait is not None:
+                    why = "wait for their enterprise's renders"
+                    run.report.render_deferred += _defer(conn, run, ids[start:], wait, why)
+                    break
                 if not _pay(conn, run, chunk, ids[start:]):
                     break  # the rest was deferred
                 flight = _launch(conn, run, chunk, bulk_on)
@@ -225,6 +246,8 @@ def deliver(
                 except Exception as exc:
                     log.warning("could not record a sub-batch of a failed batch: %s", exc)
             raise
+        finally:
+            fair.release()
     return run.report
 
 
@@ -248,6 +271,13 @@ def _pay(conn: Connection, run: _Run, chunk: list[int], rest: list[int]) -> bool
         return True
     # The tokens of rows that come back together would again not all be there: spread them.
     delay = reservation.wait * random.uniform(1.0, 1.5)
+    run.report.deferred += _defer(conn, run, rest, delay, "wait for Novu rate-limit tokens")
+    return False
+
+
+def _defer(conn: Connection, run: _Run, rest: list[int], delay: float, why: str) -> int:
+    """Leave the due PENDING rows among `rest` unclaimed for `delay` seconds (no attempt used),
+    by a countdown message or, for a longer delay, beat; answers how many were."""
     by_message = delay <= run.settings.max_countdown_seconds
     with enterprise_transaction(conn, run.enterprise_id):
         deferred = defer_pending(
@@ -257,12 +287,11 @@ def _pay(conn: Connection, run: _Run, chunk: list[int], rest: list[int]) -> bool
             delay=delay,
             by_message=by_message,
         )
-    run.report.deferred += len(deferred)
     run.report.skipped += len(rest) - len(deferred)
     if deferred and by_message:
         run.report.retries.append((delay, deferred))
-    log.info("%d notifications wait %.1fs for Novu rate-limit tokens", len(deferred), delay)
-    return False
+    log.info("%d notifications %s: deferred %.1fs", len(deferred), why, delay)
+    return len(deferred)
 
 
 def _launch(
@@ -287,9 +316,16 @@ def _launch(
 
     prepared: dict[int, PreparedTrigger] = {}
     decided: list[AttemptOutcome] = []
-    for row in rows:
+    for index, row in enumerate(rows):
+        if run.fair.spent_out():  # the task's render time is spent: the rest waits its turn
+            why = "the delivery's render time is spent"
+            decided.extend(_render_deferred(run, rows[index:], wait_for(0.0), why))
+            break
         try:
-            prepared[row.id] = build_trigger_event(row)
+            prepared[row.id] = _prepare(run, row)
+        except RenderDeferred as exc:
+            decided.extend(_render_deferred(run, rows[index:], exc.delay, str(exc)))
+            break
         except PermanentDeliveryError as exc:
             error = {"code": exc.code, "message": str(exc), "attempt": row.attempts}
             decided.append(AttemptOutcome(row.id, row.attempts, S.FAILED, error=error))
@@ -312,6 +348,41 @@ def _launch(
     if run.budget is not None and spent < len(chunk):
         run.budget.refund(len(chunk) - spent)
     return flight if rows else None
+
+
+def _prepare(run: _Run, row: ClaimedRow) -> PreparedTrigger:
+    """One row's trigger, its renders watched for slowness (fairness.py). Anything but a
+    database or Redis failure (which may pass: the task is retried) that stops it being built
+    is this row's own, and permanent: PermanentDeliveryError, so that it fails alone and at
+    once instead of failing its whole batch on every retry."""
+    watch = run.fair.row()
+    try:
+        with watched(watch):
+            return build_trigger_event(row)
+    except (PermanentDeliveryError, RenderDeferred, SQLAlchemyError, RedisError):
+        raise
+    except Exception as exc:
+        log.exception("notification %s: its trigger cannot be built", row.id)
+        raise PermanentDeliveryError(
+            "trigger_unbuildable",
+            f"the Novu trigger cannot be built: {type(exc).__name__}: {exc}"[:1000],
+        ) from exc
+    finally:
+        run.fair.spend(watch.elapsed())
+
+
+def _render_deferred(
+    run: _Run, rows: Sequence[ClaimedRow], delay: float, why: str
+) -> list[AttemptOutcome]:
+    """Claimed rows whose renders wait their enterprise's turn: back to PENDING in `delay`
+    seconds, their attempt not used."""
+    run.report.render_deferred += len(rows)
+    return _given_back(
+        run,
+        rows,
+        delay,
+        lambda row: {"code": "render_deferred", "message": why, "attempt": row.attempts},
+    )
 
 
 def _start(
@@ -482,13 +553,23 @@ def _put_back(
     run: _Run, rows: Sequence[ClaimedRow], exc: NovuError, code: str, delay: float
 ) -> list[AttemptOutcome]:
     """Back to PENDING in `delay` seconds without using the attempt (guarantee 7)."""
+    return _given_back(run, rows, delay, lambda row: _novu_error(code, exc, row.attempts))
+
+
+def _given_back(
+    run: _Run,
+    rows: Sequence[ClaimedRow],
+    delay: float,
+    error: Callable[[ClaimedRow], dict[str, Any]],
+) -> list[AttemptOutcome]:
+    """Back to PENDING in `delay` seconds, the attempt not used, each with `error(row)`."""
     by_message = delay <= run.settings.max_countdown_seconds
     return [
         AttemptOutcome(
             row.id,
             row.attempts,
             S.PENDING,
-            error=_novu_error(code, exc, row.attempts),
+            error=error(row),
             retry_in=delay,
             by_message=by_message,
             attempt_used=False,

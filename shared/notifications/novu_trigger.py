@@ -29,6 +29,7 @@ from shared.errors import InvalidInput
 from shared.notifications.repository import ClaimedRow, json_text
 from shared.novu.client import trigger_idempotency_key
 from shared.novu.schemas import TriggerEvent
+from shared.payloads import json_depth
 from shared.settings import get_settings
 from shared.templates.errors import RenderMemoryExceeded
 from shared.templates.renderer import TemplateNotFound, get_template_renderer
@@ -194,6 +195,7 @@ def build_trigger_event(row: ClaimedRow) -> PreparedTrigger:
     workflow = get_registry().get_workflow(row.workflow_key, row.enterprise_id)
     if workflow is None:
         raise PermanentDeliveryError("workflow_not_found", f"no workflow {row.workflow_key!r}")
+    _check_depth(row)
     try:
         rendered, fallbacks = render_workflow(workflow, row.enterprise_id, row.payload)
     except RenderMemoryExceeded as exc:
@@ -221,9 +223,13 @@ def build_trigger_event(row: ClaimedRow) -> PreparedTrigger:
         body["overrides"] = row.overrides
     # Measured as the JSON Novu receives (the same bytes as the client's canonical body, whose
     # keys are only sorted), before the rendered content is let in.
-    size = len(
-        json_text({**body, "payload": {**row.payload, XNOVU_PAYLOAD_KEY: metadata}}).encode()
-    )
+    try:
+        text = json_text({**body, "payload": {**row.payload, XNOVU_PAYLOAD_KEY: metadata}})
+    except (ValueError, RecursionError) as exc:  # only a row recorded before intake checked it
+        raise PermanentDeliveryError(
+            "payload_unserialisable", f"the Novu event cannot be written as JSON: {exc}"
+        ) from exc
+    size = len(text.encode())
     if size > NOVU_EVENT_MAX_BYTES:  # only a row recorded before intake checked the size
         raise PermanentDeliveryError(
             "event_too_large",
@@ -243,6 +249,21 @@ def build_trigger_event(row: ClaimedRow) -> PreparedTrigger:
             "invalid_trigger", f"cannot build the Novu trigger: {exc}"
         ) from exc
     return PreparedTrigger(event=event, render_fallbacks=fallbacks)
+
+
+def _check_depth(row: ClaimedRow) -> None:
+    """Refuse a row whose payload or overrides nest deeper than MAX_PAYLOAD_DEPTH (recorded
+    before intake checked it): the event's JSON encoder gives up near 250 levels, failing the
+    whole call it is in, and the bridge refuses such an event when Novu executes it."""
+    limit = get_settings().max_payload_depth
+    for field, value in (("payload", row.payload), ("overrides", row.overrides)):
+        depth = json_depth(value)
+        if depth > limit:
+            raise PermanentDeliveryError(
+                "payload_unserialisable",
+                f"the {field} is nested {depth} levels deep, over MAX_PAYLOAD_DEPTH ({limit}): "
+                "a Novu trigger cannot carry it",
+            )
 
 
 def attempt_idempotency_key(transaction_id: str, attempt: int) -> str:

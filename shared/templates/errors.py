@@ -22,3 +22,12 @@ class TemplateNotFound(RenderError):
 
 class RenderMemoryExceeded(RenderLimitExceeded):
     """The values a render built went over its memory budget (TEMPLATE_MAX_MEMORY_BYTES)."""
+
+
+class RenderDeferred(Exception):
+    """A slow render gives way to another enterprise's: its row goes back, no attempt used
+    (shared/notifications/fairness.py). Not a RenderError: nothing is wrong with the template."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay

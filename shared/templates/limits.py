@@ -24,6 +24,11 @@ every render to these bounds:
   Containers count their own size, not their items' (those were charged when they were built,
   or belong to the payload). Going over fails the render alone (`RenderMemoryExceeded`); the
   process never comes near it (docs/architecture.md, "Rendering").
+- Sharing. A render that runs for more than a moment gives the GIL away once every
+  PAUSE_EVERY_SECONDS (`time.sleep(0)` from the deadline check): a preview rendering for
+  seconds on an API thread otherwise held the event loop off for up to Python's switch interval
+  (5 ms) at each of a request's many hand-overs. A watch (`watched`) is told when a render has
+  run past its `slow_at`: the worker's fairness (shared/notifications/fairness.py).
 """
 
 from __future__ import annotations
@@ -33,15 +38,19 @@ import re
 import sys
 import time
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
-from contextlib import contextmanager
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol, TypeVar
 
 from jinja2.runtime import Undefined
 from jinja2.utils import Namespace
 
 from shared.templates.errors import RenderError, RenderLimitExceeded, RenderMemoryExceeded
 
+T = TypeVar("T")
+
 MAX_RANGE = 100_000
+# How often a long render lets other threads of its process run (see Sharing above).
+PAUSE_EVERY_SECONDS = 0.001
 # Integers in templates stay below this size (about 1 200 decimal digits).
 MAX_INT_BITS = 4096
 
@@ -56,7 +65,8 @@ class RenderBudget:
     """What one top-level render may spend; its nested renders share it."""
 
     __slots__ = (
-        "deadline", "include", "max_bytes", "max_depth", "spent_bytes", "stack", "timeout"
+        "deadline", "include", "max_bytes", "max_depth", "pause_at", "spent_bytes", "stack",
+        "timeout", "watch",
     )  # fmt: skip
 
     def __init__(
@@ -73,15 +83,25 @@ class RenderBudget:
         self.max_bytes = max_bytes
         self.spent_bytes = 0
         self.include = include
+        self.watch = _watch.get()
+        self.pause_at = time.monotonic() + PAUSE_EVERY_SECONDS
         # Templates being rendered, outermost first: the cycle and depth checks read it.
         self.stack: list[str] = []
 
     def check_time(self) -> None:
-        """Stop the render once its deadline has passed."""
-        if time.monotonic() > self.deadline:
+        """Stop the render once its deadline has passed; tell the watch once it turns slow;
+        now and then, let other threads run."""
+        now = time.monotonic()
+        if now > self.deadline:
             raise RenderLimitExceeded(
                 f"rendering timed out: it took longer than {self.timeout:g} s"
             )
+        watch = self.watch
+        if watch is not None and now > watch.slow_at:
+            watch.slow()
+        if now > self.pause_at:
+            self.pause_at = now + PAUSE_EVERY_SECONDS
+            time.sleep(0)  # lets a thread waiting for the GIL (the event loop) take it
 
     def check_room(self, size: int, what: str) -> None:
         """Refuse building `what` of `size` bytes when the render has not that much left."""
@@ -119,9 +139,35 @@ class RenderBudget:
             self.stack.pop()
 
 
+class SlowWatch(Protocol):
+    """Told when the renders it watches have run past `slow_at` (time.monotonic()); `slow()`
+    may stop them by raising, and moves `slow_at` to when it wants to hear again."""
+
+    slow_at: float
+
+    def slow(self) -> None: ...
+
+
 _budget: contextvars.ContextVar[RenderBudget | None] = contextvars.ContextVar(
     "xnovu_render_budget", default=None
 )
+_watch: contextvars.ContextVar[SlowWatch | None] = contextvars.ContextVar(
+    "xnovu_render_watch", default=None
+)
+
+
+@contextmanager
+def _setting(var: contextvars.ContextVar[Any], value: T) -> Iterator[T]:
+    token = var.set(value)
+    try:
+        yield value
+    finally:
+        var.reset(token)
+
+
+def watched(watch: SlowWatch) -> AbstractContextManager[SlowWatch]:
+    """Every render started in the block checks `watch` with its deadline."""
+    return _setting(_watch, watch)
 
 
 def current_budget() -> RenderBudget | None:
@@ -129,14 +175,9 @@ def current_budget() -> RenderBudget | None:
     return _budget.get()
 
 
-@contextmanager
-def spending(budget: RenderBudget) -> Iterator[RenderBudget]:
+def spending(budget: RenderBudget) -> AbstractContextManager[RenderBudget]:
     """Make `budget` the one the sandbox hooks charge while the block runs."""
-    token = _budget.set(budget)
-    try:
-        yield budget
-    finally:
-        _budget.reset(token)
+    return _setting(_budget, budget)
 
 
 def check_deadline() -> None:
@@ -146,14 +187,17 @@ def check_deadline() -> None:
         budget.check_time()
 
 
-def deadline_checked(iterator: Iterator[Any]) -> Iterator[Any]:
-    """The items of `iterator`, checking the running render's deadline before each."""
+def deadline_checked(iterator: Iterator[Any], charge_as: str | None = None) -> Iterator[Any]:
+    """The items of `iterator`, checking the running render's deadline before each; with
+    `charge_as`, the containers among them are charged to its memory budget (see `charged`)."""
     budget = _budget.get()
     if budget is None:
         yield from iterator
         return
     for item in iterator:
         budget.check_time()
+        if charge_as is not None and isinstance(item, (list, tuple, dict, set, frozenset)):
+            budget.charge(sys.getsizeof(item), charge_as)
         yield item
 
 
@@ -205,15 +249,7 @@ def charged(iterator: Iterator[Any], what: str) -> Iterator[Any]:
     """The items of a filter's generator, each charged as it is consumed (an item a hook built,
     a `map`ped filter's result, was charged already: only containers are charged here, such as
     `batch`'s and `slice`'s lists), checking the deadline before each."""
-    budget = _budget.get()
-    if budget is None:
-        yield from iterator
-        return
-    for item in iterator:
-        budget.check_time()
-        if isinstance(item, (list, tuple, dict, set, frozenset)):
-            budget.charge(sys.getsizeof(item), what)
-        yield item
+    return deadline_checked(iterator, charge_as=what)
 
 
 class GuardedRange:

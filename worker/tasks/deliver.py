@@ -3,7 +3,8 @@
 Every producer (the API's recorder, the `notificationId` trigger, the retry API, beat's
 release and reconcile, the task's own retries) publishes `deliver_batch(enterprise, ids)`;
 the task hands the ids to the one delivery engine (shared/notifications/delivery.py), metered
-by Novu's rate-limit budget that every worker process shares (shared/novu/budget.py), and
+by Novu's rate-limit budget that every worker process shares (shared/novu/budget.py), its slow
+renders taking turns in their enterprise's render lane (shared/notifications/fairness.py), and
 adds what Novu charged to the usage counters `GET /api/stats` reports.
 """
 
@@ -17,6 +18,7 @@ from celery import Task
 from sqlalchemy.exc import OperationalError
 
 from shared.notifications.delivery import SENDS_IN_FLIGHT, deliver
+from shared.notifications.fairness import get_render_lanes
 from shared.notifications.publisher import publish_enterprise
 from shared.novu.budget import get_novu_budget
 from shared.novu.client import get_novu_client
@@ -59,6 +61,7 @@ def _deliver(enterprise_id: str, notification_ids: list[int]) -> dict[str, int]:
         settings=get_settings(),
         executor=_send_pool.get(),
         budget=budget,
+        lanes=get_render_lanes(),
     )
     for delay, ids in report.retries:
         publish_enterprise(enterprise, ids, countdown=delay)

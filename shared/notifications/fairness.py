@@ -1,0 +1,217 @@
+"""Fair rendering between enterprises: one enterprise's slow templates hold at most one worker
+child at a time, and only for a bounded time per task (docs/architecture.md, "Rendering").
+
+Renders take milliseconds; a template that loops until its TEMPLATE_RENDER_TIMEOUT_SECONDS
+takes seconds, and ten of them once held both children of a worker for 9 s, while another
+enterprise's notifications waited. So, per enterprise, in Redis:
+
+- A render that runs past SLOW_RENDER_SECONDS (counted over one row's channels) marks its
+  enterprise slow for SLOW_MARK_SECONDS, and may go on only while its task holds the
+  enterprise's render lane (`SET NX`, one holder in all workers). If another task holds it, the
+  render stops at once (`RenderDeferred`) and its row goes back to PENDING, its attempt not
+  used, to come back when the lane is likely free.
+- A task of an enterprise marked slow takes the lane before it claims anything; when another
+  task holds it, the rows are deferred unclaimed (a few milliseconds of the child's time).
+- A task holding the lane renders for at most TEMPLATE_RENDER_TIMEOUT_SECONDS in all (plus the
+  render under way); then it gives the rest of its rows back, unclaimed or with their attempt
+  not used, and releases the lane, so the child is free for whatever message is next.
+
+An enterprise whose templates are fast never touches the lane (one `GET` of its mark per
+sub-batch); one whose renders are slow delivers through one child at a time until its renders
+have been fast for SLOW_MARK_SECONDS. Other enterprises keep every other child. When Redis
+cannot answer, rendering is not held back (fail open, logged now and then): fairness is lost,
+never a notification.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import redis
+
+from shared.process import PerProcess
+from shared.redis_client import OccasionalWarning, fail_fast_client
+from shared.settings import get_settings
+from shared.templates.errors import RenderDeferred
+
+log = logging.getLogger(__name__)
+
+# A row's renders slower than this make its enterprise slow (a normal one takes milliseconds).
+SLOW_RENDER_SECONDS = 0.2
+# How long an enterprise stays slow after its last slow render.
+SLOW_MARK_SECONDS = 30.0
+# Rows waiting for the lane come back after the holder's remaining time, within these bounds,
+# and a random 0 to 50 % more, so that they do not all come back at once.
+MIN_WAIT_SECONDS = 0.25
+MAX_WAIT_SECONDS = 2.0
+# The lane outlives its holder's task by this much at most (a killed child's lane expires).
+LANE_MARGIN_SECONDS = 5.0
+
+_MARK = "xnovu:render:slow:"
+_LANE = "xnovu:render:lane:"
+# Take the lane (or keep it: a holder extends its lease); else answer the holder's ms left.
+_TAKE = """
+local held = redis.call('GET', KEYS[1])
+if not held or held == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return -1
+end
+return redis.call('PTTL', KEYS[1])
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RenderLanes:
+    """The slow marks and render lanes of every enterprise, in Redis."""
+
+    def __init__(self, redis_url: str, *, socket_timeout: float = 0.5) -> None:
+        self._redis = fail_fast_client(redis_url, socket_timeout)
+        self._take = self._redis.register_script(_TAKE)
+        self._release = self._redis.register_script(_RELEASE)
+        self._warning = OccasionalWarning(log, 10.0)
+
+    def is_slow(self, enterprise_id: uuid.UUID) -> bool:
+        """Whether the enterprise's renders were slow within SLOW_MARK_SECONDS."""
+        try:
+            return bool(self._redis.exists(f"{_MARK}{enterprise_id}"))
+        except (redis.RedisError, OSError) as exc:
+            self._warning("render lanes unavailable, rendering unchecked: %s", exc)
+            return False
+
+    def mark_slow(self, enterprise_id: uuid.UUID) -> None:
+        """Remember for SLOW_MARK_SECONDS that the enterprise's renders are slow."""
+        try:
+            self._redis.set(f"{_MARK}{enterprise_id}", "1", px=round(SLOW_MARK_SECONDS * 1000))
+        except (redis.RedisError, OSError) as exc:
+            self._warning("render lanes unavailable, rendering unchecked: %s", exc)
+
+    def take(self, enterprise_id: uuid.UUID, holder: str, lease: float) -> float | None:
+        """Take (or extend) the enterprise's lane for `lease` seconds: None when `holder` has
+        it, else the seconds its current holder has left."""
+        try:
+            left = int(
+                self._take(
+                    keys=[f"{_LANE}{enterprise_id}"],
+                    args=[holder, max(1, math.ceil(lease * 1000))],
+                )
+            )
+        except (redis.RedisError, OSError) as exc:
+            self._warning("render lanes unavailable, rendering unchecked: %s", exc)
+            return None
+        return None if left < 0 else left / 1000
+
+    def release(self, enterprise_id: uuid.UUID, holder: str) -> None:
+        """Give the lane back, if `holder` still has it."""
+        try:
+            self._release(keys=[f"{_LANE}{enterprise_id}"], args=[holder])
+        except (redis.RedisError, OSError) as exc:
+            self._warning("render lanes unavailable, rendering unchecked: %s", exc)
+
+
+_lanes = PerProcess(lambda: RenderLanes(get_settings().require_redis_url()))
+
+
+def get_render_lanes() -> RenderLanes:
+    """The process's handle on the render lanes."""
+    return _lanes.get()
+
+
+def wait_for(left: float) -> float:
+    """How long rows that wait for a lane with `left` seconds on it are deferred."""
+    return min(max(left, MIN_WAIT_SECONDS), MAX_WAIT_SECONDS) * random.uniform(1.0, 1.5)
+
+
+@dataclass
+class FairRenders:
+    """One delivery task's share of its enterprise's rendering (see the module)."""
+
+    lanes: RenderLanes | None
+    enterprise_id: uuid.UUID
+    render_seconds: float  # the task's render time once it holds the lane; the render timeout
+    holder: str = field(default_factory=lambda: uuid.uuid4().hex)
+    holding: bool = False
+    spent: float = 0.0  # seconds rendered while holding the lane
+
+    def admit(self) -> float | None:
+        """Before a sub-batch is claimed: None to go on, else the seconds to defer it by."""
+        if self.lanes is None:
+            return None
+        if self.holding:
+            return wait_for(0.0) if self.spent_out() else None
+        if not self.lanes.is_slow(self.enterprise_id):
+            return None
+        return self._take()
+
+    def spent_out(self) -> bool:
+        """Whether the task has rendered all it may while holding the lane."""
+        return self.holding and self.spent >= self.render_seconds
+
+    def row(self) -> RowWatch:
+        """The watch for one row's renders (shared.templates.limits.watched)."""
+        return RowWatch(self)
+
+    def spend(self, seconds: float) -> None:
+        """Count a row's render time; it counts against the task only while it holds the lane."""
+        if self.holding:
+            self.spent += seconds
+
+    def release(self) -> None:
+        """At the end of the task: give the lane back."""
+        if self.lanes is not None and self.holding:
+            self.lanes.release(self.enterprise_id, self.holder)
+            self.holding = False
+
+    def _take(self) -> float | None:
+        assert self.lanes is not None
+        lease = self.render_seconds * 2 + LANE_MARGIN_SECONDS
+        left = self.lanes.take(self.enterprise_id, self.holder, lease)
+        if left is not None:
+            return wait_for(left)
+        self.holding = True
+        return None
+
+    def slow(self) -> None:
+        """A row's renders ran past SLOW_RENDER_SECONDS: mark the enterprise, and go on only
+        with its lane (RenderDeferred when another task holds it)."""
+        if self.lanes is None:
+            return
+        self.lanes.mark_slow(self.enterprise_id)
+        if self.holding:
+            return
+        delay = self._take()
+        if delay is not None:
+            raise RenderDeferred(
+                f"enterprise {self.enterprise_id}'s renders are slow and another of its "
+                "deliveries is rendering",
+                delay,
+            )
+
+
+class RowWatch:
+    """A SlowWatch over one row's renders: slow past SLOW_RENDER_SECONDS from its start."""
+
+    __slots__ = ("share", "slow_at", "started")
+
+    def __init__(self, share: FairRenders) -> None:
+        self.share = share
+        self.started = time.monotonic()
+        self.slow_at = self.started + SLOW_RENDER_SECONDS
+
+    def slow(self) -> None:
+        """Tell the task's share once; a raise stops the render (its row is deferred)."""
+        self.slow_at = math.inf
+        self.share.slow()
+
+    def elapsed(self) -> float:
+        """Seconds since the row's renders began."""
+        return time.monotonic() - self.started
