@@ -7,10 +7,22 @@ from __future__ import annotations
 import datetime as dt
 import statistics
 import time
+import uuid
 from typing import Any
 
 import pytest
 
+from shared.db.enums import ChannelType
+from shared.notifications.fairness import (
+    MAX_WAIT_SECONDS,
+    MIN_WAIT_SECONDS,
+    FairRenders,
+    RenderLanes,
+)
+from shared.settings import get_settings
+from shared.templates import TemplateRenderer
+from shared.templates.errors import RenderDeferred
+from shared.templates.limits import watched
 from tests.conftest import Tenant, make_tenant, signup_payload
 from tests.factories import create_template, create_workflow
 
@@ -99,3 +111,36 @@ def test_slow_templates_do_not_delay_another_enterprise(client, worker, emulator
         assert row["error_details"]["code"] == "render_failed", row
         assert "timed out" in row["error_details"]["message"]
         assert row["attempts"] == 1
+
+
+def test_one_task_of_a_slow_enterprise_renders_at_a_time(stack):
+    lanes = RenderLanes(stack.redis_url)
+    slow = uuid.uuid4()
+    first, second, third = (FairRenders(lanes, slow, render_seconds=1.0) for _ in range(3))
+    assert first.admit() is None and second.admit() is None  # not known to be slow yet
+    first.slow()  # a render of `first` ran long: it marks the enterprise and takes the lane
+    assert first.holding
+    with pytest.raises(RenderDeferred) as deferred:
+        second.slow()  # the other task's render gives way at once
+    assert MIN_WAIT_SECONDS <= deferred.value.delay <= MAX_WAIT_SECONDS * 1.5
+    assert third.admit() is not None  # a new task defers its rows unclaimed
+    assert FairRenders(lanes, uuid.uuid4(), render_seconds=1.0).admit() is None  # others go on
+
+    first.spend(1.0)  # its render time is spent: it gives the rest back and the lane up
+    assert first.spent_out() and first.admit() is not None
+    first.release()
+    assert third.admit() is None and third.holding
+    third.release()
+
+
+def test_a_render_that_must_give_way_stops_at_once(stack):
+    lanes = RenderLanes(stack.redis_url)
+    slow = uuid.uuid4()
+    holder, waiter = (FairRenders(lanes, slow, render_seconds=1.0) for _ in range(2))
+    holder.slow()
+    renderer = TemplateRenderer(get_settings())
+    # It gives way (0.2 s in), long before its 2 s timeout would have failed it; and not as a
+    # RenderError: the row goes back with its attempt unused, the template is not blamed.
+    with pytest.raises(RenderDeferred), watched(waiter.row()):
+        renderer.render_source(ChannelType.SMS, None, TIMES_OUT, {}, enterprise_id=None)
+    holder.release()

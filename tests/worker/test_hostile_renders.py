@@ -86,3 +86,23 @@ def test_memory_bomb_preview_is_a_422_and_the_api_stays_small(client, tenant):
     assert "TEMPLATE_MAX_MEMORY_BYTES" in error["message"]
     # The API (this process) grew by at most a few times the 8 MiB budget, not by gigabytes.
     assert peak.peak - before < 100 * MB, f"the API grew by {(peak.peak - before) / MB:.0f} MB"
+
+
+def test_memory_bomb_executed_by_the_bridge_is_a_step_error(client, tenant):
+    from tests.api.test_novu_bridge import assert_bridge_error, bridge_post, event
+
+    sms = create_template(client, tenant, "SMS", body=MEMORY_BOMB)
+    create_workflow(client, tenant, "bridge-memory-bomb", SMS=sms, publish=True)
+    me = psutil.Process()
+    before = me.memory_info().rss
+    peak = PeakRss(lambda: [me.pid])
+    # No rendered content in the payload (an event that did not come from our worker, or one too
+    # large to carry it): the bridge renders the step itself.
+    payload = {"userId": "u-1", "_xnovu": {"enterpriseId": str(tenant.enterprise_id)}}
+    with peak.watching():
+        response = bridge_post(
+            client, event(payload), workflowId="bridge-memory-bomb", stepId="sms"
+        )
+    body = assert_bridge_error(response, 400, "StepExecutionFailedError")
+    assert "TEMPLATE_MAX_MEMORY_BYTES" in body["data"]["reason"]
+    assert peak.peak - before < 100 * MB, f"the API grew by {(peak.peak - before) / MB:.0f} MB"
