@@ -90,3 +90,33 @@ def test_reads_of_a_row_too_deep_to_serialise_answer(client, tenant):
     cancelled = client.post(f"/api/notifications/{bad}/cancel", headers=tenant.headers)
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["notification_status"] == "RETRACTED"
+
+
+def test_any_failure_to_build_one_rows_trigger_fails_that_row_alone(client, tenant, worker):
+    from sqlalchemy import text
+
+    from shared.db.session import transaction
+
+    users = [f"corrupt-{i}" for i in range(3)]
+    ids = [
+        insert_notification(
+            tenant.enterprise_id, payload=signup_payload(user), recipients=[user]
+        ).notification_id
+        for user in users
+    ]
+    # A recipient list no intake would store (a number where an id or object belongs): building
+    # its `to` raises, which is neither a render error nor a known refusal.
+    with transaction(tenant.enterprise_id) as session:
+        session.execute(
+            text("UPDATE notify.ent_notification SET recipient_objects = '[42]' WHERE id = :id"),
+            {"id": ids[1]},
+        )
+    publish_enterprise(tenant.enterprise_id, ids)
+
+    first, corrupt, last = _settled(client, tenant, ids)
+    assert (first["notification_status"], last["notification_status"]) == ("SENT", "SENT")
+    assert (first["attempts"], last["attempts"]) == (1, 1)
+    assert corrupt["notification_status"] == "FAILED"
+    assert corrupt["attempts"] == 1
+    assert corrupt["error_details"]["code"] == "trigger_unbuildable"
+    assert "AttributeError" in corrupt["error_details"]["message"]
