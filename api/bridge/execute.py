@@ -47,7 +47,7 @@ from api.bridge import errors
 from api.bridge.catalog import CatalogCache
 from api.bridge.mock import PLACEHOLDER, mock_payload
 from api.bridge.protocol import CHANNEL_BY_STEP_ID, PostAction, step_rank
-from api.bridge.schemas import DELAY_OUTPUT, OUTPUT_SCHEMAS, compiled, problems, uses_regex
+from api.bridge.schemas import DELAY_OUTPUT, OUTPUT_SCHEMAS, compiled, loop_affordable, problems
 from shared.db.enums import ChannelType, WorkflowType
 from shared.notifications.novu_trigger import FALLBACK_BODY, FALLBACK_SUBJECT, XNOVU_PAYLOAD_KEY
 from shared.templates.renderer import RenderedContent, TemplateNotFound, get_template_renderer
@@ -205,7 +205,10 @@ def _check_payload(
         return
     if on_loop and (
         not compiled(schema)
-        or (workflow.workflow_type is not WorkflowType.STATIC and uses_regex(schema))
+        or (
+            workflow.workflow_type is not WorkflowType.STATIC
+            and not loop_affordable(schema, variables)
+        )
     ):
         raise WouldBlock
     failures = problems(schema, variables)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import lru_cache
 from typing import Any
 
@@ -17,7 +18,16 @@ import fastjsonschema
 from jsonschema import Draft202012Validator, FormatChecker
 
 from shared.db.enums import ChannelType
-from shared.payloads import PayloadValidator
+from shared.payloads import (
+    LOOP_CHECK_WORK,
+    CheckTooCostly,
+    PayloadValidator,
+    check_estimate,
+    compiled_affordable,
+    json_size,
+    limited_steps,
+    subschema_cost,
+)
 
 # The framework's schema for "nothing": controls of a step without controls, results of a step
 # that reports nothing back.
@@ -245,6 +255,7 @@ _validators = _ByIdentity(
     )
 )
 _regex = _ByIdentity(lambda schema: _has_regex(schema))
+_subschemas = _ByIdentity(subschema_cost)
 
 
 def _trusted(schema: dict[str, Any]) -> bool:
@@ -256,6 +267,12 @@ def validator_for(schema: dict[str, Any]) -> Draft202012Validator:
     """A validator of a schema, cached by the schema object and by its content."""
     validator: Draft202012Validator = _validators(schema)
     return validator
+
+
+def loop_affordable(schema: dict[str, Any], instance: Any) -> bool:
+    """Whether checking the instance against the schema is cheap enough for the event loop:
+    its worst case within LOOP_CHECK_WORK (shared/payloads.py)."""
+    return check_estimate(schema, instance, LOOP_CHECK_WORK) <= LOOP_CHECK_WORK
 
 
 def uses_regex(schema: dict[str, Any]) -> bool:
@@ -406,16 +423,22 @@ def compiled(schema: dict[str, Any]) -> bool:
 def problems(schema: dict[str, Any], instance: Any) -> list[dict[str, str]]:
     """Every way `instance` fails `schema`, as the framework reports it: `[{path, message}]`,
     `path` a JSON Pointer to the failing value ("" for the whole document)."""
+    trusted = _trusted(schema)
+    # A tenant's schema may make a check cost only what the instance's size allows.
+    size = 0 if trusted else json_size(instance)
     check = _fast_checkers(schema)
-    if check is not None:
+    if check is not None and (trusted or compiled_affordable(_subschemas(schema), instance, size)):
         try:
             check(instance)
             return []
         except fastjsonschema.JsonSchemaException:
             pass  # jsonschema says how, or that the stricter check was wrong
-    errors = sorted(
-        validator_for(schema).iter_errors(instance), key=lambda e: [str(p) for p in e.path]
-    )
+    validator = validator_for(schema)
+    try:
+        with nullcontext() if trusted else limited_steps(size):
+            errors = sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.path])
+    except CheckTooCostly as exc:
+        return [{"path": "", "message": str(exc)}]
     return [
         {"path": "".join(f"/{part}" for part in error.absolute_path), "message": error.message}
         for error in errors

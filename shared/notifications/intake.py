@@ -9,7 +9,8 @@ checked the same way, and published if due. See docs/architecture.md, "The life 
 notification".
 
 A lone trigger is checked on the event loop (it costs tens of microseconds when the registry
-is fresh, less than a hand-off to a thread); many are checked on a worker thread, so a bulk
+is fresh, less than a hand-off to a thread) unless its payload's check against the workflow's
+schema could cost more (payloads.LOOP_CHECK_WORK); many are checked on a worker thread, so a bulk
 request cannot hold the loop for the milliseconds its checks take.
 """
 
@@ -56,7 +57,7 @@ from shared.notifications.schemas import (
     recipient_as_given,
     recipient_key,
 )
-from shared.payloads import json_depth, payload_errors
+from shared.payloads import LOOP_CHECK_WORK, check_estimate, json_depth, payload_errors
 from shared.settings import Settings, get_settings
 from shared.workflows.instance import WorkflowInstance
 from shared.workflows.registry import get_registry
@@ -158,8 +159,12 @@ async def _check_one(
         enterprise = principal.acting_for(trigger.request.enterpriseId or default)
     except DomainError as exc:
         return exc
-    if get_registry().is_fresh(enterprise):  # the workflow comes from memory: no I/O
-        return _checked(trigger, principal, default, settings)
+    registry = get_registry()
+    if registry.is_fresh(enterprise):  # the workflow comes from memory: no I/O
+        workflow = registry.get_workflow(trigger.request.workflowId, enterprise)
+        schema = workflow.payload_schema if workflow is not None else None
+        if check_estimate(schema, trigger.request.payload, LOOP_CHECK_WORK) <= LOOP_CHECK_WORK:
+            return _checked(trigger, principal, default, settings)
     return await anyio.to_thread.run_sync(_checked, trigger, principal, default, settings)
 
 
@@ -255,7 +260,7 @@ def check_payload(workflow: WorkflowInstance, payload: dict[str, Any], settings:
     size = len(storable_json(payload, "payload").encode())
     if size > settings.max_payload_bytes:
         raise TooLarge("payload_too_large", f"payload exceeds {settings.max_payload_bytes} bytes")
-    errors = payload_errors(workflow.payload_schema, payload)
+    errors = payload_errors(workflow.payload_schema, payload, size)
     if errors:
         raise InvalidInput(
             "invalid_payload", "the payload does not match the workflow's schema", errors

@@ -319,7 +319,9 @@ def test_a_step_answered_on_the_loop_is_the_one_answered_on_a_thread(client, ten
     assert get_registry().is_fresh(tenant.enterprise_id)
 
 
-def test_a_tenant_schema_with_a_pattern_is_checked_on_a_thread(client, tenant):
+def test_a_tenant_schema_is_checked_on_a_thread_only_when_its_check_could_be_costly(client, tenant):
+    # Its patterns run on RE2, in linear time: a small payload is checked on the loop; one whose
+    # worst case (subschemas x values) is over payloads.LOOP_CHECK_WORK goes to a thread.
     key = f"patterned-{uuid.uuid4().hex[:8]}"
     schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(a+)+$"}}}
     create_workflow(
@@ -329,7 +331,12 @@ def test_a_tenant_schema_with_a_pattern_is_checked_on_a_thread(client, tenant):
     rendered = {"email": {"subject": "S", "body": "B"}}
     sent = event({"code": "aaa", "_xnovu": xnovu(tenant.enterprise_id, rendered)})
     assert _step(key, "email", sent, on_loop=False)["outputs"] == {"subject": "S", "body": "B"}
-    assert _step(key, "email", sent, on_loop=True) is WouldBlock
+    assert _step(key, "email", sent, on_loop=True) == _step(key, "email", sent, on_loop=False)
+    large = event(
+        {"code": "aaa", "more": list(range(2000)), "_xnovu": xnovu(tenant.enterprise_id, rendered)}
+    )
+    assert _step(key, "email", large, on_loop=True) is WouldBlock
+    assert _step(key, "email", large, on_loop=False)["outputs"] == {"subject": "S", "body": "B"}
 
 
 def test_the_first_check_against_a_schema_is_compiled_on_a_thread(client, tenant):

@@ -5,6 +5,7 @@ JSON 4xx (docs/architecture.md, "Hostile input")."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 import uuid
@@ -126,6 +127,31 @@ def test_a_catastrophic_pattern_answers_422_at_once_and_never_delays_healthz(
     ]
 
 
+def test_the_bridge_checks_a_catastrophic_pattern_at_once(client: Any, tenant: Tenant) -> None:
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": CATASTROPHIC}}}
+    key = _workflow(client, tenant, schema)
+    secret = get_settings().effective_novu_secret_key
+
+    def execute(code: str) -> Any:
+        payload = {"code": code, "enterpriseId": str(tenant.enterprise_id)}
+        body = json.dumps({"payload": payload, "controls": {}, "state": []}).encode()
+        return client.post(
+            "/api/novu",
+            params={"action": "execute", "workflowId": key, "stepId": "sms"},
+            content=body,
+            headers={"content-type": "application/json", "novu-signature": sign(secret, body)},
+        )
+
+    assert execute("aaaa").status_code == 200
+    started = time.perf_counter()
+    response = execute(HOSTILE_CODE)
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "ExecutionEventPayloadInvalidError"
+    assert [problem["path"] for problem in response.json()["data"]] == ["/code"]
+    assert elapsed < 1.0, elapsed  # Python's `re` takes tens of seconds
+
+
 @pytest.mark.parametrize(
     ("pattern", "reason"),
     [("^(?!mailto:).*$", "(?!"), (r"^(a)\1$", r"\1"), ("(?<=x)y", "(?<")],
@@ -172,6 +198,62 @@ def test_a_schema_over_64_kb_or_32_levels_deep_is_refused_when_saved(
         deep = {"type": "object", "properties": {"a": deep}}
     error = _error(_create(client, tenant, deep), 422, "invalid_workflow")
     assert "deeper than 32 levels" in error["details"][0]["message"], error
+
+
+@pytest.mark.parametrize(
+    ("schema", "problem"),
+    [
+        ({"$ref": "https://example.com/schema"}, "is not a JSON Pointer to a part of this schema"),
+        ({"$defs": {"a": {"not": {"$ref": "#/$defs/a"}}}, "$ref": "#/$defs/a"}, "leads back"),
+        (
+            {
+                "type": "object",
+                "properties": {"x": {"$ref": "#/$defs/d0"}},
+                "$defs": {
+                    **{f"d{i}": {"anyOf": [{"$ref": f"#/$defs/d{i + 1}"}] * 2} for i in range(30)},
+                    "d30": {"type": "integer"},
+                },
+            },
+            "applies over 2000 subschemas",
+        ),
+    ],
+)
+def test_refs_a_check_could_not_follow_or_afford_are_refused_when_saved(
+    client: Any, tenant: Tenant, schema: dict[str, Any], problem: str
+) -> None:
+    # Accepted before, these answered 500 (an unresolvable ref, a ref to itself) or held the
+    # check for 2**30 evaluations at every trigger.
+    error = _error(_create(client, tenant, schema), 422, "invalid_workflow")
+    assert problem in error["details"][0]["message"], error
+
+
+def test_a_schema_costly_per_value_stops_at_its_payloads_share_off_the_loop(
+    client: Any, tenant: Tenant
+) -> None:
+    # Within every saved limit, yet each array item fails 1,500 branches.
+    items = {"anyOf": [{"minimum": k} for k in range(1, 1500)]}
+    key = _workflow(client, tenant, {"type": "object", "properties": {"x": {"items": items}}})
+    body = {"workflowId": key, "payload": {"x": [0] * 20_000}, "subscriberId": "s-1"}
+
+    def healthz() -> float:
+        started = time.perf_counter()
+        assert client.get("/healthz").status_code == 200
+        return time.perf_counter() - started
+
+    quiet = min(healthz() for _ in range(5))
+    answer: list[Any] = []
+    attacker = threading.Thread(
+        target=lambda: answer.append(client.post("/api/trigger", json=body, headers=tenant.headers))
+    )
+    attacker.start()
+    during = []
+    while attacker.is_alive() and len(during) < 50:
+        during.append(healthz())
+    attacker.join(timeout=120)
+    error = _error(answer[0], 422, "invalid_payload")
+    assert "steps, the most a payload of" in error["details"][0]["message"], error
+    # Checked on a thread: the loop answers /healthz meanwhile.
+    assert max(during, default=0) < quiet + 1.0, (quiet, during)
 
 
 # Depth

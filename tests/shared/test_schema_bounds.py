@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -10,14 +11,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
+from pydantic import BaseModel
 
 from shared.payloads import (
+    BYTES_PER_STEP,
     MAX_SCHEMA_BYTES,
     MAX_SCHEMA_DEPTH,
+    MAX_SUBSCHEMAS,
+    MIN_STEPS,
     PayloadValidator,
     json_depth,
     payload_errors,
     schema_problems,
+    subschema_count,
 )
 from shared.workflows.definition import WorkflowDefinitionError, define_workflow, sms
 
@@ -166,3 +172,90 @@ def test_a_static_workflow_with_a_lookahead_pattern_fails_when_defined() -> None
 
 def test_json_depth_counts_containers() -> None:
     assert [json_depth(v) for v in (1, {}, [1], {"a": []}, {"a": [{"b": 1}]})] == [0, 1, 1, 2, 3]
+
+
+def _fan_out(levels: int) -> dict[str, Any]:
+    """A schema of a few hundred bytes whose refs apply 2**levels subschemas."""
+    defs: dict[str, Any] = {
+        f"d{i}": {"anyOf": [{"$ref": f"#/$defs/d{i + 1}"}, {"$ref": f"#/$defs/d{i + 1}"}]}
+        for i in range(levels)
+    }
+    defs[f"d{levels}"] = {"type": "integer"}
+    return {"type": "object", "properties": {"x": {"$ref": "#/$defs/d0"}}, "$defs": defs}
+
+
+@pytest.mark.parametrize(
+    ("schema", "problem"),
+    [
+        (
+            {"$ref": "https://example.com/schema"},
+            "payload_schema/$ref: $ref 'https://example.com/schema' is not a JSON Pointer",
+        ),
+        ({"$ref": "#/$defs/missing"}, "payload_schema/$ref: $ref '#/$defs/missing' is not"),
+        ({"$ref": "#anchor", "$anchor": "anchor"}, "payload_schema/$ref: $ref '#anchor' is not"),
+        ({"$dynamicRef": "#node"}, "payload_schema/$dynamicRef: $dynamicRef is not supported"),
+        ({"properties": {"a": {"$id": "https://x.test/a"}}}, "payload_schema/properties/a/$id:"),
+        ({"$defs": {"a": {"not": {"$ref": "#/$defs/a"}}}, "$ref": "#/$defs/a"}, "a $ref leads"),
+        (_fan_out(12), f"payload_schema applies over {MAX_SUBSCHEMAS} subschemas"),
+    ],
+)
+def test_refs_that_cannot_resolve_recurse_or_fan_out_are_refused(
+    schema: dict[str, Any], problem: str
+) -> None:
+    problems = schema_problems(schema)
+    assert len(problems) == 1 and problem in problems[0], problems
+
+
+def test_a_long_chain_of_refs_is_refused_not_a_recursion_error() -> None:
+    chain: dict[str, Any] = {f"d{i}": {"$ref": f"#/$defs/d{i + 1}"} for i in range(1500)}
+    chain["d1500"] = {"type": "string"}
+    [problem] = schema_problems({"$ref": "#/$defs/d0", "$defs": chain})
+    assert "refs chain too deeply" in problem
+
+
+def test_refs_within_the_limits_are_accepted_and_counted_where_used() -> None:
+    schema = _fan_out(8)  # each level doubles what its refs stand for: 2**10 in all
+    assert schema_problems(schema) == []
+    assert subschema_count(schema) == 2**10
+    assert payload_errors(schema, {"x": 1}) == []
+
+
+def test_a_pydantic_models_schema_with_defs_is_accepted() -> None:
+    class Item(BaseModel):
+        name: str
+        quantity: int
+
+    class Order(BaseModel):
+        items: list[Item]
+        owner: Item
+
+    schema = Order.model_json_schema()
+    assert "$defs" in schema and schema_problems(schema) == []
+    order = {"items": [{"name": f"n{i}", "quantity": i} for i in range(5000)], "owner": {}}
+    errors = payload_errors(schema, order)
+    assert {error["field"] for error in errors} == {"owner.name", "owner.quantity"}
+
+
+def test_a_check_does_work_in_proportion_to_its_payload() -> None:
+    # Within every saved limit, yet each of 20,000 items fails 1,500 branches: 30 million
+    # keyword evaluations, minutes of jsonschema.
+    schema = {
+        "type": "object",
+        "properties": {
+            "x": {"items": {"anyOf": [{"minimum": k} for k in range(1, 1500)]}},
+        },
+    }
+    assert schema_problems(schema) == []
+    payload = {"x": [0] * 20_000}
+    size = len(json.dumps(payload, separators=(",", ":")))
+    started = time.process_time()
+    [error] = payload_errors(schema, payload, size)
+    spent = time.process_time() - started
+    steps = max(MIN_STEPS, size // BYTES_PER_STEP)
+    assert error == {
+        "field": "payload",
+        "message": f"checking the payload against the workflow's schema takes over {steps} "
+        f"steps, the most a payload of {size} bytes may take",
+    }
+    # A bound, not a benchmark: 20,000 steps take well under a second of CPU even loaded.
+    assert spent < 5.0, spent
