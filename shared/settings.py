@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     preview_concurrency_per_enterprise: int = Field(
         default=1, ge=1, alias="PREVIEW_CONCURRENCY_PER_ENTERPRISE"
     )
+    # How many worker children, in all the workers, may run renders that are slow (one per
+    # enterprise at most): the rest are kept for enterprises whose renders are fast.
+    render_slow_lanes: int = Field(default=1, ge=1, alias="RENDER_SLOW_LANES")
 
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 

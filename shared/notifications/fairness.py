@@ -7,20 +7,22 @@ enterprise's notifications waited. So, per enterprise, in Redis:
 
 - A render that runs past SLOW_RENDER_SECONDS (counted over one row's channels) marks its
   enterprise slow for SLOW_MARK_SECONDS, and may go on only while its task holds the
-  enterprise's render lane (`SET NX`, one holder in all workers). If another task holds it, the
-  render stops at once (`RenderDeferred`) and its row goes back to PENDING, its attempt not
-  used, to come back when the lane is likely free.
-- A task of an enterprise marked slow takes the lane before it claims anything; when another
-  task holds it, the rows are deferred unclaimed (a few milliseconds of the child's time).
+  enterprise's render lane (one holder in all workers), one of RENDER_SLOW_LANES lanes that all
+  enterprises share (so that several slow enterprises together still hold at most that many
+  children). If another task holds the enterprise's lane, or every lane is taken, the render
+  stops at once (`RenderDeferred`) and its row goes back to PENDING, its attempt not used, to
+  come back when a lane is likely free.
+- A task of an enterprise marked slow takes the lane before it claims anything; when it
+  cannot, the rows are deferred unclaimed (a few milliseconds of the child's time).
 - A task holding the lane renders for at most TEMPLATE_RENDER_TIMEOUT_SECONDS in all (plus the
   render under way); then it gives the rest of its rows back, unclaimed or with their attempt
   not used, and releases the lane, so the child is free for whatever message is next.
 
-An enterprise whose templates are fast never touches the lane (one `GET` of its mark per
+An enterprise whose templates are fast never touches a lane (one `EXISTS` of its mark per
 sub-batch); one whose renders are slow delivers through one child at a time until its renders
-have been fast for SLOW_MARK_SECONDS. Other enterprises keep every other child. When Redis
-cannot answer, rendering is not held back (fail open, logged now and then): fairness is lost,
-never a notification.
+have been fast for SLOW_MARK_SECONDS. Enterprises whose renders are fast keep every child but
+RENDER_SLOW_LANES (1 by default) of all the workers. When Redis cannot answer, rendering is not
+held back (fail open, logged now and then): fairness is lost, never a notification.
 """
 
 from __future__ import annotations
@@ -52,18 +54,31 @@ MAX_WAIT_SECONDS = 2.0
 # The lane outlives its holder's task by this much at most (a killed child's lane expires).
 LANE_MARGIN_SECONDS = 5.0
 
-_MARK = "xnovu:render:slow:"
-_LANE = "xnovu:render:lane:"
-# Take the lane (or keep it: a holder extends its lease); else answer the holder's ms left.
+# Keys below the prefix: `slow:<enterprise>`, `lane:<enterprise>` and `lanes`, every lane's
+# holder scored by when its lease ends (ms).
+KEY_PREFIX = "xnovu:render:"
+# Take the enterprise's lane (or keep it: a holder extends its lease) if one of the ARGV[3]
+# lanes is free; else answer the ms until the enterprise's holder, or the first lane, is done.
 _TAKE = """
+local clock = redis.call('TIME')
+local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+local lease = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local held = redis.call('GET', KEYS[1])
-if not held or held == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return -1
+if held and held ~= ARGV[1] then
+  return redis.call('PTTL', KEYS[1])
 end
-return redis.call('PTTL', KEYS[1])
+if not held and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
+  local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  return math.max(0, tonumber(first[2]) - now)
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', lease)
+redis.call('ZADD', KEYS[2], now + lease, ARGV[1])
+redis.call('PEXPIRE', KEYS[2], lease)
+return -1
 """
 _RELEASE = """
+redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -74,7 +89,16 @@ return 0
 class RenderLanes:
     """The slow marks and render lanes of every enterprise, in Redis."""
 
-    def __init__(self, redis_url: str, *, socket_timeout: float = 0.5) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        lanes: int,
+        prefix: str = KEY_PREFIX,
+        socket_timeout: float = 0.5,
+    ) -> None:
+        self.lanes = lanes
+        self._mark, self._lane, self._holders = f"{prefix}slow:", f"{prefix}lane:", f"{prefix}lanes"
         self._redis = fail_fast_client(redis_url, socket_timeout)
         self._take = self._redis.register_script(_TAKE)
         self._release = self._redis.register_script(_RELEASE)
@@ -83,7 +107,7 @@ class RenderLanes:
     def is_slow(self, enterprise_id: uuid.UUID) -> bool:
         """Whether the enterprise's renders were slow within SLOW_MARK_SECONDS."""
         try:
-            return bool(self._redis.exists(f"{_MARK}{enterprise_id}"))
+            return bool(self._redis.exists(f"{self._mark}{enterprise_id}"))
         except (redis.RedisError, OSError) as exc:
             self._warning("render lanes unavailable, rendering unchecked: %s", exc)
             return False
@@ -91,18 +115,18 @@ class RenderLanes:
     def mark_slow(self, enterprise_id: uuid.UUID) -> None:
         """Remember for SLOW_MARK_SECONDS that the enterprise's renders are slow."""
         try:
-            self._redis.set(f"{_MARK}{enterprise_id}", "1", px=round(SLOW_MARK_SECONDS * 1000))
+            self._redis.set(f"{self._mark}{enterprise_id}", "1", px=round(SLOW_MARK_SECONDS * 1000))
         except (redis.RedisError, OSError) as exc:
             self._warning("render lanes unavailable, rendering unchecked: %s", exc)
 
     def take(self, enterprise_id: uuid.UUID, holder: str, lease: float) -> float | None:
         """Take (or extend) the enterprise's lane for `lease` seconds: None when `holder` has
-        it, else the seconds its current holder has left."""
+        it, else the seconds until its holder, or the first of the lanes, is done."""
         try:
             left = int(
                 self._take(
-                    keys=[f"{_LANE}{enterprise_id}"],
-                    args=[holder, max(1, math.ceil(lease * 1000))],
+                    keys=[f"{self._lane}{enterprise_id}", self._holders],
+                    args=[holder, max(1, math.ceil(lease * 1000)), self.lanes],
                 )
             )
         except (redis.RedisError, OSError) as exc:
@@ -113,12 +137,17 @@ class RenderLanes:
     def release(self, enterprise_id: uuid.UUID, holder: str) -> None:
         """Give the lane back, if `holder` still has it."""
         try:
-            self._release(keys=[f"{_LANE}{enterprise_id}"], args=[holder])
+            self._release(keys=[f"{self._lane}{enterprise_id}", self._holders], args=[holder])
         except (redis.RedisError, OSError) as exc:
             self._warning("render lanes unavailable, rendering unchecked: %s", exc)
 
 
-_lanes = PerProcess(lambda: RenderLanes(get_settings().require_redis_url()))
+def _lanes_from_settings() -> RenderLanes:
+    settings = get_settings()
+    return RenderLanes(settings.require_redis_url(), lanes=settings.render_slow_lanes)
+
+
+_lanes = PerProcess(_lanes_from_settings)
 
 
 def get_render_lanes() -> RenderLanes:

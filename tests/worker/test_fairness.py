@@ -116,8 +116,14 @@ def test_slow_templates_do_not_delay_another_enterprise(client, worker, emulator
         assert row["attempts"] == 1
 
 
+def _lanes(stack, lanes: int = 2) -> RenderLanes:
+    """Render lanes of their own (not the worker's), so that the test and the worker do not
+    take each other's."""
+    return RenderLanes(stack.redis_url, lanes=lanes, prefix=f"test:{uuid.uuid4().hex}:")
+
+
 def test_one_task_of_a_slow_enterprise_renders_at_a_time(stack):
-    lanes = RenderLanes(stack.redis_url)
+    lanes = _lanes(stack)
     slow = uuid.uuid4()
     first, second, third = (FairRenders(lanes, slow, render_seconds=1.0) for _ in range(3))
     assert first.admit() is None and second.admit() is None  # not known to be slow yet
@@ -136,8 +142,20 @@ def test_one_task_of_a_slow_enterprise_renders_at_a_time(stack):
     third.release()
 
 
+def test_slow_enterprises_share_render_slow_lanes(stack):
+    lanes = _lanes(stack, lanes=1)
+    first, second = (FairRenders(lanes, uuid.uuid4(), render_seconds=1.0) for _ in range(2))
+    first.slow()
+    with pytest.raises(RenderDeferred):
+        second.slow()  # another enterprise, but the only lane is taken
+    assert second.admit() is not None
+    first.release()
+    assert second.admit() is None and second.holding
+    second.release()
+
+
 def test_a_render_that_must_give_way_stops_at_once(stack):
-    lanes = RenderLanes(stack.redis_url)
+    lanes = _lanes(stack)
     slow = uuid.uuid4()
     holder, waiter = (FairRenders(lanes, slow, render_seconds=1.0) for _ in range(2))
     holder.slow()
