@@ -41,14 +41,19 @@ def _settled(client, tenant, ids: list[int], timeout: float = 30) -> list[dict[s
     raise AssertionError(f"not settled: {[row['notification_status'] for row in rows]}")
 
 
-def test_a_payload_too_deep_to_send_fails_alone_and_its_batch_is_sent(client, tenant, worker):
-    users = [f"poison-{i}" for i in range(6)]
-    good = [
+def _signups(tenant, users: list[str]) -> list[int]:
+    """A PENDING user-signup row for each user, not yet published."""
+    return [
         insert_notification(
             tenant.enterprise_id, payload=signup_payload(user), recipients=[user]
         ).notification_id
-        for user in users[:5]
+        for user in users
     ]
+
+
+def test_a_payload_too_deep_to_send_fails_alone_and_its_batch_is_sent(client, tenant, worker):
+    users = [f"poison-{i}" for i in range(6)]
+    good = _signups(tenant, users[:5])
     # Recorded as an earlier intake would have: bypassing today's depth check.
     bad = insert_notification(
         tenant.enterprise_id,
@@ -97,13 +102,7 @@ def test_any_failure_to_build_one_rows_trigger_fails_that_row_alone(client, tena
 
     from shared.db.session import transaction
 
-    users = [f"corrupt-{i}" for i in range(3)]
-    ids = [
-        insert_notification(
-            tenant.enterprise_id, payload=signup_payload(user), recipients=[user]
-        ).notification_id
-        for user in users
-    ]
+    ids = _signups(tenant, [f"corrupt-{i}" for i in range(3)])
     # A recipient list no intake would store (a number where an id or object belongs): building
     # its `to` raises, which is neither a render error nor a known refusal.
     with transaction(tenant.enterprise_id) as session:
