@@ -24,18 +24,22 @@ every render to these bounds:
   Containers count their own size, not their items' (those were charged when they were built,
   or belong to the payload). Going over fails the render alone (`RenderMemoryExceeded`); the
   process never comes near it (docs/architecture.md, "Rendering").
-- Sharing. A render that runs for more than a moment gives the GIL away once every
-  PAUSE_EVERY_SECONDS (`time.sleep(0)` from the deadline check): a preview rendering for
-  seconds on an API thread otherwise held the event loop off for up to Python's switch interval
-  (5 ms) at each of a request's many hand-overs. A watch (`watched`) is told when a render has
+- Sharing. A render on a thread other than the main one (a preview or a bridge step in the
+  API) gives the GIL away once every PAUSE_EVERY_SECONDS (`time.sleep(0)` from the deadline
+  check): rendering for seconds, it otherwise held the event loop off for up to Python's switch
+  interval (5 ms) at each of a request's many hand-overs. Each pause costs about 0.1 ms, so a
+  long render takes some 10 % longer; a worker's task renders on its main thread and never
+  pauses. A watch (`watched`) is told when a render has
   run past its `slow_at`: the worker's fairness (shared/notifications/fairness.py).
 """
 
 from __future__ import annotations
 
 import contextvars
+import math
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from contextlib import AbstractContextManager, contextmanager
@@ -84,7 +88,9 @@ class RenderBudget:
         self.spent_bytes = 0
         self.include = include
         self.watch = _watch.get()
-        self.pause_at = time.monotonic() + PAUSE_EVERY_SECONDS
+        # A render on the main thread (a worker's task) has nothing of its process to let run.
+        shared = threading.current_thread() is not threading.main_thread()
+        self.pause_at = time.monotonic() + PAUSE_EVERY_SECONDS if shared else math.inf
         # Templates being rendered, outermost first: the cycle and depth checks read it.
         self.stack: list[str] = []
 
