@@ -101,16 +101,16 @@ class Settings(BaseSettings):
     # every process within this time. A key that failed is refused for as long without a
     # lookup. 0: look the key up on every request.
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300, alias="API_KEY_CACHE_SECONDS")
-    # The operator's credential (`Authorization: Bearer <token>`) for process-wide figures:
-    # /metrics and /api/operator/stats. Unset, those answer 403 to everyone.
-    operator_token: SecretStr | None = Field(
-        default=None, min_length=32, alias="XNOVU_OPERATOR_TOKEN"
-    )
     # Failed key lookups each client address may cause per second, with bursts up to
     # AUTH_FAILURE_BURST; above it 429 (api/authguard.py). Counted where the request rate is.
     # 0 switches the limit off.
     auth_failures_per_second: float = Field(default=1.0, ge=0, alias="AUTH_FAILURES_PER_SECOND")
     auth_failure_burst: int = Field(default=20, ge=1, alias="AUTH_FAILURE_BURST")
+    # The operator's credential (`Authorization: Bearer <token>`) for process-wide figures:
+    # /metrics and /api/operator/stats. Unset, those answer 403 to everyone.
+    operator_token: SecretStr | None = Field(
+        default=None, min_length=32, alias="XNOVU_OPERATOR_TOKEN"
+    )
     # Single triggers that arrive together are recorded in one transaction (group commit) of
     # at most this many rows per API process.
     trigger_batch_max_rows: int = Field(default=500, ge=1, le=1000, alias="TRIGGER_BATCH_MAX_ROWS")
