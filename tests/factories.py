@@ -72,3 +72,12 @@ def create_workflow(
         assert published.status_code == 200, published.text
         workflow = dict(published.json())
     return workflow
+
+
+def api_error(response: Any, status: int, code: str) -> dict[str, Any]:
+    """The `error` object of a JSON error answer, after checking its status, type and code."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error: dict[str, Any] = response.json()["error"]
+    assert error["code"] == code and error["message"], error
+    return error

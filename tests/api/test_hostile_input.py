@@ -21,21 +21,13 @@ from shared.notifications.schemas import TriggerRequest
 from shared.settings import Settings, get_settings
 from shared.workflows.registry import get_registry
 from tests.conftest import Tenant, signup_payload, wait_for_status
-from tests.factories import create_template, create_workflow
+from tests.factories import api_error, create_template, create_workflow
 from tests.rows import insert_notification
 
 # Python's `re` needs about 2**n steps for n a's and a "!" against this pattern: 26 took
 # 6.8 s in the report; 28 would take half a minute.
 CATASTROPHIC = "^(a+)+$"
 HOSTILE_CODE = "a" * 28 + "!"
-
-
-def _error(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    error: dict[str, Any] = response.json()["error"]
-    assert error["code"] == code and error["message"], error
-    return error
 
 
 def _workflow(client: Any, tenant: Tenant, payload_schema: dict[str, Any]) -> str:
@@ -121,7 +113,7 @@ def test_a_catastrophic_pattern_answers_422_at_once_and_never_delays_healthz(
     assert max(elapsed for _, elapsed in answers) < 1.0, answers
     assert max(during) < quiet + 1.0, (quiet, during)
 
-    error = _error(trigger(HOSTILE_CODE), 422, "invalid_payload")
+    error = api_error(trigger(HOSTILE_CODE), 422, "invalid_payload")
     assert error["details"] == [
         {"field": "code", "message": f"{HOSTILE_CODE!r} does not match {CATASTROPHIC!r}"}
     ]
@@ -160,7 +152,7 @@ def test_a_pattern_re2_cannot_run_is_refused_when_saved_naming_its_pointer(
     client: Any, tenant: Tenant, pattern: str, reason: str
 ) -> None:
     schema = {"type": "object", "properties": {"url": {"type": "string", "pattern": pattern}}}
-    error = _error(_create(client, tenant, schema), 422, "invalid_workflow")
+    error = api_error(_create(client, tenant, schema), 422, "invalid_workflow")
     [detail] = error["details"]
     assert detail["message"].startswith("payload_schema/properties/url/pattern: "), detail
     assert "RE2" in detail["message"] and reason in detail["message"], detail
@@ -179,7 +171,7 @@ def test_a_pattern_property_re2_cannot_run_is_refused_on_update_too(
     response = client.patch(
         f"/api/workflows/{row['id']}", json={"payload_schema": schema}, headers=tenant.headers
     )
-    error = _error(response, 422, "invalid_workflow")
+    error = api_error(response, 422, "invalid_workflow")
     assert error["details"][0]["message"].startswith("payload_schema/patternProperties/^(?=x): ")
 
 
@@ -190,13 +182,13 @@ def test_a_schema_over_64_kb_or_32_levels_deep_is_refused_when_saved(
         "type": "object",
         "properties": {f"field{i}": {"type": "string", "maxLength": 10} for i in range(2000)},
     }
-    error = _error(_create(client, tenant, big), 422, "invalid_workflow")
+    error = api_error(_create(client, tenant, big), 422, "invalid_workflow")
     assert "over the limit of 65536" in error["details"][0]["message"], error
 
     deep: dict[str, Any] = {"type": "object"}
     for _ in range(20):  # 2 levels each: {"properties": {"a": ...}}
         deep = {"type": "object", "properties": {"a": deep}}
-    error = _error(_create(client, tenant, deep), 422, "invalid_workflow")
+    error = api_error(_create(client, tenant, deep), 422, "invalid_workflow")
     assert "deeper than 32 levels" in error["details"][0]["message"], error
 
 
@@ -223,7 +215,7 @@ def test_refs_a_check_could_not_follow_or_afford_are_refused_when_saved(
 ) -> None:
     # Accepted before, these answered 500 (an unresolvable ref, a ref to itself) or held the
     # check for 2**30 evaluations at every trigger.
-    error = _error(_create(client, tenant, schema), 422, "invalid_workflow")
+    error = api_error(_create(client, tenant, schema), 422, "invalid_workflow")
     assert problem in error["details"][0]["message"], error
 
 
@@ -250,7 +242,7 @@ def test_a_schema_costly_per_value_stops_at_its_payloads_share_off_the_loop(
     while attacker.is_alive() and len(during) < 50:
         during.append(healthz())
     attacker.join(timeout=120)
-    error = _error(answer[0], 422, "invalid_payload")
+    error = api_error(answer[0], 422, "invalid_payload")
     assert "steps, the most a payload of" in error["details"][0]["message"], error
     # Checked on a thread: the loop answers /healthz meanwhile.
     assert max(during, default=0) < quiet + 1.0, (quiet, during)
@@ -269,15 +261,15 @@ def test_a_payload_300_levels_deep_is_422_and_32_levels_is_accepted(
         body = {"workflowId": "user-signup", "payload": payload}
         return client.post("/api/trigger", json=body, headers=tenant.headers)
 
-    error = _error(trigger({**signup_payload(), "deep": _nested(300)}), 422, "payload_too_deep")
+    error = api_error(trigger({**signup_payload(), "deep": _nested(300)}), 422, "payload_too_deep")
     assert "payload" in error["message"] and "32" in error["message"]
-    _error(trigger({**signup_payload(), "deep": _nested(limit)}), 422, "payload_too_deep")
+    api_error(trigger({**signup_payload(), "deep": _nested(limit)}), 422, "payload_too_deep")
     assert trigger({**signup_payload(), "deep": _nested(limit - 1)}).status_code == 202
 
 
 def test_overrides_300_levels_deep_are_422(client: Any, tenant: Tenant) -> None:
     body = {"workflowId": "user-signup", "payload": signup_payload(), "overrides": _nested(300)}
-    error = _error(
+    error = api_error(
         client.post("/api/trigger", json=body, headers=tenant.headers), 422, "payload_too_deep"
     )
     assert error["message"].startswith("overrides ")
@@ -366,7 +358,7 @@ def test_each_missing_required_field_is_listed_once_with_its_own_path(
     }
     key = _workflow(client, tenant, schema)
     body = {"workflowId": key, "payload": {"inner": {}}, "subscriberId": "s-1"}
-    error = _error(
+    error = api_error(
         client.post("/api/trigger", json=body, headers=tenant.headers), 422, "invalid_payload"
     )
     expected = [
@@ -400,5 +392,5 @@ def test_triggering_a_stored_row_checks_the_rows_payload_not_the_requests(
     lacking = insert_notification(
         tenant.enterprise_id, workflow_key=key, payload={}, scheduled_for=scheduled
     )
-    error = _error(trigger(lacking.notification_id), 422, "invalid_payload")
+    error = api_error(trigger(lacking.notification_id), 422, "invalid_payload")
     assert error["details"] == [{"field": "code", "message": "'code' is a required property"}]

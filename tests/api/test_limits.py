@@ -22,7 +22,7 @@ from api.ratelimit import RateLimiter, _limiter_from_settings, get_rate_limiter
 from devtools.devstack import free_port
 from shared.settings import Settings, get_settings
 from tests.conftest import Stack, Tenant, make_tenant, signup_payload
-from tests.factories import create_template
+from tests.factories import api_error, create_template
 
 
 def _trigger(client: Any, tenant: Tenant, **body: Any) -> Any:
@@ -31,14 +31,6 @@ def _trigger(client: Any, tenant: Tenant, **body: Any) -> Any:
         json={"workflowId": "user-signup", "payload": signup_payload(), **body},
         headers=tenant.headers,
     )
-
-
-def _error(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    error: dict[str, Any] = response.json()["error"]
-    assert error["code"] == code and error["message"], error
-    return error
 
 
 # Sizes
@@ -52,7 +44,7 @@ def test_a_body_over_max_body_bytes_is_413(client: Any, tenant: Tenant) -> None:
         content=body,
         headers={**tenant.headers, "Content-Type": "application/json"},
     )
-    _error(response, 413, "payload_too_large")
+    api_error(response, 413, "payload_too_large")
 
 
 def test_a_payload_over_max_payload_bytes_is_413(client: Any, tenant: Tenant) -> None:
@@ -60,13 +52,13 @@ def test_a_payload_over_max_payload_bytes_is_413(client: Any, tenant: Tenant) ->
     assert settings.max_payload_bytes < settings.max_body_bytes  # so the payload check answers
     pad = "x" * (settings.max_payload_bytes + 1)
     response = _trigger(client, tenant, payload={**signup_payload(), "pad": pad})
-    _error(response, 413, "payload_too_large")
+    api_error(response, 413, "payload_too_large")
 
 
 def test_more_recipients_than_max_recipients_is_422(client: Any, tenant: Tenant) -> None:
     limit = get_settings().max_recipients
     response = _trigger(client, tenant, recipients=[f"r-{i}" for i in range(limit + 1)])
-    _error(response, 422, "too_many_recipients")
+    api_error(response, 422, "too_many_recipients")
     assert _trigger(client, tenant, recipients=[f"r-{i}" for i in range(limit)]).status_code == 202
 
 
@@ -83,7 +75,7 @@ def test_a_template_rendering_over_template_max_output_bytes_is_422(
         json={"variables": {"chunk": chunk}},
         headers=tenant.headers,
     )
-    error = _error(response, 422, "render_limit_exceeded")
+    error = api_error(response, 422, "render_limit_exceeded")
     assert str(limit) in error["message"]
     small = client.post(
         f"/api/templates/{template['id']}/preview",
@@ -126,11 +118,11 @@ def test_over_the_rate_is_429_with_retry_after_until_the_key_has_waited(
         assert client.get("/api/stats", headers=tenant.headers).status_code == 200
 
     limited = client.get("/api/stats", headers=tenant.headers)
-    error = _error(limited, 429, "rate_limited")
+    error = api_error(limited, 429, "rate_limited")
     retry_after = int(limited.headers["Retry-After"])
     assert retry_after == 1  # 2 requests a second: the next one is due in 0.5 s, rounded up
     assert error["details"]["retryAfterSeconds"] == retry_after
-    _error(_trigger(client, tenant), 429, "rate_limited")  # every authenticated route
+    api_error(_trigger(client, tenant), 429, "rate_limited")  # every authenticated route
 
     time.sleep(retry_after)
     assert _trigger(client, tenant).status_code == 202
@@ -142,13 +134,13 @@ def test_the_rate_is_per_key_and_counted_after_authentication(
     use_limiter(_limiter(stack.redis_url, per_second=0.1, burst=2))
     for _ in range(2):
         assert client.get("/api/stats", headers=tenant.headers).status_code == 200
-    _error(client.get("/api/stats", headers=tenant.headers), 429, "rate_limited")
+    api_error(client.get("/api/stats", headers=tenant.headers), 429, "rate_limited")
 
     other = make_tenant()
     assert client.get("/api/stats", headers=other.headers).status_code == 200
     # Unauthenticated requests are refused as such, not counted against anyone.
     for _ in range(3):
-        _error(
+        api_error(
             client.get("/api/stats", headers={"Authorization": "Bearer nope"}), 401, "unauthorized"
         )
     # Health checks carry no key and are never limited.
