@@ -7,7 +7,7 @@ import itertools
 import time
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
@@ -16,6 +16,25 @@ from shared.queue import TaskName, publish_deliver_batch, task_writer
 from tests.conftest import novu_workflows, signup_payload, wait_for_status
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _no_rows_of_earlier_tests():
+    """Rows earlier tests left PENDING (retries due later, some 60 s later) are retracted, so
+    that they cannot come back during a test here. A fault set for every trigger (a 429) would
+    refuse them too, and each refusal drains the Novu budget all rows share: in the full suite
+    they took the calls this file's rows were waiting for."""
+    with transaction() as session:
+        session.execute(
+            update(Notification)
+            .where(Notification.notification_status == NotificationStatus.PENDING)
+            .values(
+                notification_status=NotificationStatus.RETRACTED,
+                retracted_at=func.now(),
+                retraction_reason="retracted by tests/worker/test_delivery.py",
+                locked_until=None,
+            )
+        )
 
 
 def _trigger(client, tenant, **extra):

@@ -94,9 +94,10 @@ def test_slow_templates_do_not_delay_another_enterprise(client, worker, emulator
         f" {statistics.median(loaded) * 1000:.0f} ms"
     )
     # The target is 2x; the margin is for a loaded two-core machine shared with other tests
-    # (and a floor of 250 ms, for baselines of a few tens of milliseconds). Before the render
-    # lanes this was 9 s.
-    assert under_load <= max(3 * base, base + 0.25), (unloaded, loaded)
+    # (and a floor of 500 ms, for baselines of a few tens of milliseconds: with 12 samples the
+    # p99 is the slowest one, and a full-suite run once saw one of 0.37 s against a 22 ms
+    # baseline). Before the render lanes this was 9 s.
+    assert under_load <= max(3 * base, base + 0.5), (unloaded, loaded)
 
     # The slow enterprise's notifications all fail for their own reason, each on its first
     # attempt: waiting for the lane uses none.
