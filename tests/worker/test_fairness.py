@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 # for the whole timeout before it fails.
 TIMES_OUT = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
 SLOW_NOTIFICATIONS = 10
-SAMPLES = 12
+SAMPLES = 100
 
 
 def _at(value: str) -> dt.datetime:
@@ -94,9 +94,10 @@ def test_slow_templates_do_not_delay_another_enterprise(client, worker, emulator
         f" {statistics.median(loaded) * 1000:.0f} ms"
     )
     # The target is 2x; the margin is for a loaded two-core machine shared with other tests
-    # (and a floor of 500 ms, for baselines of a few tens of milliseconds: with 12 samples the
-    # p99 is the slowest one, and a full-suite run once saw one of 0.37 s against a 22 ms
-    # baseline). Before the render lanes this was 9 s.
+    # (and a floor of 500 ms, for baselines of a few tens of milliseconds: a full-suite run
+    # with 12 samples once saw 0.37 s against 22 ms). On a quiet machine three runs of 100
+    # samples gave 1.74x, 2.02x and 2.13x: the slow enterprise's render takes one of the two
+    # cores for its whole timeout. Before the render lanes this was 9 s.
     assert under_load <= max(3 * base, base + 0.5), (unloaded, loaded)
 
     # The slow enterprise's notifications all fail for their own reason, each on its first
