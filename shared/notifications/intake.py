@@ -164,7 +164,7 @@ async def _check_one(
         workflow = registry.get_workflow(trigger.request.workflowId, enterprise)
         schema = workflow.payload_schema if workflow is not None else None
         if check_estimate(schema, trigger.request.payload, LOOP_CHECK_WORK) <= LOOP_CHECK_WORK:
-            return _checked(trigger, principal, default, settings)
+            return _checked_with(trigger, enterprise, workflow, settings)
     return await anyio.to_thread.run_sync(_checked, trigger, principal, default, settings)
 
 
@@ -183,8 +183,22 @@ def _checked(
     """One trigger's checks, its refusal as a value."""
     try:
         enterprise = principal.acting_for(trigger.request.enterpriseId or default)
-        workflow = resolve_workflow(trigger.request.workflowId, enterprise)
-        return check(trigger, enterprise, workflow, settings)
+    except DomainError as exc:
+        return exc
+    workflow = get_registry().get_workflow(trigger.request.workflowId, enterprise)
+    return _checked_with(trigger, enterprise, workflow, settings)
+
+
+def _checked_with(
+    trigger: Trigger,
+    enterprise_id: uuid.UUID,
+    workflow: WorkflowInstance | None,
+    settings: Settings,
+) -> _Checked:
+    """One trigger's checks with the workflow its key means for the enterprise, already looked
+    up (None: there is none), its refusal as a value."""
+    try:
+        return check(trigger, enterprise_id, _found(workflow, trigger.request.workflowId), settings)
     except DomainError as exc:
         return exc
 
@@ -244,9 +258,9 @@ def check(
     return enterprise_id, notification
 
 
-def resolve_workflow(workflow_id: str, enterprise_id: uuid.UUID) -> WorkflowInstance:
-    """The workflow the key means for the enterprise; NotFound when unknown or unpublished."""
-    workflow = get_registry().get_workflow(workflow_id, enterprise_id)
+def _found(workflow: WorkflowInstance | None, workflow_id: str) -> WorkflowInstance:
+    """The workflow a lookup of `workflow_id` found; NotFound (unknown or unpublished) when it
+    found none."""
     if workflow is None:
         raise NotFound("workflow_not_found", f"workflow {workflow_id!r} not found")
     return workflow
