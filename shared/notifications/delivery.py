@@ -56,7 +56,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from shared.db.enums import NotificationStatus as S
 from shared.db.session import connection, enterprise_transaction
-from shared.notifications.fairness import FairRenders, RenderLanes, wait_for
+from shared.notifications.fairness import FairRenders, RenderLanes, in_lane_thread, wait_for
 from shared.notifications.novu_trigger import (
     PermanentDeliveryError,
     PreparedTrigger,
@@ -90,7 +90,7 @@ from shared.novu.schemas import (
     TriggerResult,
 )
 from shared.settings import Settings
-from shared.templates.errors import RenderDeferred
+from shared.templates.errors import RenderDeferred, RenderMoved
 from shared.templates.limits import watched
 from shared.workflows.registry import get_registry
 
@@ -351,6 +351,18 @@ def _launch(
 
 
 def _prepare(run: _Run, row: ClaimedRow) -> PreparedTrigger:
+    """One row's trigger (`_build`). While the task holds its enterprise's render lane, the
+    row is built on the lane's low-priority thread; a build that turns slow here stops and
+    starts again there (fairness.py)."""
+    if run.fair.holding:
+        return in_lane_thread(partial(_build, run, row))
+    try:
+        return _build(run, row)
+    except RenderMoved:
+        return in_lane_thread(partial(_build, run, row))
+
+
+def _build(run: _Run, row: ClaimedRow) -> PreparedTrigger:
     """One row's trigger, its renders watched for slowness (fairness.py). Anything but a
     database or Redis failure (which may pass: the task is retried) that stops it being built
     is this row's own, and permanent: PermanentDeliveryError, so that it fails alone and at

@@ -18,6 +18,14 @@ enterprise's notifications waited. So, per enterprise, in Redis:
   render under way); then it gives the rest of its rows back, unclaimed or with their attempt
   not used, and releases the lane, so the child is free for whatever message is next.
 
+- A lane's renders run on a thread of the lowest CPU priority (nice LANE_NICE, one such thread
+  in each worker process), so that they get the CPU the others leave: a render that turns slow
+  on the task's own thread stops (`RenderMoved`) and starts again there, and a task that took
+  the lane before claiming renders there from the start. On that thread a render's timeout
+  counts CPU time (shared/templates/limits.py, "Low priority"). Before, the lane's render held
+  one of two cores at full priority for its whole timeout, and another enterprise's
+  trigger->SENT p99 doubled.
+
 An enterprise whose templates are fast never touches a lane (one `EXISTS` of its mark per
 sub-batch); one whose renders are slow delivers through one child at a time until its renders
 have been fast for SLOW_MARK_SECONDS. Enterprises whose renders are fast keep every child but
@@ -27,19 +35,32 @@ held back (fail open, logged now and then): fairness is lost, never a notificati
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
+import os
 import random
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import redis
 
 from shared.process import PerProcess
 from shared.redis_client import OccasionalWarning, fail_fast_client
 from shared.settings import get_settings
-from shared.templates.errors import RenderDeferred
+from shared.templates.errors import RenderDeferred, RenderMoved
+from shared.templates.limits import (
+    LOW_PRIORITY_WALL_FACTOR,
+    renders_timed_by_cpu,
+    time_renders_by_cpu,
+)
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +74,9 @@ MIN_WAIT_SECONDS = 0.25
 MAX_WAIT_SECONDS = 2.0
 # The lane outlives its holder's task by this much at most (a killed child's lane expires).
 LANE_MARGIN_SECONDS = 5.0
+
+# The niceness of the thread lane renders run on: the lowest priority there is.
+LANE_NICE = 19
 
 # Keys below the prefix: `slow:<enterprise>`, `lane:<enterprise>` and `lanes`, every lane's
 # holder scored by when its lease ends (ms).
@@ -155,6 +179,32 @@ def get_render_lanes() -> RenderLanes:
     return _lanes.get()
 
 
+def _lower_priority() -> None:
+    """The lane thread's start: renders here are timed by CPU, at the lowest priority. On
+    Linux the nice value is the thread's own (setpriority of its thread id)."""
+    time_renders_by_cpu()
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LANE_NICE)
+    except (OSError, AttributeError) as exc:
+        log.warning("the render lane thread keeps its priority: %s", exc)
+
+
+def _lane_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="xnovu-render-lane", initializer=_lower_priority
+    )
+
+
+_lane_threads = PerProcess(_lane_thread)
+
+
+def in_lane_thread(work: Callable[[], T]) -> T:
+    """Run `work` on the process's low-priority lane thread, in a copy of the caller's context,
+    and answer (or raise) what it does."""
+    context = contextvars.copy_context()
+    return _lane_threads.get().submit(context.run, work).result()
+
+
 def wait_for(left: float) -> float:
     """How long rows that wait for a lane with `left` seconds on it are deferred."""
     return min(max(left, MIN_WAIT_SECONDS), MAX_WAIT_SECONDS) * random.uniform(1.0, 1.5)
@@ -202,7 +252,8 @@ class FairRenders:
 
     def _take(self) -> float | None:
         assert self.lanes is not None
-        lease = self.render_seconds * 2 + LANE_MARGIN_SECONDS
+        # A lane render may take up to LOW_PRIORITY_WALL_FACTOR timeouts of real time.
+        lease = self.render_seconds * (LOW_PRIORITY_WALL_FACTOR + 1) + LANE_MARGIN_SECONDS
         left = self.lanes.take(self.enterprise_id, self.holder, lease)
         if left is not None:
             return wait_for(left)
@@ -211,19 +262,21 @@ class FairRenders:
 
     def slow(self) -> None:
         """A row's renders ran past SLOW_RENDER_SECONDS: mark the enterprise, and go on only
-        with its lane (RenderDeferred when another task holds it)."""
+        with its lane (RenderDeferred when another task holds it) and on its low-priority
+        thread (RenderMoved when on another)."""
         if self.lanes is None:
             return
         self.lanes.mark_slow(self.enterprise_id)
-        if self.holding:
-            return
-        delay = self._take()
-        if delay is not None:
-            raise RenderDeferred(
-                f"enterprise {self.enterprise_id}'s renders are slow and another of its "
-                "deliveries is rendering",
-                delay,
-            )
+        if not self.holding:
+            delay = self._take()
+            if delay is not None:
+                raise RenderDeferred(
+                    f"enterprise {self.enterprise_id}'s renders are slow and another of its "
+                    "deliveries is rendering",
+                    delay,
+                )
+        if not renders_timed_by_cpu():
+            raise RenderMoved("the render is slow: it goes on at low priority")
 
 
 class RowWatch:

@@ -31,3 +31,12 @@ class RenderDeferred(Exception):
     def __init__(self, message: str, delay: float) -> None:
         super().__init__(message)
         self.delay = delay
+
+
+class RenderMoved(RenderDeferred):
+    """A render turned slow on a thread of normal priority: it stops, to be rendered again on
+    the low-priority thread of its enterprise's lane (shared/notifications/fairness.py).
+    Rendering has no side effects, so starting again loses only the time already spent."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 0.0)

@@ -31,6 +31,11 @@ every render to these bounds:
   long render takes some 10 % longer; a worker's task renders on its main thread and never
   pauses. A watch (`watched`) is told when a render has
   run past its `slow_at`: the worker's fairness (shared/notifications/fairness.py).
+- Low priority. The worker runs the renders of an enterprise whose renders are slow on a thread
+  of the lowest CPU priority (fairness.py), where they may get little CPU while the machine is
+  busy with everyone else's work. There the timeout counts the thread's CPU time, so a slow
+  template is not failed for the machine being busy, up to LOW_PRIORITY_WALL_FACTOR times the
+  timeout in real time.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ T = TypeVar("T")
 MAX_RANGE = 100_000
 # How often a long render lets other threads of its process run (see Sharing above).
 PAUSE_EVERY_SECONDS = 0.001
+# On a low-priority thread, a render gets its timeout in CPU time within this many timeouts.
+LOW_PRIORITY_WALL_FACTOR = 4
 # Integers in templates stay below this size (about 1 200 decimal digits).
 MAX_INT_BITS = 4096
 
@@ -64,13 +71,26 @@ _PRINTF_SPEC = re.compile(r"%(?:\([^)]*\))?[#0 +\-]*(\*|\d+)?(?:\.(\*|\d+))?[hlL
 # (template_key, variables, html) -> rendered body of that template
 IncludeFunc = Callable[[str, dict[str, Any], bool], str]
 
+_thread = threading.local()
+
+
+def time_renders_by_cpu() -> None:
+    """Renders on the calling thread (a low-priority one) count CPU time against their
+    timeout, within LOW_PRIORITY_WALL_FACTOR timeouts of real time."""
+    _thread.by_cpu = True
+
+
+def renders_timed_by_cpu() -> bool:
+    """Whether the calling thread's renders count CPU time (`time_renders_by_cpu`)."""
+    return getattr(_thread, "by_cpu", False)
+
 
 class RenderBudget:
     """What one top-level render may spend; its nested renders share it."""
 
     __slots__ = (
-        "deadline", "include", "max_bytes", "max_depth", "pause_at", "spent_bytes", "stack",
-        "timeout", "watch",
+        "cpu_from", "deadline", "include", "max_bytes", "max_depth", "pause_at", "spent_bytes",
+        "stack", "timeout", "wall_deadline", "watch",
     )  # fmt: skip
 
     def __init__(
@@ -83,6 +103,10 @@ class RenderBudget:
     ) -> None:
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
+        # Timed by CPU: `deadline` is when the timeout would be spent at full speed, moved on
+        # by the CPU time not had, up to `wall_deadline`.
+        self.cpu_from = time.thread_time() if renders_timed_by_cpu() else None
+        self.wall_deadline = self.deadline + timeout * (LOW_PRIORITY_WALL_FACTOR - 1)
         self.max_depth = max_depth
         self.max_bytes = max_bytes
         self.spent_bytes = 0
@@ -99,15 +123,31 @@ class RenderBudget:
         now and then, let other threads run."""
         now = time.monotonic()
         if now > self.deadline:
-            raise RenderLimitExceeded(
-                f"rendering timed out: it took longer than {self.timeout:g} s"
-            )
+            self._past_deadline(now)
         watch = self.watch
         if watch is not None and now > watch.slow_at:
             watch.slow()
         if now > self.pause_at:
             self.pause_at = now + PAUSE_EVERY_SECONDS
             time.sleep(0)  # lets a thread waiting for the GIL (the event loop) take it
+
+    def _past_deadline(self, now: float) -> None:
+        if self.cpu_from is None:
+            raise RenderLimitExceeded(
+                f"rendering timed out: it took longer than {self.timeout:g} s"
+            )
+        left = self.timeout - (time.thread_time() - self.cpu_from)
+        if left <= 0:
+            raise RenderLimitExceeded(
+                f"rendering timed out: it took longer than {self.timeout:g} s of CPU time"
+            )
+        if now >= self.wall_deadline:
+            wall = self.timeout * LOW_PRIORITY_WALL_FACTOR
+            raise RenderLimitExceeded(
+                f"rendering timed out: it had less than {self.timeout:g} s of CPU time in"
+                f" {wall:g} s (its enterprise's renders run at low priority while they are slow)"
+            )
+        self.deadline = min(now + left, self.wall_deadline)
 
     def check_room(self, size: int, what: str) -> None:
         """Refuse building `what` of `size` bytes when the render has not that much left."""
