@@ -117,12 +117,86 @@ def authenticate_hash(session: Session, key_hash: str) -> Principal | None:
     return Principal(key_id=row.id, scope=row.scope, enterprise_id=row.enterprise_id)
 
 
-def revoke_api_key(session: Session, *, key_id: int) -> None:
-    """Revoke a key; it stops authenticating once API processes stop trusting their cached
-    lookup of it (API_KEY_CACHE_SECONDS, 5 s by default)."""
+def revoke_api_key(session: Session, *, key_id: int) -> bool | None:
+    """Revoke a key: True when revoked now, False when it already was, None when there is no
+    such key. It stops authenticating once API processes stop trusting their cached lookup of
+    it (API_KEY_CACHE_SECONDS, 5 s by default)."""
     row = session.get(ApiKey, key_id)
-    if row is not None and row.revoked_at is None:
-        row.revoked_at = dt.datetime.now(dt.UTC)
+    if row is None:
+        return None
+    if row.revoked_at is not None:
+        return False
+    row.revoked_at = dt.datetime.now(dt.UTC)
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class ListedKey:
+    """What a listing shows of a key: never the key or its hash."""
+
+    id: int
+    key_prefix: str
+    scope: ApiKeyScope
+    enterprise_id: uuid.UUID | None
+    name: str | None
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+    def as_json(self) -> dict[str, object]:
+        """The key as a JSON object (times in ISO 8601)."""
+        return {
+            "id": self.id,
+            "prefix": self.key_prefix,
+            "scope": self.scope.value,
+            "enterpriseId": str(self.enterprise_id) if self.enterprise_id else None,
+            "name": self.name,
+            "createdAt": self.created_at.isoformat(),
+            "lastUsedAt": _iso(self.last_used_at),
+            "revokedAt": _iso(self.revoked_at),
+        }
+
+    def as_row(self) -> tuple[str, ...]:
+        """The key as table cells."""
+        return (
+            str(self.id),
+            self.key_prefix + "…",
+            self.scope.value,
+            str(self.enterprise_id or "-"),
+            self.name or "-",
+            _minute(self.created_at),
+            _minute(self.last_used_at),
+            _minute(self.revoked_at),
+        )
+
+
+def _iso(at: dt.datetime | None) -> str | None:
+    return at.isoformat() if at else None
+
+
+def _minute(at: dt.datetime | None) -> str:
+    return at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M") if at else "-"
+
+
+def list_api_keys(
+    session: Session, *, enterprise_id: uuid.UUID | None = None, include_revoked: bool = False
+) -> list[ListedKey]:
+    """Keys, oldest first: one enterprise's, or all; live ones only unless `include_revoked`."""
+    stmt = select(
+        ApiKey.id,
+        ApiKey.key_prefix,
+        ApiKey.scope,
+        ApiKey.enterprise_id,
+        ApiKey.name,
+        ApiKey.created_at,
+        ApiKey.last_used_at,
+        ApiKey.revoked_at,
+    ).order_by(ApiKey.id)
+    if enterprise_id is not None:
+        stmt = stmt.where(ApiKey.enterprise_id == enterprise_id)
+    if not include_revoked:
+        stmt = stmt.where(ApiKey.revoked_at.is_(None))
+    return [ListedKey(*row) for row in session.execute(stmt)]
 
 
 class PrincipalCache:

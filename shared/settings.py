@@ -14,6 +14,10 @@ DEV_API_KEY = "xnk_dev_0000000000000000000000000000000000000001"
 EMULATOR_SECRET_KEY = "xnovu-emulator-secret"
 
 
+class MissingSetting(RuntimeError):
+    """A setting the command or process needs is not set."""
+
+
 class Settings(BaseSettings):
     """Process-wide settings; every field is an environment variable of the same name."""
 
@@ -167,7 +171,7 @@ class Settings(BaseSettings):
     def require_database_url(self) -> str:
         """DATABASE_URL normalised for SQLAlchemy's psycopg 3 driver."""
         if not self.database_url:
-            raise RuntimeError("DATABASE_URL is not set (run through `xnovu dev` or set it)")
+            raise MissingSetting("DATABASE_URL is not set (run through `xnovu dev` or set it)")
         return to_sqlalchemy_url(self.database_url)
 
     def require_migrations_database_url(self) -> str:
@@ -179,7 +183,7 @@ class Settings(BaseSettings):
     def require_redis_url(self) -> str:
         """REDIS_URL, or a clear error when it is missing."""
         if not self.redis_url:
-            raise RuntimeError("REDIS_URL is not set (run through `xnovu dev` or set it)")
+            raise MissingSetting("REDIS_URL is not set (run through `xnovu dev` or set it)")
         return self.redis_url
 
 
