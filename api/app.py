@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp
 
+from api.docs import install_offline_docs
 from api.errors import install_error_handlers
 from api.hotpath import TriggerHotPath
 from api.limits import BodySizeLimit
@@ -62,8 +63,11 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Notification workflow service: trigger, track and cancel notifications.",
         lifespan=lifespan,
+        docs_url=None,  # served offline instead (api/docs.py)
+        redoc_url=None,
     )
     install_error_handlers(app)
+    install_offline_docs(app)
     # The trigger first: the router tries routes in order, and triggers are most requests.
     app.include_router(trigger.router)
     app.include_router(health.router)
