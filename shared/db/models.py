@@ -220,6 +220,32 @@ class Notification(AuditedRow, Base):
     render_fallbacks: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
 
 
+class NotificationEvent(Base):
+    """One entry of a notification's timeline (migration 0007; the kinds are listed in
+    shared/notifications/timeline.py). Append-only: enterprises may insert and read them."""
+
+    __tablename__ = "ent_notification_event"
+    __table_args__ = (
+        Index(None, "enterprise_id", "notification_id", "id"),
+        CheckConstraint(
+            "kind ~ '^[a-z][a-z0-9_]*([.][a-z0-9_]+)*$' AND length(kind) <= 64",
+            name="kind_format",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    enterprise_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    notification_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # The database's clock when the row was written (clock_timestamp: events of one
+    # transaction differ).
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp()
+    )
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
 class RegistryGeneration(Base):
     """Bumped by a reload: every process drops its cached workflows and templates of that
     enterprise when it sees a newer generation (checked every few seconds)."""

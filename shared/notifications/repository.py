@@ -28,10 +28,11 @@ from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
 from shared.db.enums import NotificationStatus as S
-from shared.db.models import Notification, RegistryGeneration
+from shared.db.models import Notification, NotificationEvent, RegistryGeneration
 
 TABLE: str = Notification.__table__.fullname  # type: ignore[attr-defined]
 _GENERATIONS: str = RegistryGeneration.__table__.fullname  # type: ignore[attr-defined]
+EVENTS: str = NotificationEvent.__table__.fullname  # type: ignore[attr-defined]
 
 # Rows per INSERT: a bulk request (at most 1,000 events) is one statement per enterprise.
 INSERT_CHUNK_ROWS = 1000
@@ -109,8 +110,10 @@ class Recorded:
 
 
 # The rows travel as one JSON document (an array of positional arrays, see _rows_document):
-# one parameter whatever the number of rows, so the statement is prepared once.
+# one parameter whatever the number of rows, so the statement is prepared once. Each row
+# created gets its `accepted` timeline event from the same statement.
 _INSERT = f"""
+    WITH created AS (
     INSERT INTO {TABLE} (
         enterprise_id, name, workflow_key, notification_workflow_id, notification_status,
         payload, recipients, overrides, tags, transaction_id, scheduled_for,
@@ -128,7 +131,15 @@ _INSERT = f"""
     FROM jsonb_array_elements(CAST(%(rows)s AS jsonb)) WITH ORDINALITY AS r(v, ord)
     ORDER BY r.ord
     ON CONFLICT (enterprise_id, idempotency_key) DO NOTHING
-    RETURNING id, transaction_id
+    RETURNING id, transaction_id, scheduled_for
+    ), accepted AS (
+    INSERT INTO {EVENTS} (enterprise_id, notification_id, kind, detail)
+    SELECT %(enterprise_id)s, c.id, 'accepted',
+        CASE WHEN c.scheduled_for IS NOT NULL
+             THEN jsonb_build_object('scheduledFor', c.scheduled_for) END
+    FROM created AS c
+    )
+    SELECT id, transaction_id FROM created
     """
 
 _EXISTING_BY_KEY = f"""

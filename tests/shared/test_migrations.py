@@ -50,6 +50,7 @@ def test_upgrade_creates_every_table_then_downgrade_removes_them(empty_database)
         "registry_generation",
         "novu_workflow_sync",
         "novu_sync_run",
+        "ent_notification_event",
     }
     assert {"notification_status", "channel_type", "publish_status"} <= types
 

@@ -1,0 +1,173 @@
+"""The timeline: an append-only history of what happened to each notification.
+
+Every event is written in the transaction of the transition it records (docs/architecture.md,
+"Timeline"): the delivery path's batch statements insert theirs in the same SQL statement (a
+data-modifying CTE over the rows they moved, repository.py), the single-row transitions and
+the API's cancel and retry through `append_events`, in their own transaction. Rows are never
+updated or deleted (migration 0007 grants enterprises SELECT and INSERT only).
+
+Kinds (stable: other modules and the status webhooks' trigger match on them); "n" is the
+event's `attempt`, and "the answer" is an attempt's `code` and `message` (failures),
+`statusCode` (Novu's HTTP status; absent when no answer came), `answer` (an excerpt of Novu's
+answer, at most EXCERPT_CHARS characters), `durationMs` (the Novu call) and `replayed` (Novu
+answered from its idempotency store):
+
+- `accepted`: the trigger was recorded PENDING. Detail: `scheduledFor` when scheduled.
+- `attempt.started` (n): a worker claimed it, PENDING → PROCESSING. Detail: `worker`
+  {host, pid}.
+- `attempt.failed` (n): the attempt failed and a retry is scheduled (→ PENDING). Detail: the
+  answer, `retryInSeconds`, `outcomeUnknown` (Novu may hold the event).
+- `attempt.deferred` (n): attempt n did not count, put back before its claim (Novu's
+  rate-limit tokens, the enterprise's render lane) or after it (Novu's 429, a workflow Novu
+  does not know yet, the render lane). Detail: `code`, `message`, `delaySeconds`.
+- `sent` (n): Novu accepted the trigger, → SENT. Detail: the answer.
+- `failed` (n): → FAILED: a permanent error, the last attempt failed, or the last attempt's
+  lease ran out. Detail: the answer, or `code` and `message`.
+- `lease.expired` (n): attempt n's worker went away (its lease ran out): back to PENDING,
+  its outcome unknown.
+- `cancel.requested`: a cancel was asked for. Detail: `reason`.
+- `retracted`: → RETRACTED. Detail: `reason`.
+- `cancel.refused`: the cancel did not retract it. Detail: `code` (`already_delivered`,
+  `delivery_unknown`, `invalid_state`, `novu_unavailable`) and `status`.
+- `retried`: FAILED → PENDING by the retry API, with a fresh attempt budget.
+- `delivery.<event>`: Novu reported a message event, e.g. `delivery.message.sent`
+  (shared/novu/webhooks.py).
+- `webhook.delivered`, `webhook.failed`: a status webhook to the enterprise was answered, or
+  gave up.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Connection, select, text
+from sqlalchemy.orm import Session
+
+from shared.db.models import NotificationEvent
+
+TABLE: str = NotificationEvent.__table__.fullname  # type: ignore[attr-defined]
+
+# An excerpt of Novu's answer kept on an attempt's event, in characters of its JSON text.
+EXCERPT_CHARS = 1024
+# An event's detail as stored, in characters of its JSON text; a larger one is cut to an
+# excerpt (appenders should keep theirs well under).
+MAX_DETAIL_CHARS = 8192
+
+
+class Kind(enum.StrEnum):
+    """The kinds this module's writers record (see the module's table)."""
+
+    ACCEPTED = "accepted"
+    ATTEMPT_STARTED = "attempt.started"
+    ATTEMPT_FAILED = "attempt.failed"
+    ATTEMPT_DEFERRED = "attempt.deferred"
+    SENT = "sent"
+    FAILED = "failed"
+    LEASE_EXPIRED = "lease.expired"
+    CANCEL_REQUESTED = "cancel.requested"
+    RETRACTED = "retracted"
+    CANCEL_REFUSED = "cancel.refused"
+    RETRIED = "retried"
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """One event to append: `kind` is one of Kind or another module's (`delivery.<event>`,
+    `webhook.<outcome>`): lowercase words joined by dots, at most 64 characters."""
+
+    notification_id: int
+    kind: str
+    attempt: int | None = None
+    detail: dict[str, Any] | None = None
+
+
+_APPEND = text(
+    f"""
+    INSERT INTO {TABLE} (enterprise_id, notification_id, kind, attempt, detail)
+    SELECT :enterprise_id, e.notification_id, e.kind, e.attempt, e.detail
+    FROM unnest(
+        CAST(:ids AS bigint[]), CAST(:kinds AS text[]), CAST(:attempts AS integer[]),
+        CAST(:details AS jsonb[])
+    ) WITH ORDINALITY AS e(notification_id, kind, attempt, detail, ord)
+    ORDER BY e.ord
+    """
+)
+
+
+def append_events(
+    connection: Connection | Session, enterprise_id: uuid.UUID, events: Sequence[NewEvent]
+) -> None:
+    """Append events of one enterprise's notifications, in order, in one statement, inside the
+    caller's transaction (never commits). Details larger than MAX_DETAIL_CHARS are cut."""
+    if not events:
+        return
+    parameters = {
+        "enterprise_id": enterprise_id,
+        "ids": [e.notification_id for e in events],
+        "kinds": [str(e.kind) for e in events],
+        "attempts": [e.attempt for e in events],
+        "details": [detail_json(e.detail) for e in events],
+    }
+    connection.execute(_APPEND, parameters)
+
+
+def detail_json(detail: dict[str, Any] | None) -> str | None:
+    """An event's detail as the JSON text stored: None stays NULL, and a detail whose text is
+    longer than MAX_DETAIL_CHARS becomes `{"truncated": true, "excerpt": …}`."""
+    if detail is None:
+        return None
+    encoded = json.dumps(detail, separators=(",", ":"), ensure_ascii=False, default=str)
+    if len(encoded) <= MAX_DETAIL_CHARS:
+        return encoded
+    cut = {"truncated": True, "excerpt": encoded[: MAX_DETAIL_CHARS - 64]}
+    return json.dumps(cut, separators=(",", ":"), ensure_ascii=False)
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str | None:
+    """An answer as text of at most `limit` characters (JSON for anything but a string), cut
+    with a trailing "…" when longer; None stays None."""
+    if value is None:
+        return None
+    raw = (
+        value
+        if isinstance(value, str)
+        else json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    )
+    return raw if len(raw) <= limit else raw[: limit - 1] + "…"
+
+
+@lru_cache(maxsize=1)
+def _host() -> str:
+    return socket.gethostname()
+
+
+def worker_identity() -> dict[str, Any]:
+    """Who is making an attempt: this host and process (a forked child has its own pid)."""
+    return {"host": _host(), "pid": os.getpid()}
+
+
+def list_events(
+    session: Session,
+    enterprise_id: uuid.UUID,
+    notification_id: int,
+    *,
+    after_id: int | None = None,
+    limit: int = 100,
+) -> Sequence[NotificationEvent]:
+    """A keyset page of one notification's events, oldest first: those with id above
+    `after_id`."""
+    stmt = select(NotificationEvent).where(
+        NotificationEvent.enterprise_id == enterprise_id,
+        NotificationEvent.notification_id == notification_id,
+    )
+    if after_id is not None:
+        stmt = stmt.where(NotificationEvent.id > after_id)
+    return session.scalars(stmt.order_by(NotificationEvent.id).limit(limit)).all()
