@@ -115,6 +115,15 @@ class Settings(BaseSettings):
     operator_token: SecretStr | None = Field(
         default=None, min_length=32, alias="XNOVU_OPERATOR_TOKEN"
     )
+    # Signs the delivery log page's session cookies (/ui/, api/ui/session.py). Unset, the page
+    # answers 503; every API process behind one address needs the same value.
+    ui_session_secret: SecretStr | None = Field(
+        default=None, min_length=32, alias="UI_SESSION_SECRET"
+    )
+    # How long a delivery log session lasts after login (the key is checked on every page).
+    ui_session_max_age_seconds: int = Field(
+        default=8 * 3600, ge=60, le=7 * 24 * 3600, alias="UI_SESSION_MAX_AGE_SECONDS"
+    )
     # Single triggers that arrive together are recorded in one transaction (group commit) of
     # at most this many rows per API process.
     trigger_batch_max_rows: int = Field(default=500, ge=1, le=1000, alias="TRIGGER_BATCH_MAX_ROWS")
@@ -152,10 +161,11 @@ class Settings(BaseSettings):
 
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 
-    @field_validator("operator_token", mode="before")
+    @field_validator("operator_token", "ui_session_secret", mode="before")
     @classmethod
     def _empty_token_is_unset(cls, value: object) -> object:
-        # Empty (a compose `${VAR:-}`, a blanked .env line) means no operator credential.
+        # Empty (a compose `${VAR:-}`, a blanked .env line) means unset: no operator credential,
+        # no delivery log page.
         return None if value == "" else value
 
     @property

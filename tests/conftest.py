@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -108,6 +109,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "NOVU_BRIDGE_PUBLIC_URL": f"http://127.0.0.1:{bridge_port}/api/novu",
         "XNOVU_DATA_DIR": str(tmp / "data"),
         "PYTHONUNBUFFERED": "1",
+        # The delivery log page's cookie key, generated as `make run` generates it.
+        "UI_SESSION_SECRET": secrets.token_urlsafe(32),
     }
     env.pop("NOVU_SECRET_KEY", None)
     os.environ.update(env)
