@@ -16,6 +16,7 @@ from api.hotpath import TriggerHotPath
 from api.limits import BodySizeLimit
 from api.metrics import MetricsMiddleware
 from api.metrics import router as metrics_router
+from api.openapi import install_openapi
 from api.routes import (
     health,
     notifications,
@@ -68,6 +69,7 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     install_offline_docs(app)
+    install_openapi(app)
     # The trigger first: the router tries routes in order, and triggers are most requests.
     app.include_router(trigger.router)
     app.include_router(health.router)

@@ -70,7 +70,7 @@ VariablesDescription = Annotated[
 
 
 class TemplateCreate(BaseModel):
-    """POST /api/templates."""
+    """A new template, created as DRAFT: its channel, key, sources and defaults."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -84,7 +84,7 @@ class TemplateCreate(BaseModel):
 
 
 class TemplateUpdate(BaseModel):
-    """PATCH /api/templates/{id}: only the fields given change."""
+    """Changes to a template: only the fields given change."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -137,7 +137,7 @@ class TemplateList(BaseModel):
 
 
 class PreviewRequest(BaseModel):
-    """POST /api/templates/{id}/preview: sample variables over the template's defaults."""
+    """Sample variables, rendered over the template's defaults."""
 
     model_config = ConfigDict(extra="forbid")
 

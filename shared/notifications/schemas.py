@@ -219,7 +219,8 @@ Recipient = Annotated[
 
 
 class TriggerRequest(BaseModel):
-    """POST /api/trigger. Field names are camelCase, as the original XNovu API has them."""
+    """A notification to trigger: a published workflow of the enterprise, its payload, and
+    whom it goes to (`recipients`, or the subscriber the workflow derives from the payload)."""
 
     model_config = ConfigDict(extra="forbid")
 
