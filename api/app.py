@@ -27,6 +27,8 @@ from api.routes import (
     trigger_bulk,
     workflows,
 )
+from api.ui import auth as ui_auth
+from api.ui import routes as ui_routes
 from shared.notifications.recorder import trigger_recorder
 from shared.settings import get_settings
 
@@ -80,6 +82,9 @@ def create_app() -> FastAPI:
     app.include_router(workflows.router)
     app.include_router(stats.router)
     app.include_router(novu_bridge.router)
+    # The delivery log page (/ui/): HTML over the same routes and services.
+    app.include_router(ui_auth.router)
+    app.include_router(ui_routes.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     # Outermost: POST /api/trigger straight to its route (api/hotpath.py).

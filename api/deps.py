@@ -106,6 +106,12 @@ async def _authenticate(request: Request, key_hash: str) -> Principal:
     raise _unauthorized("invalid or revoked API key")
 
 
+async def principal_of_hash(request: Request, key_hash: str) -> Principal:
+    """The principal of a key given by its hash (the delivery log's session cookie holds it),
+    authenticated as get_principal authenticates a key: ApiError 401 or 429 when it fails."""
+    return principal_cache().get(key_hash) or await _authenticate(request, key_hash)
+
+
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 

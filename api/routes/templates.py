@@ -99,7 +99,8 @@ class PreviewSlots:
                     self._running[enterprise_id] = left
 
 
-_previews = PreviewSlots()
+# Shared with the delivery log page, whose content previews are bounded as these are.
+preview_slots = PreviewSlots()
 
 
 @contextmanager
@@ -221,7 +222,7 @@ def preview_template(
     if row is None:
         raise not_found("template")
     try:
-        with _previews.slot(enterprise_id):
+        with preview_slots.slot(enterprise_id):
             rendered = get_template_renderer().render_source(
                 row.channel_type,
                 row.subject_template,

@@ -1,0 +1,292 @@
+"""The delivery log page over HTTP (api/ui/): login and its failures, the session cookie's
+flags, CSRF, scoping to the session's enterprise, escaping of hostile tenant data, and the
+cancel form. The same pages in a real browser: tests/integration/test_ui_browser.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import re
+import secrets
+import uuid
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.authguard import AuthFailureGuard, get_auth_failure_guard
+from api.ratelimit import RateLimiter
+from api.ui.session import LOGIN_COOKIE, SESSION_COOKIE
+from tests.conftest import Stack, Tenant, make_tenant, signup_payload
+from tests.rows import insert_notification
+
+
+def _csrf(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
+def _login(client: TestClient, key: str, **fields: str) -> Any:
+    form = client.get("/ui/login")
+    assert form.status_code == 200
+    return client.post(
+        "/ui/login",
+        data={"csrf": _csrf(form.text), "api_key": key, **fields},
+        follow_redirects=False,
+    )
+
+
+@pytest.fixture()
+def browser(app: Any) -> Any:
+    """A TestClient of its own (its own cookie jar), as one browser."""
+    with TestClient(app, raise_server_exceptions=False) as http:
+        yield http
+
+
+def _logged_in(client: TestClient, tenant: Tenant) -> None:
+    response = _login(client, tenant.api_key)
+    assert response.status_code == 303, response.text
+    assert response.headers["location"] == "/ui/notifications"
+
+
+def _scheduled(client: TestClient, tenant: Tenant, **payload: Any) -> int:
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    response = client.post(
+        "/api/trigger",
+        json={
+            "workflowId": "user-signup",
+            "payload": {**signup_payload(), **payload},
+            "scheduledFor": later,
+        },
+        headers=tenant.headers,
+    )
+    assert response.status_code == 202, response.text
+    return int(response.json()["notificationId"])
+
+
+def test_pages_without_a_session_go_to_the_login_form(browser: TestClient) -> None:
+    for path in ("/ui/notifications", "/ui/notifications/1"):
+        response = browser.get(path, follow_redirects=False)
+        assert (response.status_code, response.headers["location"]) == (303, "/ui/login")
+    forged = f"{'a' * 40}.{'b' * 43}"
+    browser.cookies.set(SESSION_COOKIE, forged, path="/ui")
+    response = browser.get("/ui/notifications", follow_redirects=False)
+    assert (response.status_code, response.headers["location"]) == (303, "/ui/login")
+
+
+def test_a_wrong_key_is_refused_on_the_form(browser: TestClient) -> None:
+    response = _login(browser, "xnk_" + secrets.token_urlsafe(32))
+    assert response.status_code == 401
+    assert "That API key is not valid." in response.text
+    assert SESSION_COOKIE not in response.cookies
+
+
+def test_login_failures_count_against_the_failed_authentication_limit(
+    app: Any, browser: TestClient, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = f"xnovu:test-authfail:{uuid.uuid4().hex}:"
+    limiter = RateLimiter(stack.redis_url, per_second=0.1, burst=3, key_prefix=prefix)
+    guard = AuthFailureGuard(limiter, failed_key_ttl=5.0)
+    monkeypatch.setitem(app.dependency_overrides, get_auth_failure_guard, lambda: guard)
+    try:
+        statuses = [
+            _login(browser, "xnk_" + secrets.token_urlsafe(32)).status_code for _ in range(5)
+        ]
+        refused = _login(browser, "xnk_" + secrets.token_urlsafe(32))
+    finally:
+        guard.close()
+    assert statuses == [401] * 3 + [429] * 2
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert "Too many failed logins" in refused.text
+
+
+def test_a_login_form_without_its_token_is_refused(browser: TestClient, tenant: Tenant) -> None:
+    browser.get("/ui/login")
+    response = browser.post(
+        "/ui/login", data={"csrf": "forged", "api_key": tenant.api_key}, follow_redirects=False
+    )
+    assert response.status_code == 403
+    assert SESSION_COOKIE not in response.cookies
+
+
+def test_the_session_cookie_is_httponly_strict_and_holds_no_key(
+    browser: TestClient, tenant: Tenant
+) -> None:
+    response = _login(browser, tenant.api_key)
+    assert response.status_code == 303
+    header = next(
+        value
+        for value in response.headers.get_list("set-cookie")
+        if value.startswith(f"{SESSION_COOKIE}=")
+    )
+    flags = {part.strip().lower() for part in header.split(";")[1:]}
+    assert {"httponly", "samesite=strict", "path=/ui"} <= flags
+    assert "secure" not in flags  # plain http: a Secure cookie would never come back
+    value = response.cookies[SESSION_COOKIE]
+    assert tenant.api_key not in value
+    assert tenant.api_key.split("_", 1)[1][:20] not in value
+    # The login form's own cookie is gone once logged in.
+    assert any(v.startswith(f"{LOGIN_COOKIE}=") for v in response.headers.get_list("set-cookie"))
+
+
+def test_over_https_the_cookie_is_secure(app: Any, tenant: Tenant) -> None:
+    with TestClient(app, base_url="https://testserver", raise_server_exceptions=False) as https:
+        response = _login(https, tenant.api_key)
+    assert response.status_code == 303
+    header = next(
+        v for v in response.headers.get_list("set-cookie") if v.startswith(f"{SESSION_COOKIE}=")
+    )
+    assert "secure" in {part.strip().lower() for part in header.split(";")}
+
+
+def test_the_list_shows_the_sessions_enterprise_only(
+    client: TestClient, browser: TestClient, tenant: Tenant
+) -> None:
+    mine = _scheduled(client, tenant)
+    other = make_tenant()
+    theirs = _scheduled(client, other)
+    _logged_in(browser, tenant)
+    page = browser.get("/ui/notifications")
+    assert page.status_code == 200
+    assert f'href="/ui/notifications/{mine}"' in page.text
+    assert f'href="/ui/notifications/{theirs}"' not in page.text
+    assert page.headers["content-security-policy"].startswith("default-src 'none'")
+    one = browser.get(f"/ui/notifications/{mine}")
+    assert one.status_code == 200
+    assert 'id="status">PENDING<' in one.text
+    assert '<td class="kind">accepted</td>' in one.text  # the timeline's first event
+    missing = browser.get(f"/ui/notifications/{theirs}")
+    assert missing.status_code == 404
+    assert "No such notification in this enterprise." in missing.text
+
+
+def test_filters_and_next_page_link(
+    client: TestClient, browser: TestClient, tenant: Tenant
+) -> None:
+    ids = [_scheduled(client, tenant) for _ in range(3)]
+    _logged_in(browser, tenant)
+    page = browser.get("/ui/notifications", params={"status": "SENT"})
+    assert page.status_code == 200
+    assert "No notifications match." in page.text
+    page = browser.get("/ui/notifications", params={"status": "PENDING", "workflow": "user-signup"})
+    assert all(f'href="/ui/notifications/{i}"' in page.text for i in ids)
+    assert browser.get("/ui/notifications", params={"status": "NOPE"}).status_code == 400
+    assert browser.get("/ui/notifications", params={"cursor": "zzz"}).status_code == 400
+
+
+def test_hostile_tenant_data_is_shown_as_text(
+    client: TestClient, browser: TestClient, tenant: Tenant
+) -> None:
+    script = "<script>alert(document.cookie)</script>"
+    row = insert_notification(
+        tenant.enterprise_id,
+        payload={"userId": "u-x", "name": script, "email": "x@example.com"},
+        recipients=[f'"><img src=x onerror=alert(1)>{script}'],
+    )
+    _logged_in(browser, tenant)
+    for path in ("/ui/notifications", f"/ui/notifications/{row.notification_id}"):
+        page = browser.get(path)
+        assert page.status_code == 200
+        assert "<script>alert" not in page.text
+        assert "<img src=x" not in page.text
+        assert html.escape(script) in page.text or html.escape(script, quote=False) in page.text
+
+
+def test_cancel_needs_the_sessions_token_and_then_retracts(
+    client: TestClient, browser: TestClient, tenant: Tenant
+) -> None:
+    nid = _scheduled(client, tenant)
+    _logged_in(browser, tenant)
+    page = browser.get(f"/ui/notifications/{nid}")
+    refused = browser.post(
+        f"/ui/notifications/{nid}/cancel", data={"csrf": "x" * 43}, follow_redirects=False
+    )
+    assert refused.status_code == 403
+    assert "did not carry this session&#39;s token" in refused.text
+    row = client.get(f"/api/notifications/{nid}", headers=tenant.headers).json()
+    assert row["notification_status"] == "PENDING"
+
+    done = browser.post(
+        f"/ui/notifications/{nid}/cancel", data={"csrf": _csrf(page.text)}, follow_redirects=False
+    )
+    assert (done.status_code, done.headers["location"]) == (
+        303,
+        f"/ui/notifications/{nid}?flash=retracted",
+    )
+    shown = browser.get(done.headers["location"])
+    assert 'id="status">RETRACTED<' in shown.text
+    assert "Cancelled: the notification is RETRACTED." in shown.text
+    row = client.get(f"/api/notifications/{nid}", headers=tenant.headers).json()
+    assert row["notification_status"] == "RETRACTED"
+
+
+def test_another_sessions_token_and_another_enterprises_row_are_refused(
+    client: TestClient, browser: TestClient, app: Any, tenant: Tenant
+) -> None:
+    nid = _scheduled(client, tenant)
+    other = make_tenant()
+    with TestClient(app, raise_server_exceptions=False) as other_browser:
+        _logged_in(other_browser, other)
+        their_token = _csrf(other_browser.get("/ui/notifications").text)
+        # Their own token, on our row: 404, and nothing moves.
+        theirs = other_browser.post(
+            f"/ui/notifications/{nid}/cancel", data={"csrf": their_token}, follow_redirects=False
+        )
+        assert theirs.status_code == 404
+    _logged_in(browser, tenant)
+    # Their token in our session: refused.
+    forged = browser.post(
+        f"/ui/notifications/{nid}/cancel", data={"csrf": their_token}, follow_redirects=False
+    )
+    assert forged.status_code == 403
+    row = client.get(f"/api/notifications/{nid}", headers=tenant.headers).json()
+    assert row["notification_status"] == "PENDING"
+
+
+def test_retry_of_a_pending_row_says_it_is_not_possible(
+    client: TestClient, browser: TestClient, tenant: Tenant
+) -> None:
+    nid = _scheduled(client, tenant)
+    _logged_in(browser, tenant)
+    token = _csrf(browser.get(f"/ui/notifications/{nid}").text)
+    done = browser.post(f"/ui/notifications/{nid}/retry", data={"csrf": token})
+    assert done.status_code == 200
+    assert "Not possible in the notification&#39;s current status." in done.text
+
+
+def test_a_revoked_key_ends_its_sessions_and_logout_ends_the_cookie(
+    browser: TestClient, tenant: Tenant
+) -> None:
+    from api.deps import principal_cache
+    from shared.apikeys import revoke_api_key
+    from shared.db.session import transaction
+
+    _logged_in(browser, tenant)
+    page = browser.get("/ui/notifications")
+    assert page.status_code == 200
+    logout = browser.post("/ui/logout", data={"csrf": _csrf(page.text)}, follow_redirects=False)
+    assert (logout.status_code, logout.headers["location"]) == (303, "/ui/login")
+    assert browser.get("/ui/notifications", follow_redirects=False).status_code == 303
+
+    _logged_in(browser, tenant)
+    with transaction() as session:
+        revoke_api_key(session, key_id=tenant.key_id)
+    principal_cache().clear()  # as API_KEY_CACHE_SECONDS passing would
+    response = browser.get("/ui/notifications", follow_redirects=False)
+    assert (response.status_code, response.headers["location"]) == (303, "/ui/login")
+
+
+def test_a_service_key_logs_in_for_the_enterprise_it_names(
+    client: TestClient, browser: TestClient
+) -> None:
+    service = make_tenant(service=True)
+    tenant = make_tenant()
+    nid = _scheduled(client, tenant)
+    refused = _login(browser, service.api_key)
+    assert refused.status_code == 400
+    assert "service key must name the enterprise" in refused.text
+    response = _login(browser, service.api_key, enterprise_id=str(tenant.enterprise_id))
+    assert response.status_code == 303
+    assert browser.get(f"/ui/notifications/{nid}").status_code == 200
