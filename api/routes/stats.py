@@ -4,12 +4,16 @@ ids or counts (docs/architecture.md, "Operator credential")."""
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
+from pydantic import AwareDatetime
 
-from api.deps import EnterpriseDep
+from api.deps import EnterpriseDep, SessionDep
+from api.errors import ApiError
 from api.operator import OperatorDep
+from shared.notifications.statistics import MAX_RANGE, delivery_figures
 from shared.novu.budget import Usage, novu_usage
 from shared.templates.renderer import get_template_renderer
 from shared.workflows.registry import get_registry
@@ -34,6 +38,29 @@ def stats(enterprise_id: EnterpriseDep) -> dict[str, Any]:
         },
         "novu": _novu(novu_usage(enterprise_id)),
     }
+
+
+@router.get("/api/stats/notifications")
+def notification_stats(
+    session: SessionDep,
+    enterprise_id: EnterpriseDep,
+    createdAfter: Annotated[
+        AwareDatetime | None, Query(description="from (inclusive); default: a day before the end")
+    ] = None,
+    createdBefore: Annotated[
+        AwareDatetime | None, Query(description="to (exclusive); default: now")
+    ] = None,
+) -> dict[str, Any]:
+    """The enterprise's notifications created in a range of at most 31 days: counts by status
+    and by workflow and status, and the latency from due to SENT (p50, p90, p99, max, in
+    milliseconds) of those sent."""
+    end = createdBefore or dt.datetime.now(dt.UTC)
+    start = createdAfter or end - dt.timedelta(days=1)
+    if start >= end:
+        raise ApiError(422, "invalid_range", "createdAfter must be before createdBefore")
+    if end - start > MAX_RANGE:
+        raise ApiError(422, "range_too_large", f"the range may span at most {MAX_RANGE.days} days")
+    return delivery_figures(session, enterprise_id, start, end).as_json()
 
 
 @router.get("/api/operator/stats")
