@@ -204,5 +204,5 @@ def csrf_refused(request: Request, ui: UiSession) -> Response:
         403,
         "Form refused",
         "The form did not carry this session's token: reload the page and try again.",
-        csrf=ui.csrf,
+        ui=ui,
     )

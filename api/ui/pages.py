@@ -67,13 +67,13 @@ def render(
 
 
 def error_page(
-    request: Request, status_code: int, title: str, message: str, *, csrf: str | None = None
+    request: Request, status_code: int, title: str, message: str, *, ui: Any = None
 ) -> HTMLResponse:
-    """An HTML error page (404, 403, ...)."""
+    """An HTML error page (404, 403, ...); `ui` is the session (api/ui/auth.py) if any."""
     return render(
         request,
         "error.html",
-        {"title": title, "message": message, "csrf": csrf},
+        {"title": title, "message": message, "ui": ui, "csrf": ui.csrf if ui else None},
         status_code=status_code,
     )
 

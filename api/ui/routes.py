@@ -39,7 +39,7 @@ def _not_found(request: Request, ui: UiSession) -> Response:
         404,
         "Not found",
         "No such notification in this enterprise.",
-        csrf=ui.csrf,
+        ui=ui,
     )
 
 

@@ -37,6 +37,7 @@ REQUIRED = {
     "POSTGRES_PASSWORD",
     "XNOVU_OWNER_PASSWORD",
     "XNOVU_SERVICE_PASSWORD",
+    "UI_SESSION_SECRET",
 }
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|AUTH|TOKEN|KEY")
 FULL_ENV = {
@@ -46,6 +47,7 @@ FULL_ENV = {
     "POSTGRES_PASSWORD": "pg-pw",
     "XNOVU_OWNER_PASSWORD": "owner-pw",
     "XNOVU_SERVICE_PASSWORD": "service-pw",
+    "UI_SESSION_SECRET": "ui-session-secret-of-at-least-32-chars",
 }
 
 
