@@ -11,10 +11,17 @@ from pydantic import Field
 
 from api.deps import EnterpriseDep, SessionDep
 from api.errors import ApiError, not_found
-from api.schemas.notifications import CancelRequest, NotificationPage, NotificationRead
+from api.schemas.notifications import (
+    CancelRequest,
+    NotificationEventPage,
+    NotificationEventRead,
+    NotificationPage,
+    NotificationRead,
+)
 from shared.db.enums import NotificationStatus
 from shared.notifications.publisher import publish_enterprise
 from shared.notifications.service import CancelResult, NotificationService
+from shared.notifications.timeline import list_events
 from shared.novu.budget import METERED_WAIT_SECONDS, metered_call
 from shared.novu.client import get_novu_client
 from shared.novu.errors import NovuError
@@ -158,3 +165,30 @@ def retry_notification(
         )
     publish_enterprise(enterprise_id, [row.id])
     return NotificationRead.of(row)
+
+
+@router.get("/{notification_id}/events", response_model=NotificationEventPage)
+def list_notification_events(
+    notification_id: NotificationId,
+    session: SessionDep,
+    enterprise_id: EnterpriseDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> NotificationEventPage:
+    """The notification's timeline, oldest first, in keyset pages: pass `nextCursor` back as
+    `cursor` for the next page. Another enterprise's id answers 404."""
+    if NotificationService(session).get_notification(notification_id, enterprise_id) is None:
+        raise not_found("notification")
+    limit = min(limit, get_settings().max_page_size)
+    rows = list_events(
+        session,
+        enterprise_id,
+        notification_id,
+        after_id=_decode_cursor(cursor) if cursor else None,
+        limit=limit + 1,
+    )
+    page = rows[:limit]
+    next_cursor = _encode_cursor(page[-1].id) if len(rows) > limit else None
+    return NotificationEventPage(
+        items=[NotificationEventRead.of(r) for r in page], nextCursor=next_cursor
+    )

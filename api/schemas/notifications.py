@@ -9,12 +9,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db.enums import NotificationStatus
-from shared.db.models import Notification
+from shared.db.models import Notification, NotificationEvent
 from shared.notifications.schemas import TriggerRequest
 from shared.payloads import json_depth
 
 __all__ = [
     "CancelRequest",
+    "NotificationEventPage",
+    "NotificationEventRead",
     "NotificationPage",
     "NotificationRead",
     "TriggerRequest",
@@ -109,4 +111,29 @@ def _cut(value: Any, limit: int) -> Any:
 
 class NotificationPage(BaseModel):
     items: list[NotificationRead]
+    nextCursor: str | None
+
+
+class NotificationEventRead(BaseModel):
+    """One event of a notification's timeline (the kinds: shared/notifications/timeline.py,
+    docs/architecture.md "Timeline"); `created_at` is the database's clock."""
+
+    id: int
+    notification_id: int
+    kind: str
+    attempt: int | None
+    detail: dict[str, Any] | None
+    created_at: dt.datetime
+
+    @classmethod
+    def of(cls, row: NotificationEvent) -> NotificationEventRead:
+        read = cls.model_validate(row, from_attributes=True)
+        # Details are bounded in size when written, not in depth (Novu's data inside one).
+        if json_depth(read.detail) > READ_MAX_DEPTH:
+            read.detail = _cut(read.detail, READ_MAX_DEPTH)
+        return read
+
+
+class NotificationEventPage(BaseModel):
+    items: list[NotificationEventRead]
     nextCursor: str | None

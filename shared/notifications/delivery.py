@@ -46,7 +46,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -70,6 +70,7 @@ from shared.notifications.repository import (
     defer_pending,
     record_outcomes,
 )
+from shared.notifications.timeline import excerpt
 from shared.novu.budget import NovuBudget
 from shared.novu.client import NovuClient, bulk_idempotency_key
 from shared.novu.errors import (
@@ -149,6 +150,14 @@ class DeliveryReport:
 CallResult = list[TriggerResult] | NovuError
 
 
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A Novu call's result (or error), and how long the call took (for the timeline)."""
+
+    result: CallResult
+    ms: int
+
+
 @dataclass
 class _Flight:
     """One claimed sub-batch: rows decided before any call, and its calls in flight: one bulk
@@ -158,8 +167,8 @@ class _Flight:
     prepared: dict[int, PreparedTrigger]
     decided: list[AttemptOutcome]
     claim: str  # see _claim_token
-    bulk: Future[CallResult] | None = None
-    singles: list[Future[CallResult]] = field(default_factory=list)
+    bulk: Future[_Answer] | None = None
+    singles: list[Future[_Answer]] = field(default_factory=list)
 
 
 @dataclass
@@ -222,7 +231,9 @@ def deliver(
                 wait = fair.admit()
                 if wait is not None:
                     why = "wait for their enterprise's renders"
-                    run.report.render_deferred += _defer(conn, run, ids[start:], wait, why)
+                    rest = ids[start:]
+                    deferred = _defer(conn, run, rest, wait, "render_deferred", why)
+                    run.report.render_deferred += deferred
                     break
                 if not _pay(conn, run, chunk, ids[start:]):
                     break  # the rest was deferred
@@ -271,13 +282,15 @@ def _pay(conn: Connection, run: _Run, chunk: list[int], rest: list[int]) -> bool
         return True
     # The tokens of rows that come back together would again not all be there: spread them.
     delay = reservation.wait * random.uniform(1.0, 1.5)
-    run.report.deferred += _defer(conn, run, rest, delay, "wait for Novu rate-limit tokens")
+    why = "wait for Novu rate-limit tokens"
+    run.report.deferred += _defer(conn, run, rest, delay, "novu_rate_limited", why)
     return False
 
 
-def _defer(conn: Connection, run: _Run, rest: list[int], delay: float, why: str) -> int:
+def _defer(conn: Connection, run: _Run, rest: list[int], delay: float, code: str, why: str) -> int:
     """Leave the due PENDING rows among `rest` unclaimed for `delay` seconds (no attempt used),
-    by a countdown message or, for a longer delay, beat; answers how many were."""
+    by a countdown message or, for a longer delay, beat; answers how many were. `code` and
+    `why` are the timeline's reason."""
     by_message = delay <= run.settings.max_countdown_seconds
     with enterprise_transaction(conn, run.enterprise_id):
         deferred = defer_pending(
@@ -286,6 +299,8 @@ def _defer(conn: Connection, run: _Run, rest: list[int], delay: float, why: str)
             notification_ids=rest,
             delay=delay,
             by_message=by_message,
+            code=code,
+            why=why,
         )
     run.report.skipped += len(rest) - len(deferred)
     if deferred and by_message:
@@ -397,13 +412,11 @@ def _render_deferred(
     )
 
 
-def _start(
-    send: Callable[[], list[TriggerResult]], executor: Executor | None
-) -> Future[CallResult]:
+def _start(send: Callable[[], list[TriggerResult]], executor: Executor | None) -> Future[_Answer]:
     """A Novu call on `executor`, or made here (already answered) when there is none."""
     if executor is not None:
         return executor.submit(_call, send)
-    done: Future[CallResult] = Future()
+    done: Future[_Answer] = Future()
     done.set_result(_call(send))
     return done
 
@@ -421,7 +434,7 @@ def _send_singles(
     novu: NovuClient,
     executor: Executor | None,
     claim: str,
-) -> list[Future[CallResult]]:
+) -> list[Future[_Answer]]:
     """One single trigger per row, each with its claim's own Idempotency-Key."""
     calls = []
     for row in rows:
@@ -430,12 +443,15 @@ def _send_singles(
     return calls
 
 
-def _call(send: Callable[[], list[TriggerResult]]) -> CallResult:
+def _call(send: Callable[[], list[TriggerResult]]) -> _Answer:
     """Run a Novu call on a pool thread; its error is returned, to be decided by the task."""
+    started = time.perf_counter()
+    result: CallResult
     try:
-        return send()
+        result = send()
     except NovuError as exc:
-        return exc
+        result = exc
+    return _Answer(result, round((time.perf_counter() - started) * 1000))
 
 
 def _charged(run: _Run, result: CallResult, tokens: int) -> None:
@@ -455,15 +471,17 @@ def _land(conn: Connection, run: _Run, flight: _Flight) -> None:
     outcomes = list(flight.decided)
     sent_rows = [row for row in flight.rows if row.id in flight.prepared]
     if flight.bulk is not None:
-        result = flight.bulk.result()
+        answer = flight.bulk.result()
+        result = answer.result
         _charged(run, result, BULK_TRIGGER_TOKENS)
         if isinstance(result, NovuPermanentError):
             outcomes.extend(_one_by_one(run, sent_rows, flight))
         elif isinstance(result, NovuError):
-            outcomes.extend(_failed_call(run, sent_rows, result))
+            outcomes.extend(_timed(_failed_call(run, sent_rows, result), answer.ms))
         else:
             for row, event_result in zip(sent_rows, result, strict=True):
-                outcomes.append(_event_outcome(run, row, flight.prepared[row.id], event_result))
+                prepared = flight.prepared[row.id]
+                outcomes.append(_event_outcome(run, row, prepared, event_result, answer.ms))
     else:
         outcomes.extend(_single_outcomes(run, sent_rows, flight.singles, flight))
 
@@ -486,20 +504,48 @@ def _land(conn: Connection, run: _Run, flight: _Flight) -> None:
 
 
 def _event_outcome(
-    run: _Run, row: ClaimedRow, prepared: PreparedTrigger, result: TriggerResult
+    run: _Run, row: ClaimedRow, prepared: PreparedTrigger, result: TriggerResult, ms: int
 ) -> AttemptOutcome:
     """SENT when Novu processed the event; FAILED with Novu's answer when it did not (or back
     to PENDING when it does not know the workflow yet)."""
     error = result_error(result)
+    call = _answered(result, ms)
     if error is None:
         return AttemptOutcome(
-            row.id, row.attempts, S.SENT, render_fallbacks=prepared.render_fallbacks or None
+            row.id,
+            row.attempts,
+            S.SENT,
+            render_fallbacks=prepared.render_fallbacks or None,
+            call=call,
         )
     if is_workflow_not_found(result):
-        return _awaiting_sync(run, row, error)
+        return replace(_awaiting_sync(run, row, error), call=call)
     return AttemptOutcome(
-        row.id, row.attempts, S.FAILED, error=_novu_error("novu_rejected", error, row.attempts)
+        row.id,
+        row.attempts,
+        S.FAILED,
+        error=_novu_error("novu_rejected", error, row.attempts),
+        call=call,
     )
+
+
+def _answered(result: TriggerResult, ms: int) -> dict[str, Any]:
+    """What the timeline keeps of Novu's answer for one event (timeline.py): the HTTP status,
+    an excerpt of the event's result, the call's duration (a bulk call's, for each of its
+    events), and whether Novu replayed a stored answer."""
+    call: dict[str, Any] = {
+        "statusCode": result.status_code,
+        "answer": excerpt(result.model_dump(mode="json", by_alias=True, exclude_none=True)),
+        "durationMs": ms,
+    }
+    if result.replayed:
+        call["replayed"] = True
+    return call
+
+
+def _timed(outcomes: list[AttemptOutcome], ms: int) -> list[AttemptOutcome]:
+    """The outcomes of one failed call, each with the call's duration for the timeline."""
+    return [replace(outcome, call={"durationMs": ms}) for outcome in outcomes]
 
 
 def _failed_call(run: _Run, rows: Sequence[ClaimedRow], exc: NovuError) -> list[AttemptOutcome]:
@@ -640,18 +686,20 @@ def _one_by_one(run: _Run, rows: Sequence[ClaimedRow], flight: _Flight) -> list[
 def _single_outcomes(
     run: _Run,
     rows: Sequence[ClaimedRow],
-    calls: Sequence[Future[CallResult]],
+    calls: Sequence[Future[_Answer]],
     flight: _Flight,
 ) -> list[AttemptOutcome]:
     """Each row's outcome from its own single trigger."""
     outcomes: list[AttemptOutcome] = []
     for row, call in zip(rows, calls, strict=True):
-        result = call.result()
+        answer = call.result()
+        result = answer.result
         _charged(run, result, TRIGGER_TOKENS)
         if isinstance(result, NovuError):
-            outcomes.extend(_failed_call(run, [row], result))
+            outcomes.extend(_timed(_failed_call(run, [row], result), answer.ms))
         else:
-            outcomes.append(_event_outcome(run, row, flight.prepared[row.id], result[0]))
+            prepared = flight.prepared[row.id]
+            outcomes.append(_event_outcome(run, row, prepared, result[0], answer.ms))
     return outcomes
 
 

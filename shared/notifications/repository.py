@@ -12,6 +12,9 @@ its caller's transaction and never commits (docs/architecture.md, "Transactions"
   claimed it (guarantee 3); an attempt Novu throttled is given back; an attempt whose answer
   was lost marks the row's outcome unknown.
 - `defer_pending`: due PENDING rows wait longer, unclaimed, for Novu's rate-limit tokens.
+
+Each statement also appends the timeline events of the rows it moved (timeline.py), in the
+same statement: a data-modifying CTE over the rows its UPDATE or INSERT returned.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.enums import NotificationStatus as S
 from shared.db.models import Notification, NotificationEvent, RegistryGeneration
+from shared.notifications.timeline import detail_json, excerpt, worker_identity
 
 TABLE: str = Notification.__table__.fullname  # type: ignore[attr-defined]
 _GENERATIONS: str = RegistryGeneration.__table__.fullname  # type: ignore[attr-defined]
@@ -288,8 +292,10 @@ class ClaimedRow:
     recipient_objects: list[Any] | None
 
 
+# Each row claimed gets its `attempt.started` timeline event from the same statement.
 _CLAIM = text(
     f"""
+    WITH claimed AS (
     UPDATE {TABLE} AS n SET
         notification_status = 'PROCESSING',
         attempts = n.attempts + 1,
@@ -307,9 +313,16 @@ _CLAIM = text(
         FOR UPDATE SKIP LOCKED
     )
     RETURNING n.id, n.enterprise_id, n.workflow_key, n.payload, n.recipients, n.overrides,
-        n.transaction_id, n.attempts, n.recipient_objects,
+        n.transaction_id, n.attempts, n.recipient_objects
+    ), started AS (
+    INSERT INTO {EVENTS} (enterprise_id, notification_id, kind, attempt, detail)
+    SELECT c.enterprise_id, c.id, 'attempt.started', c.attempts, CAST(:worker AS jsonb)
+    FROM claimed AS c ORDER BY c.id
+    )
+    SELECT c.*,
         (SELECT coalesce(max(g.generation), 0) FROM {_GENERATIONS} AS g
          WHERE g.enterprise_id = :enterprise_id)
+    FROM claimed AS c
     """
 )
 
@@ -324,7 +337,7 @@ def claim_due(
     """PENDING → PROCESSING (attempt + 1, a lease) for the due rows among `notification_ids`
     that nobody else holds, in one statement; returns them by id, and the enterprise's registry
     generation read by the same statement, so that a reload is noticed before rendering at no
-    extra round trip.
+    extra round trip. The same statement appends each claimed row's `attempt.started` event.
 
     The update is driven by primary key only: the status check lives in the subquery, which
     re-checks it on the row it locks. Repeating it in the outer statement let the planner drive
@@ -336,6 +349,7 @@ def claim_due(
         "ids": list(notification_ids),
         "enterprise_id": enterprise_id,
         "lease_seconds": lease_seconds,
+        "worker": json_text({"worker": worker_identity()}),
     }
     rows = connection.execute(_CLAIM, parameters).all()
     claimed = sorted((ClaimedRow(*row[:9]) for row in rows), key=lambda row: row.id)
@@ -364,10 +378,16 @@ class AttemptOutcome:
     # The call was sent and its answer is not known (no answer, a 5xx): Novu may hold the
     # event, so the row's outcome_unknown_at is set (a cancel must then ask Novu).
     outcome_unknown: bool = False
+    # What the attempt's Novu call answered, for the timeline: statusCode, answer (an
+    # excerpt), durationMs, replayed (timeline.py); None when no call was made.
+    call: dict[str, Any] | None = None
 
 
+# Each row moved gets the timeline event of its outcome from the same statement: `sent`,
+# `failed`, `attempt.failed` (a retry) or `attempt.deferred` (the attempt not used).
 _RECORD_OUTCOMES = text(
     f"""
+    WITH moved AS (
     UPDATE {TABLE} AS n SET
         notification_status = CAST(v.status AS notify.notification_status),
         attempts = CASE WHEN v.used THEN n.attempts ELSE n.attempts - 1 END,
@@ -389,13 +409,25 @@ _RECORD_OUTCOMES = text(
     FROM unnest(
         CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:statuses AS text[]),
         CAST(:errors AS jsonb[]), CAST(:fallbacks AS jsonb[]), CAST(:delays AS float8[]),
-        CAST(:by_message AS boolean[]), CAST(:used AS boolean[]), CAST(:unknown AS boolean[])
-    ) AS v(id, attempt, status, error, fallbacks, delay, by_message, used, unknown)
+        CAST(:by_message AS boolean[]), CAST(:used AS boolean[]), CAST(:unknown AS boolean[]),
+        CAST(:details AS jsonb[])
+    ) AS v(id, attempt, status, error, fallbacks, delay, by_message, used, unknown, detail)
     WHERE n.id = v.id
       AND n.enterprise_id = :enterprise_id
       AND n.notification_status = 'PROCESSING'
       AND n.attempts = v.attempt
-    RETURNING n.id
+    RETURNING n.id, n.enterprise_id, v.attempt, v.status, v.used, v.detail
+    ), recorded AS (
+    INSERT INTO {EVENTS} (enterprise_id, notification_id, kind, attempt, detail)
+    SELECT m.enterprise_id, m.id,
+        CASE WHEN m.status = 'SENT' THEN 'sent'
+             WHEN m.status = 'FAILED' THEN 'failed'
+             WHEN m.used THEN 'attempt.failed'
+             ELSE 'attempt.deferred' END,
+        m.attempt, m.detail
+    FROM moved AS m ORDER BY m.id
+    )
+    SELECT id FROM moved
     """
 )
 
@@ -423,6 +455,7 @@ def record_outcomes(
         "by_message": [o.by_message for o in outcomes],
         "used": [o.attempt_used for o in outcomes],
         "unknown": [o.outcome_unknown for o in outcomes],
+        "details": [_outcome_detail(o) for o in outcomes],
     }
     return {row[0] for row in connection.execute(_RECORD_OUTCOMES, parameters)}
 
@@ -431,10 +464,36 @@ def _json_or_none(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
 
 
+def _outcome_detail(outcome: AttemptOutcome) -> str | None:
+    """The detail of an outcome's timeline event (timeline.py): the error's code and message,
+    Novu's status code and an excerpt of its answer, the call's duration, and when a retry
+    comes (`retryInSeconds`, or `delaySeconds` for an attempt not used)."""
+    detail: dict[str, Any] = {}
+    error = outcome.error
+    if error is not None:
+        detail["code"] = error.get("code")
+        detail["message"] = excerpt(error.get("message"))
+        if error.get("statusCode") is not None:
+            detail["statusCode"] = error["statusCode"]
+        if error.get("novu") is not None:
+            detail["answer"] = excerpt(error["novu"])
+    if outcome.call is not None:
+        detail.update(outcome.call)
+    if outcome.status is S.PENDING:
+        wait = "retryInSeconds" if outcome.attempt_used else "delaySeconds"
+        detail[wait] = round(outcome.retry_in or 0.0, 3)
+    if outcome.outcome_unknown:
+        detail["outcomeUnknown"] = True
+    return detail_json(detail) if detail else None
+
+
 # -- defer ------------------------------------------------------------------------------------
 
+# Each row deferred gets an `attempt.deferred` event (for the attempt it did not make yet)
+# from the same statement.
 _DEFER = text(
     f"""
+    WITH deferred AS (
     UPDATE {TABLE} AS n SET
         next_attempt_at = now() + make_interval(secs => :delay),
         enqueued_at = CASE WHEN :by_message THEN now() + make_interval(secs => :delay) END,
@@ -444,7 +503,13 @@ _DEFER = text(
       AND n.notification_status = 'PENDING'
       AND (n.scheduled_for IS NULL OR n.scheduled_for <= now())
       AND (n.next_attempt_at IS NULL OR n.next_attempt_at <= now())
-    RETURNING n.id
+    RETURNING n.id, n.enterprise_id, n.attempts
+    ), waiting AS (
+    INSERT INTO {EVENTS} (enterprise_id, notification_id, kind, attempt, detail)
+    SELECT d.enterprise_id, d.id, 'attempt.deferred', d.attempts + 1, CAST(:detail AS jsonb)
+    FROM deferred AS d ORDER BY d.id
+    )
+    SELECT id FROM deferred
     """
 )
 
@@ -456,17 +521,21 @@ def defer_pending(
     notification_ids: Sequence[int],
     delay: float,
     by_message: bool,
+    code: str = "deferred",
+    why: str | None = None,
 ) -> list[int]:
     """Due PENDING rows among the ids wait `delay` seconds more without being claimed (no
     attempt used): Novu's rate-limit budget has no tokens for them sooner. Returns the ids
     deferred; as for a retry, `by_message` says whether a countdown message carries them or
-    beat releases them."""
+    beat releases them. Each gets an `attempt.deferred` event saying why (`code`, `why`)."""
     if not notification_ids:
         return []
+    detail = {"code": code, "message": why, "delaySeconds": round(delay, 3)}
     parameters = {
         "ids": list(notification_ids),
         "enterprise_id": enterprise_id,
         "delay": delay,
         "by_message": by_message,
+        "detail": json_text(detail),
     }
     return sorted(row[0] for row in connection.execute(_DEFER, parameters))

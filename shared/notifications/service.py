@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from shared.db.enums import NotificationStatus as S
 from shared.db.models import Notification
 from shared.notifications import transitions
+from shared.notifications.timeline import Kind, NewEvent, append_events
 from shared.novu.errors import NovuError
 
 
@@ -86,14 +87,22 @@ class NotificationService:
         (`cancel_at_novu(transaction_id)` answers True; it raises NovuError when Novu cannot
         be asked). `commit` is the edge's commit: a row of unknown outcome is held
         (`transitions.hold_for_cancel`, for `hold_seconds`) and committed before Novu is
-        asked, so that no worker sends it meanwhile and no row lock is held across HTTP."""
+        asked, so that no worker sends it meanwhile and no row lock is held across HTTP.
+
+        The timeline gets `cancel.requested`, then `retracted` or `cancel.refused` (a cancel of
+        a row already RETRACTED records nothing)."""
+        requested = False
         for _ in range(3):  # the row may move under us; each pass re-reads it
             row = self.get_notification(notification_id, enterprise_id)
             if row is None:
                 return CancelResult.NOT_FOUND, None
+            if row.notification_status is S.RETRACTED:
+                return CancelResult.ALREADY_RETRACTED, row
+            if not requested:
+                requested = True
+                event = NewEvent(notification_id, Kind.CANCEL_REQUESTED, detail={"reason": reason})
+                append_events(self.session, enterprise_id, [event])
             match row.notification_status:
-                case S.RETRACTED:
-                    return CancelResult.ALREADY_RETRACTED, row
                 case S.PENDING if row.outcome_unknown_at is not None:
                     hold = transitions.hold_for_cancel(
                         self.session,
@@ -119,7 +128,14 @@ class NotificationService:
                 case S.SENT:
                     transaction_id = row.transaction_id
                     commit()  # nothing of ours stays open while Novu answers
-                    if not cancel_at_novu(transaction_id):
+                    try:
+                        cancelled = cancel_at_novu(transaction_id)
+                    except NovuError:
+                        self._refused(enterprise_id, row, "novu_unavailable")
+                        commit()
+                        raise
+                    if not cancelled:
+                        self._refused(enterprise_id, row, "already_delivered")
                         return CancelResult.ALREADY_DELIVERED, row
                     done = transitions.retract_sent(
                         self.session,
@@ -128,11 +144,21 @@ class NotificationService:
                         reason=reason,
                     )
                 case _:
+                    self._refused(enterprise_id, row, "invalid_state")
                     return CancelResult.INVALID_STATE, row
             if done is not None:
                 return CancelResult.RETRACTED, done
             self.session.expire_all()
-        return CancelResult.INVALID_STATE, self.get_notification(notification_id, enterprise_id)
+        row = self.get_notification(notification_id, enterprise_id)
+        if row is not None:
+            self._refused(enterprise_id, row, "invalid_state")
+        return CancelResult.INVALID_STATE, row
+
+    def _refused(self, enterprise_id: uuid.UUID, row: Notification, code: str) -> None:
+        """The timeline's `cancel.refused`: why the cancel left the row as it is."""
+        detail = {"code": code, "status": row.notification_status.value}
+        event = NewEvent(row.id, Kind.CANCEL_REFUSED, detail=detail)
+        append_events(self.session, enterprise_id, [event])
 
     def _cancel_held(
         self,
@@ -176,7 +202,10 @@ class NotificationService:
             release()
         # Not confirmed, or the hold ran out before Novu answered (the reconciler took the row
         # back, and a worker may send it again): what Novu will deliver is not known.
-        return CancelResult.DELIVERY_UNKNOWN, self.get_notification(notification_id, enterprise_id)
+        row = self.get_notification(notification_id, enterprise_id)
+        if row is not None:
+            self._refused(enterprise_id, row, "delivery_unknown")
+        return CancelResult.DELIVERY_UNKNOWN, row
 
     def retry_notification(
         self, notification_id: int, enterprise_id: uuid.UUID

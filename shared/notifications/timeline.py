@@ -92,11 +92,11 @@ class NewEvent:
 _APPEND = text(
     f"""
     INSERT INTO {TABLE} (enterprise_id, notification_id, kind, attempt, detail)
-    SELECT :enterprise_id, e.notification_id, e.kind, e.attempt, e.detail
+    SELECT e.enterprise_id, e.notification_id, e.kind, e.attempt, e.detail
     FROM unnest(
-        CAST(:ids AS bigint[]), CAST(:kinds AS text[]), CAST(:attempts AS integer[]),
-        CAST(:details AS jsonb[])
-    ) WITH ORDINALITY AS e(notification_id, kind, attempt, detail, ord)
+        CAST(:enterprises AS uuid[]), CAST(:ids AS bigint[]), CAST(:kinds AS text[]),
+        CAST(:attempts AS integer[]), CAST(:details AS jsonb[])
+    ) WITH ORDINALITY AS e(enterprise_id, notification_id, kind, attempt, detail, ord)
     ORDER BY e.ord
     """
 )
@@ -107,14 +107,22 @@ def append_events(
 ) -> None:
     """Append events of one enterprise's notifications, in order, in one statement, inside the
     caller's transaction (never commits). Details larger than MAX_DETAIL_CHARS are cut."""
+    append_events_across(connection, [(enterprise_id, event) for event in events])
+
+
+def append_events_across(
+    connection: Connection | Session, events: Sequence[tuple[uuid.UUID, NewEvent]]
+) -> None:
+    """`append_events` for the notifications of several enterprises at once, each event with
+    its enterprise: for system transactions (the reconciler), which see every enterprise."""
     if not events:
         return
     parameters = {
-        "enterprise_id": enterprise_id,
-        "ids": [e.notification_id for e in events],
-        "kinds": [str(e.kind) for e in events],
-        "attempts": [e.attempt for e in events],
-        "details": [detail_json(e.detail) for e in events],
+        "enterprises": [enterprise_id for enterprise_id, _ in events],
+        "ids": [e.notification_id for _, e in events],
+        "kinds": [str(e.kind) for _, e in events],
+        "attempts": [e.attempt for _, e in events],
+        "details": [detail_json(e.detail) for _, e in events],
     }
     connection.execute(_APPEND, parameters)
 

@@ -3,6 +3,10 @@
 A cancel of a row whose outcome is unknown (Novu may hold it) holds the row while it asks
 Novu (`hold_for_cancel`), then retracts or releases it (docs/architecture.md, "Cancel").
 
+Each transition appends its timeline event (timeline.py) in the caller's transaction:
+`retracted`, `retried`, and the reconciler's `lease.expired` and `failed`; the cancel's own
+events (`cancel.requested`, `cancel.refused`) are the service's.
+
 Every transition names the state it expects, so two actors (a worker and a cancel, two
 workers, a worker and the reconciler) can never both win (docs/architecture.md, guarantee 2).
 The delivery path's own statements (insert, claim, record an attempt) are in `repository`.
@@ -21,8 +25,11 @@ from sqlalchemy.orm import Session
 
 from shared.db.enums import NotificationStatus as S
 from shared.db.models import Notification
+from shared.notifications.timeline import Kind, NewEvent, append_events, append_events_across
 
 N = Notification
+
+LEASE_LOST_ON_LAST_ATTEMPT = "worker lease expired on the last attempt"
 
 
 # ORM UPDATE … RETURNING refreshes rows already in the session instead of keeping stale copies.
@@ -92,7 +99,11 @@ def _retract(
         )
         .returning(N)
     )
-    return _one_or_none(session, stmt)
+    row = _one_or_none(session, stmt)
+    if row is not None:
+        event = NewEvent(notification_id, Kind.RETRACTED, detail={"reason": reason})
+        append_events(session, enterprise_id, [event])
+    return row
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +200,10 @@ def requeue_failed(
         )
         .returning(N)
     )
-    return _one_or_none(session, stmt)
+    row = _one_or_none(session, stmt)
+    if row is not None:
+        append_events(session, enterprise_id, [NewEvent(notification_id, Kind.RETRIED)])
+    return row
 
 
 # (notification id, enterprise id): what a deliver message carries.
@@ -220,7 +234,8 @@ def _unknown_since() -> Any:
 def expire_leases(session: Session, *, max_attempts: int, limit: int) -> tuple[list[Target], int]:
     """PROCESSING rows whose worker died: back to PENDING (to be published again), or FAILED
     when their attempts are spent. Returns the rows to publish and the number failed. The
-    worker may have died after its call reached Novu: either way the outcome is unknown."""
+    worker may have died after its call reached Novu: either way the outcome is unknown. Each
+    row gets a `lease.expired` or `failed` event (one statement for all)."""
     expired = _lock_batch(
         (N.notification_status == S.PROCESSING, N.locked_until < func.now()),
         order_by=N.locked_until,
@@ -235,11 +250,11 @@ def expire_leases(session: Session, *, max_attempts: int, limit: int) -> tuple[l
             locked_until=None,
             outcome_unknown_at=_unknown_since(),
             error_details=func.jsonb_build_object(
-                "code", "attempts_exhausted", "message", "worker lease expired on the last attempt"
+                "code", "attempts_exhausted", "message", LEASE_LOST_ON_LAST_ATTEMPT
             ),
             updated_at=func.now(),
         )
-        .returning(N.id),
+        .returning(N.id, N.enterprise_id, N.attempts),
         execution_options={"synchronize_session": False},
     ).all()
     requeued = session.execute(
@@ -253,9 +268,19 @@ def expire_leases(session: Session, *, max_attempts: int, limit: int) -> tuple[l
             enqueued_at=func.now(),
             updated_at=func.now(),
         )
-        .returning(N.id, N.enterprise_id),
+        .returning(N.id, N.enterprise_id, N.attempts),
         execution_options={"synchronize_session": False},
     ).all()
+    unknown = {"outcomeUnknown": True}
+    lost = {"code": "attempts_exhausted", "message": LEASE_LOST_ON_LAST_ATTEMPT, **unknown}
+    append_events_across(
+        session,
+        [(r.enterprise_id, NewEvent(r.id, Kind.FAILED, r.attempts, lost)) for r in failed]
+        + [
+            (r.enterprise_id, NewEvent(r.id, Kind.LEASE_EXPIRED, r.attempts, unknown))
+            for r in requeued
+        ],
+    )
     return _targets(requeued), len(failed)
 
 

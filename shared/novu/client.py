@@ -187,10 +187,15 @@ def _result(
 
 
 def _header_context(response: httpx.Response) -> dict[str, Any]:
-    """What every result of one answer shares: the rate limit and whether it was a replay.
-    Read once per response: looking the headers up again for each of 100 events of a bulk
-    answer was a tenth of the worker's CPU in batched delivery."""
-    return {"rate_limit": parse_rate_limit(response.headers), "replayed": is_replay(response)}
+    """What every result of one answer shares: the rate limit, whether it was a replay, and its
+    HTTP status (the timeline shows it). Read once per response: looking the headers up again
+    for each of 100 events of a bulk answer was a tenth of the worker's CPU in batched
+    delivery."""
+    return {
+        "rate_limit": parse_rate_limit(response.headers),
+        "replayed": is_replay(response),
+        "status_code": response.status_code,
+    }
 
 
 def parse_trigger_response(response: httpx.Response, event: TriggerEvent) -> TriggerResult:

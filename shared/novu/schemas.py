@@ -123,6 +123,7 @@ class TriggerResult(BaseModel):
     # Filled from the HTTP response, not from Novu's JSON.
     rate_limit: RateLimit | None = Field(default=None, exclude=True)
     replayed: bool = Field(default=False, exclude=True)
+    status_code: int | None = Field(default=None, exclude=True)  # of the HTTP answer
 
     @property
     def processed(self) -> bool:

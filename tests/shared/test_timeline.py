@@ -4,12 +4,18 @@ row-level security, and append-only for enterprise transactions."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
+from shared.db.enums import NotificationStatus as S
+from shared.db.models import Notification
 from shared.db.session import transaction
+from shared.notifications import transitions
+from shared.notifications.repository import defer_pending
+from shared.notifications.service import CancelResult, NotificationService
 from shared.notifications.timeline import (
     EXCERPT_CHARS,
     MAX_DETAIL_CHARS,
@@ -19,7 +25,7 @@ from shared.notifications.timeline import (
     excerpt,
     list_events,
 )
-from tests.rows import insert_notification
+from tests.rows import claim, insert_notification, record
 
 
 def test_appended_events_read_back_oldest_first_in_keyset_pages(stack):
@@ -96,3 +102,186 @@ def test_details_and_excerpts_are_bounded(stack):
     assert long is not None and len(long) == EXCERPT_CHARS and long.endswith("…")
     assert excerpt({"a": 1}) == '{"a":1}'
     assert excerpt(None) is None
+
+
+def _kinds(enterprise: uuid.UUID, notification_id: int) -> list[tuple[str, int | None]]:
+    with transaction(enterprise) as session:
+        return [(e.kind, e.attempt) for e in list_events(session, enterprise, notification_id)]
+
+
+def _last(enterprise: uuid.UUID, notification_id: int) -> dict[str, Any]:
+    with transaction(enterprise) as session:
+        detail = list_events(session, enterprise, notification_id)[-1].detail
+    assert detail is not None
+    return detail
+
+
+def test_each_attempt_is_on_the_timeline_with_its_answer(stack):
+    enterprise = uuid.uuid4()
+    row = insert_notification(enterprise).notification_id
+    novu_503 = {"code": "novu_unavailable", "message": "Novu HTTP 503: down", "statusCode": 503}
+    with transaction(enterprise) as session:
+        assert claim(session, row, enterprise) is not None
+        assert record(
+            session,
+            enterprise,
+            row,
+            1,
+            S.PENDING,
+            error={**novu_503, "novu": {"message": "down " * 400}},
+            retry_in=0.0,
+            outcome_unknown=True,
+            call={"durationMs": 12},
+        )
+    failed = _last(enterprise, row)
+    assert failed["statusCode"] == 503 and failed["code"] == "novu_unavailable"
+    assert failed["answer"].startswith('{"message":"down down') and len(failed["answer"]) == 1024
+    assert failed["durationMs"] == 12 and failed["retryInSeconds"] == 0.0
+    assert failed["outcomeUnknown"] is True
+
+    answer = {"statusCode": 201, "answer": '{"acknowledged":true}', "durationMs": 3}
+    with transaction(enterprise) as session:
+        assert claim(session, row, enterprise) is not None
+        assert record(session, enterprise, row, 2, S.SENT, call=answer)
+    assert _kinds(enterprise, row) == [
+        ("accepted", None),
+        ("attempt.started", 1),
+        ("attempt.failed", 1),
+        ("attempt.started", 2),
+        ("sent", 2),
+    ]
+    assert _last(enterprise, row) == answer
+    with transaction(enterprise) as session:
+        started = list_events(session, enterprise, row)[1].detail
+    assert started is not None and started["worker"]["pid"] > 0
+
+
+def test_an_attempt_given_back_or_deferred_is_attempt_deferred(stack):
+    enterprise = uuid.uuid4()
+    row = insert_notification(enterprise).notification_id
+    throttled = {"code": "novu_rate_limited", "message": "Novu HTTP 429", "statusCode": 429}
+    with transaction(enterprise) as session:
+        claim(session, row, enterprise)
+        record(
+            session,
+            enterprise,
+            row,
+            1,
+            S.PENDING,
+            error=throttled,
+            retry_in=0.0,
+            attempt_used=False,
+        )
+        deferred = defer_pending(
+            session,
+            enterprise_id=enterprise,
+            notification_ids=[row],
+            delay=1.5,
+            by_message=True,
+            code="render_deferred",
+            why="wait for their enterprise's renders",
+        )
+    assert deferred == [row]
+    assert _kinds(enterprise, row)[1:] == [
+        ("attempt.started", 1),
+        ("attempt.deferred", 1),
+        ("attempt.deferred", 1),  # the same attempt, still not made
+    ]
+    assert _last(enterprise, row) == {
+        "code": "render_deferred",
+        "message": "wait for their enterprise's renders",
+        "delaySeconds": 1.5,
+    }
+
+
+def test_a_stale_attempt_records_no_event(stack):
+    enterprise = uuid.uuid4()
+    row = insert_notification(enterprise).notification_id
+    with transaction(enterprise) as session:
+        claim(session, row, enterprise)
+        assert not record(session, enterprise, row, 7, S.SENT)
+    assert [kind for kind, _ in _kinds(enterprise, row)] == ["accepted", "attempt.started"]
+
+
+def test_cancel_retract_and_retry_are_on_the_timeline(stack):
+    enterprise = uuid.uuid4()
+    pending = insert_notification(enterprise).notification_id
+    with transaction(enterprise) as session:
+        result, _ = NotificationService(session).cancel_notification(
+            pending,
+            enterprise,
+            reason="typo",
+            cancel_at_novu=lambda _: pytest.fail("a PENDING row never asks Novu"),
+            commit=lambda: None,  # the test's one transaction
+            hold_seconds=5,
+        )
+    assert result is CancelResult.RETRACTED
+    assert _kinds(enterprise, pending)[1:] == [("cancel.requested", None), ("retracted", None)]
+    assert _last(enterprise, pending) == {"reason": "typo"}
+
+    failed = insert_notification(enterprise).notification_id
+    with transaction(enterprise) as session:
+        claim(session, failed, enterprise)
+        record(session, enterprise, failed, 1, S.FAILED, error={"code": "novu_rejected"})
+    with transaction(enterprise) as session:
+        service = NotificationService(session)
+        result, _ = service.cancel_notification(
+            failed,
+            enterprise,
+            reason=None,
+            cancel_at_novu=lambda _: pytest.fail("a FAILED row never asks Novu"),
+            commit=lambda: None,  # the test's one transaction
+            hold_seconds=5,
+        )
+        assert result is CancelResult.INVALID_STATE
+        moved, _ = service.retry_notification(failed, enterprise)
+        assert moved
+    assert [kind for kind, _ in _kinds(enterprise, failed)][-4:] == [
+        "failed",
+        "cancel.requested",
+        "cancel.refused",
+        "retried",
+    ]
+    with transaction(enterprise) as session:
+        refused = list_events(session, enterprise, failed)[-2].detail
+    assert refused == {"code": "invalid_state", "status": "FAILED"}
+
+
+def test_a_sent_row_novu_already_delivered_is_cancel_refused(stack):
+    enterprise = uuid.uuid4()
+    row = insert_notification(enterprise).notification_id
+    with transaction(enterprise) as session:
+        claim(session, row, enterprise)
+        record(session, enterprise, row, 1, S.SENT)
+    with transaction(enterprise) as session:
+        result, _ = NotificationService(session).cancel_notification(
+            row,
+            enterprise,
+            reason=None,
+            cancel_at_novu=lambda _: False,
+            commit=lambda: None,  # the test's one transaction
+            hold_seconds=5,
+        )
+    assert result is CancelResult.ALREADY_DELIVERED
+    assert [kind for kind, _ in _kinds(enterprise, row)][-2:] == [
+        "cancel.requested",
+        "cancel.refused",
+    ]
+    assert _last(enterprise, row) == {"code": "already_delivered", "status": "SENT"}
+
+
+def test_the_reconciler_records_expired_leases(stack):
+    enterprise = uuid.uuid4()
+    again = insert_notification(enterprise).notification_id
+    last = insert_notification(enterprise).notification_id
+    with transaction(enterprise) as session:
+        claim(session, again, enterprise, lease_seconds=0)
+        claim(session, last, enterprise, lease_seconds=0)
+    with transaction() as session:  # the reconciler's system transaction
+        session.execute(update(Notification).where(Notification.id == last).values(attempts=4))
+        requeued, failed = transitions.expire_leases(session, max_attempts=4, limit=10_000)
+    assert (again, enterprise) in requeued and failed >= 1
+    assert _kinds(enterprise, again)[-1] == ("lease.expired", 1)
+    assert _last(enterprise, again) == {"outcomeUnknown": True}
+    assert _kinds(enterprise, last)[-1] == ("failed", 4)
+    assert _last(enterprise, last)["code"] == "attempts_exhausted"
