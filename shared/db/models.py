@@ -161,6 +161,12 @@ class Notification(AuditedRow, Base):
             "workflow_key",
             text("id DESC"),
         ),
+        # Retention (migration 0011): the finished rows, oldest first.
+        Index(
+            "ix_ent_notification_finished",
+            "created_at",
+            postgresql_where=text("notification_status IN ('SENT', 'FAILED', 'RETRACTED')"),
+        ),
         # Reconciler: PENDING rows not enqueued recently, PROCESSING rows whose lease ran out.
         Index(
             "ix_ent_notification_pending_enqueued",

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 REDELIVER_BELOW_QUEUE_DEPTH = 50
 
 
-@app.task(name=TaskName.RELEASE_DUE.value, acks_late=False)
+# Maintenance sends no task events: it ran every second and pushed the deliveries off
+# Flower's task list (what it did is in its log lines when it did something).
+@app.task(name=TaskName.RELEASE_DUE.value, acks_late=False, send_events=False)
 def release_due_notifications() -> int:
     """Publish PENDING rows that became due and were never published (scheduled, long retries)."""
     settings = get_settings()
@@ -36,7 +38,7 @@ def release_due_notifications() -> int:
     return publish_deliveries(rows)
 
 
-@app.task(name=TaskName.RECONCILE.value, acks_late=False)
+@app.task(name=TaskName.RECONCILE.value, acks_late=False, send_events=False)
 def reconcile() -> dict[str, int]:
     """Requeue PROCESSING rows whose lease ran out and republish PENDING rows nobody consumed."""
     settings = get_settings()

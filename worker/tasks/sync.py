@@ -29,7 +29,14 @@ SYNC_RETRY_BASE_SECONDS = 1.0
 SYNC_RETRY_CAP_SECONDS = 30.0
 
 
-@app.task(name=TaskName.NOVU_SYNC.value, bind=True, acks_late=False, max_retries=SYNC_MAX_RETRIES)
+# No task events: beat checks every minute, and Flower's task list is for deliveries.
+@app.task(
+    name=TaskName.NOVU_SYNC.value,
+    bind=True,
+    acks_late=False,
+    max_retries=SYNC_MAX_RETRIES,
+    send_events=False,
+)
 def novu_sync(self: Task, reason: str, force: bool = True) -> dict[str, Any]:
     """Sync Novu with the bridge's discover document (only when it changed, unless `force`)."""
     # A requested sync waits for one running (which may have read the workflows before this
