@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -149,6 +150,8 @@ def _child_env(settings: Settings, servers: list[EmbeddedServer]) -> dict[str, s
         elif isinstance(server, EmbeddedRedis):
             env["REDIS_URL"] = server.url
     env.setdefault("XNOVU_DATA_DIR", str(settings.data_dir.resolve()))
+    # The delivery log page's cookie key: a new one each run (its sessions end with the run).
+    env.setdefault("UI_SESSION_SECRET", secrets.token_urlsafe(32))
     env.setdefault("PYTHONUNBUFFERED", "1")
     if not settings.novu_api_url:
         # The emulator, like Novu, learns where our bridge is from the sync.
@@ -252,6 +255,7 @@ def _announce_when_ready(settings: Settings, env: dict[str, str], timeout: float
                 "",
                 "XNovu is running.",
                 f"  API          {api}   (OpenAPI docs: {api}/docs)",
+                f"  Delivery log {api}/ui/   (log in with the key below)",
                 f"  Flower       http://127.0.0.1:{settings.flower_port}",
                 f"  Novu         {novu}",
                 f"  Enterprise   {settings.dev_enterprise_id}",

@@ -119,13 +119,14 @@ def page_context(read: NotificationRead) -> dict[str, Any]:
 
 
 def history(session: Session, read: NotificationRead) -> dict[str, Any]:
-    """What happened to the notification: its timeline (the first TIMELINE_EVENTS events),
-    Novu's delivery events by channel and its status webhook attempts; None for what this
-    server does not record."""
+    """What happened to the notification: its timeline (the first TIMELINE_EVENTS events), and
+    from it Novu's delivery events (`delivery.*`) and its status webhook attempts
+    (`webhook.*`)."""
     events = timeline.list_events(session, read.enterprise_id, read.id, limit=TIMELINE_EVENTS + 1)
+    shown = events[:TIMELINE_EVENTS]
     return {
-        "timeline": events[:TIMELINE_EVENTS],
+        "timeline": shown,
         "timeline_more": len(events) > TIMELINE_EVENTS,
-        "delivery": None,
-        "webhooks": None,
+        "delivery_events": [e for e in shown if e.kind.startswith("delivery.")],
+        "webhook_events": [e for e in shown if e.kind.startswith("webhook.")],
     }
