@@ -161,6 +161,10 @@ def test_services_connect_as_a_role_that_owns_nothing_and_migrations_as_the_owne
         "CREATE SCHEMA smuggled",
         "CREATE TABLE public.smuggled (id int)",
         "TRUNCATE notify.ent_notification",
+        # The timeline is append-only (migration 0007).
+        "UPDATE notify.ent_notification_event SET kind = 'sent'",
+        "DELETE FROM notify.ent_notification_event",
+        "TRUNCATE notify.ent_notification_event",
         "SET ROLE xnovu_owner",
         "ALTER ROLE xnovu_service SUPERUSER",
         "COPY (SELECT 1) TO PROGRAM 'true'",
