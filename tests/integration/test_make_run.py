@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,6 +76,7 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
         banner = "".join(log)
         api = f"http://127.0.0.1:{ports['API_PORT']}"
         assert f"{api}" in banner and "curl -s -X POST" in banner
+        assert f"{api}/ui/" in banner  # the delivery log page
         key = next(line.split()[-1] for line in log if "API key" in line)
 
         response = httpx.post(
@@ -146,6 +148,18 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
         by_step = {m["stepId"]: m["outputs"] for m in messages}
         assert by_step["email"]["subject"] == "[HIGH] Building b-789: HVAC failure"
         assert by_step["in_app"]["body"] == "High alert: HVAC failure"
+
+        # The delivery log page: log in with the printed key, find the notification's timeline.
+        with httpx.Client(base_url=api, follow_redirects=True) as browser:
+            form = browser.get("/ui/login").text
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form)
+            assert csrf, form
+            listed = browser.post("/ui/login", data={"csrf": csrf[1], "api_key": key})
+            assert listed.url.path == "/ui/notifications", listed.text
+            assert f'href="/ui/notifications/{accepted["notificationId"]}"' in listed.text
+            page = browser.get(f"/ui/notifications/{accepted['notificationId']}").text
+            assert 'id="status">SENT<' in page
+            assert '<td class="kind">sent</td>' in page
 
         flower = f"http://127.0.0.1:{ports['FLOWER_PORT']}"
         deadline = time.monotonic() + 30
