@@ -25,6 +25,7 @@ from api.routes import (
     templates,
     trigger,
     trigger_bulk,
+    webhooks,
     workflows,
 )
 from api.ui import auth as ui_auth
@@ -81,6 +82,7 @@ def create_app() -> FastAPI:
     app.include_router(templates.router)
     app.include_router(workflows.router)
     app.include_router(stats.router)
+    app.include_router(webhooks.router)
     app.include_router(novu_bridge.router)
     # The delivery log page (/ui/): HTML over the same routes and services.
     app.include_router(ui_auth.router)

@@ -109,6 +109,28 @@ def keys_revoke(key_id: int) -> None:
 
 
 @main.group()
+def health() -> None:
+    """Health checks for process supervisors (exit status 0 when healthy, else 1)."""
+
+
+@health.command("beat")
+def health_beat() -> None:
+    """Beat ticked within the last 30 s (its heartbeat in Redis, shared/heartbeat.py)."""
+    from shared.heartbeat import BEAT_STALE_SECONDS, read_beat
+
+    state = read_beat(get_settings().require_redis_url())
+    if state.error is not None:
+        raise click.ClickException(f"beat's heartbeat cannot be read: {state.error}")
+    if state.age is None:
+        raise click.ClickException("beat has not ticked (no heartbeat in Redis)")
+    if not state.alive:
+        raise click.ClickException(
+            f"beat last ticked {state.age:.0f} s ago (over {BEAT_STALE_SECONDS:.0f} s)"
+        )
+    click.echo(f"beat ticked {state.age:.1f} s ago")
+
+
+@main.group()
 def novu() -> None:
     """Talk to Novu."""
 

@@ -31,11 +31,17 @@ class TaskName(enum.StrEnum):
     RECONCILE = "xnovu.reconcile"
     RELEASE_DUE = "xnovu.release_due_notifications"
     NOVU_SYNC = "xnovu.novu_sync"
+    DISPATCH_WEBHOOKS = "xnovu.dispatch_webhooks"
+    DELIVER_WEBHOOKS = "xnovu.deliver_webhooks"
 
 
 class QueueName(enum.StrEnum):
     DELIVER = "xnovu.deliver"
     MAINTENANCE = "xnovu.maintenance"
+    # Status webhooks to enterprises, consumed by workers of their own so that a slow endpoint
+    # never holds a process that delivers notifications (docs/architecture.md, "Status
+    # webhooks").
+    WEBHOOKS = "xnovu.webhooks"
 
 
 TASK_QUEUES: dict[TaskName, QueueName] = {
@@ -44,6 +50,8 @@ TASK_QUEUES: dict[TaskName, QueueName] = {
     TaskName.RECONCILE: QueueName.MAINTENANCE,
     TaskName.RELEASE_DUE: QueueName.MAINTENANCE,
     TaskName.NOVU_SYNC: QueueName.MAINTENANCE,
+    TaskName.DISPATCH_WEBHOOKS: QueueName.MAINTENANCE,
+    TaskName.DELIVER_WEBHOOKS: QueueName.WEBHOOKS,
 }
 
 
@@ -253,3 +261,16 @@ def publish_deliver_batch(
         log.warning("publish failed for a batch of %d notifications: %s", len(ids), exc)
         return ids
     return []
+
+
+def publish_webhook_deliveries(claims: Sequence[Sequence[Any]]) -> bool:
+    """Publish one deliver_webhooks(enterprise, endpoint, claim) message per claim; False when
+    the broker refused them (their leases run out and the next dispatch claims them again)."""
+    if not claims:
+        return True
+    try:
+        _send([(TaskName.DELIVER_WEBHOOKS, list(args)) for args in claims], None)
+    except Exception as exc:
+        log.warning("publish failed for %d webhook claims: %s", len(claims), exc)
+        return False
+    return True

@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_ENTERPRISE_ID = uuid.UUID("00000000-0000-0000-0000-000000000001")
 DEV_API_KEY = "xnk_dev_0000000000000000000000000000000000000001"
@@ -159,6 +160,48 @@ class Settings(BaseSettings):
     # enterprise at most): the rest are kept for enterprises whose renders are fast.
     render_slow_lanes: int = Field(default=1, ge=1, alias="RENDER_SLOW_LANES")
 
+    # Status webhooks to enterprises (docs/architecture.md, "Status webhooks"). Endpoints on
+    # private, loopback, link-local or reserved addresses are refused (at registration and at
+    # each delivery) unless this is true: tests and `make run` set it for their local receivers.
+    webhook_allow_private_networks: bool = Field(
+        default=False, alias="WEBHOOK_ALLOW_PRIVATE_NETWORKS"
+    )
+    webhook_max_endpoints_per_enterprise: int = Field(
+        default=20, ge=1, le=1000, alias="WEBHOOK_MAX_ENDPOINTS_PER_ENTERPRISE"
+    )
+    # Seconds to wait after each failed attempt (comma-separated); when they are used up the
+    # message is failed. Svix's schedule: about 27 hours of retries.
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default=[5, 300, 1800, 7200, 18000, 36000, 36000], alias="WEBHOOK_RETRY_SCHEDULE"
+    )
+    webhook_connect_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=30, alias="WEBHOOK_CONNECT_TIMEOUT_SECONDS"
+    )
+    # The whole request (resolve, connect, send, answer) of one attempt.
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=60, alias="WEBHOOK_TIMEOUT_SECONDS"
+    )
+    # Tasks delivering to one endpoint at once, so one slow endpoint holds at most this many of
+    # the webhook workers' threads; and messages per task, sent one after another.
+    webhook_max_in_flight_per_endpoint: int = Field(
+        default=2, ge=1, le=50, alias="WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT"
+    )
+    webhook_batch_size: int = Field(default=20, ge=1, le=500, alias="WEBHOOK_BATCH_SIZE")
+    # A task starts no attempt after this long: it hands the rest of its batch back.
+    webhook_task_seconds: float = Field(default=30.0, gt=0, alias="WEBHOOK_TASK_SECONDS")
+    # How often beat hands due messages to the webhook workers.
+    webhook_dispatch_interval_seconds: float = Field(
+        default=1.0, gt=0, alias="WEBHOOK_DISPATCH_INTERVAL_SECONDS"
+    )
+    # An endpoint is disabled when every attempt has failed for this long, or when this many
+    # messages in a row ran out of retries.
+    webhook_disable_after_seconds: float = Field(
+        default=5 * 24 * 3600, gt=0, alias="WEBHOOK_DISABLE_AFTER_SECONDS"
+    )
+    webhook_disable_after_failed_messages: int = Field(
+        default=50, ge=1, alias="WEBHOOK_DISABLE_AFTER_FAILED_MESSAGES"
+    )
+
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 
     @field_validator("operator_token", "ui_session_secret", mode="before")
@@ -167,6 +210,19 @@ class Settings(BaseSettings):
         # Empty (a compose `${VAR:-}`, a blanked .env line) means unset: no operator credential,
         # no delivery log page.
         return None if value == "" else value
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _retry_schedule(cls, value: object) -> object:
+        # "5,300,1800" in the environment; each delay a positive number of seconds.
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            if not value or len(value) > 20:
+                raise ValueError("between 1 and 20 delays")
+            if any(float(delay) <= 0 for delay in value):
+                raise ValueError("each delay must be more than 0 seconds")
+        return value
 
     @property
     def effective_novu_api_url(self) -> str:

@@ -44,6 +44,12 @@ TEST_TIMINGS = {
     # Likewise for failed authentication (tests/api/test_auth_failures.py tests it).
     "AUTH_FAILURES_PER_SECOND": "100000",
     "AUTH_FAILURE_BURST": "100000",
+    # Status webhooks go to receivers on 127.0.0.1, retried within seconds.
+    "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
+    "WEBHOOK_RETRY_SCHEDULE": "0.5,0.5,1,1",
+    "WEBHOOK_DISPATCH_INTERVAL_SECONDS": "0.2",
+    "WEBHOOK_TIMEOUT_SECONDS": "3",
+    "WEBHOOK_DISABLE_AFTER_FAILED_MESSAGES": "3",
     "LOG_LEVEL": "WARNING",
 }
 
@@ -190,10 +196,19 @@ def api_process(stack: Stack, name: str, port: int | None = None, **env: str) ->
 class Worker:
     """A real `celery worker` (and `celery beat`) process against the test stack."""
 
-    def __init__(self, stack: Stack, name: str = "worker", concurrency: int = 2) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        name: str = "worker",
+        concurrency: int = 2,
+        queues: str = "xnovu.deliver,xnovu.maintenance",
+        pool: str = "prefork",
+    ) -> None:
         self.stack = stack
         self.name = name
         self.concurrency = concurrency
+        self.queues = queues
+        self.pool = pool
         self.proc: subprocess.Popen[bytes] | None = None
         self.beat: subprocess.Popen[bytes] | None = None
         self.log = stack.tmp / f"{name}.log"
@@ -211,8 +226,9 @@ class Worker:
                 "--loglevel=INFO",
                 "-E",
                 f"--concurrency={self.concurrency}",
+                f"--pool={self.pool}",
                 "-Q",
-                "xnovu.deliver,xnovu.maintenance",
+                self.queues,
                 f"--hostname={hostname}",
                 "--without-mingle",
                 "--without-gossip",
@@ -295,6 +311,16 @@ def worker(stack: Stack, novu_emulator: str, bridge_process: BridgeApi) -> Itera
         30,
         f"the worker's first Novu sync (log: {w.log})",
     )
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="session")
+def webhook_worker(worker: Worker) -> Iterator[Worker]:
+    """The status webhooks' worker (its own queue and threads, as `make run` starts it); the
+    `worker` fixture's beat dispatches to it."""
+    w = Worker(worker.stack, "webhooks", concurrency=8, queues="xnovu.webhooks", pool="threads")
+    w.start(with_beat=False)
     yield w
     w.stop()
 

@@ -20,6 +20,8 @@ app = Celery(
     include=["worker.tasks.deliver", "worker.tasks.maintenance", "worker.tasks.sync"],
 )
 app.conf.update(celery_config(settings))
+# Beat's own scheduler, with a heartbeat /readyz and `xnovu health beat` read (worker/beat.py).
+app.conf.beat_scheduler = "worker.beat:HeartbeatScheduler"
 app.conf.beat_schedule = {
     "reconcile": {
         "task": TaskName.RECONCILE.value,

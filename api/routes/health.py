@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from shared.db.session import get_engine
+from shared.heartbeat import read_beat
 from shared.settings import get_settings
 
 router = APIRouter(tags=["health"])
@@ -23,8 +24,9 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "A dependency is unavailable"}})
 def readyz() -> JSONResponse:
-    """Ready when PostgreSQL answers; Redis is reported but not required, since triggers are
-    accepted while it is down and published when it returns."""
+    """Ready when PostgreSQL answers. The broker (Redis) and beat's last tick are reported
+    but not required: triggers are accepted while either is down, and published or released
+    when it returns."""
     checks: dict[str, Any] = {}
     try:
         with get_engine().connect() as conn:
@@ -41,6 +43,7 @@ def readyz() -> JSONResponse:
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"unavailable: {type(exc).__name__}"
+    checks["beat"] = read_beat(get_settings().require_redis_url()).as_json()
     ready = checks["database"] == "ok"
     return JSONResponse(
         {"status": "ok" if ready else "unavailable", "checks": checks},

@@ -318,3 +318,118 @@ class NovuSyncRun(Base):
     discover_hash: Mapped[str] = mapped_column(Text, nullable=False)
     workflow_keys: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class WebhookEndpoint(Base):
+    """An enterprise's receiver of status webhooks (docs/architecture.md, "Status webhooks").
+
+    `secret` is kept in clear, as Svix keeps its endpoints' secrets: signing needs it, and the
+    row is the enterprise's own (row-level security); the API shows it only when it is made.
+    `previous_secret` still signs until `previous_secret_expires_at` after a rotation.
+    `failing_since` (first failed attempt since the last success) and `consecutive_failures`
+    (messages given up in a row) decide when the workers disable it."""
+
+    __tablename__ = "webhook_endpoint"
+    __table_args__ = (
+        Index(None, "enterprise_id", "id"),
+        CheckConstraint("char_length(url) <= 2048", name="url_length"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    enterprise_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    event_types: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(Text, nullable=False)
+    previous_secret: Mapped[str | None] = mapped_column(Text)
+    previous_secret_expires_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime(timezone=True)
+    )
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    failing_since: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    consecutive_failures: Mapped[int] = mapped_column(
+        Integer, nullable=False, server_default=text("0")
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )
+
+
+class WebhookMessage(Base):
+    """One event for one endpoint: the outbox row the workers deliver, with a stable `msg_id`
+    (the `webhook-id` header of every attempt) and its retry state."""
+
+    __tablename__ = "webhook_message"
+    __table_args__ = (
+        UniqueConstraint("msg_id"),
+        CheckConstraint(
+            "status IN ('pending', 'delivered', 'failed')", name="status_known"
+        ),
+        # The dispatcher: an endpoint's due messages, oldest first.
+        Index(
+            "ix_webhook_message_pending_due",
+            "endpoint_id",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        # The dispatcher's in-flight count: messages a task holds.
+        Index(
+            "ix_webhook_message_claimed",
+            "endpoint_id",
+            "claim_id",
+            postgresql_where=text("claim_id IS NOT NULL"),
+        ),
+        Index(None, "enterprise_id", "notification_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    msg_id: Mapped[str] = mapped_column(Text, nullable=False)
+    enterprise_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    endpoint_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("webhook_endpoint.id", ondelete="CASCADE"), nullable=False
+    )
+    event_type: Mapped[str] = mapped_column(Text, nullable=False)
+    notification_id: Mapped[int | None] = mapped_column(BigInteger)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    claim_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookAttempt(Base):
+    """One HTTP request of a webhook message: what the endpoint answered, or why it could not."""
+
+    __tablename__ = "webhook_attempt"
+    __table_args__ = (
+        Index(None, "enterprise_id", "endpoint_id", text("id DESC")),
+        Index(None, "message_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    enterprise_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    endpoint_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("webhook_endpoint.id", ondelete="CASCADE"), nullable=False
+    )
+    message_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("webhook_message.id", ondelete="CASCADE"), nullable=False
+    )
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    attempted_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    duration_ms: Mapped[int] = mapped_column(Integer, nullable=False)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    succeeded: Mapped[bool] = mapped_column(Boolean, nullable=False)

@@ -1,0 +1,2 @@
+"""Status webhooks to enterprises: endpoints, the outbox, signing and delivery
+(docs/architecture.md, "Status webhooks")."""
