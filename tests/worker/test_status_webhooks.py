@@ -53,14 +53,14 @@ class Receiver:
 
 @pytest.fixture()
 def receiver() -> Iterator[Receiver]:
-    yield from _serve()
+    yield from _serve(Receiver())
 
 
-def _serve() -> Iterator[Receiver]:
-    state = Receiver()
+def _serve(state: Receiver, port: int = 0) -> Iterator[Receiver]:
+    """Run `state`'s receiver (on `port`, or a free one) until the generator is closed."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
             with state.lock:
                 state.requests.append(
@@ -77,7 +77,7 @@ def _serve() -> Iterator[Receiver]:
         def log_message(self, *_: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port or free_port()), Handler)
     server.daemon_threads = True
     state.url = f"http://localhost:{server.server_address[1]}/hooks"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -198,9 +198,8 @@ def test_a_closed_port_is_retried_until_it_listens(client, tenant, worker, webho
     _wait(lambda: _attempts(client, tenant, endpoint["id"]), what="a first attempt")
     first = _attempts(client, tenant, endpoint["id"])[0]
     assert first["statusCode"] is None and first["error"] and first["messageStatus"] == "pending"
-    late = Receiver()
-    gen = _serve_on(late, port)
-    next(gen)
+    gen = _serve(Receiver(), port)
+    late = next(gen)
     try:
         [got] = _wait(lambda: _for(late, accepted["notificationId"]), what="the late webhook")
         Webhook(endpoint["secret"]).verify(got.body, got.headers)
@@ -208,35 +207,9 @@ def test_a_closed_port_is_retried_until_it_listens(client, tenant, worker, webho
         gen.close()
 
 
-def _serve_on(state: Receiver, port: int) -> Iterator[Receiver]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers.get("content-length", "0")))
-            with state.lock:
-                state.requests.append(
-                    Received({k.lower(): v for k, v in self.headers.items()}, body)
-                )
-            self.send_response(200)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_another_enterprise_never_sees_the_events(client, tenant, worker, webhook_worker, receiver):
     other = make_tenant()
-    theirs = Receiver()
-    gen = _serve()
+    gen = _serve(Receiver())
     theirs = next(gen)
     try:
         _register(client, tenant, receiver.url)
@@ -257,7 +230,7 @@ def test_another_enterprise_never_sees_the_events(client, tenant, worker, webhoo
 
 def test_only_subscribed_event_types_are_sent(client, tenant, worker, webhook_worker, receiver):
     _register(client, tenant, receiver.url, types=("notification.failed",))
-    other_receiver = _serve()
+    other_receiver = _serve(Receiver())
     sent_hooks = next(other_receiver)
     try:
         _register(client, tenant, sent_hooks.url, types=("notification.sent",))
@@ -316,7 +289,7 @@ def test_a_slow_endpoint_delays_neither_delivery_nor_other_enterprises(
     _register(client, tenant, receiver.url)
     baseline = [_latency_to_webhook(client, tenant, receiver) for _ in range(3)]
     slow_tenant = make_tenant()
-    slow_gen = _serve()
+    slow_gen = _serve(Receiver())
     slow = next(slow_gen)
     slow.delay = 2.5  # under WEBHOOK_TIMEOUT_SECONDS (3 s in tests): slow, not failing
     try:
