@@ -10,14 +10,19 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 
 from shared.db.session import reset_engine
 from shared.novu.sync import PERIODIC_CHECK, request_sync
-from shared.queue import TaskName, celery_config
+from shared.queue import QueueName, TaskName, celery_config
 from shared.settings import get_settings
 
 settings = get_settings()
 
 app = Celery(
     "xnovu",
-    include=["worker.tasks.deliver", "worker.tasks.maintenance", "worker.tasks.sync"],
+    include=[
+        "worker.tasks.deliver",
+        "worker.tasks.maintenance",
+        "worker.tasks.sync",
+        "worker.tasks.webhooks",
+    ],
 )
 app.conf.update(celery_config(settings))
 # Beat's own scheduler, with a heartbeat /readyz and `xnovu health beat` read (worker/beat.py).
@@ -42,6 +47,13 @@ app.conf.beat_schedule = {
         "args": (PERIODIC_CHECK, False),
         "options": {"expires": settings.novu_sync_check_seconds},
     },
+    # Hands due status webhooks to the webhook workers (docs/architecture.md, "Status
+    # webhooks").
+    "dispatch-webhooks": {
+        "task": TaskName.DISPATCH_WEBHOOKS.value,
+        "schedule": settings.webhook_dispatch_interval_seconds,
+        "options": {"expires": max(5.0, settings.webhook_dispatch_interval_seconds * 5)},
+    },
 }
 
 
@@ -52,8 +64,13 @@ def _fresh_connections(**_: Any) -> None:
 
 
 @worker_ready.connect
-def _sync_novu(**_: Any) -> None:
-    # Novu may be new, or have lost our workflows: whatever it knows, tell it again.
+def _sync_novu(sender: Any = None, **_: Any) -> None:
+    # Novu may be new, or have lost our workflows: whatever it knows, tell it again. Only a
+    # worker of the delivery queues asks (not the status webhooks' workers).
+    consumed = getattr(getattr(sender, "app", None), "amqp", None)
+    queues = set(consumed.queues.consume_from) if consumed is not None else set()
+    if queues and QueueName.DELIVER.value not in queues:
+        return
     request_sync("worker start")
 
 
