@@ -290,3 +290,50 @@ def test_a_service_key_logs_in_for_the_enterprise_it_names(
     response = _login(browser, service.api_key, enterprise_id=str(tenant.enterprise_id))
     assert response.status_code == 303
     assert browser.get(f"/ui/notifications/{nid}").status_code == 200
+
+
+def test_retry_of_a_failed_row_from_the_page(
+    client: TestClient, browser: TestClient, tenant: Tenant
+) -> None:
+    from sqlalchemy import update
+
+    from shared.db.enums import NotificationStatus
+    from shared.db.models import Notification
+    from shared.db.session import transaction
+
+    nid = _scheduled(client, tenant)
+    with transaction() as session:
+        session.execute(
+            update(Notification)
+            .where(Notification.id == nid)
+            .values(notification_status=NotificationStatus.FAILED)
+        )
+    _logged_in(browser, tenant)
+    page = browser.get(f"/ui/notifications/{nid}")
+    assert 'value="retry"' in page.text and 'value="cancel"' not in page.text
+    done = browser.post(
+        f"/ui/notifications/{nid}/retry", data={"csrf": _csrf(page.text)}, follow_redirects=False
+    )
+    assert done.headers["location"] == f"/ui/notifications/{nid}?flash=retried"
+    shown = browser.get(done.headers["location"])
+    assert "Retried: the notification is PENDING again" in shown.text
+    assert '<td class="kind">retried</td>' in shown.text
+    row = client.get(f"/api/notifications/{nid}", headers=tenant.headers).json()
+    assert row["notification_status"] == "PENDING"
+
+
+def test_without_a_secret_the_page_is_off(
+    browser: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.ui import auth
+    from shared.settings import get_settings
+
+    monkeypatch.setattr(get_settings(), "ui_session_secret", None)
+    auth._signer_from_settings.cache_clear()
+    try:
+        response = browser.get("/ui/login")
+    finally:
+        monkeypatch.undo()
+        auth._signer_from_settings.cache_clear()
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "ui_disabled"
