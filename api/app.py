@@ -18,6 +18,7 @@ from api.metrics import MetricsMiddleware
 from api.metrics import router as metrics_router
 from api.openapi import install_openapi
 from api.routes import (
+    batches,
     health,
     notifications,
     novu_bridge,
@@ -79,6 +80,7 @@ def create_app() -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(trigger_bulk.router)
     app.include_router(notifications.router)
+    app.include_router(batches.router)
     app.include_router(templates.router)
     app.include_router(workflows.router)
     app.include_router(stats.router)

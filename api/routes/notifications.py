@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from api.deps import EnterpriseDep, SessionDep
 from api.errors import ApiError, not_found
@@ -20,6 +21,7 @@ from api.schemas.notifications import (
 )
 from shared.db.enums import NotificationStatus
 from shared.notifications.publisher import publish_enterprise
+from shared.notifications.schemas import SUBSCRIBER_ID_PATTERN
 from shared.notifications.service import CancelResult, NotificationService
 from shared.notifications.timeline import list_events
 from shared.novu.budget import METERED_WAIT_SECONDS, metered_call
@@ -58,16 +60,40 @@ def list_notifications(
         list[Annotated[str, Field(min_length=1, max_length=100)]] | None,
         Query(max_length=20, description="only notifications carrying every tag given"),
     ] = None,
+    transactionId: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+    recipient: Annotated[
+        str | None,
+        Query(
+            max_length=255,
+            pattern=SUBSCRIBER_ID_PATTERN,
+            description="a subscriberId or topicKey among the notification's recipients",
+        ),
+    ] = None,
+    batchId: Annotated[uuid.UUID | None, Query(description="a bulk request's batchId")] = None,
+    createdAfter: Annotated[
+        AwareDatetime | None, Query(description="created at or after (ISO 8601 with offset)")
+    ] = None,
+    createdBefore: Annotated[
+        AwareDatetime | None, Query(description="created before (ISO 8601 with offset)")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> NotificationPage:
-    """Newest first, in keyset pages: pass `nextCursor` back as `cursor` for the next page."""
+    """Newest first, in keyset pages: pass `nextCursor` back as `cursor`, with the same
+    filters, for the next page. Filters combine (every one must match)."""
+    if createdAfter is not None and createdBefore is not None and createdAfter > createdBefore:
+        raise ApiError(422, "invalid_range", "createdAfter must not be later than createdBefore")
     limit = min(limit, get_settings().max_page_size)
     rows = NotificationService(session).list_notifications(
         enterprise_id,
         status=status,
         workflow_key=workflowId,
         tags=tag,
+        transaction_id=transactionId,
+        recipient=recipient,
+        batch_id=batchId,
+        created_after=createdAfter,
+        created_before=createdBefore,
         limit=limit + 1,
         before_id=_decode_cursor(cursor) if cursor else None,
     )

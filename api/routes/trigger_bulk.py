@@ -53,7 +53,9 @@ async def trigger_bulk(
 ) -> BulkTriggerResponse:
     """Accept up to 1,000 triggers: each result is `accepted` (recorded as PENDING before this
     answers) or `rejected` with the status and error a single trigger would have answered;
-    503 when the database is unavailable and nothing was recorded."""
+    503 when the database is unavailable and nothing was recorded. `batchId` names the
+    notifications this request created (`GET /api/batches/{batchId}`)."""
+    batch_id = uuid.uuid4()
     results: dict[int, BulkEventResult] = {}
     triggers: list[intake.Trigger] = []
     for index, raw in enumerate(body.events):
@@ -63,13 +65,17 @@ async def trigger_bulk(
             problem = "the event is invalid"
             results[index] = _rejected(index, 422, "validation_error", problem, _details(exc))
             continue
-        triggers.append(intake.Trigger(event, event.idempotencyKey, index))
+        triggers.append(intake.Trigger(event, event.idempotencyKey, index, batch_id))
 
     outcomes = await intake.accept(triggers, principal=principal, enterprise_id=x_enterprise_id)
     recorded = any(isinstance(outcome, intake.Accepted) for outcome in outcomes)
+    # Whether a notification carries this request's batchId: replayed events keep the batch of
+    # the request that created them, and one naming a recorded notificationId creates none.
+    created = False
     for trigger, outcome in zip(triggers, outcomes, strict=True):
         if isinstance(outcome, intake.Accepted):
             results[trigger.index] = _accepted(outcome)
+            created = created or not (outcome.replayed or trigger.request.notificationId)
             continue
         error = api_error_of(outcome)
         if error is None:
@@ -82,7 +88,12 @@ async def trigger_bulk(
 
     ordered = [results[index] for index in range(len(body.events))]
     accepted = sum(1 for result in ordered if result.result == "accepted")
-    return BulkTriggerResponse(accepted=accepted, rejected=len(ordered) - accepted, results=ordered)
+    return BulkTriggerResponse(
+        batchId=batch_id if created else None,
+        accepted=accepted,
+        rejected=len(ordered) - accepted,
+        results=ordered,
+    )
 
 
 def _accepted(accepted: intake.Accepted) -> BulkEventResult:

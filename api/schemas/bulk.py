@@ -61,6 +61,9 @@ class BulkEventResult(BaseModel):
 
 
 class BulkTriggerResponse(BaseModel):
+    # The notifications this request created carry it (GET /api/batches/{batchId}); null when
+    # it created none (every event rejected or replayed).
+    batchId: uuid.UUID | None
     accepted: int
     rejected: int
     results: list[BulkEventResult]

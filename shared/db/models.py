@@ -161,6 +161,15 @@ class Notification(AuditedRow, Base):
             "workflow_key",
             text("id DESC"),
         ),
+        # Lookups by created-at range and by batch (migration 0010; recipients and tags:
+        # NotificationKey).
+        Index("ix_ent_notification_enterprise_created", "enterprise_id", "created_at"),
+        Index(
+            "ix_ent_notification_enterprise_batch",
+            "enterprise_id",
+            "batch_id",
+            postgresql_where=text("batch_id IS NOT NULL"),
+        ),
         # Retention (migration 0011): the finished rows, oldest first.
         Index(
             "ix_ent_notification_finished",
@@ -224,6 +233,8 @@ class Notification(AuditedRow, Base):
     outcome_unknown_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     # Channels rendered with default content because their template was missing.
     render_fallbacks: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    # The bulk request that created it (its `batchId`); NULL for a single trigger.
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
 
 
 class NotificationEvent(Base):
@@ -250,6 +261,29 @@ class NotificationEvent(Base):
     kind: Mapped[str] = mapped_column(Text, nullable=False)
     attempt: Mapped[int | None] = mapped_column(Integer)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+class NotificationKey(Base):
+    """A recipient (`r:<subscriberId or topicKey>`) or tag (`t:<tag>`) of a notification, for
+    lookups by either: a b-tree that row-level security lets PostgreSQL use, newest first.
+    Kept by triggers on ent_notification (inserted with each notification, deleted with it),
+    never by the service (migration 0010)."""
+
+    __tablename__ = "ent_notification_key"
+
+    enterprise_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    notification_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+
+    @staticmethod
+    def of_recipient(recipient: str) -> str:
+        """The key of a subscriberId or topicKey among a notification's recipients."""
+        return f"r:{recipient}"
+
+    @staticmethod
+    def of_tag(tag: str) -> str:
+        """The key of a notification's tag."""
+        return f"t:{tag}"
 
 
 class RegistryGeneration(Base):

@@ -69,11 +69,13 @@ _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 @dataclass(frozen=True, slots=True)
 class Trigger:
-    """One trigger to accept: its body, its Idempotency-Key, its position in its request."""
+    """One trigger to accept: its body, its Idempotency-Key, its position in its request, and
+    the batchId of the bulk request it came in (recorded on its row)."""
 
     request: TriggerRequest
     idempotency_key: str | None = None
     index: int = 0
+    batch_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +256,7 @@ def check(
         scheduled_for=request.scheduledFor,
         idempotency_key=trigger.idempotency_key,
         request_fingerprint=_fingerprint(request, enterprise_id, trigger.idempotency_key),
+        batch_id=trigger.batch_id,
     )
     return enterprise_id, notification
 

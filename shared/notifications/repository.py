@@ -86,6 +86,7 @@ class NewNotification:
     idempotency_key: str | None = None
     request_fingerprint: str | None = None
     recipient_objects: list[Any] | None = None
+    batch_id: uuid.UUID | None = None  # the bulk request's batchId
 
 
 class RecordResult(enum.StrEnum):
@@ -121,7 +122,8 @@ _INSERT = f"""
     INSERT INTO {TABLE} (
         enterprise_id, name, workflow_key, notification_workflow_id, notification_status,
         payload, recipients, overrides, tags, transaction_id, scheduled_for,
-        idempotency_key, request_fingerprint, enqueued_at, created_by, recipient_objects
+        idempotency_key, request_fingerprint, enqueued_at, created_by, recipient_objects,
+        batch_id
     )
     SELECT
         %(enterprise_id)s, r.v->>0, r.v->>0, CAST(r.v->>1 AS bigint), 'PENDING',
@@ -131,7 +133,7 @@ _INSERT = f"""
              THEN ARRAY(SELECT jsonb_array_elements_text(r.v->5)) END,
         r.v->>6, CAST(r.v->>7 AS timestamptz), r.v->>8, r.v->>9,
         CASE WHEN CAST(r.v->>10 AS boolean) THEN now() END, %(created_by)s,
-        NULLIF(r.v->11, 'null')
+        NULLIF(r.v->11, 'null'), CAST(r.v->>12 AS uuid)
     FROM jsonb_array_elements(CAST(%(rows)s AS jsonb)) WITH ORDINALITY AS r(v, ord)
     ORDER BY r.ord
     ON CONFLICT (enterprise_id, idempotency_key) DO NOTHING
@@ -250,7 +252,8 @@ def _existing_by_key(
 
 def _rows_document(items: Sequence[NewNotification], transaction_ids: Sequence[str]) -> str:
     """The rows to insert as `[[workflow_key, workflow_id, payload, recipients, overrides, tags,
-    transaction_id, scheduled_for, idempotency_key, fingerprint, due, recipient_objects], ...]`;
+    transaction_id, scheduled_for, idempotency_key, fingerprint, due, recipient_objects,
+    batch_id], ...]`;
     a due row is stamped enqueued_at, as its delivery is published right after commit."""
     return json_text(
         [
@@ -267,6 +270,7 @@ def _rows_document(items: Sequence[NewNotification], transaction_ids: Sequence[s
                 item.request_fingerprint,
                 is_due(item.scheduled_for),
                 item.recipient_objects,
+                str(item.batch_id) if item.batch_id is not None else None,
             ]
             for item, transaction_id in zip(items, transaction_ids, strict=True)
         ]

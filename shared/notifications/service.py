@@ -6,15 +6,17 @@ Recording and delivering notifications is intake's and delivery's (docs/architec
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session, aliased
 
 from shared.db.enums import NotificationStatus as S
-from shared.db.models import Notification
+from shared.db.models import Notification, NotificationKey
 from shared.notifications import transitions
 from shared.notifications.timeline import Kind, NewEvent, append_events
 from shared.novu.errors import NovuError
@@ -31,6 +33,17 @@ class CancelResult(enum.StrEnum):
     DELIVERY_UNKNOWN = "delivery_unknown"
     INVALID_STATE = "invalid_state"
     NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    """The notifications of one bulk request: how many, by status, and when they were
+    recorded."""
+
+    batch_id: uuid.UUID
+    total: int
+    by_status: dict[S, int]
+    created_at: dt.datetime
 
 
 class NotificationService:
@@ -56,21 +69,60 @@ class NotificationService:
         status: S | None = None,
         workflow_key: str | None = None,
         tags: Sequence[str] | None = None,
+        transaction_id: str | None = None,
+        recipient: str | None = None,
+        batch_id: uuid.UUID | None = None,
+        created_after: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
         limit: int = 100,
         before_id: int | None = None,
     ) -> Sequence[Notification]:
-        """A keyset page, newest first: rows with id below `before_id`, carrying every tag of
-        `tags`."""
+        """A keyset page, newest first: rows with id below `before_id` matching every filter
+        given: carrying every tag of `tags`, `recipient` among their recipients (a
+        subscriberId or topicKey), created at or after `created_after` and before
+        `created_before`. Each filter has an index within the enterprise (migration 0010)."""
         stmt = select(Notification).where(Notification.enterprise_id == enterprise_id)
         if status is not None:
             stmt = stmt.where(Notification.notification_status == status)
         if workflow_key is not None:
             stmt = stmt.where(Notification.workflow_key == workflow_key)
         if tags:
+            # One tag's keys find the candidates; the row must carry the others too.
+            stmt = _with_key(stmt, enterprise_id, NotificationKey.of_tag(tags[0]))
             stmt = stmt.where(Notification.tags.contains(list(tags)))
+        if transaction_id is not None:
+            stmt = stmt.where(Notification.transaction_id == transaction_id)
+        if recipient is not None:
+            stmt = _with_key(stmt, enterprise_id, NotificationKey.of_recipient(recipient))
+        if batch_id is not None:
+            stmt = stmt.where(Notification.batch_id == batch_id)
+        if created_after is not None:
+            stmt = stmt.where(Notification.created_at >= created_after)
+        if created_before is not None:
+            stmt = stmt.where(Notification.created_at < created_before)
         if before_id is not None:
             stmt = stmt.where(Notification.id < before_id)
         return self.session.scalars(stmt.order_by(Notification.id.desc()).limit(limit)).all()
+
+    def batch_summary(self, batch_id: uuid.UUID, enterprise_id: uuid.UUID) -> BatchSummary | None:
+        """Counts by status of the notifications one bulk request created in this enterprise;
+        None when it has none (an unknown batch, or another enterprise's)."""
+        rows = self.session.execute(
+            select(
+                Notification.notification_status, func.count(), func.min(Notification.created_at)
+            )
+            .where(Notification.enterprise_id == enterprise_id, Notification.batch_id == batch_id)
+            .group_by(Notification.notification_status)
+        ).all()
+        if not rows:
+            return None
+        by_status = dict.fromkeys(S, 0) | {status: count for status, count, _ in rows}
+        return BatchSummary(
+            batch_id=batch_id,
+            total=sum(by_status.values()),
+            by_status=by_status,
+            created_at=min(created for _, _, created in rows),
+        )
 
     def cancel_notification(
         self,
@@ -217,3 +269,17 @@ class NotificationService:
         if row is not None:
             return True, row
         return False, self.get_notification(notification_id, enterprise_id)
+
+
+def _with_key(
+    stmt: Select[Notification], enterprise_id: uuid.UUID, key: str
+) -> Select[Notification]:
+    """Only the notifications with this recipient or tag key: a join on the key's ids, which
+    PostgreSQL reads newest first from ent_notification_key's b-tree (migration 0010)."""
+    keys = aliased(NotificationKey)
+    return stmt.join(
+        keys,
+        (keys.notification_id == Notification.id)
+        & (keys.enterprise_id == enterprise_id)
+        & (keys.key == key),
+    )
