@@ -22,6 +22,7 @@ from api.routes import (
     health,
     notifications,
     novu_bridge,
+    novu_webhooks,
     stats,
     templates,
     trigger,
@@ -86,6 +87,7 @@ def create_app() -> FastAPI:
     app.include_router(stats.router)
     app.include_router(webhooks.router)
     app.include_router(novu_bridge.router)
+    app.include_router(novu_webhooks.router)
     # The delivery log page (/ui/): HTML over the same routes and services.
     app.include_router(ui_auth.router)
     app.include_router(ui_routes.router)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import click
 import httpx
 
-from shared.settings import Settings, get_settings
+from shared.settings import Settings, get_settings, new_webhook_secret
 
 if TYPE_CHECKING:
     from devtools.devstack import EmbeddedPostgres, EmbeddedRedis
@@ -80,6 +80,12 @@ def novu_emulator(
         bridge_url=bridge_url or settings.novu_bridge_url,
         events_rps=events_rps,
         dedupe_race_window_ms=dedupe_race_window_ms,
+        webhook_url=settings.novu_emulator_webhook_url,
+        webhook_secret=(
+            secret.get_secret_value()
+            if (secret := settings.novu_emulator_webhook_secret) is not None
+            else None
+        ),
     )
 
 
@@ -156,6 +162,15 @@ def _child_env(settings: Settings, servers: list[EmbeddedServer]) -> dict[str, s
     if not settings.novu_api_url:
         # The emulator, like Novu, learns where our bridge is from the sync.
         env.setdefault("NOVU_BRIDGE_PUBLIC_URL", f"http://127.0.0.1:{settings.api_port}/api/novu")
+        # It sends Novu's message webhooks too, to our endpoint, signed with one secret for
+        # both sides (made for this run unless NOVU_WEBHOOK_SECRET is set).
+        secret = env.get("NOVU_WEBHOOK_SECRET") or new_webhook_secret()
+        env["NOVU_WEBHOOK_SECRET"] = secret
+        env.setdefault("NOVU_EMULATOR_WEBHOOK_SECRET", secret)
+        env.setdefault(
+            "NOVU_EMULATOR_WEBHOOK_URL",
+            f"http://127.0.0.1:{settings.api_port}/api/novu/webhooks",
+        )
     return env
 
 

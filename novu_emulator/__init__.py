@@ -98,6 +98,10 @@ Emulator endpoints (no authentication):
 - `GET /_emulator/messages[?transactionId=&subscriberId=&workflowId=&stepId=&channel=]`:
   what the bridge's steps delivered, in order, each `{transactionId, workflowId, stepId,
   channel, subscriberId, outputs, deliveredAt}`.
+- `GET /_emulator/webhooks[?transactionId=&type=&status=&channel=]`: Novu's message webhooks
+  sent to `--webhook-url` (NOVU_EMULATOR_WEBHOOK_URL), in order, each `{svixId, type,
+  transactionId, subscriberId, channel, status: pending | delivered | failed, attempts,
+  lastStatusCode, lastError}`; `stats.webhooks` counts `{sent, attempts, delivered, failed}`.
 
 Framework bridge (Novu's side, see bridge.py): with a bridge URL (the last sync's, else the
 configured one) or a `bridgeUrl` in the trigger body, every accepted trigger is executed in
@@ -109,7 +113,13 @@ nothing; any other answer is recorded as a message. `stats.bridge` counts `calls
 requests), `failures` (requests without a 2xx answer), `retries`, `discovers`, `executed`,
 `skipped`, `delivered`, `errors` (steps or discoveries given up) and shows `lastError`.
 
-Where the emulator is stricter than Novu (so that code passing here passes there):
+Message webhooks (webhooks.py): with a webhook URL and secret (NOVU_EMULATOR_WEBHOOK_URL,
+NOVU_EMULATOR_WEBHOOK_SECRET, `whsec_...`), every channel step the bridge answered (not
+skipped) sends Novu's `message.sent` webhook, and one a `providerFailures` fault refuses sends
+`message.failed`, in Novu's body shape, signed as Svix signs Novu's (svix-id, svix-timestamp,
+svix-signature; Standard Webhooks), in the background, retried with the same svix-id.
+
+Where the emulator is stricter or simpler than Novu (so that code passing here passes there):
 - Deduplication: a repeated transactionId within 100 ms of the first runs again, whatever the
   load; Novu's window is however long its worker takes to store the first (usually shorter).
 - Tenants: the emulator has none, so any `tenant` in a trigger gets `no_tenant_found`.
@@ -126,6 +136,11 @@ Where the emulator is stricter than Novu (so that code passing here passes there
 - Recipients: a subscriberId or topicKey outside Novu's SUBSCRIBER_ID_REGEX (after trimming)
   is dropped from `to` (`stats.recipientsDropped`), and a trigger left with none is
   `invalid_recipients`; Novu only logs them while its dry-run flag is on.
+- Webhooks: only `message.sent` and `message.failed` (no provider receipts, so no
+  `message.delivered`; no Inbox, so no `seen`/`read`); tried 4 times in about 2.5 minutes
+  (at once, then after 5 s, 30 s, 2 min) where Svix keeps trying for over a day; ids are
+  random (`msg_` + 27 hex digits, `evt_`/`_id` as ObjectIds), not Svix's KSUIDs. A step whose
+  bridge call fails sends none, as Novu has no message to report.
 Contract tests (tests/contract) check the shared behaviour against a real Novu when
 `NOVU_CONTRACT_SECRET_KEY` is set.
 
@@ -145,7 +160,10 @@ Fault configuration (`POST /_emulator/faults`; invalid -> 400 JSON):
       "dropAfterAcceptRate": 0.02,     # record the trigger(s), then close without answering
       "holdSeconds": 0,                # Novu's queue lag before steps run (not cancellable)
       "rateLimitPerSecond": null,      # replaces the Events tier's tokens/s while set
-      "dedupeRaceWindowMs": null       # replaces the deduplication race window while set
+      "dedupeRaceWindowMs": null,      # replaces the deduplication race window while set
+      "providerFailures": [            # a channel's provider refuses its messages (rate:
+        {"channel": "email", "rate": 1.0, "message": "mailbox full"}   # default 1)
+      ]
     }
 
 One status rule may be given inline instead of `rules`:

@@ -55,6 +55,12 @@ def main() -> None:
         bridge_url=args.bridge_url,
         events_rps=args.events_rps,
         dedupe_race_window_ms=args.dedupe_race_window_ms,
+        webhook_url=settings.novu_emulator_webhook_url,
+        webhook_secret=(
+            secret.get_secret_value()
+            if (secret := settings.novu_emulator_webhook_secret) is not None
+            else None
+        ),
     )
 
 

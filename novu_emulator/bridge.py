@@ -27,9 +27,14 @@ it (apps/worker execute-bridge-job, libs/application-generic execute-bridge-requ
    connection errors are retried: Novu's 3 retries, 4 attempts in all, 2 s, 4 s, then 8 s
    apart (`retryBaseMs` * 2^n). A worker waits out its retries, as Novu's does.
 4. A channel step answered with `options.skip` delivers nothing; any other answer is a message
-   (`GET /_emulator/messages`, `status: "sent"`). A step that fails for good is listed there
-   with `status: "failed"` and its `error`, counted in `stats.bridge.failedSteps`, and ends
-   that subscriber's run, as a failed job ends Novu's chain.
+   (`GET /_emulator/messages`, `status: "sent"`) handed to its provider, and Novu's
+   `message.sent` webhook is sent (webhooks.py). A `providerFailures` fault for its channel
+   makes the provider refuse it instead: `status: "failed"` with `error.code`
+   `provider_failure`, `stats.bridge.providerFailures`, a `message.failed` webhook, and the
+   run goes on. A step that fails for good on the bridge is listed there with `status:
+   "failed"` and its `error`, counted in `stats.bridge.failedSteps`, sends no webhook (Novu
+   has no message to report), and ends that subscriber's run, as a failed job ends Novu's
+   chain.
 5. A `delay` step is executed too; the bridge answers `outputs: {type: "regular", amount,
    unit}` (unit `seconds`, `minutes`, `hours`, `days`, `weeks` or `months`, as
    @novu/framework 2.13.2 declares it; Novu counts a month as 30 days). The run then waits
@@ -48,6 +53,7 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -59,6 +65,7 @@ import httpx
 from novu_emulator.bridge_client import Connection, ConnectionFailed, Origin, request_target
 from novu_emulator.config import is_http_url
 from novu_emulator.state import EmulatorState, RecordedTrigger, WorkflowStep, iso_now
+from novu_emulator.webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
 
@@ -173,9 +180,18 @@ class _Start:
 class BridgeRunner:
     """Executes accepted triggers on the bridge with a pool of step workers (module docstring)."""
 
-    def __init__(self, state: EmulatorState, secret_key: str) -> None:
+    def __init__(
+        self,
+        state: EmulatorState,
+        secret_key: str,
+        *,
+        webhooks: WebhookSender | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.state = state
         self._secret_key = secret_key
+        self._webhooks = webhooks
+        self._rng = rng or random.Random()
         self._queue: asyncio.Queue[_Start | _Run] | None = None
         self._workers: dict[int, asyncio.Task[None]] = {}
         self._busy: set[int] = set()  # workers running a job
@@ -379,20 +395,41 @@ class BridgeRunner:
         else:
             status = "completed"
             if step.type in CHANNEL_TYPES:
-                self.state.record_message(
-                    {
-                        **self._message(run),
-                        "status": "sent",
-                        "outputs": outputs,
-                        "deliveredAt": iso_now(),
-                    }
-                )
+                self._to_provider(run, outputs)
         result = dict(IN_APP_RESULT) if step.type == "in_app" else {}
         run.done.append((step, status, outputs if step.type == "custom" else result))
         if len(run.done) < len(run.steps):
             self._put(run)
         else:
             self._finished()
+
+    def _to_provider(self, run: _Run, outputs: dict[str, Any]) -> None:
+        """Hand a channel step's message to its provider: sent, or failed by an injected
+        `providerFailures` fault; Novu's webhook either way. The run goes on after a failure,
+        as Novu's does for a step that does not stop on failure (its default)."""
+        message = self._message(run)
+        failure = self.state.faults.provider_failure(run.step.type, self._rng)
+        if failure is None:
+            self.state.record_message(
+                {**message, "status": "sent", "outputs": outputs, "deliveredAt": iso_now()}
+            )
+            if self._webhooks is not None:
+                self._webhooks.message_event("message.sent", message)
+            return
+        error = {"code": "provider_failure", "message": failure.message}
+        self.state.counters["bridge_provider_failures"] += 1
+        self.state.log_fault(f"providerFailure:{run.step.type}", [run.trigger.transaction_id])
+        self.state.messages.append(
+            {
+                **message,
+                "status": "failed",
+                "error": error,
+                "outputs": outputs,
+                "failedAt": iso_now(),
+            }
+        )
+        if self._webhooks is not None:
+            self._webhooks.message_event("message.failed", message, error=error)
 
     def _message(self, run: _Run) -> dict[str, Any]:
         return {

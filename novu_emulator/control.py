@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
@@ -40,6 +40,18 @@ def _validated(request: HttpRequest, parse: Callable[[Any], _T], what: str) -> _
         return _problem(400, f"invalid {what}", errors=validation_problems(exc))
 
 
+def _matching(
+    entries: Iterable[dict[str, Any]], request: HttpRequest, names: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """The entries whose field of each of `names` the query gives is one of its values."""
+    filters = {name: request.query[name] for name in names if name in request.query}
+    return [
+        entry
+        for entry in entries
+        if all(entry.get(name) in wanted for name, wanted in filters.items())
+    ]
+
+
 class ControlApi:
     """Answers `/_emulator/...` requests."""
 
@@ -70,6 +82,7 @@ class ControlApi:
             f"{CONTROL_PREFIX}/messages": {"GET": self._messages},
             f"{CONTROL_PREFIX}/workflows": {"GET": self._workflows},
             f"{CONTROL_PREFIX}/subscribers": {"GET": self._subscribers},
+            f"{CONTROL_PREFIX}/webhooks": {"GET": self._webhooks},
         }
         methods = routes.get(path)
         if methods is None:
@@ -140,26 +153,12 @@ class ControlApi:
         return json_response(200, self.state.bridge.to_json())
 
     def _messages(self, request: HttpRequest) -> HttpResponse:
-        filters = {
-            name: request.query[name]
-            for name in (
-                "transactionId",
-                "subscriberId",
-                "workflowId",
-                "channel",
-                "stepId",
-                "status",
-            )
-            if name in request.query
-        }
-        return json_response(
-            200,
-            [
-                message
-                for message in self.state.messages
-                if all(message.get(name) in wanted for name, wanted in filters.items())
-            ],
-        )
+        names = ("transactionId", "subscriberId", "workflowId", "channel", "stepId", "status")
+        return json_response(200, _matching(self.state.messages, request, names))
+
+    def _webhooks(self, request: HttpRequest) -> HttpResponse:
+        names = ("transactionId", "type", "status", "channel")
+        return json_response(200, _matching(self.state.webhooks, request, names))
 
     def _subscribers(self, request: HttpRequest) -> HttpResponse:
         wanted = request.query.get("subscriberId")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import random
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -68,6 +68,19 @@ class StatusFault(_FaultModel):
         return "1" if self.status == 429 else None
 
 
+class ProviderFailure(_FaultModel):
+    """With probability `rate`, a `channel` step's message is refused by its provider: the
+    message is `failed` and Novu's `message.failed` webhook is sent (webhooks.py)."""
+
+    channel: Literal["email", "in_app", "sms", "push", "chat"]
+    rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    message: str = Field(
+        default="the provider refused the message (injected by the emulator)",
+        min_length=1,
+        max_length=1000,
+    )
+
+
 class FaultConfig(_FaultModel):
     """Every fault the emulator injects; the default injects none."""
 
@@ -87,6 +100,8 @@ class FaultConfig(_FaultModel):
     dedupe_race_window_ms: int | None = Field(
         default=None, ge=0, le=3_600_000, alias="dedupeRaceWindowMs"
     )
+    # Providers refusing channel steps' messages after the bridge answered them.
+    provider_failures: tuple[ProviderFailure, ...] = Field(default=(), alias="providerFailures")
 
     @model_validator(mode="before")
     @classmethod
@@ -123,6 +138,13 @@ class FaultConfig(_FaultModel):
             threshold += rule.rate
             if draw < threshold:
                 return rule
+        return None
+
+    def provider_failure(self, channel: str, rng: random.Random) -> ProviderFailure | None:
+        """The provider failure that hits a message of this channel, if one does."""
+        for failure in self.provider_failures:
+            if failure.channel == channel and rng.random() < failure.rate:
+                return failure
         return None
 
     def has_transaction_rules(self) -> bool:

@@ -7,7 +7,7 @@ import logging
 import random
 import signal
 import threading
-from collections.abc import Collection, Coroutine
+from collections.abc import Collection, Coroutine, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -21,6 +21,7 @@ from novu_emulator.http import HttpRequest, Reply, json_response, serve_connecti
 from novu_emulator.novu_api import NovuApi, not_found
 from novu_emulator.ratelimit import DEFAULT_EVENTS_RPS, RateLimits
 from novu_emulator.state import DEFAULT_DEDUPE_RACE_WINDOW_MS, EmulatorState
+from novu_emulator.webhooks import DEFAULT_RETRY_DELAYS, WebhookSender
 from novu_emulator.workflows import registered
 from shared.settings import EMULATOR_SECRET_KEY
 
@@ -67,13 +68,18 @@ class EmulatorServer:
         bridge_url: str | None = None,
         events_rps: int = DEFAULT_EVENTS_RPS,
         dedupe_race_window_ms: int = DEFAULT_DEDUPE_RACE_WINDOW_MS,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        webhook_retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
     ) -> None:
         """`workflows`: workflow ids Novu knows from the start, as if made in its dashboard
         (others must be synced before they can be triggered); `seed` makes faults repeatable;
         `bridge_url`: the Framework bridge to execute accepted triggers on (None: none);
         `events_rps`: the Novu tier's Events rate limit in tokens a second (Free: 60);
         `dedupe_race_window_ms`: how soon after a transactionId's first trigger a second one
-        still runs instead of being dropped as a duplicate."""
+        still runs instead of being dropped as a duplicate; `webhook_url` and
+        `webhook_secret` (`whsec_...`): where Novu's message webhooks go, signed with what
+        (either None: none are sent), and `webhook_retry_delays` the waits between tries."""
         if not secret_key:
             raise ValueError("secret_key must not be empty")
         self.host = host
@@ -85,7 +91,15 @@ class EmulatorServer:
         self.state.rate_limits = RateLimits(events_rps)
         self.state.dedupe_race_window_ms = dedupe_race_window_ms
         self._requested_port = port
-        self.bridge = BridgeRunner(self.state, secret_key)
+        self.webhooks = WebhookSender(
+            self.state, webhook_url, webhook_secret, retry_delays=webhook_retry_delays
+        )
+        self.bridge = BridgeRunner(
+            self.state,
+            secret_key,
+            webhooks=self.webhooks,
+            rng=random.Random(None if seed is None else seed + 1),
+        )
         self._novu = NovuApi(
             self.state,
             secret_key,
@@ -141,6 +155,7 @@ class EmulatorServer:
         with suppress(TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), SHUTDOWN_GRACE_SECONDS)
         await self.bridge.close()
+        await self.webhooks.close()
         self._server = None
         logger.info("Novu emulator stopped")
 
@@ -216,6 +231,8 @@ def serve(
     bridge_url: str | None = None,
     events_rps: int = DEFAULT_EVENTS_RPS,
     dedupe_race_window_ms: int = DEFAULT_DEDUPE_RACE_WINDOW_MS,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
 ) -> None:
     """Run the emulator in the foreground until SIGINT or SIGTERM, then exit cleanly."""
     server = EmulatorServer(
@@ -225,6 +242,8 @@ def serve(
         bridge_url=bridge_url,
         events_rps=events_rps,
         dedupe_race_window_ms=dedupe_race_window_ms,
+        webhook_url=webhook_url,
+        webhook_secret=webhook_secret,
     )
     run_loop(_serve_until_signalled(server))
 
@@ -279,6 +298,9 @@ def start_in_thread(
     bridge_url: str | None = None,
     events_rps: int = DEFAULT_EVENTS_RPS,
     dedupe_race_window_ms: int = DEFAULT_DEDUPE_RACE_WINDOW_MS,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
+    webhook_retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
 ) -> RunningEmulator:
     """Start an emulator on its own event loop in a daemon thread; returns once it listens."""
     server = EmulatorServer(
@@ -290,6 +312,9 @@ def start_in_thread(
         bridge_url=bridge_url,
         events_rps=events_rps,
         dedupe_race_window_ms=dedupe_race_window_ms,
+        webhook_url=webhook_url,
+        webhook_secret=webhook_secret,
+        webhook_retry_delays=webhook_retry_delays,
     )
     startup = _Startup()
 

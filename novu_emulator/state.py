@@ -28,6 +28,8 @@ IDEMPOTENCY_IN_FLIGHT_TTL_SECONDS = 300.0
 DEFAULT_DEDUPE_RACE_WINDOW_MS = 100
 # How many injected faults `GET /_emulator/faults/log` remembers (the oldest are forgotten).
 FAULT_LOG_LIMIT = 100_000
+# How many message webhooks `GET /_emulator/webhooks` remembers.
+WEBHOOK_LOG_LIMIT = 10_000
 
 
 _second: tuple[int, str] = (-1, "")
@@ -169,6 +171,8 @@ class EmulatorState:
     # Novu's subscribers, by subscriberId: a trigger Novu runs creates each subscriber it names
     # and updates it with the fields of an inline subscriber object.
     subscribers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The message webhooks sent to NOVU_EMULATOR_WEBHOOK_URL, in order (webhooks.py).
+    webhooks: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=WEBHOOK_LOG_LIMIT))
 
     def reset(self) -> None:
         """Forget every trigger, message, counter, fault, idempotency key and synced workflow,
@@ -191,6 +195,7 @@ class EmulatorState:
         self.transaction_faults.clear()
         self.fault_log.clear()
         self.subscribers.clear()
+        self.webhooks.clear()
 
     def set_faults(self, faults: FaultConfig) -> None:
         """Replace the fault configuration (and the rate limits when its rate changes)."""
@@ -374,6 +379,13 @@ class EmulatorState:
                 "delivered": self.counters["bridge_delivered"],
                 "errors": self.counters["bridge_errors"],
                 "failedSteps": self.counters["bridge_failed_steps"],
+                "providerFailures": self.counters["bridge_provider_failures"],
                 "lastError": self.bridge_last_error,
+            },
+            "webhooks": {
+                "sent": self.counters["webhooks_sent"],
+                "attempts": self.counters["webhook_attempts"],
+                "delivered": self.counters["webhooks_delivered"],
+                "failed": self.counters["webhooks_failed"],
             },
         }

@@ -105,6 +105,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     redis_url = redis_server.start()
     emulator_port = free_port()
     bridge_port = free_port()
+    from shared.settings import new_webhook_secret
+
+    webhook_secret = new_webhook_secret()
     env = {
         **os.environ,
         **TEST_TIMINGS,
@@ -113,6 +116,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "NOVU_API_URL": f"http://127.0.0.1:{emulator_port}",
         "NOVU_EMULATOR_PORT": str(emulator_port),
         "NOVU_BRIDGE_PUBLIC_URL": f"http://127.0.0.1:{bridge_port}/api/novu",
+        # The emulator sends Novu's message webhooks to the bridge API process, signed as Novu's
+        # are (docs/architecture.md, "Delivery events from Novu").
+        "NOVU_WEBHOOK_SECRET": webhook_secret,
+        "NOVU_EMULATOR_WEBHOOK_SECRET": webhook_secret,
+        "NOVU_EMULATOR_WEBHOOK_URL": f"http://127.0.0.1:{bridge_port}/api/novu/webhooks",
         "XNOVU_DATA_DIR": str(tmp / "data"),
         "PYTHONUNBUFFERED": "1",
         # The delivery log page's cookie key, generated as `make run` generates it.

@@ -26,6 +26,7 @@ from shared.notifications.service import CancelResult, NotificationService
 from shared.notifications.timeline import list_events
 from shared.novu.budget import METERED_WAIT_SECONDS, metered_call
 from shared.novu.client import get_novu_client
+from shared.novu.delivery_events import delivery_summary
 from shared.novu.errors import NovuError
 from shared.settings import get_settings
 
@@ -106,11 +107,12 @@ def list_notifications(
 def get_notification(
     notification_id: NotificationId, session: SessionDep, enterprise_id: EnterpriseDep
 ) -> NotificationRead:
-    """One notification; another enterprise's id answers 404."""
+    """One notification, with its per-channel delivery as Novu's webhooks reported it;
+    another enterprise's id answers 404."""
     row = NotificationService(session).get_notification(notification_id, enterprise_id)
     if row is None:
         raise not_found("notification")
-    return NotificationRead.of(row)
+    return NotificationRead.of(row, delivery_summary(session, enterprise_id, row.id))
 
 
 def cancel_hold_seconds() -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,10 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification, NotificationEvent
 from shared.notifications.schemas import TriggerRequest
+from shared.novu.delivery_events import ChannelDelivery
 from shared.payloads import json_depth
 
 __all__ = [
     "CancelRequest",
+    "ChannelDeliveryRead",
     "NotificationEventPage",
     "NotificationEventRead",
     "NotificationPage",
@@ -38,6 +41,17 @@ class CancelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str | None = Field(default=None, max_length=1000)
+
+
+class ChannelDeliveryRead(BaseModel):
+    """One channel's delivery as Novu's webhooks reported it: the type of its latest event
+    without `message.` (`sent`, `delivered`, `failed`, `seen`, `read`, ...), when it happened
+    by Novu's clock, and how many events of each type came (every subscriber's)."""
+
+    status: str
+    at: dt.datetime
+    events: int
+    byType: dict[str, int]
 
 
 class NotificationRead(BaseModel):
@@ -68,10 +82,22 @@ class NotificationRead(BaseModel):
     outcome_unknown_at: dt.datetime | None
     created_at: dt.datetime
     updated_at: dt.datetime
+    # Per channel, what Novu's delivery events said (docs/architecture.md, "Delivery events from
+    # Novu"): filled by GET /api/notifications/{id}, null in lists and other answers.
+    delivery: dict[str, ChannelDeliveryRead] | None = None
 
     @classmethod
-    def of(cls, row: Notification) -> NotificationRead:
+    def of(
+        cls, row: Notification, delivery: Mapping[str, ChannelDelivery] | None = None
+    ) -> NotificationRead:
         read = cls.model_validate(row, from_attributes=True)
+        if delivery is not None:
+            read.delivery = {
+                channel: ChannelDeliveryRead(
+                    status=d.status, at=d.at, events=d.events, byType=d.by_type
+                )
+                for channel, d in delivery.items()
+            }
         if row.recipient_objects is not None:
             read.recipients = row.recipient_objects
         for name in _JSON_FIELDS:

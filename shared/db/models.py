@@ -354,6 +354,36 @@ class NovuSyncRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
+class NovuDeliveryEvent(Base):
+    """One of Novu's message webhooks (`message.sent`, `message.failed`, ...) about a
+    notification of ours (migration 0008, shared/novu/webhooks.py). `svix_id` is unique: a
+    webhook delivered twice is recorded once. Enterprises may insert and read their own."""
+
+    __tablename__ = "novu_delivery_event"
+    __table_args__ = (
+        UniqueConstraint("svix_id"),
+        Index(None, "enterprise_id", "notification_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    enterprise_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    notification_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    svix_id: Mapped[str] = mapped_column(Text, nullable=False)
+    event_type: Mapped[str] = mapped_column(Text, nullable=False)
+    channel: Mapped[str | None] = mapped_column(Text)
+    # The caller's subscriberId (without the enterprise's namespace prefix).
+    subscriber_id: Mapped[str | None] = mapped_column(Text)
+    step_id: Mapped[str | None] = mapped_column(Text)
+    provider_id: Mapped[str | None] = mapped_column(Text)
+    novu_message_id: Mapped[str | None] = mapped_column(Text)
+    # When it happened by Novu's clock (the event's timestamp); received_at is ours.
+    occurred_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    received_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
 class WebhookEndpoint(Base):
     """An enterprise's receiver of status webhooks (docs/architecture.md, "Status webhooks").
 

@@ -165,6 +165,9 @@ def test_services_connect_as_a_role_that_owns_nothing_and_migrations_as_the_owne
         "UPDATE notify.ent_notification_event SET kind = 'sent'",
         "DELETE FROM notify.ent_notification_event",
         "TRUNCATE notify.ent_notification_event",
+        # Novu's delivery events are kept as received (migration 0008).
+        "UPDATE notify.novu_delivery_event SET channel = 'sms'",
+        "DELETE FROM notify.novu_delivery_event",
         "SET ROLE xnovu_owner",
         "ALTER ROLE xnovu_service SUPERUSER",
         "COPY (SELECT 1) TO PROGRAM 'true'",

@@ -51,6 +51,7 @@ def test_upgrade_creates_every_table_then_downgrade_removes_them(empty_database)
         "novu_workflow_sync",
         "novu_sync_run",
         "ent_notification_event",
+        "novu_delivery_event",
         "ent_notification_key",
     }
     assert {"notification_status", "channel_type", "publish_status"} <= types
