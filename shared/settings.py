@@ -173,95 +173,6 @@ class Settings(BaseSettings):
     # enterprise at most): the rest are kept for enterprises whose renders are fast.
     render_slow_lanes: int = Field(default=1, ge=1, alias="RENDER_SLOW_LANES")
 
-
-    # Delivery and retry policy.
-    delivery_max_attempts: int = Field(default=8, ge=1, alias="DELIVERY_MAX_ATTEMPTS")
-    retry_base_seconds: float = Field(default=1.0, gt=0, alias="RETRY_BASE_SECONDS")
-    retry_max_seconds: float = Field(default=300.0, gt=0, alias="RETRY_MAX_SECONDS")
-    processing_lease_seconds: int = Field(default=60, ge=5, alias="PROCESSING_LEASE_SECONDS")
-    reconcile_interval_seconds: float = Field(default=2.0, gt=0, alias="RECONCILE_INTERVAL_SECONDS")
-    redeliver_after_seconds: int = Field(default=15, ge=1, alias="REDELIVER_AFTER_SECONDS")
-    reconcile_batch_size: int = Field(default=500, ge=1, alias="RECONCILE_BATCH_SIZE")
-    # Countdowns live in broker messages only when shorter than this; longer delays stay in the
-    # database (next_attempt_at) and are released by beat. Keep it well below the visibility
-    # timeout.
-    max_countdown_seconds: int = Field(default=60, ge=0, alias="MAX_COUNTDOWN_SECONDS")
-    broker_visibility_timeout: int = Field(default=3600, ge=60, alias="BROKER_VISIBILITY_TIMEOUT")
-    worker_prefetch_multiplier: int = Field(default=1, ge=1, alias="WORKER_PREFETCH_MULTIPLIER")
-
-    # Limits of the HTTP API.
-    max_body_bytes: int = Field(default=1_048_576, ge=1024, alias="MAX_BODY_BYTES")
-    max_payload_bytes: int = Field(default=262_144, ge=256, alias="MAX_PAYLOAD_BYTES")
-    # How deeply a trigger's payload or overrides may nest (422 payload_too_deep above it). The
-    # worker's JSON encoder refuses about 250 levels, and Python's parsers and jsonschema
-    # recurse once a level: 64 keeps far from both (docs/architecture.md, "Hostile input").
-    max_payload_depth: int = Field(default=32, ge=1, le=64, alias="MAX_PAYLOAD_DEPTH")
-    max_recipients: int = Field(default=100, ge=1, le=100, alias="MAX_RECIPIENTS")
-    max_page_size: int = Field(default=200, ge=1, alias="MAX_PAGE_SIZE")
-    # Requests per second each API key may make, with bursts up to RATE_LIMIT_BURST; counted in
-    # Redis so that every API process shares one budget per key. 0 switches the limit off.
-    rate_limit_per_second: float = Field(default=200.0, ge=0, alias="RATE_LIMIT_PER_SECOND")
-    rate_limit_burst: int = Field(default=400, ge=1, alias="RATE_LIMIT_BURST")
-    # Where the limiter counts (unset: REDIS_URL). When it is unreachable, requests are accepted.
-    rate_limit_redis_url: str | None = Field(default=None, alias="RATE_LIMIT_REDIS_URL")
-    # How long an API process trusts a key it has looked up; a revoked key stops working in
-    # every process within this time. A key that failed is refused for as long without a
-    # lookup. 0: look the key up on every request.
-    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300, alias="API_KEY_CACHE_SECONDS")
-    # Failed key lookups each client address may cause per second, with bursts up to
-    # AUTH_FAILURE_BURST; above it 429 (api/authguard.py). Counted where the request rate is.
-    # 0 switches the limit off.
-    auth_failures_per_second: float = Field(default=1.0, ge=0, alias="AUTH_FAILURES_PER_SECOND")
-    auth_failure_burst: int = Field(default=20, ge=1, alias="AUTH_FAILURE_BURST")
-    # The operator's credential (`Authorization: Bearer <token>`) for process-wide figures:
-    # /metrics and /api/operator/stats. Unset, those answer 403 to everyone.
-    operator_token: SecretStr | None = Field(
-        default=None, min_length=32, alias="XNOVU_OPERATOR_TOKEN"
-    )
-    # Signs the delivery log page's session cookies (/ui/, api/ui/session.py). Unset, the page
-    # answers 503; every API process behind one address needs the same value.
-    ui_session_secret: SecretStr | None = Field(
-        default=None, min_length=32, alias="UI_SESSION_SECRET"
-    )
-    # How long a delivery log session lasts after login (the key is checked on every page).
-    ui_session_max_age_seconds: int = Field(
-        default=8 * 3600, ge=60, le=7 * 24 * 3600, alias="UI_SESSION_MAX_AGE_SECONDS"
-    )
-    # Single triggers that arrive together are recorded in one transaction (group commit) of
-    # at most this many rows per API process.
-    trigger_batch_max_rows: int = Field(default=500, ge=1, le=1000, alias="TRIGGER_BATCH_MAX_ROWS")
-    db_statement_timeout_ms: int = Field(default=5000, ge=100, alias="DB_STATEMENT_TIMEOUT_MS")
-    db_pool_size: int = Field(default=10, ge=1, alias="DB_POOL_SIZE")
-
-    # Workflows and templates.
-    workflows_dir: Path | None = Field(default=None, alias="XNOVU_WORKFLOWS_DIR")
-    registry_check_interval_seconds: float = Field(
-        default=2.0, gt=0, le=5, alias="REGISTRY_CHECK_INTERVAL_SECONDS"
-    )
-    template_cache_ttl_seconds: float = Field(
-        default=300.0, ge=0, alias="TEMPLATE_CACHE_TTL_SECONDS"
-    )
-    template_max_output_bytes: int = Field(
-        default=1_000_000, ge=1024, alias="TEMPLATE_MAX_OUTPUT_BYTES"
-    )
-    template_render_timeout_seconds: float = Field(
-        default=2.0, gt=0, alias="TEMPLATE_RENDER_TIMEOUT_SECONDS"
-    )
-    template_max_depth: int = Field(default=5, ge=1, le=20, alias="TEMPLATE_MAX_DEPTH")
-    # What one render's values may take, counted as they are built (shared/templates/limits.py).
-    template_max_memory_bytes: int = Field(
-        default=8 * 1024 * 1024, ge=1024 * 1024, alias="TEMPLATE_MAX_MEMORY_BYTES"
-    )
-    # Previews render on the API's threads, sharing its CPU with every request: how many may
-    # run at once in one API process, and of those how many for one enterprise (429 beyond).
-    preview_concurrency: int = Field(default=2, ge=1, alias="PREVIEW_CONCURRENCY")
-    preview_concurrency_per_enterprise: int = Field(
-        default=1, ge=1, alias="PREVIEW_CONCURRENCY_PER_ENTERPRISE"
-    )
-    # How many worker children, in all the workers, may run renders that are slow (one per
-    # enterprise at most): the rest are kept for enterprises whose renders are fast.
-    render_slow_lanes: int = Field(default=1, ge=1, alias="RENDER_SLOW_LANES")
-
     # Status webhooks to enterprises (docs/architecture.md, "Status webhooks"). Endpoints on
     # private, loopback, link-local or reserved addresses are refused (at registration and at
     # each delivery) unless this is true: tests and `make run` set it for their local receivers.
@@ -312,19 +223,6 @@ class Settings(BaseSettings):
         # Empty (a compose `${VAR:-}`, a blanked .env line) means unset: no operator credential,
         # no delivery log page.
         return None if value == "" else value
-
-    @field_validator("webhook_retry_schedule", mode="before")
-    @classmethod
-    def _retry_schedule(cls, value: object) -> object:
-        # "5,300,1800" in the environment; each delay a positive number of seconds.
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if isinstance(value, list):
-            if not value or len(value) > 20:
-                raise ValueError("between 1 and 20 delays")
-            if any(float(delay) <= 0 for delay in value):
-                raise ValueError("each delay must be more than 0 seconds")
-        return value
 
     @field_validator("novu_webhook_secret", "novu_emulator_webhook_secret", mode="before")
     @classmethod
