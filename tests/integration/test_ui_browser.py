@@ -13,13 +13,16 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 
+from devtools.devstack import free_port
 from tests.conftest import BridgeApi, Tenant, Worker, make_tenant, signup_payload
 
 pytestmark = pytest.mark.integration
@@ -51,6 +54,27 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
+@pytest.fixture()
+def receiver() -> Iterator[str]:
+    """A status webhook receiver on 127.0.0.1 answering 204 to everything; yields its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/hook"
+    server.shutdown()
+    server.server_close()
+
+
 def _trigger(api: str, tenant: Tenant, *, later: bool = False) -> int:
     body: dict[str, Any] = {"workflowId": "user-signup", "payload": signup_payload()}
     if later:
@@ -73,10 +97,17 @@ def _wait_for(api: str, tenant: Tenant, nid: int, status: str, timeout: float = 
 
 
 def test_log_in_find_read_the_timeline_and_cancel(
-    chromium: Any, worker: Worker, bridge_process: BridgeApi
+    chromium: Any, worker: Worker, webhook_worker: Worker, bridge_process: BridgeApi, receiver: str
 ) -> None:
     api = bridge_process.url  # a real uvicorn API process (the bridge Novu calls)
     tenant, other = make_tenant(), make_tenant()
+    endpoint = httpx.post(
+        f"{api}/api/webhooks",
+        json={"url": receiver, "eventTypes": ["notification.sent"]},
+        headers=tenant.headers,
+        timeout=10,
+    )
+    assert endpoint.status_code == 201, endpoint.text
     sent = _trigger(api, tenant)
     scheduled = _trigger(api, tenant, later=True)
     theirs = _trigger(api, other, later=True)
@@ -101,10 +132,18 @@ def test_log_in_find_read_the_timeline_and_cancel(
     page.wait_for_url(f"{api}/ui/notifications/{sent}")
     assert page.locator("#status").inner_text() == "SENT"
     kinds = page.locator("#timeline td.kind").all_inner_texts()
-    # Novu's delivery events (delivery.*) may come in before or after our `sent`.
-    ours = [kind for kind in kinds if not kind.startswith("delivery.")]
+    # Novu's delivery events (delivery.*) and the status webhook's (webhook.*) come in from
+    # elsewhere, before or after our `sent`.
+    ours = [kind for kind in kinds if not kind.startswith(("delivery.", "webhook."))]
     assert ours == ["accepted", "attempt.started", "sent"], kinds
     assert page.locator("#content article.channel").count() >= 1  # the rendered channels
+    # The notification.sent status webhook to the tenant's receiver, once a worker sent it.
+    attempts = page.locator("#webhooks tr.webhook-attempt td.type")
+    deadline = time.monotonic() + 30
+    while attempts.count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        page.reload()
+    assert attempts.all_inner_texts() == ["delivered"]
 
     page.goto(f"{api}/ui/notifications/{scheduled}")
     assert page.locator("#status").inner_text() == "PENDING"
