@@ -57,6 +57,10 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
             "NOVU_API_URL",
             "NOVU_SECRET_KEY",
             "NOVU_BRIDGE_PUBLIC_URL",  # the suite's own bridge, not this stack's
+            # The suite's Novu webhooks too: `make run` points its emulator at its own API.
+            "NOVU_WEBHOOK_SECRET",
+            "NOVU_EMULATOR_WEBHOOK_URL",
+            "NOVU_EMULATOR_WEBHOOK_SECRET",
             "FLOWER_BASIC_AUTH",
         }
     }
@@ -148,6 +152,20 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
         by_step = {m["stepId"]: m["outputs"] for m in messages}
         assert by_step["email"]["subject"] == "[HIGH] Building b-789: HVAC failure"
         assert by_step["in_app"]["body"] == "High alert: HVAC failure"
+
+        # Novu's delivery events: the emulator's signed message webhooks reached our API.
+        deadline = time.monotonic() + 20
+        delivery: dict = {}
+        while time.monotonic() < deadline and len(delivery) < 2:
+            delivery = httpx.get(
+                f"{api}/api/notifications/{alert.json()['notificationId']}",
+                headers={"Authorization": f"Bearer {key}"},
+            ).json()["delivery"]
+            time.sleep(0.2)
+        assert {channel: d["status"] for channel, d in delivery.items()} == {
+            "email": "sent",
+            "in_app": "sent",
+        }, delivery
 
         # The delivery log page: log in with the printed key, find the notification's timeline.
         with httpx.Client(base_url=api, follow_redirects=True) as browser:
