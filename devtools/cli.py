@@ -156,6 +156,8 @@ def _child_env(settings: Settings, servers: list[EmbeddedServer]) -> dict[str, s
         elif isinstance(server, EmbeddedRedis):
             env["REDIS_URL"] = server.url
     env.setdefault("XNOVU_DATA_DIR", str(settings.data_dir.resolve()))
+    # Status webhooks may go to receivers on this machine (a development stack).
+    env.setdefault("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
     # The delivery log page's cookie key: a new one each run (its sessions end with the run).
     env.setdefault("UI_SESSION_SECRET", secrets.token_urlsafe(32))
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -197,6 +199,12 @@ def _processes(settings: Settings, worker_concurrency: int) -> dict[str, str]:
             f"{py} -m celery -A worker.celery_app worker --loglevel=INFO -E"
             f" --concurrency={worker_concurrency} -Q xnovu.deliver,xnovu.maintenance"
             f" --hostname=xnovu-worker@%h"
+        ),
+        # Status webhooks on workers of their own: a slow endpoint holds one of these threads,
+        # never a process that delivers notifications.
+        "webhooks": (
+            f"{py} -m celery -A worker.celery_app worker --loglevel=INFO -E --pool=threads"
+            f" --concurrency=8 -Q xnovu.webhooks --hostname=xnovu-webhooks@%h"
         ),
         "beat": (
             f"{py} -m celery -A worker.celery_app beat --loglevel=INFO"

@@ -3,14 +3,10 @@ dispatch → webhook worker → a receiver in the test, signed per Standard Webh
 
 from __future__ import annotations
 
-import json
 import statistics
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -20,73 +16,14 @@ from standardwebhooks import Webhook
 from devtools.devstack import free_port
 from shared.db.session import transaction
 from tests.conftest import Tenant, make_tenant, signup_payload, wait_for_status
+from tests.webhook_receiver import Received, Receiver, serve
 
 pytestmark = pytest.mark.integration
 
 
-@dataclass
-class Received:
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def event(self) -> dict[str, Any]:
-        return json.loads(self.body)
-
-
-@dataclass
-class Receiver:
-    """An HTTP receiver on 127.0.0.1: records every request and answers `answer()`'s status
-    after `delay` seconds."""
-
-    url: str = ""
-    requests: list[Received] = field(default_factory=list)
-    answer: Callable[[], int] = lambda: 204
-    delay: float = 0.0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def events(self, type_: str | None = None) -> list[Received]:
-        with self.lock:
-            found = list(self.requests)
-        return [r for r in found if type_ is None or r.event["type"] == type_]
-
-
 @pytest.fixture()
 def receiver() -> Iterator[Receiver]:
-    yield from _serve(Receiver())
-
-
-def _serve(state: Receiver, port: int = 0) -> Iterator[Receiver]:
-    """Run `state`'s receiver (on `port`, or a free one) until the generator is closed."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("content-length", "0")))
-            with state.lock:
-                state.requests.append(
-                    Received({k.lower(): v for k, v in self.headers.items()}, body)
-                )
-            if state.delay:
-                time.sleep(state.delay)
-            status = state.answer()
-            self.send_response(status)
-            self.send_header("content-length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", port or free_port()), Handler)
-    server.daemon_threads = True
-    state.url = f"http://localhost:{server.server_address[1]}/hooks"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        server.shutdown()
-        server.server_close()
+    yield from serve(Receiver())
 
 
 def _register(client, tenant: Tenant, url: str, types=("notification.sent",)) -> dict[str, Any]:
@@ -152,7 +89,7 @@ def test_sent_notification_is_posted_signed(client, tenant, worker, webhook_work
         Webhook(endpoint["secret"]).verify(got.body.replace(b"SENT", b"FAIL"), got.headers)
 
     [attempt] = _wait(lambda: _attempts(client, tenant, endpoint["id"]), what="the attempt")
-    assert attempt["succeeded"] is True and attempt["statusCode"] == 204
+    assert attempt["succeeded"] is True and attempt["statusCode"] == 200
     assert attempt["webhookId"] == got.headers["webhook-id"]
     assert attempt["notificationId"] == accepted["notificationId"]
     assert attempt["messageStatus"] == "delivered" and attempt["durationMs"] >= 0
@@ -198,7 +135,7 @@ def test_a_closed_port_is_retried_until_it_listens(client, tenant, worker, webho
     _wait(lambda: _attempts(client, tenant, endpoint["id"]), what="a first attempt")
     first = _attempts(client, tenant, endpoint["id"])[0]
     assert first["statusCode"] is None and first["error"] and first["messageStatus"] == "pending"
-    gen = _serve(Receiver(), port)
+    gen = serve(Receiver(), port)
     late = next(gen)
     try:
         [got] = _wait(lambda: _for(late, accepted["notificationId"]), what="the late webhook")
@@ -209,7 +146,7 @@ def test_a_closed_port_is_retried_until_it_listens(client, tenant, worker, webho
 
 def test_another_enterprise_never_sees_the_events(client, tenant, worker, webhook_worker, receiver):
     other = make_tenant()
-    gen = _serve(Receiver())
+    gen = serve(Receiver())
     theirs = next(gen)
     try:
         _register(client, tenant, receiver.url)
@@ -230,7 +167,7 @@ def test_another_enterprise_never_sees_the_events(client, tenant, worker, webhoo
 
 def test_only_subscribed_event_types_are_sent(client, tenant, worker, webhook_worker, receiver):
     _register(client, tenant, receiver.url, types=("notification.failed",))
-    other_receiver = _serve(Receiver())
+    other_receiver = serve(Receiver())
     sent_hooks = next(other_receiver)
     try:
         _register(client, tenant, sent_hooks.url, types=("notification.sent",))
@@ -289,7 +226,7 @@ def test_a_slow_endpoint_delays_neither_delivery_nor_other_enterprises(
     _register(client, tenant, receiver.url)
     baseline = [_latency_to_webhook(client, tenant, receiver) for _ in range(3)]
     slow_tenant = make_tenant()
-    slow_gen = _serve(Receiver())
+    slow_gen = serve(Receiver())
     slow = next(slow_gen)
     slow.delay = 2.5  # under WEBHOOK_TIMEOUT_SECONDS (3 s in tests): slow, not failing
     try:
