@@ -54,21 +54,21 @@ def notification_list(
     request: Request,
     session: SessionDep,
     ui: UiSessionDep,
-    status: Annotated[str, Query(max_length=20)] = "",
-    workflow: Annotated[str, Query(max_length=255)] = "",
-    tag: Annotated[str, Query(max_length=100)] = "",
     cursor: Annotated[str, Query(max_length=100)] = "",
 ) -> Response:
-    """The enterprise's notifications, newest first, filtered, in keyset pages."""
+    """The enterprise's notifications, newest first, filtered (status, workflow, tag,
+    transactionId, recipient, batchId, created range), in keyset pages."""
     if ui is None:
         return redirect(LOGIN)
-    filters = {"status": status, "workflow": workflow.strip(), "tag": tag.strip()}
-    context = {"ui": ui, "csrf": ui.csrf, "filters": filters, "statuses": STATUSES}
-    if status and status not in STATUSES:
+    # The form shows what was typed; the query runs on the parsed filters.
+    typed = {name: request.query_params.get(name, "")[:300] for name in views.FILTER_NAMES}
+    context = {"ui": ui, "csrf": ui.csrf, "filters": typed, "statuses": STATUSES}
+    filters, problem = views.list_filters(typed)
+    if filters is None:
         return render(
             request,
             "list.html",
-            {**context, "error": "Unknown status.", "rows": [], "next_url": None},
+            {**context, "error": problem, "rows": [], "next_url": None},
             status_code=400,
         )
     scope_session(session, ui.enterprise_id)
@@ -76,13 +76,18 @@ def notification_list(
         page = api_notifications.list_notifications(
             session=session,
             enterprise_id=ui.enterprise_id,
-            status=NotificationStatus(status) if status else None,
-            workflowId=filters["workflow"] or None,
-            tag=[filters["tag"]] if filters["tag"] else None,
+            status=filters.status,
+            workflowId=filters.workflow,
+            tag=[filters.tag] if filters.tag else None,
+            transactionId=filters.transactionId,
+            recipient=filters.recipient,
+            batchId=filters.batchId,
+            createdAfter=filters.createdAfter,
+            createdBefore=filters.createdBefore,
             limit=PAGE_SIZE,
             cursor=cursor or None,
         )
-    except ApiError as exc:  # a cursor this API did not issue
+    except ApiError as exc:  # a cursor this API did not issue, an inverted range
         return render(
             request,
             "list.html",
@@ -91,7 +96,7 @@ def notification_list(
         )
     next_url = None
     if page.nextCursor:
-        kept = {name: value for name, value in filters.items() if value}
+        kept = {name: value for name, value in typed.items() if value}
         next_url = "/ui/notifications?" + urlencode({**kept, "cursor": page.nextCursor})
     rows = [(read, views.recipient_labels(read)) for read in page.items]
     return render(

@@ -3,17 +3,22 @@ request's session scoped to the logged-in enterprise (row-level security applies
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
 from api.routes.templates import preview_slots
 from api.schemas.notifications import NotificationRead
+from shared.db.enums import NotificationStatus
 from shared.notifications import timeline
 from shared.notifications.novu_trigger import render_workflow
+from shared.notifications.schemas import SUBSCRIBER_ID_PATTERN
 from shared.templates import RenderError
 from shared.workflows.registry import get_registry
 
@@ -41,6 +46,46 @@ TIMELINE_EVENTS = 200
 def flash(code: str | None) -> tuple[str, str] | None:
     """The (kind, message) of a known flash code."""
     return FLASHES.get(code or "")
+
+
+class ListFilters(BaseModel):
+    """The list page's filters, bounded as the list endpoint bounds its parameters; a blank
+    field is no filter, and a time without an offset is UTC."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    status: NotificationStatus | None = None
+    workflow: str | None = Field(default=None, max_length=255)
+    tag: str | None = Field(default=None, max_length=100)
+    transactionId: str | None = Field(default=None, max_length=255)
+    recipient: str | None = Field(default=None, max_length=255, pattern=SUBSCRIBER_ID_PATTERN)
+    batchId: uuid.UUID | None = None
+    createdAfter: dt.datetime | None = None
+    createdBefore: dt.datetime | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("createdAfter", "createdBefore")
+    @classmethod
+    def _utc_unless_said(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
+
+
+FILTER_NAMES = tuple(ListFilters.model_fields)
+
+
+def list_filters(query: Mapping[str, str]) -> tuple[ListFilters | None, str | None]:
+    """The filters a query string asks for, or None and what is wrong with them (by field)."""
+    try:
+        return ListFilters.model_validate({name: query.get(name) for name in FILTER_NAMES}), None
+    except ValidationError as exc:
+        wrong = sorted({str(error["loc"][0]) for error in exc.errors() if error["loc"]})
+        return None, "Invalid filter: " + ", ".join(wrong) + "."
 
 
 def recipient_labels(read: NotificationRead) -> list[str]:

@@ -162,18 +162,77 @@ def test_the_list_shows_the_sessions_enterprise_only(
     assert "No such notification in this enterprise." in missing.text
 
 
+def _listed(page: Any) -> set[int]:
+    return {int(i) for i in re.findall(r'<tr data-id="(\d+)">', page.text)}
+
+
 def test_filters_and_next_page_link(
     client: TestClient, browser: TestClient, tenant: Tenant
 ) -> None:
-    ids = [_scheduled(client, tenant) for _ in range(3)]
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    event = {"workflowId": "user-signup", "scheduledFor": later}
+    bulk = client.post(
+        "/api/trigger/bulk",
+        json={"events": [{**event, "payload": signup_payload()} for _ in range(51)]},
+        headers=tenant.headers,
+    )
+    assert bulk.status_code == 202, bulk.text
+    ids = {r["notificationId"] for r in bulk.json()["results"]}
     _logged_in(browser, tenant)
-    page = browser.get("/ui/notifications", params={"status": "SENT"})
-    assert page.status_code == 200
-    assert "No notifications match." in page.text
-    page = browser.get("/ui/notifications", params={"status": "PENDING", "workflow": "user-signup"})
-    assert all(f'href="/ui/notifications/{i}"' in page.text for i in ids)
-    assert browser.get("/ui/notifications", params={"status": "NOPE"}).status_code == 400
+    assert _listed(browser.get("/ui/notifications", params={"status": "SENT"})) == set()
+    first = browser.get(
+        "/ui/notifications", params={"status": "PENDING", "workflow": "user-signup"}
+    )
+    assert len(_listed(first)) == 50
+    found = re.search(r'<a class="next" href="([^"]+)"', first.text)
+    assert found, first.text
+    next_url = html.unescape(found.group(1))
+    assert "status=PENDING" in next_url and "workflow=user-signup" in next_url
+    second = browser.get(next_url)
+    assert _listed(first) | _listed(second) == ids
+    assert '<a class="next"' not in second.text
+    batch = browser.get("/ui/notifications", params={"batchId": bulk.json()["batchId"]})
+    assert _listed(batch) == _listed(first)  # the batch's newest 50
     assert browser.get("/ui/notifications", params={"cursor": "zzz"}).status_code == 400
+
+
+def test_lookup_filters(client: TestClient, browser: TestClient, tenant: Tenant) -> None:
+    ada, bob = signup_payload(), signup_payload()
+    first = _scheduled(client, tenant, **ada)
+    second = _scheduled(client, tenant, **bob)
+    transaction_id = client.get(f"/api/notifications/{second}", headers=tenant.headers).json()[
+        "transaction_id"
+    ]
+    _logged_in(browser, tenant)
+
+    def listed(**params: str) -> set[int]:
+        page = browser.get("/ui/notifications", params=params)
+        assert page.status_code == 200, page.text
+        return _listed(page)
+
+    assert listed(recipient=ada["userId"]) == {first}
+    assert listed(transactionId=transaction_id) == {second}
+    hour_ago = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    assert listed(createdAfter=hour_ago) == {first, second}  # no offset: UTC
+    assert listed(createdBefore=hour_ago) == set()
+    assert listed(createdAfter=dt.datetime.now(dt.UTC).isoformat(), recipient=bob["userId"]) == (
+        set()
+    )
+    for params, wrong in (
+        ({"status": "NOPE"}, "status"),
+        ({"recipient": "two words"}, "recipient"),
+        ({"batchId": "not-a-uuid"}, "batchId"),
+        ({"createdAfter": "yesterday"}, "createdAfter"),
+    ):
+        page = browser.get("/ui/notifications", params=params)
+        assert page.status_code == 400
+        assert f"Invalid filter: {wrong}." in page.text
+    inverted = browser.get(
+        "/ui/notifications",
+        params={"createdAfter": "2026-01-02T00:00", "createdBefore": "2026-01-01T00:00"},
+    )
+    assert inverted.status_code == 422
+    assert "createdAfter must not be later than createdBefore" in inverted.text
 
 
 def test_hostile_tenant_data_is_shown_as_text(

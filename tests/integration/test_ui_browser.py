@@ -96,8 +96,22 @@ def _wait_for(api: str, tenant: Tenant, nid: int, status: str, timeout: float = 
     raise AssertionError(f"notification {nid} stayed {seen}, never {status}")
 
 
+def _reload_until(page: Any, locator: Any, count: int, timeout: float = 30) -> None:
+    """Reload the page until `locator` finds at least `count` elements (events that arrive
+    after the notification is SENT: Novu's webhooks, our status webhook)."""
+    deadline = time.monotonic() + timeout
+    while locator.count() < count and time.monotonic() < deadline:
+        time.sleep(0.5)
+        page.reload()
+
+
 def test_log_in_find_read_the_timeline_and_cancel(
-    chromium: Any, worker: Worker, webhook_worker: Worker, bridge_process: BridgeApi, receiver: str
+    chromium: Any,
+    worker: Worker,
+    webhook_worker: Worker,
+    bridge_process: BridgeApi,
+    receiver: str,
+    emulator: httpx.Client,
 ) -> None:
     api = bridge_process.url  # a real uvicorn API process (the bridge Novu calls)
     tenant, other = make_tenant(), make_tenant()
@@ -139,11 +153,26 @@ def test_log_in_find_read_the_timeline_and_cancel(
     assert page.locator("#content article.channel").count() >= 1  # the rendered channels
     # The notification.sent status webhook to the tenant's receiver, once a worker sent it.
     attempts = page.locator("#webhooks tr.webhook-attempt td.type")
-    deadline = time.monotonic() + 30
-    while attempts.count() == 0 and time.monotonic() < deadline:
-        time.sleep(0.5)
-        page.reload()
+    _reload_until(page, attempts, 1)
     assert attempts.all_inner_texts() == ["delivered"]
+    # Novu's message.sent for each channel step the emulator executed (email, in-app).
+    channels = page.locator("#delivery tr[data-channel]")
+    _reload_until(page, channels, 2)
+    statuses = page.locator("#delivery tr[data-channel] td.delivery-status").all_inner_texts()
+    assert statuses == ["sent", "sent"]
+
+    # A provider failure injected at Novu (the emulator) shows as the channel's message.failed.
+    fault = {"providerFailures": [{"channel": "email", "message": "mailbox <b>unavailable</b>"}]}
+    assert emulator.post("/_emulator/faults", json=fault).status_code == 200
+    failing = _trigger(api, tenant)
+    _wait_for(api, tenant, failing, "SENT")
+    page.goto(f"{api}/ui/notifications/{failing}")
+    _reload_until(page, channels, 2)
+    assert page.locator("#delivery tr[data-channel='email'] td.delivery-status").inner_text() == (
+        "failed"
+    )
+    failed = page.locator("#delivery tr.delivery-event", has_text="message.failed")
+    assert "mailbox <b>unavailable</b>" in failed.inner_text()  # the provider's text, as text
 
     page.goto(f"{api}/ui/notifications/{scheduled}")
     assert page.locator("#status").inner_text() == "PENDING"
