@@ -47,9 +47,8 @@ async def _bounded_body(request: Request, limit: int) -> bytes:
 
 
 def _receive(secret: str, body: bytes, headers: dict[str, str]) -> Outcome:
-    svix_id = delivery_events.verify(secret, body, headers)
-    timestamp = headers.get("svix-timestamp") or headers["webhook-timestamp"]
-    event = delivery_events.parse(body, svix_id, timestamp)
+    signed = delivery_events.verify(secret, body, headers)
+    event = delivery_events.parse(body, signed)
     if event is None:
         return Outcome.IGNORED
     with connection() as conn:
@@ -57,7 +56,7 @@ def _receive(secret: str, body: bytes, headers: dict[str, str]) -> Outcome:
     if outcome in (Outcome.UNKNOWN_TRANSACTION, Outcome.FOREIGN_SUBSCRIBER):
         log.warning(
             "Novu webhook %s (%s, transaction %s, subscriber %s) not recorded: %s",
-            svix_id,
+            signed.webhook_id,
             event.event_type,
             event.transaction_id,
             event.subscriber_id,

@@ -112,9 +112,17 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return headers.get(f"svix-{name}") or headers.get(f"webhook-{name}")
 
 
-def verify(secret: str, body: bytes, headers: Mapping[str, str]) -> str:
-    """Check the Standard Webhooks signature of a webhook (lower-case `headers`); its message
-    id, or WebhookRefused (401) for a missing, malformed, stale or wrong signature."""
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """What a verified signature vouches for besides the body: the message id and when."""
+
+    webhook_id: str
+    timestamp: str
+
+
+def verify(secret: str, body: bytes, headers: Mapping[str, str]) -> Signed:
+    """Check the Standard Webhooks signature of a webhook (lower-case `headers`), or raise
+    WebhookRefused (401) for a missing, malformed, stale or wrong signature."""
     webhook_id = _header(headers, "id")
     timestamp = _header(headers, "timestamp")
     signature = _header(headers, "signature")
@@ -143,7 +151,7 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str]) -> str:
         raise WebhookRefused(401, "signature_invalid", "the signature is malformed") from exc
     if len(webhook_id) > MAX_ID_CHARS:
         raise WebhookRefused(400, "invalid_webhook", "svix-id is too long")
-    return webhook_id
+    return Signed(webhook_id, timestamp)
 
 
 def _text(value: Any, limit: int = FIELD_CHARS) -> str | None:
@@ -164,7 +172,7 @@ def _timestamp(value: Any, fallback: str) -> dt.datetime:
     return dt.datetime.fromtimestamp(int(float(fallback)), dt.UTC)
 
 
-def parse(body: bytes, svix_id: str, svix_timestamp: str) -> MessageEvent | None:
+def parse(body: bytes, signed: Signed) -> MessageEvent | None:
     """A verified webhook body as a MessageEvent; None for what we ignore (not a message
     event, no transactionId); WebhookRefused (400) for a body that is not Novu's shape."""
     try:
@@ -202,9 +210,9 @@ def parse(body: bytes, svix_id: str, svix_timestamp: str) -> MessageEvent | None
         if value is not None
     }
     return MessageEvent(
-        svix_id=svix_id,
+        svix_id=signed.webhook_id,
         event_type=event_type,
-        occurred_at=_timestamp(document.get("timestamp"), svix_timestamp),
+        occurred_at=_timestamp(document.get("timestamp"), signed.timestamp),
         transaction_id=transaction_id,
         channel=_text(message.get("channel")),
         subscriber_id=_text(message.get("subscriberId"), 2 * FIELD_CHARS),

@@ -8,8 +8,10 @@ import datetime as dt
 import json
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook
@@ -341,3 +343,20 @@ def test_another_enterprise_sees_none_of_the_events(client, tenant):
         404,
         "not_found",
     )
+
+
+def test_one_webhook_delivered_many_times_at_once_is_recorded_once(stack, bridge_process, tenant):
+    notification_id, transaction_id = notification(tenant)
+    raw, headers = signed(novu_event("message.sent", transaction_id, subscriber(tenant)))
+    url = f"{bridge_process.url}{URL}"
+
+    def deliver(_: int) -> str:
+        answer = httpx.post(url, content=raw, headers=headers, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["status"])
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = sorted(pool.map(deliver, range(8)))
+    assert outcomes == ["duplicate"] * 7 + ["recorded"]
+    assert len(recorded(notification_id)) == 1
+    assert len(timeline(notification_id)) == 1
