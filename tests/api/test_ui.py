@@ -65,6 +65,19 @@ def _scheduled(client: TestClient, tenant: Tenant, **payload: Any) -> int:
     return int(response.json()["notificationId"])
 
 
+def _press(browser: TestClient, nid: int, action: str, page: Any, flash: str) -> Any:
+    """Submit the page's `action` form (cancel, retry): 303 back to the notification with
+    `flash`; the page it comes back to."""
+    done = browser.post(
+        f"/ui/notifications/{nid}/{action}",
+        data={"csrf": _csrf(page.text)},
+        follow_redirects=False,
+    )
+    location = f"/ui/notifications/{nid}?flash={flash}"
+    assert (done.status_code, done.headers["location"]) == (303, location)
+    return browser.get(location)
+
+
 def test_pages_without_a_session_go_to_the_login_form(browser: TestClient) -> None:
     for path in ("/ui/notifications", "/ui/notifications/1"):
         response = browser.get(path, follow_redirects=False)
@@ -267,14 +280,7 @@ def test_cancel_needs_the_sessions_token_and_then_retracts(
     row = client.get(f"/api/notifications/{nid}", headers=tenant.headers).json()
     assert row["notification_status"] == "PENDING"
 
-    done = browser.post(
-        f"/ui/notifications/{nid}/cancel", data={"csrf": _csrf(page.text)}, follow_redirects=False
-    )
-    assert (done.status_code, done.headers["location"]) == (
-        303,
-        f"/ui/notifications/{nid}?flash=retracted",
-    )
-    shown = browser.get(done.headers["location"])
+    shown = _press(browser, nid, "cancel", page, "retracted")
     assert 'id="status">RETRACTED<' in shown.text
     assert "Cancelled: the notification is RETRACTED." in shown.text
     row = client.get(f"/api/notifications/{nid}", headers=tenant.headers).json()
@@ -370,11 +376,7 @@ def test_retry_of_a_failed_row_from_the_page(
     _logged_in(browser, tenant)
     page = browser.get(f"/ui/notifications/{nid}")
     assert 'value="retry"' in page.text and 'value="cancel"' not in page.text
-    done = browser.post(
-        f"/ui/notifications/{nid}/retry", data={"csrf": _csrf(page.text)}, follow_redirects=False
-    )
-    assert done.headers["location"] == f"/ui/notifications/{nid}?flash=retried"
-    shown = browser.get(done.headers["location"])
+    shown = _press(browser, nid, "retry", page, "retried")
     assert "Retried: the notification is PENDING again" in shown.text
     assert '<td class="kind">retried</td>' in shown.text
     row = client.get(f"/api/notifications/{nid}", headers=tenant.headers).json()
