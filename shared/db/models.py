@@ -478,7 +478,12 @@ class WebhookAttempt(Base):
 
     __tablename__ = "webhook_attempt"
     __table_args__ = (
-        Index(None, "enterprise_id", "endpoint_id", text("id DESC")),
+        Index(
+            "ix_webhook_attempt_enterprise_id_endpoint_id_id",
+            "enterprise_id",
+            "endpoint_id",
+            text("id DESC"),
+        ),
         Index(None, "message_id"),
     )
 

@@ -53,6 +53,9 @@ def test_upgrade_creates_every_table_then_downgrade_removes_them(empty_database)
         "ent_notification_event",
         "novu_delivery_event",
         "ent_notification_key",
+        "webhook_endpoint",
+        "webhook_message",
+        "webhook_attempt",
     }
     assert {"notification_status", "channel_type", "publish_status"} <= types
 
