@@ -65,6 +65,12 @@ def _scheduled(client: TestClient, tenant: Tenant, **payload: Any) -> int:
     return int(response.json()["notificationId"])
 
 
+def _status(client: TestClient, tenant: Tenant, nid: int) -> str:
+    """The notification's status as the API answers it."""
+    row = client.get(f"/api/notifications/{nid}", headers=tenant.headers).json()
+    return str(row["notification_status"])
+
+
 def _press(browser: TestClient, nid: int, action: str, page: Any, flash: str) -> Any:
     """Submit the page's `action` form (cancel, retry): 303 back to the notification with
     `flash`; the page it comes back to."""
@@ -277,14 +283,12 @@ def test_cancel_needs_the_sessions_token_and_then_retracts(
     )
     assert refused.status_code == 403
     assert "did not carry this session&#39;s token" in refused.text
-    row = client.get(f"/api/notifications/{nid}", headers=tenant.headers).json()
-    assert row["notification_status"] == "PENDING"
+    assert _status(client, tenant, nid) == "PENDING"
 
     shown = _press(browser, nid, "cancel", page, "retracted")
     assert 'id="status">RETRACTED<' in shown.text
     assert "Cancelled: the notification is RETRACTED." in shown.text
-    row = client.get(f"/api/notifications/{nid}", headers=tenant.headers).json()
-    assert row["notification_status"] == "RETRACTED"
+    assert _status(client, tenant, nid) == "RETRACTED"
 
 
 def test_another_sessions_token_and_another_enterprises_row_are_refused(
@@ -306,8 +310,7 @@ def test_another_sessions_token_and_another_enterprises_row_are_refused(
         f"/ui/notifications/{nid}/cancel", data={"csrf": their_token}, follow_redirects=False
     )
     assert forged.status_code == 403
-    row = client.get(f"/api/notifications/{nid}", headers=tenant.headers).json()
-    assert row["notification_status"] == "PENDING"
+    assert _status(client, tenant, nid) == "PENDING"
 
 
 def test_retry_of_a_pending_row_says_it_is_not_possible(
@@ -379,8 +382,7 @@ def test_retry_of_a_failed_row_from_the_page(
     shown = _press(browser, nid, "retry", page, "retried")
     assert "Retried: the notification is PENDING again" in shown.text
     assert '<td class="kind">retried</td>' in shown.text
-    row = client.get(f"/api/notifications/{nid}", headers=tenant.headers).json()
-    assert row["notification_status"] == "PENDING"
+    assert _status(client, tenant, nid) == "PENDING"
 
 
 def test_without_a_secret_the_page_is_off(
