@@ -205,6 +205,10 @@ def _rows_e(e: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return out
 
 
+# GET /api/notifications lookups of (f), by the query parameter they use (benchmarks/run.py).
+LOOKUPS = ("transactionId", "recipient", "tag", "range")
+
+
 def _rows_f(f: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     sizes = sorted(f, key=int)
     out = [
@@ -216,10 +220,21 @@ def _rows_f(f: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         )
         for size in sizes
     ]
+    lookups = [name for name in LOOKUPS if f"{name}_p50_ms" in f[sizes[0]]]
+    if lookups:
+        out += [
+            (
+                f"(f) {int(size):,} rows: lookup by {' / '.join(lookups)}",
+                " / ".join(f"{f[size][f'{name}_p50_ms']:.1f}" for name in lookups) + " ms",
+                "p99 " + " / ".join(f"{f[size][f'{name}_p99_ms']:.1f}" for name in lookups),
+                "",
+            )
+            for size in sizes
+        ]
     if len(sizes) < 2:
         return out
     small, large = f[sizes[0]], f[sizes[-1]]
-    for name in ("list", "cancel"):
+    for name in ("list", "cancel", *lookups):
         ratio = large[f"{name}_p50_ms"] / small[f"{name}_p50_ms"]
         ratio99 = large[f"{name}_p99_ms"] / small[f"{name}_p99_ms"]
         out.append(

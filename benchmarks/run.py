@@ -13,7 +13,8 @@ worker of concurrency 2 and beat) and measures, each against its baseline:
 (c) trigger → SENT latency at a steady 100 triggers/s (single triggers);
 (d) (b) again with 200 ms of Novu latency;
 (e) peak RSS of the API and worker processes;
-(f) GET /api/notifications?status=FAILED and cancel latency with 10,000 and 1,000,000 rows;
+(f) GET /api/notifications?status=FAILED, lookups (by transactionId, recipient, tag and
+    created-at range) and cancel latency with 10,000 and 1,000,000 rows;
 (g) the bridge's `execute` vs @novu/framework 2.13.2 serving the same step, one process each
     (benchmarks/bridge_bench.py; a bare Starlette route when Node is missing), on a stack of
     its own;
@@ -45,6 +46,7 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import httpx
 import psutil
@@ -447,7 +449,15 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
 # -- (f) list and cancel with a large table --------------------------------------------------
 
 
-def fill_notifications(database_url: str, upto: int) -> None:
+# The fill's rows: row g was created FILL_START_SECONDS + g seconds after the run's base time,
+# names one of LOOKUP_KEYS subscribers and carries one of as many tags, so that every lookup
+# answers a full page at either table size and the created-at window holds the same rows.
+LOOKUP_KEYS = 100
+FILL_START_SECONDS = -14 * 86400  # two weeks ago: inside any retention, ordered by g
+RANGE_WINDOW = (4000, 4600)  # rows g of the created-at lookup, at both sizes
+
+
+def fill_notifications(database_url: str, upto: int, base: dt.datetime) -> None:
     """Grow ent_notification to `upto` rows of the demo enterprise: 95 % SENT, 1 % FAILED and
     4 % PENDING scheduled a month ahead (nothing for the worker to do)."""
     import psycopg
@@ -464,7 +474,7 @@ def fill_notifications(database_url: str, upto: int) -> None:
                 INSERT INTO notify.ent_notification (
                     enterprise_id, name, workflow_key, notification_status, payload,
                     recipients, transaction_id, scheduled_for, processed_at, attempts,
-                    error_details, created_by
+                    error_details, created_by, tags, created_at
                 )
                 SELECT %(e)s, 'building-alert', 'building-alert',
                     CAST(CASE WHEN g %% 100 = 0 THEN 'FAILED'
@@ -472,24 +482,66 @@ def fill_notifications(database_url: str, upto: int) -> None:
                          END AS notify.notification_status),
                     jsonb_build_object('buildingId', 'b-' || g, 'message',
                                        'HVAC system failure detected', 'priority', 'high'),
-                    ARRAY['subscriber-' || (g %% 5000)], 'xn-bench-' || g || '-' || %(salt)s,
+                    ARRAY['subscriber-' || (g %% %(keys)s)], 'xn-bench-' || g || '-' || %(salt)s,
                     CASE WHEN g %% 100 BETWEEN 1 AND 4 THEN now() + interval '30 days' END,
                     CASE WHEN g %% 100 NOT BETWEEN 1 AND 4 THEN now() END,
                     CASE WHEN g %% 100 BETWEEN 1 AND 4 THEN 0 ELSE 1 END,
                     CASE WHEN g %% 100 = 0 THEN
                         jsonb_build_object('code', 'novu_rejected', 'statusCode', 422) END,
-                    'bench'
+                    'bench', ARRAY['zone-' || (g %% %(keys)s)],
+                    %(start)s + g * interval '1 second'
                 FROM generate_series(CAST(%(low)s AS bigint), CAST(%(high)s AS bigint)) AS g
                 """,
-                {"e": DEV_ENTERPRISE_ID, "low": low, "high": high, "salt": random.random()},
+                {
+                    "e": DEV_ENTERPRISE_ID,
+                    "low": low,
+                    "high": high,
+                    "salt": random.random(),
+                    "keys": LOOKUP_KEYS,
+                    "start": base + dt.timedelta(seconds=FILL_START_SECONDS),
+                },
             )
-        conn.execute("VACUUM ANALYZE notify.ent_notification")
+        # The lookup keys too (migration 0010's triggers filled them): the planner needs their
+        # statistics as much as the table's.
+        conn.execute("VACUUM ANALYZE notify.ent_notification, notify.ent_notification_key")
+
+
+def lookup_queries(
+    database_url: str, count: int, base: dt.datetime
+) -> dict[str, list[tuple[str, int]]]:
+    """`count` queries of each lookup with the items each must answer: transactionIds of
+    random rows (1), random subscribers and tags (a full page of 50), and one created-at
+    window (the same 600 rows at both sizes; a full page)."""
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT transaction_id FROM notify.ent_notification"
+            " WHERE enterprise_id = %s AND id %% 7 = 0",
+            (DEV_ENTERPRISE_ID,),
+        ).fetchall()
+    transactions = random.sample([row[0] for row in rows], count)
+    start = base + dt.timedelta(seconds=FILL_START_SECONDS)
+    after, before = (start + dt.timedelta(seconds=second) for second in RANGE_WINDOW)
+    window = urlencode({"createdAfter": after.isoformat(), "createdBefore": before.isoformat()})
+    keys = [random.randrange(LOOKUP_KEYS) for _ in range(count)]
+    return {
+        "transactionId": [(f"transactionId={t}", 1) for t in transactions],
+        "recipient": [(f"recipient=subscriber-{k}&limit=50", 50) for k in keys],
+        "tag": [(f"tag=zone-{k}&limit=50", 50) for k in keys],
+        "range": [(f"{window}&limit=50", 50)] * count,
+    }
 
 
 def table_latency(
-    loop: asyncio.AbstractEventLoop, api_url: str, database_url: str, requests: int
+    loop: asyncio.AbstractEventLoop,
+    api_url: str,
+    database_url: str,
+    requests: int,
+    base: dt.datetime,
 ) -> dict[str, Any]:
-    """Sequential GET ?status=FAILED and cancels of distinct PENDING rows, one connection."""
+    """Sequential GET ?status=FAILED, lookups and cancels of distinct PENDING rows, one
+    connection."""
     import psycopg
 
     with psycopg.connect(database_url) as conn:
@@ -502,17 +554,29 @@ def table_latency(
     picked = random.sample(pending, requests + 20)
     list_url = f"{api_url}/api/notifications?status=FAILED&limit=50"
     list_request = build_request(list_url, method="GET", headers=AUTH)
+    lookups = lookup_queries(database_url, requests + 20, base)
 
-    async def measure() -> tuple[list[float], list[float]]:
+    async def measure() -> tuple[list[float], list[float], dict[str, list[float]]]:
         connection = await _connect("127.0.0.1", int(api_url.rsplit(":", 1)[1]))
         listed: list[float] = []
         cancelled: list[float] = []
+        looked_up: dict[str, list[float]] = {name: [] for name in lookups}
         for n in range(requests + 20):
             started = time.perf_counter()
             status, body = await connection.request(list_request)
             assert status == 200 and len(json.loads(body)["items"]) == 50, (status, body[:300])
             if n >= 20:
                 listed.append(time.perf_counter() - started)
+        for name, queries in lookups.items():
+            for n, (query, items) in enumerate(queries):
+                url = f"{api_url}/api/notifications?{query}"
+                request = build_request(url, method="GET", headers=AUTH)
+                started = time.perf_counter()
+                status, body = await connection.request(request)
+                found = len(json.loads(body)["items"]) if status == 200 else -1
+                assert found == items, (name, query, status, body[:300])
+                if n >= 20:
+                    looked_up[name].append(time.perf_counter() - started)
         for n, notification_id in enumerate(picked):
             cancel = build_request(
                 f"{api_url}/api/notifications/{notification_id}/cancel", headers=AUTH
@@ -524,16 +588,20 @@ def table_latency(
                 cancelled.append(time.perf_counter() - started)
         assert connection.transport is not None
         connection.transport.close()
-        return listed, cancelled
+        return listed, cancelled, looked_up
 
-    listed, cancelled = run(loop, measure())
-    return {
+    listed, cancelled, looked_up = run(loop, measure())
+    figures = {
         "list_p50_ms": percentile(listed, 50) * 1000,
         "list_p99_ms": percentile(listed, 99) * 1000,
         "cancel_p50_ms": percentile(cancelled, 50) * 1000,
         "cancel_p99_ms": percentile(cancelled, 99) * 1000,
         "requests": requests,
     }
+    for name, latencies in looked_up.items():
+        figures[f"{name}_p50_ms"] = percentile(latencies, 50) * 1000
+        figures[f"{name}_p99_ms"] = percentile(latencies, 99) * 1000
+    return figures
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -704,12 +772,13 @@ class Run:
         truncate_notifications()
         database_url = self.stack.env["DATABASE_URL"]
         self.results["f"] = {}
+        base = dt.datetime.now(dt.UTC)
         for size in (self.sizes.small_table, self.sizes.large_table):
-            fill_notifications(database_url, size)
+            fill_notifications(database_url, size, base)
             self.step(f"table filled to {size:,} rows")
             with self.stage(f"f_{size}"):
                 self.results["f"][str(size)] = table_latency(
-                    self.loop, api_url, database_url, self.sizes.table_requests
+                    self.loop, api_url, database_url, self.sizes.table_requests, base
                 )
         self.step("table latencies measured")
 

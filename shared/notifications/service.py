@@ -87,9 +87,10 @@ class NotificationService:
         if workflow_key is not None:
             stmt = stmt.where(Notification.workflow_key == workflow_key)
         if tags:
-            # One tag's keys find the candidates; the row must carry the others too.
+            # The first tag's keys find the candidates; the rows must carry the others too.
             stmt = _with_key(stmt, enterprise_id, NotificationKey.of_tag(tags[0]))
-            stmt = stmt.where(Notification.tags.contains(list(tags)))
+            if len(tags) > 1:
+                stmt = stmt.where(Notification.tags.contains(list(tags[1:])))
         if transaction_id is not None:
             stmt = stmt.where(Notification.transaction_id == transaction_id)
         if recipient is not None:

@@ -232,6 +232,33 @@ def test_batch_counts_move_as_the_worker_sends_its_notifications(client, tenant,
     assert len(sent) == 3
 
 
+def _keys(notification_id: int) -> list[str]:
+    with transaction() as session:
+        rows = session.execute(
+            text(
+                "SELECT key FROM notify.ent_notification_key"
+                " WHERE notification_id = :id ORDER BY key"
+            ),
+            {"id": notification_id},
+        )
+        return [row.key for row in rows]
+
+
+def test_keys_come_with_each_notification_once_and_go_with_it(client, tenant):
+    # A repeated tag and a recipient named bare and in an object: one key each.
+    created = _trigger(
+        client, tenant, recipients=["kim", {"subscriberId": "kim"}, "lee"], tags=["a", "a"]
+    )
+    notification_id = created["notificationId"]
+    assert _keys(notification_id) == ["r:kim", "r:lee", "t:a"]
+    assert _listed(client, tenant, recipient="kim", tag="a") == [notification_id]
+    with transaction() as session:  # as retention removes notifications (migration 0011)
+        session.execute(
+            text("DELETE FROM notify.ent_notification WHERE id = :id"), {"id": notification_id}
+        )
+    assert _keys(notification_id) == []
+
+
 # -- the plans: each lookup is an index scan within the enterprise ---------------------------
 
 ROWS = 40_000
