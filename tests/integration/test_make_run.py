@@ -61,6 +61,7 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
             "NOVU_WEBHOOK_SECRET",
             "NOVU_EMULATOR_WEBHOOK_URL",
             "NOVU_EMULATOR_WEBHOOK_SECRET",
+            "UI_SESSION_SECRET",  # `make run` makes its own
             "FLOWER_BASIC_AUTH",
         }
     }
@@ -178,6 +179,11 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
             page = browser.get(f"/ui/notifications/{accepted['notificationId']}").text
             assert 'id="status">SENT<' in page
             assert '<td class="kind">sent</td>' in page
+            # The alert's page shows Novu's message.sent per channel (the webhooks above).
+            alert_page = browser.get(f"/ui/notifications/{alert.json()['notificationId']}").text
+            for channel in ("email", "in_app"):
+                row = re.search(rf'<tr data-channel="{channel}">.*?</tr>', alert_page)
+                assert row and '<td class="delivery-status">sent</td>' in row[0], alert_page
 
         flower = f"http://127.0.0.1:{ports['FLOWER_PORT']}"
         deadline = time.monotonic() + 30
