@@ -400,3 +400,23 @@ def test_without_a_secret_the_page_is_off(
         auth._signer_from_settings.cache_clear()
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "ui_disabled"
+
+
+def test_pages_count_against_the_keys_rate_limit(
+    app: Any, browser: TestClient, tenant: Tenant, stack: Stack
+) -> None:
+    from api.ratelimit import RateLimiter, get_rate_limiter
+
+    _logged_in(browser, tenant)
+    prefix = f"xnovu:test-ratelimit:{uuid.uuid4().hex}:"
+    limiter = RateLimiter(stack.redis_url, per_second=0.1, burst=2, key_prefix=prefix)
+    app.dependency_overrides[get_rate_limiter] = lambda: limiter
+    try:
+        statuses = [browser.get("/ui/notifications").status_code for _ in range(3)]
+        # The key's API requests share the same budget.
+        api = browser.get("/api/notifications", headers=tenant.headers)
+    finally:
+        app.dependency_overrides.pop(get_rate_limiter, None)
+        limiter.close()
+    assert statuses == [200, 200, 429]
+    assert api.status_code == 429
