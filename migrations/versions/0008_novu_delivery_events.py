@@ -13,8 +13,11 @@ Create Date: 2026-11-27
 - Enterprise rows as everywhere: `xnovu_app` (enterprise transactions) reads and inserts its
   own enterprise's rows only (row-level security as migration 0003); nothing updates or
   deletes them but the owner.
-- No foreign key to `ent_notification`, as the timeline (migration 0007): a row is inserted
-  only in the transaction that has just read its notification.
+- A foreign key to `ent_notification` ON DELETE CASCADE, so that the rows go with their
+  notification when retention removes it; one webhook inserts one row, off the delivery
+  path, so the key's check costs nothing that is measured. The index leads with
+  `notification_id` for the cascade and for reading one notification's events (a
+  notification belongs to one enterprise).
 """
 
 from collections.abc import Sequence
@@ -39,7 +42,16 @@ def upgrade() -> None:
         "novu_delivery_event",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
         sa.Column("enterprise_id", sa.UUID(), nullable=False),
-        sa.Column("notification_id", sa.BigInteger(), nullable=False),
+        sa.Column(
+            "notification_id",
+            sa.BigInteger(),
+            sa.ForeignKey(
+                "notify.ent_notification.id",
+                name=op.f("fk_novu_delivery_event_notification_id_ent_notification"),
+                ondelete="CASCADE",
+            ),
+            nullable=False,
+        ),
         sa.Column("svix_id", sa.Text(), nullable=False),
         sa.Column("event_type", sa.Text(), nullable=False),
         sa.Column("channel", sa.Text(), nullable=True),
@@ -60,9 +72,9 @@ def upgrade() -> None:
         schema="notify",
     )
     op.create_index(
-        op.f("ix_novu_delivery_event_enterprise_id_notification_id_id"),
+        op.f("ix_novu_delivery_event_notification_id_id"),
         "novu_delivery_event",
-        ["enterprise_id", "notification_id", "id"],
+        ["notification_id", "id"],
         unique=False,
         schema="notify",
     )

@@ -13,10 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from standardwebhooks.webhooks import Webhook
 
-from shared.db.models import NotificationEvent, NovuDeliveryEvent
+from shared.db.models import Notification, NotificationEvent, NovuDeliveryEvent
 from shared.db.session import transaction
 from shared.novu.delivery_events import MAX_BODY_BYTES, MAX_DEPTH
 from shared.settings import get_settings, new_webhook_secret
@@ -360,3 +360,13 @@ def test_one_webhook_delivered_many_times_at_once_is_recorded_once(stack, bridge
     assert outcomes == ["duplicate"] * 7 + ["recorded"]
     assert len(recorded(notification_id)) == 1
     assert len(timeline(notification_id)) == 1
+
+
+def test_the_events_go_with_their_notification(client, tenant):
+    notification_id, transaction_id = notification(tenant)
+    post(client, *signed(novu_event("message.sent", transaction_id, subscriber(tenant))))
+    assert len(recorded(notification_id)) == 1
+    # As retention removes a finished notification (the owner's rights; a foreign key cascade).
+    with transaction() as session:
+        session.execute(delete(Notification).where(Notification.id == notification_id))
+    assert recorded(notification_id) == []
