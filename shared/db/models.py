@@ -362,12 +362,15 @@ class NovuDeliveryEvent(Base):
     __tablename__ = "novu_delivery_event"
     __table_args__ = (
         UniqueConstraint("svix_id"),
-        Index(None, "enterprise_id", "notification_id", "id"),
+        Index(None, "notification_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
     enterprise_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
-    notification_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # Its rows go with the notification (retention).
+    notification_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("ent_notification.id", ondelete="CASCADE"), nullable=False
+    )
     svix_id: Mapped[str] = mapped_column(Text, nullable=False)
     event_type: Mapped[str] = mapped_column(Text, nullable=False)
     channel: Mapped[str | None] = mapped_column(Text)
