@@ -24,14 +24,20 @@ router = APIRouter(prefix="/api/webhooks", tags=["webhooks"])
 
 EndpointId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
-ERRORS: dict[int | str, dict[str, Any]] = {
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such endpoint in the caller's enterprise"},
-    409: {"description": "The enterprise has as many endpoints as it may"},
+}
+BAD_ENDPOINT: dict[int | str, dict[str, Any]] = {
     422: {"description": "Invalid body, unknown event type, or a URL that may not be used"},
+}
+TOO_MANY: dict[int | str, dict[str, Any]] = {
+    409: {"description": "The enterprise has as many endpoints as it may"},
 }
 
 
-@router.post("", status_code=201, response_model=WebhookEndpointRead, responses=ERRORS)
+@router.post(
+    "", status_code=201, response_model=WebhookEndpointRead, responses={**TOO_MANY, **BAD_ENDPOINT}
+)
 def create_endpoint(
     body: WebhookEndpointCreate, session: SessionDep, enterprise_id: EnterpriseDep
 ) -> WebhookEndpointRead:
@@ -54,7 +60,7 @@ def list_endpoints(session: SessionDep, enterprise_id: EnterpriseDep) -> Webhook
     "/{endpoint_id}",
     response_model=WebhookEndpointRead,
     response_model_exclude_none=True,
-    responses=ERRORS,
+    responses=NOT_FOUND,
 )
 def get_endpoint(
     endpoint_id: EndpointId, session: SessionDep, enterprise_id: EnterpriseDep
@@ -70,7 +76,7 @@ def get_endpoint(
     "/{endpoint_id}",
     response_model=WebhookEndpointRead,
     response_model_exclude_none=True,
-    responses=ERRORS,
+    responses={**NOT_FOUND, **BAD_ENDPOINT},
 )
 def update_endpoint(
     endpoint_id: EndpointId,
@@ -95,7 +101,9 @@ def update_endpoint(
     return WebhookEndpointRead.of(row)
 
 
-@router.post("/{endpoint_id}/rotate-secret", response_model=WebhookEndpointRead, responses=ERRORS)
+@router.post(
+    "/{endpoint_id}/rotate-secret", response_model=WebhookEndpointRead, responses=NOT_FOUND
+)
 def rotate_secret(
     endpoint_id: EndpointId, session: SessionDep, enterprise_id: EnterpriseDep
 ) -> WebhookEndpointRead:
@@ -108,7 +116,7 @@ def rotate_secret(
     return WebhookEndpointRead.of(row, with_secret=True)
 
 
-@router.delete("/{endpoint_id}", status_code=204, responses=ERRORS)
+@router.delete("/{endpoint_id}", status_code=204, responses=NOT_FOUND)
 def delete_endpoint(
     endpoint_id: EndpointId, session: SessionDep, enterprise_id: EnterpriseDep
 ) -> Response:
@@ -119,7 +127,11 @@ def delete_endpoint(
     return Response(status_code=204)
 
 
-@router.get("/{endpoint_id}/attempts", response_model=WebhookAttemptPage, responses=ERRORS)
+@router.get(
+    "/{endpoint_id}/attempts",
+    response_model=WebhookAttemptPage,
+    responses={**NOT_FOUND, 400: {"description": "A cursor this API did not issue"}},
+)
 def list_attempts(
     endpoint_id: EndpointId,
     session: SessionDep,

@@ -18,12 +18,16 @@ import uuid
 from sqlalchemy import Connection
 
 from shared.db.session import connection, enterprise_transaction
-from shared.queue import publish_webhook_deliveries
+from shared.queue import QueueName, publish_webhook_deliveries, queue_depth
 from shared.settings import Settings, get_settings
 from shared.webhooks import outbox, sender
 from shared.webhooks.timeline import record_on_timeline
 
 log = logging.getLogger(__name__)
+
+# Dispatch pauses while this many tasks wait in the webhooks queue: with no webhook worker
+# consuming it, each round would add a task per endpoint whose claim ran out, without end.
+MAX_QUEUED_TASKS = 1000
 
 
 def lease_seconds(settings: Settings) -> float:
@@ -34,6 +38,11 @@ def lease_seconds(settings: Settings) -> float:
 def dispatch() -> int:
     """Claim due messages per endpoint and publish a task per claim; returns the claims."""
     settings = get_settings()
+    queued = queue_depth(QueueName.WEBHOOKS)
+    if queued is None or queued >= MAX_QUEUED_TASKS:
+        if queued is not None:
+            log.warning("webhook dispatch paused: %d tasks wait in %s", queued, QueueName.WEBHOOKS)
+        return 0
     with connection() as conn, conn.begin():
         claims = outbox.claim_due(
             conn,
