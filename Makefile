@@ -12,11 +12,11 @@ PYTEST_ARGS ?=
 
 .PHONY: install run test bench chaos lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,devstack]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,devstack]' -e clients/python
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -37,8 +37,8 @@ bench: $(STAMP)
 	QUICK="$(QUICK)" $(BIN)/python -m benchmarks.run
 
 lint: $(STAMP)
-	$(BIN)/ruff check api worker shared devtools novu_emulator migrations tests
-	$(BIN)/mypy api worker shared devtools novu_emulator
+	$(BIN)/ruff check api worker shared devtools novu_emulator migrations tests clients
+	$(BIN)/mypy api worker shared devtools novu_emulator clients/python/xnovu_client
 
 clean:
 	rm -rf $(VENV) .xnovu .pytest_cache

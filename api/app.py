@@ -16,7 +16,7 @@ from api.hotpath import TriggerHotPath
 from api.limits import BodySizeLimit
 from api.metrics import MetricsMiddleware
 from api.metrics import router as metrics_router
-from api.openapi import install_openapi
+from api.openapi import install_openapi, operation_id
 from api.routes import (
     batches,
     health,
@@ -69,6 +69,9 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Notification workflow service: trigger, track and cancel notifications.",
         lifespan=lifespan,
+        # Operation ids are the route functions' names (create_template, list_notifications):
+        # what a generated client calls its methods (docs/clients.md).
+        generate_unique_id_function=operation_id,
         docs_url=None,  # served offline instead (api/docs.py)
         redoc_url=None,
     )
@@ -87,10 +90,10 @@ def create_app() -> FastAPI:
     app.include_router(stats.router)
     app.include_router(webhooks.router)
     app.include_router(novu_bridge.router)
-    app.include_router(novu_webhooks.router)
     # The delivery log page (/ui/): HTML over the same routes and services.
     app.include_router(ui_auth.router)
     app.include_router(ui_routes.router)
+    app.include_router(novu_webhooks.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     # Outermost: POST /api/trigger straight to its route (api/hotpath.py).

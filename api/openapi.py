@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 ERROR_SCHEMA: dict[str, Any] = {
     "title": "Error",
@@ -159,6 +160,12 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
                     body["examples"] = examples
             _document(operation, errors)
     return document
+
+
+def operation_id(route: APIRoute) -> str:
+    """A route's OpenAPI operationId: its function's name (FastAPI appends the method for a
+    route of several)."""
+    return route.name
 
 
 def install_openapi(app: FastAPI) -> None:
