@@ -3,6 +3,7 @@ dispatch → webhook worker → a receiver in the test, signed per Standard Webh
 
 from __future__ import annotations
 
+import datetime as dt
 import statistics
 import time
 import uuid
@@ -34,10 +35,10 @@ def _register(client, tenant: Tenant, url: str, types=("notification.sent",)) ->
     return response.json()
 
 
-def _trigger(client, tenant: Tenant) -> dict[str, Any]:
+def _trigger(client, tenant: Tenant, **extra: Any) -> dict[str, Any]:
     response = client.post(
         "/api/trigger",
-        json={"workflowId": "user-signup", "payload": signup_payload()},
+        json={"workflowId": "user-signup", "payload": signup_payload(), **extra},
         headers=tenant.headers,
     )
     assert response.status_code == 202, response.text
@@ -263,3 +264,63 @@ def test_no_message_is_made_for_an_enterprise_without_endpoints(client, tenant, 
         )
     assert count == 0
     assert uuid.UUID(str(tenant.enterprise_id))
+
+
+def test_failed_and_retracted_notifications_are_posted(
+    client, tenant, worker, webhook_worker, receiver, emulator
+):
+    endpoint = _register(
+        client, tenant, receiver.url, types=("notification.failed", "notification.retracted")
+    )
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    scheduled = _trigger(client, tenant, scheduledFor=later)
+    cancel = client.post(
+        f"/api/notifications/{scheduled['notificationId']}/cancel",
+        json={"reason": "changed my mind"},
+        headers=tenant.headers,
+    )
+    assert cancel.status_code == 200, cancel.text
+    [retracted] = _wait(lambda: _for(receiver, scheduled["notificationId"]), what="retracted")
+    event = Webhook(endpoint["secret"]).verify(retracted.body, retracted.headers)
+    assert event["type"] == "notification.retracted"
+    assert event["data"]["status"] == "RETRACTED"
+    assert event["data"]["reason"] == "changed my mind"
+
+    # Novu refusing the trigger for good (400) fails the notification at once.
+    emulator.post("/_emulator/faults", json={"status": 400, "rate": 1.0})
+    refused = _trigger(client, tenant)
+    wait_for_status(client, tenant, refused["notificationId"], {"FAILED"})
+    emulator.delete("/_emulator/faults")
+    [failed] = _wait(lambda: _for(receiver, refused["notificationId"]), what="failed")
+    event = Webhook(endpoint["secret"]).verify(failed.body, failed.headers)
+    assert event["type"] == "notification.failed"
+    assert event["data"]["status"] == "FAILED"
+    assert event["data"]["error"]["code"]
+
+
+def test_novus_message_events_are_posted_per_channel(
+    client, tenant, worker, webhook_worker, receiver, emulator
+):
+    endpoint = _register(client, tenant, receiver.url, types=("message.sent", "message.failed"))
+    emulator.post(
+        "/_emulator/faults",
+        json={"providerFailures": [{"channel": "email", "message": "mailbox unavailable"}]},
+    )
+    accepted = _trigger(client, tenant, payload=signup_payload("grace"))
+    got = _wait(
+        lambda: len(_for(receiver, accepted["notificationId"])) >= 2 or None,
+        what="both channels' events",
+    )
+    assert got
+    events = {
+        (e["type"], e["data"]["channel"]): e
+        for e in (
+            Webhook(endpoint["secret"]).verify(r.body, r.headers)
+            for r in _for(receiver, accepted["notificationId"])
+        )
+    }
+    assert set(events) == {("message.failed", "email"), ("message.sent", "in_app")}
+    failed = events[("message.failed", "email")]["data"]
+    assert failed["errorText"] == "mailbox unavailable"
+    assert failed["subscriberId"] == "grace"  # the caller's id, not Novu's namespaced one
+    assert failed["transactionId"] == accepted["transactionId"]
