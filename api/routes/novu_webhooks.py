@@ -11,6 +11,7 @@ is answered 200 whatever became of it (`recorded`, `duplicate`, `ignored`,
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
@@ -28,6 +29,9 @@ router = APIRouter(prefix="/api/novu", tags=["novu"])
 
 
 class NovuWebhookAnswer(BaseModel):
+    """What became of a verified webhook: recorded, a duplicate of one recorded (a retry or a
+    replay), or not recorded and why."""
+
     status: Outcome
 
 
@@ -65,7 +69,17 @@ def _receive(secret: str, body: bytes, headers: dict[str, str]) -> Outcome:
     return outcome
 
 
-@router.post("/webhooks", response_model=NovuWebhookAnswer)
+# The errors it answers, for the OpenAPI document (which gives each the Error schema).
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "A signed body that is not one of Novu's webhooks"},
+    401: {"description": "Missing, malformed or wrong signature, or a stale svix-timestamp"},
+    403: {"description": "NOVU_WEBHOOK_SECRET is not set"},
+    413: {"description": "The body is over 256 KB"},
+    503: {"description": "The database is unavailable (Svix retries)"},
+}
+
+
+@router.post("/webhooks", response_model=NovuWebhookAnswer, responses=_ERRORS)
 async def novu_webhook(request: Request) -> NovuWebhookAnswer:
     """Record one of Novu's message webhooks (`message.sent`, `message.failed`, ...) on the
     notification it names by transactionId."""
