@@ -33,6 +33,7 @@ class TaskName(enum.StrEnum):
     NOVU_SYNC = "xnovu.novu_sync"
     DISPATCH_WEBHOOKS = "xnovu.dispatch_webhooks"
     DELIVER_WEBHOOKS = "xnovu.deliver_webhooks"
+    PURGE_FINISHED = "xnovu.purge_finished"
 
 
 class QueueName(enum.StrEnum):
@@ -52,6 +53,7 @@ TASK_QUEUES: dict[TaskName, QueueName] = {
     TaskName.NOVU_SYNC: QueueName.MAINTENANCE,
     TaskName.DISPATCH_WEBHOOKS: QueueName.MAINTENANCE,
     TaskName.DELIVER_WEBHOOKS: QueueName.WEBHOOKS,
+    TaskName.PURGE_FINISHED: QueueName.MAINTENANCE,
 }
 
 

@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=2.0, gt=0, alias="RECONCILE_INTERVAL_SECONDS")
     redeliver_after_seconds: int = Field(default=15, ge=1, alias="REDELIVER_AFTER_SECONDS")
     reconcile_batch_size: int = Field(default=500, ge=1, alias="RECONCILE_BATCH_SIZE")
+    # Retention (shared/notifications/retention.py): finished notifications and their history
+    # are removed this many days after they were created, finished and due; 0 keeps them.
+    retention_days: int = Field(default=30, ge=0, le=36500, alias="RETENTION_DAYS")
+    retention_batch_size: int = Field(default=1000, ge=1, le=10000, alias="RETENTION_BATCH_SIZE")
+    retention_interval_seconds: float = Field(
+        default=300.0, gt=0, alias="RETENTION_INTERVAL_SECONDS"
+    )
     # Countdowns live in broker messages only when shorter than this; longer delays stay in the
     # database (next_attempt_at) and are released by beat. Keep it well below the visibility
     # timeout.

@@ -20,6 +20,7 @@ app = Celery(
     include=[
         "worker.tasks.deliver",
         "worker.tasks.maintenance",
+        "worker.tasks.retention",
         "worker.tasks.sync",
         "worker.tasks.webhooks",
     ],
@@ -46,6 +47,13 @@ app.conf.beat_schedule = {
         "schedule": settings.novu_sync_check_seconds,
         "args": (PERIODIC_CHECK, False),
         "options": {"expires": settings.novu_sync_check_seconds},
+    },
+    # Removes finished notifications past RETENTION_DAYS, in batches (docs/architecture.md,
+    # "Retention").
+    "purge-finished": {
+        "task": TaskName.PURGE_FINISHED.value,
+        "schedule": settings.retention_interval_seconds,
+        "options": {"expires": settings.retention_interval_seconds},
     },
     # Hands due status webhooks to the webhook workers (docs/architecture.md, "Status
     # webhooks").

@@ -8,8 +8,10 @@ Create Date: 2026-11-27
   time, so that the oldest of them are found without reading the others. A row enters it
   when it finishes, in the statement that finishes it.
 - `notify.purge_finished(cutoff, batch)`: removes up to `batch` finished notifications
-  created, finished and due before `cutoff`, with their timeline events, in one statement,
-  skipping rows another transaction holds; answers how many it removed. The timeline is
+  created, finished and due before `cutoff`, with their timeline events and their finished
+  status webhook messages (and so those messages' attempts), in one statement, skipping rows
+  another transaction holds; answers how many notifications it removed. A webhook message
+  still pending is left to finish (its notification's id is only a number there). The timeline is
   append-only for the roles the services connect as (migration 0007), so the function runs
   with its owner's rights (SECURITY DEFINER, with a fixed search_path), and is the one way
   they can delete history: it refuses a cutoff less than a day old or a batch over 10,000.
@@ -72,6 +74,12 @@ def upgrade() -> None:
                 USING doomed
                 WHERE e.enterprise_id = doomed.enterprise_id
                   AND e.notification_id = doomed.id
+            ), hooks AS (
+                DELETE FROM notify.webhook_message AS w
+                USING doomed
+                WHERE w.enterprise_id = doomed.enterprise_id
+                  AND w.notification_id = doomed.id
+                  AND w.status <> 'pending'
             ), gone AS (
                 DELETE FROM notify.ent_notification AS n
                 USING doomed

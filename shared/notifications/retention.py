@@ -1,5 +1,6 @@
-"""Retention: finished notifications and their history are removed RETENTION_DAYS after they
-were created, finished and due (docs/architecture.md, "Retention").
+"""Retention: finished notifications and their history (timeline, Novu's delivery events, status
+webhook messages and attempts) are removed RETENTION_DAYS after they were created, finished
+and due (docs/architecture.md, "Retention").
 
 Beat runs `purge` every RETENTION_INTERVAL_SECONDS. It calls the database function
 `notify.purge_finished` (migration 0011) in batches of RETENTION_BATCH_SIZE, each its own

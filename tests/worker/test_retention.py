@@ -73,11 +73,44 @@ def test_only_finished_notifications_past_retention_go_with_their_history(client
     _age(due_late, "SENT", 40, scheduled_days=1)  # created long ago, but due only yesterday
     rows, events = _left(ids)
     assert rows == set(ids) and events == set(ids)  # each has its `accepted` event
+    endpoint = client.post(
+        "/api/webhooks",
+        json={"url": "http://127.0.0.1:9/hooks", "eventTypes": ["notification.sent"]},
+        headers=tenant.headers,
+    )
+    assert endpoint.status_code == 201, endpoint.text
+    hooks = {
+        old_sent: "delivered",
+        old_failed: "pending",  # still being retried: left to finish
+        new_sent: "delivered",
+    }
+    with transaction() as session:
+        for notification_id, status in hooks.items():
+            session.execute(
+                text(
+                    "INSERT INTO notify.webhook_message (msg_id, enterprise_id, endpoint_id,"
+                    " event_type, notification_id, payload, status) VALUES"
+                    " (:msg, :enterprise, :endpoint, 'notification.sent', :id, '{}', :status)"
+                ),
+                {
+                    "msg": f"msg_{notification_id}",
+                    "enterprise": tenant.enterprise_id,
+                    "endpoint": endpoint.json()["id"],
+                    "id": notification_id,
+                    "status": status,
+                },
+            )
 
     done = purge(30, batch_size=2)
     assert done.notifications == 3 and done.batches == 2 and not done.more
     rows, events = _left(ids)
     assert rows == events == {old_pending, new_sent, due_late}
+    with transaction() as session:
+        kept = session.execute(
+            text("SELECT notification_id FROM notify.webhook_message WHERE endpoint_id = :e"),
+            {"e": endpoint.json()["id"]},
+        )
+        assert {row.notification_id for row in kept} == {old_failed, new_sent}
     assert client.get(f"/api/notifications/{old_sent}", headers=tenant.headers).status_code == 404
     assert purge(30, batch_size=2).notifications == 0
     assert purge(0, batch_size=2).notifications == 0  # RETENTION_DAYS=0: kept forever

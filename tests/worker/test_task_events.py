@@ -16,7 +16,16 @@ from tests.conftest import signup_payload, wait_for_status
 
 pytestmark = pytest.mark.integration
 
-MAINTENANCE = {TaskName.RELEASE_DUE.value, TaskName.RECONCILE.value, TaskName.NOVU_SYNC.value}
+MAINTENANCE = {
+    task.value
+    for task in (
+        TaskName.RELEASE_DUE,
+        TaskName.RECONCILE,
+        TaskName.NOVU_SYNC,
+        TaskName.DISPATCH_WEBHOOKS,
+        TaskName.PURGE_FINISHED,
+    )
+}
 
 
 def test_only_deliveries_reach_the_event_stream(client, worker, emulator, tenant):

@@ -10,7 +10,8 @@ from shared.webhooks.delivery import deliver_claim, dispatch
 from worker.celery_app import app
 
 
-@app.task(name=TaskName.DISPATCH_WEBHOOKS.value, acks_late=False)
+# Periodic (every second): no task events, so Flower's task list keeps the deliveries.
+@app.task(name=TaskName.DISPATCH_WEBHOOKS.value, acks_late=False, send_events=False)
 def dispatch_webhooks() -> int:
     """Claim due webhook messages per endpoint and publish a delivery task per claim."""
     return dispatch()
