@@ -15,9 +15,11 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from standardwebhooks import Webhook
 
 from devtools.devstack import free_port
 from tests.conftest import REPO
+from tests.webhook_receiver import Receiver, serve
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +85,15 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
         assert f"{api}" in banner and "curl -s -X POST" in banner
         assert f"{api}/ui/" in banner  # the delivery log page
         key = next(line.split()[-1] for line in log if "API key" in line)
+        # A status webhook endpoint on this machine (make run allows private addresses).
+        hooks = serve(Receiver())
+        receiver = next(hooks)
+        endpoint = httpx.post(
+            f"{api}/api/webhooks",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"url": receiver.url, "eventTypes": ["notification.sent"]},
+        )
+        assert endpoint.status_code == 201, endpoint.text
 
         response = httpx.post(
             f"{api}/api/trigger",
@@ -108,6 +119,14 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert row["notification_status"] == "SENT", row
         assert row["transaction_id"] == accepted["transactionId"]
+        # ... and its webhook, from the webhooks worker, signed with the endpoint's secret.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not receiver.events("notification.sent"):
+            time.sleep(0.1)
+        [hook] = receiver.events("notification.sent")
+        verified = Webhook(endpoint.json()["secret"]).verify(hook.body, hook.headers)
+        assert verified["data"]["notificationId"] == accepted["notificationId"]
+        hooks.close()
 
         events = httpx.get(
             f"http://127.0.0.1:{ports['NOVU_EMULATOR_PORT']}/_emulator/events"
