@@ -613,7 +613,11 @@ def truncate_notifications() -> None:
     from shared.db.session import transaction
 
     with transaction() as session:
-        session.execute(text("TRUNCATE notify.ent_notification"))
+        # TRUNCATE fires no DELETE trigger: the lookup keys (migration 0010) go explicitly, and
+        # tables with a foreign key to the notifications (Novu's delivery events) by CASCADE.
+        session.execute(
+            text("TRUNCATE notify.ent_notification, notify.ent_notification_key CASCADE")
+        )
 
 
 def purge_queue(stack: BenchStack, queue: str = "xnovu.deliver") -> None:
