@@ -24,6 +24,7 @@ import psycopg
 import pytest
 
 from shared.db.session import APP_ROLE, SCOPE_SQL
+from tests.api.test_novu_webhooks import novu_event, signed
 from tests.conftest import REPO, Stack, api_process, signup_payload
 
 INIT_SCRIPT = REPO / "deploy" / "postgres" / "10-xnovu-roles.sh"
@@ -236,3 +237,14 @@ def test_the_api_serves_a_trigger_connected_as_the_service_role(stack: Stack, ro
         shown = http.get(f"/api/notifications/{notification_id}", headers=headers)
         assert shown.status_code == 200, shown.text
         assert shown.json()["notification_status"] == "PENDING"
+        # Novu's webhook: found across enterprises by the service role, recorded as the
+        # enterprise under row-level security.
+        user = shown.json()["payload"]["userId"]
+        transaction_id = accepted.json()["transactionId"]
+        event = novu_event("message.sent", transaction_id, f"{enterprise}_{user}")
+        raw, signature = signed(event)
+        answer = http.post("/api/novu/webhooks", content=raw, headers=signature)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"status": "recorded"}
+        shown = http.get(f"/api/notifications/{notification_id}", headers=headers)
+        assert shown.json()["delivery"]["email"]["status"] == "sent"
