@@ -81,3 +81,18 @@ def api_error(response: Any, status: int, code: str) -> dict[str, Any]:
     error: dict[str, Any] = response.json()["error"]
     assert error["code"] == code and error["message"], error
     return error
+
+
+def trigger_signup(client: Any, tenant: Any, **extra: Any) -> dict[str, Any]:
+    """POST /api/trigger of the static `user-signup` workflow (signup_payload), checked 202;
+    `extra` adds to the body (scheduledFor, recipients, ...)."""
+    from tests.conftest import signup_payload
+
+    response = client.post(
+        "/api/trigger",
+        json={"workflowId": "user-signup", "payload": signup_payload(), **extra},
+        headers=tenant.headers,
+    )
+    assert response.status_code == 202, response.text
+    accepted: dict[str, Any] = response.json()
+    return accepted

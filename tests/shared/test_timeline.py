@@ -25,6 +25,7 @@ from shared.notifications.timeline import (
     excerpt,
     list_events,
 )
+from shared.novu.errors import NovuRetryableError
 from tests.rows import claim, insert_notification, record
 
 
@@ -268,6 +269,42 @@ def test_a_sent_row_novu_already_delivered_is_cancel_refused(stack):
         "cancel.refused",
     ]
     assert _last(enterprise, row) == {"code": "already_delivered", "status": "SENT"}
+
+
+def test_a_cancel_novu_could_not_answer_is_refused_and_the_held_one_unknown(stack):
+    enterprise = uuid.uuid4()
+    sent = insert_notification(enterprise).notification_id
+    unknown = insert_notification(enterprise).notification_id
+    with transaction(enterprise) as session:
+        claim(session, sent, enterprise)
+        record(session, enterprise, sent, 1, S.SENT)
+        claim(session, unknown, enterprise)
+        lost = {"code": "novu_unavailable", "message": "no answer"}
+        record(session, enterprise, unknown, 1, S.PENDING, error=lost, outcome_unknown=True)
+
+    def unreachable(_transaction_id: str) -> bool:
+        raise NovuRetryableError(None, "connection refused")
+
+    for row, expected in ((sent, "novu_unavailable"), (unknown, "delivery_unknown")):
+        with transaction(enterprise) as session:
+            service = NotificationService(session)
+            try:
+                result, _ = service.cancel_notification(
+                    row,
+                    enterprise,
+                    reason=None,
+                    cancel_at_novu=unreachable,
+                    commit=lambda: None,  # the test's one transaction
+                    hold_seconds=5,
+                )
+            except NovuRetryableError:
+                result = None
+        assert result is (None if row == sent else CancelResult.DELIVERY_UNKNOWN)
+        assert [kind for kind, _ in _kinds(enterprise, row)][-2:] == [
+            "cancel.requested",
+            "cancel.refused",
+        ]
+        assert _last(enterprise, row)["code"] == expected
 
 
 def test_the_reconciler_records_expired_leases(stack):

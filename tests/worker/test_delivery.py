@@ -14,6 +14,7 @@ from shared.db.models import Notification
 from shared.db.session import transaction
 from shared.queue import TaskName, publish_deliver_batch, task_writer
 from tests.conftest import novu_workflows, signup_payload, wait_for_status
+from tests.factories import trigger_signup as _trigger
 
 pytestmark = pytest.mark.integration
 
@@ -35,16 +36,6 @@ def _no_rows_of_earlier_tests():
                 locked_until=None,
             )
         )
-
-
-def _trigger(client, tenant, **extra):
-    response = client.post(
-        "/api/trigger",
-        json={"workflowId": "user-signup", "payload": signup_payload(), **extra},
-        headers=tenant.headers,
-    )
-    assert response.status_code == 202, response.text
-    return response.json()
 
 
 def _events(emulator, transaction_id):

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_tenant, signup_payload, wait_for_status
+from tests.conftest import make_tenant, wait_for_status
+from tests.factories import api_error
+from tests.factories import trigger_signup as _trigger
 
 pytestmark = pytest.mark.integration
 
@@ -34,16 +36,6 @@ def _wait_for_kind(client, tenant, notification_id: int, kind: str, timeout: flo
             return
         time.sleep(0.1)
     raise AssertionError(f"no {kind}: {_kinds(client, tenant, notification_id)}")
-
-
-def _trigger(client, tenant, **extra: Any) -> dict[str, Any]:
-    response = client.post(
-        "/api/trigger",
-        json={"workflowId": "user-signup", "payload": signup_payload(), **extra},
-        headers=tenant.headers,
-    )
-    assert response.status_code == 202, response.text
-    return response.json()
 
 
 def test_a_trigger_that_needed_two_attempts_shows_both_answers_and_sent(
@@ -124,11 +116,9 @@ def test_another_enterprise_gets_404_and_bad_input_a_json_4xx(client, tenant):
     )["notificationId"]
     other = make_tenant()
     response = client.get(f"/api/notifications/{notification_id}/events", headers=other.headers)
-    assert response.status_code == 404
-    assert response.json()["error"]["code"] == "not_found"
-
+    api_error(response, 404, "not_found")
     unknown = client.get("/api/notifications/999999999/events", headers=tenant.headers)
-    assert unknown.status_code == 404
+    api_error(unknown, 404, "not_found")
     for path, params, status in [
         (f"/api/notifications/{notification_id}/events", {"cursor": "bm90LWEtY3Vyc29y"}, 400),
         (f"/api/notifications/{notification_id}/events", {"limit": 0}, 422),
