@@ -23,8 +23,8 @@ answered from its idempotency store):
 - `sent` (n): Novu accepted the trigger, → SENT. Detail: the answer.
 - `failed` (n): → FAILED: a permanent error, the last attempt failed, or the last attempt's
   lease ran out. Detail: the answer, or `code` and `message`.
-- `lease.expired` (n): attempt n's worker went away (its lease ran out): back to PENDING,
-  its outcome unknown.
+- `lease.expired` (n): attempt n's worker went away (its lease ran out; or a cancel's hold on
+  the row, which takes attempt n, ran out): back to PENDING, its outcome unknown.
 - `cancel.requested`: a cancel was asked for. Detail: `reason`.
 - `retracted`: → RETRACTED. Detail: `reason`.
 - `cancel.refused`: the cancel did not retract it. Detail: `code` (`already_delivered`,
