@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
+from kombu.entity import Exchange, Queue
 
 from shared.redis_client import fail_fast_client
 from shared.settings import Settings, get_settings
@@ -57,6 +58,10 @@ TASK_QUEUES: dict[TaskName, QueueName] = {
 }
 
 
+def _declared(queue: QueueName) -> Queue:
+    return Queue(queue.value, Exchange(queue.value), routing_key=queue.value)  # type: ignore[no-untyped-call]
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings that make a message's loss or repetition harmless
     (docs/architecture.md, guarantee 5)."""
@@ -75,6 +80,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         "task_routes": {name.value: {"queue": queue.value} for name, queue in TASK_QUEUES.items()},
         "task_default_queue": QueueName.DELIVER.value,
+        # Every queue, declared as Celery declares a missing one, so that Flower's Broker page
+        # lists them all even before it has heard from a worker.
+        "task_queues": [_declared(queue) for queue in QueueName],
         "broker_connection_retry_on_startup": True,
         # When the broker connection drops, tasks already running finish and record their
         # outcome in PostgreSQL (Celery 6 would cancel them, leaving rows PROCESSING until their

@@ -191,3 +191,39 @@ def test_flower_takes_basic_auth_from_its_environment(stack: Stack, tmp_path: Pa
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_one_image_built_once_and_run_by_every_service_of_ours() -> None:
+    services = _compose()["services"]
+    assert [name for name, service in services.items() if "build" in service] == ["migrate"]
+    ours = [name for name, service in services.items() if service.get("image") == "xnovu:latest"]
+    assert set(ours) == {"migrate", "api", "worker", "webhooks", "beat", "flower", "novu"}
+    for name in ours:
+        if name != "migrate":
+            assert services[name]["pull_policy"] == "never", name  # never pulled: built here
+
+
+def test_every_long_running_service_has_a_health_check() -> None:
+    services = _compose()["services"]
+    for name, service in services.items():
+        if name == "migrate":
+            continue  # one-shot
+        check = service.get("healthcheck", {}).get("test")
+        assert check, f"{name} has no health check"
+    assert services["beat"]["healthcheck"]["test"] == ["CMD", "xnovu", "health", "beat"]
+    for worker, hostname in (("worker", "xnovu-worker"), ("webhooks", "xnovu-webhooks")):
+        assert f"--hostname={hostname}@%h" in services[worker]["command"]
+        assert (
+            f"inspect ping -d {hostname}@$$HOSTNAME" in services[worker]["healthcheck"]["test"][1]
+        )
+
+
+def test_the_emulator_is_only_in_the_dev_profile_and_executes_steps_on_our_bridge() -> None:
+    services = _compose()["services"]
+    assert services["novu"]["profiles"] == ["dev"]
+    assert all("profiles" not in service for name, service in services.items() if name != "novu")
+    assert _environment(services["api"])["NOVU_BRIDGE_PUBLIC_URL"] == "${NOVU_BRIDGE_PUBLIC_URL:-}"
+    text = _text()
+    assert "NOVU_BRIDGE_PUBLIC_URL=http://api:8000/api/novu" in text  # how --profile dev is run
+    readme = (REPO / "README.md").read_text()
+    assert "docker compose run --rm api xnovu keys create --enterprise" in readme
