@@ -141,8 +141,10 @@ class NotificationPage(BaseModel):
 
 
 class NotificationEventRead(BaseModel):
-    """One event of a notification's timeline (the kinds: shared/notifications/timeline.py,
-    docs/architecture.md "Timeline"); `created_at` is the database's clock."""
+    """One event of a notification's timeline: its `kind` (`accepted`, `attempt.started`,
+    `attempt.failed`, `sent`, `failed`, `retracted`, `delivery.message.sent`, ...: all
+    are listed in the architecture document's "Timeline"), the attempt it belongs to, and what happened; `created_at` is
+    the database's clock."""
 
     id: int
     notification_id: int

@@ -27,7 +27,8 @@ def _operations(document):
 
 def test_every_error_has_the_envelope_the_api_answers(document, client, tenant):
     text = json.dumps(document)
-    assert "HTTPValidationError" not in text and '"detail"' not in text
+    assert "HTTPValidationError" not in text and "ValidationError" not in document["components"]
+    assert '"#/components/schemas/ValidationError"' not in text
     envelope = document["components"]["schemas"]["Error"]
     checked = 0
     for path, _, operation in _operations(document):
