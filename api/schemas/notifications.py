@@ -142,9 +142,9 @@ class NotificationPage(BaseModel):
 
 class NotificationEventRead(BaseModel):
     """One event of a notification's timeline: its `kind` (`accepted`, `attempt.started`,
-    `attempt.failed`, `sent`, `failed`, `retracted`, `delivery.message.sent`, ...: all
-    are listed in the architecture document's "Timeline"), the attempt it belongs to, and what happened; `created_at` is
-    the database's clock."""
+    `attempt.failed`, `sent`, `failed`, `retracted`, `delivery.message.sent`, ...: all are
+    listed in the architecture document's "Timeline"), the attempt it belongs to, and what
+    happened; `created_at` is the database's clock."""
 
     id: int
     notification_id: int
