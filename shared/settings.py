@@ -18,6 +18,11 @@ DEV_API_KEY = "xnk_dev_0000000000000000000000000000000000000001"
 EMULATOR_SECRET_KEY = "xnovu-emulator-secret"
 
 
+# `make run` writes the embedded servers' URLs here, in XNOVU_DATA_DIR, while it runs; `xnovu`
+# commands read it when DATABASE_URL is not set (shared/cli.py).
+DEV_ENV_FILE = "dev.env"
+
+
 class MissingSetting(RuntimeError):
     """A setting the command or process needs is not set."""
 
@@ -205,6 +210,10 @@ class Settings(BaseSettings):
     # the webhook workers' threads; and messages per task, sent one after another.
     webhook_max_in_flight_per_endpoint: int = Field(
         default=2, ge=1, le=50, alias="WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT"
+    )
+    # ... and tasks delivering to one enterprise's endpoints at once.
+    webhook_max_in_flight_per_enterprise: int = Field(
+        default=4, ge=1, le=100, alias="WEBHOOK_MAX_IN_FLIGHT_PER_ENTERPRISE"
     )
     webhook_batch_size: int = Field(default=20, ge=1, le=500, alias="WEBHOOK_BATCH_SIZE")
     # A task starts no attempt after this long: it hands the rest of its batch back.

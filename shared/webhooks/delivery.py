@@ -48,6 +48,7 @@ def dispatch() -> int:
             conn,
             batch_size=settings.webhook_batch_size,
             max_in_flight=settings.webhook_max_in_flight_per_endpoint,
+            max_in_flight_enterprise=settings.webhook_max_in_flight_per_enterprise,
             lease_seconds=lease_seconds(settings),
         )
     publish_webhook_deliveries([claim.as_args() for claim in claims])

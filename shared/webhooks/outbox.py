@@ -4,9 +4,11 @@ up, and disable an endpoint that keeps failing (docs/architecture.md, "Status we
 Messages are written by a trigger on the timeline, in the transaction of the state change they
 report (migration 0009). Beat's dispatcher claims them per endpoint: each claim (a lease over
 at most WEBHOOK_BATCH_SIZE due messages of one endpoint) becomes one task on the webhooks queue,
-and an endpoint never has more than WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT claims at once, so a
-slow endpoint holds that many webhook threads at most and every other endpoint's messages go
-on. A dead endpoint's messages back off (WEBHOOK_RETRY_SCHEDULE) and are not due meanwhile.
+and an endpoint never has more than WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT claims at once, nor an
+enterprise more than WEBHOOK_MAX_IN_FLIGHT_PER_ENTERPRISE, so a slow endpoint (or an
+enterprise of slow endpoints) holds that many webhook threads at most and every other
+enterprise's messages go on. A dead endpoint's messages back off (WEBHOOK_RETRY_SCHEDULE)
+and are not due meanwhile.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ _DISPATCH_LOCK = 7_246_016_613
 
 _CLAIM = text(
     """
-    WITH eligible AS (
-        SELECT e.id AS endpoint_id, e.enterprise_id, gen_random_uuid() AS claim_id
+    WITH candidates AS (
+        SELECT e.id AS endpoint_id, e.enterprise_id,
+               (SELECT min(m.next_attempt_at) FROM notify.webhook_message m
+                WHERE m.endpoint_id = e.id AND m.status = 'pending') AS oldest
         FROM notify.webhook_endpoint e
         WHERE e.enabled
           AND EXISTS (
@@ -39,8 +43,21 @@ _CLAIM = text(
           AND (SELECT count(DISTINCT m.claim_id) FROM notify.webhook_message m
                WHERE m.endpoint_id = e.id AND m.claim_id IS NOT NULL
                  AND m.locked_until >= now()) < :max_in_flight
-        ORDER BY (SELECT min(m.next_attempt_at) FROM notify.webhook_message m
-                  WHERE m.endpoint_id = e.id AND m.status = 'pending')
+    ),
+    ranked AS (
+        SELECT c.*,
+               row_number() OVER (PARTITION BY c.enterprise_id
+                                  ORDER BY c.oldest, c.endpoint_id) AS turn,
+               (SELECT count(DISTINCT m.claim_id) FROM notify.webhook_message m
+                WHERE m.enterprise_id = c.enterprise_id AND m.claim_id IS NOT NULL
+                  AND m.locked_until >= now()) AS busy
+        FROM candidates c
+    ),
+    eligible AS (
+        SELECT endpoint_id, enterprise_id, gen_random_uuid() AS claim_id
+        FROM ranked
+        WHERE turn <= :max_in_flight_enterprise - busy
+        ORDER BY oldest
         LIMIT :max_endpoints
     ),
     picked AS (
@@ -84,11 +101,13 @@ def claim_due(
     *,
     batch_size: int,
     max_in_flight: int,
+    max_in_flight_enterprise: int,
     lease_seconds: float,
     max_endpoints: int = 1000,
 ) -> list[Claim]:
-    """Claim up to one batch per endpoint that has due messages and room in flight (one
-    statement; a system transaction, across enterprises)."""
+    """Claim up to one batch per endpoint that has due messages and room in flight, its own
+    and its enterprise's, oldest due first (one statement; a system transaction, across
+    enterprises)."""
     if not conn.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _DISPATCH_LOCK}):
         return []
     rows = conn.execute(
@@ -96,6 +115,7 @@ def claim_due(
         {
             "batch_size": batch_size,
             "max_in_flight": max_in_flight,
+            "max_in_flight_enterprise": max_in_flight_enterprise,
             "lease_seconds": lease_seconds,
             "max_endpoints": max_endpoints,
         },

@@ -254,3 +254,55 @@ def test_an_endpoint_failing_for_longer_than_the_limit_is_disabled(stack: Stack)
     assert recorded.disabled_reason and "every attempt has failed since" in recorded.disabled_reason
     row = _endpoint(enterprise_id, endpoint_id)
     assert not row.enabled and row.disabled_reason == recorded.disabled_reason
+
+
+def test_claims_respect_the_endpoint_and_enterprise_limits(stack: Stack):
+    # All in one transaction that is rolled back: the test stack's beat, if running, sees none
+    # of these rows, and claim_due takes the dispatch lock inside it.
+    busy, calm = uuid.uuid4(), uuid.uuid4()
+    with connection() as conn, conn.begin() as outer:
+        endpoints: dict[int, uuid.UUID] = {}
+        for enterprise_id, count in ((busy, 3), (calm, 1)):
+            for _ in range(count):
+                endpoint_id = conn.scalar(
+                    text(
+                        "INSERT INTO notify.webhook_endpoint"
+                        " (enterprise_id, url, event_types, secret)"
+                        " VALUES (:e, 'http://x', '{notification.sent}', 'whsec_x') RETURNING id"
+                    ),
+                    {"e": enterprise_id},
+                )
+                endpoints[endpoint_id] = enterprise_id
+                conn.execute(
+                    text(
+                        "INSERT INTO notify.webhook_message (msg_id, enterprise_id, endpoint_id,"
+                        " event_type, payload) SELECT 'msg_' || md5(random()::text), :e, :ep,"
+                        " 'notification.sent', '{}' FROM generate_series(1, 5)"
+                    ),
+                    {"e": enterprise_id, "ep": endpoint_id},
+                )
+
+        def claim() -> list[outbox.Claim]:
+            found = outbox.claim_due(
+                conn, batch_size=2, max_in_flight=2, max_in_flight_enterprise=2, lease_seconds=60
+            )
+            return [c for c in found if c.endpoint_id in endpoints]
+
+        first = claim()
+        # The busy enterprise's three endpoints share two claims; the calm one gets its own.
+        assert sorted(str(c.enterprise_id) for c in first) == sorted(
+            [str(busy), str(busy), str(calm)]
+        )
+        # Busy is at its enterprise limit; calm's endpoint takes its second claim.
+        [calm_endpoint] = [e for e, owner in endpoints.items() if owner == calm]
+        assert [(c.enterprise_id, c.endpoint_id) for c in claim()] == [(calm, calm_endpoint)]
+        assert claim() == []  # calm's endpoint is at its own limit, busy at the enterprise's
+        held = conn.scalar(
+            text(
+                "SELECT count(*) FROM notify.webhook_message"
+                " WHERE endpoint_id = ANY(:ids) AND claim_id IS NOT NULL"
+            ),
+            {"ids": list(endpoints)},
+        )
+        assert held == 4 * 2  # four claims of two messages each
+        outer.rollback()
