@@ -506,21 +506,23 @@ def fill_notifications(database_url: str, upto: int, base: dt.datetime) -> None:
         conn.execute("VACUUM ANALYZE notify.ent_notification, notify.ent_notification_key")
 
 
+def demo_values(database_url: str, column: str, condition: str) -> list[Any]:
+    """One column of the demo enterprise's notifications that meet `condition` (SQL)."""
+    import psycopg
+
+    query = f"SELECT {column} FROM notify.ent_notification WHERE enterprise_id = %s AND "
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(query + condition.replace("%", "%%"), (DEV_ENTERPRISE_ID,))
+        return [row[0] for row in rows.fetchall()]
+
+
 def lookup_queries(
     database_url: str, count: int, base: dt.datetime
 ) -> dict[str, list[tuple[str, int]]]:
     """`count` queries of each lookup with the items each must answer: transactionIds of
     random rows (1), random subscribers and tags (a full page of 50), and one created-at
     window (the same 600 rows at both sizes; a full page)."""
-    import psycopg
-
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT transaction_id FROM notify.ent_notification"
-            " WHERE enterprise_id = %s AND id %% 7 = 0",
-            (DEV_ENTERPRISE_ID,),
-        ).fetchall()
-    transactions = random.sample([row[0] for row in rows], count)
+    transactions = random.sample(demo_values(database_url, "transaction_id", "id % 7 = 0"), count)
     start = base + dt.timedelta(seconds=FILL_START_SECONDS)
     after, before = (start + dt.timedelta(seconds=second) for second in RANGE_WINDOW)
     window = urlencode({"createdAfter": after.isoformat(), "createdBefore": before.isoformat()})
@@ -542,15 +544,7 @@ def table_latency(
 ) -> dict[str, Any]:
     """Sequential GET ?status=FAILED, lookups and cancels of distinct PENDING rows, one
     connection."""
-    import psycopg
-
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT id FROM notify.ent_notification"
-            " WHERE notification_status = 'PENDING' AND enterprise_id = %s",
-            (DEV_ENTERPRISE_ID,),
-        ).fetchall()
-    pending = [row[0] for row in rows]
+    pending = demo_values(database_url, "id", "notification_status = 'PENDING'")
     picked = random.sample(pending, requests + 20)
     list_url = f"{api_url}/api/notifications?status=FAILED&limit=50"
     list_request = build_request(list_url, method="GET", headers=AUTH)

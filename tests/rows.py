@@ -8,10 +8,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, update
 from sqlalchemy.orm import Session
 
 from shared.db.enums import NotificationStatus as S
+from shared.db.models import Notification
 from shared.db.session import transaction
 from shared.notifications.repository import (
     AttemptOutcome,
@@ -101,3 +102,12 @@ def record(
     outcome = AttemptOutcome(notification_id, attempt, status, **fields)
     moved = record_outcomes(connection, enterprise_id=enterprise_id, outcomes=[outcome])
     return notification_id in moved
+
+
+def set_columns(notification_id: int, **values: Any) -> None:
+    """Set columns of one notification directly, as no statement of the service would (a
+    status forced, a creation time back-dated), in a system transaction of its own."""
+    with transaction() as session:
+        session.execute(
+            update(Notification).where(Notification.id == notification_id).values(**values)
+        )

@@ -10,14 +10,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text, update
+from sqlalchemy import event, text
 
 from shared.db.enums import NotificationStatus
-from shared.db.models import Notification
 from shared.db.session import get_engine, transaction
 from shared.notifications.service import NotificationService
 from tests.conftest import Tenant, make_tenant, signup_payload
 from tests.factories import api_error
+from tests.rows import set_columns
 
 
 def _later() -> str:
@@ -45,15 +45,6 @@ def _listed(client: Any, tenant: Tenant, **params: Any) -> list[int]:
         cursor = page["nextCursor"]
         if cursor is None:
             return ids
-
-
-def _set_created(notification_id: int, created_at: dt.datetime) -> None:
-    with transaction() as session:
-        session.execute(
-            update(Notification)
-            .where(Notification.id == notification_id)
-            .values(created_at=created_at)
-        )
 
 
 def test_transaction_id_recipient_and_tag_find_the_callers_rows_only(client, tenant):
@@ -86,14 +77,9 @@ def test_filters_combine_and_a_created_range_pages_stably(client, tenant):
     # Created an hour apart, and out of id order: the range decides, ids order the page.
     hours = [4, 0, 3, 1, 2]
     for notification_id, hour in zip(ids, hours, strict=True):
-        _set_created(notification_id, start + dt.timedelta(hours=hour))
-    _set_created(noise, start + dt.timedelta(hours=2))
-    with transaction() as session:
-        session.execute(
-            update(Notification)
-            .where(Notification.id == ids[3])
-            .values(notification_status=NotificationStatus.FAILED)
-        )
+        set_columns(notification_id, created_at=start + dt.timedelta(hours=hour))
+    set_columns(noise, created_at=start + dt.timedelta(hours=2))
+    set_columns(ids[3], notification_status=NotificationStatus.FAILED)
 
     # [01:00, 04:00) in another offset: the rows created at hours 1, 2 and 3.
     after = (start + dt.timedelta(hours=1)).astimezone(dt.timezone(dt.timedelta(hours=5)))

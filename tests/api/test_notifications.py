@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import update
-
 from shared.db.enums import NotificationStatus
-from shared.db.models import Notification
-from shared.db.session import transaction
 from tests.conftest import make_tenant, signup_payload
+from tests.rows import set_columns
 
 
 def _scheduled(client, tenant, **extra):
@@ -29,12 +26,7 @@ def _scheduled(client, tenant, **extra):
 
 
 def _force_status(notification_id: int, status: NotificationStatus) -> None:
-    with transaction() as session:
-        session.execute(
-            update(Notification)
-            .where(Notification.id == notification_id)
-            .values(notification_status=status)
-        )
+    set_columns(notification_id, notification_status=status)
 
 
 def test_another_enterprises_notification_is_404(client, tenant):
