@@ -32,8 +32,9 @@ answered from its idempotency store):
 - `retried`: FAILED → PENDING by the retry API, with a fresh attempt budget.
 - `delivery.<event>`: Novu reported a message event, e.g. `delivery.message.sent`
   (shared/novu/webhooks.py).
-- `webhook.delivered`, `webhook.failed`: a status webhook to the enterprise was answered, or
-  gave up.
+- `webhook.delivered`, `webhook.retrying`, `webhook.failed`: a status webhook attempt to the
+  enterprise was answered 2xx, failed with a retry scheduled, or failed with none left
+  (shared/webhooks/timeline.py).
 """
 
 from __future__ import annotations
