@@ -190,6 +190,20 @@ def test_a_bulk_request_has_a_batch_listed_and_counted_for_its_enterprise_only(c
     assert client.get(f"/api/batches/{batch_id}").status_code == 401
 
 
+def test_a_service_keys_batch_shows_each_enterprise_its_own_share(client, tenant):
+    service, other = make_tenant(service=True), make_tenant()
+    event = {"workflowId": "user-signup", "payload": signup_payload(), "scheduledFor": _later()}
+    owners = [tenant, tenant, other]
+    events = [event | {"enterpriseId": str(owner.enterprise_id)} for owner in owners]
+    answer = _bulk(client, service, events)
+    assert answer["accepted"] == 3
+    batch_id = answer["batchId"]
+    assert _batch(client, tenant, batch_id).json()["total"] == 2
+    assert _batch(client, other, batch_id).json()["total"] == 1
+    ids = [r["notificationId"] for r in answer["results"]]
+    assert _listed(client, other, batchId=batch_id) == [ids[2]]
+
+
 def test_a_bulk_request_that_creates_nothing_has_no_batch(client, tenant):
     event = {"workflowId": "user-signup", "payload": signup_payload(), "scheduledFor": _later()}
     first = _bulk(client, tenant, [event | {"idempotencyKey": "k-1"}])
