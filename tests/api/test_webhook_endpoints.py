@@ -110,6 +110,11 @@ def test_bad_endpoints_are_422(client, tenant, body, code):
         "https://[::1]/x",
         "http://[::ffff:192.168.1.1]/x",
         "http://0.0.0.0/x",
+        # Other spellings of 127.0.0.1 the resolver accepts.
+        "http://2130706433/x",
+        "http://0x7f.0.0.1/x",
+        "http://127.1/x",
+        "http://[fe80::1%25eth0]/x",
     ],
 )
 def test_private_addresses_are_refused_unless_allowed(client, tenant, monkeypatch, url):
