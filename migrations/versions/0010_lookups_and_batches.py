@@ -19,7 +19,8 @@ Create Date: 2026-11-27
   per statement that deletes some (retention, migration 0011). Not a foreign key with ON
   DELETE CASCADE: that checks each key row on the insert path. Row-level security as the
   other tables. Existing rows are backfilled here, in the migration's transaction: inserts
-  into `ent_notification` wait for it (a few seconds per million rows).
+  into `ent_notification` wait for it (about 20 s per million notifications on a 2-core
+  machine; 1.4 million with 2.1 million keys took 26 s).
 - Indexes for created-at ranges and batches, within the enterprise. A lookup by
   transactionId uses the existing unique index on `transaction_id`.
 
