@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from sqlalchemy import text
+from sqlalchemy.exc import ProgrammingError
 from standardwebhooks import Webhook
 
 from shared.db.session import connection, enterprise_transaction
@@ -306,3 +307,26 @@ def test_claims_respect_the_endpoint_and_enterprise_limits(stack: Stack):
         )
         assert held == 4 * 2  # four claims of two messages each
         outer.rollback()
+
+
+def test_row_level_security_hides_another_enterprises_webhooks(stack: Stack):
+    mine, theirs = uuid.uuid4(), uuid.uuid4()
+    endpoint_id, message, claim = _endpoint_with_message(theirs)
+    _record(theirs, endpoint_id, claim, message, _answer(dt.datetime.now(dt.UTC), 500))
+    with connection() as conn, enterprise_transaction(conn, mine):
+        for table in ("webhook_endpoint", "webhook_message", "webhook_attempt"):
+            assert conn.scalar(text(f"SELECT count(*) FROM notify.{table}")) == 0, table
+    with connection() as conn, enterprise_transaction(conn, theirs):
+        assert conn.scalar(text("SELECT count(*) FROM notify.webhook_attempt")) == 1
+    with (
+        pytest.raises(ProgrammingError, match="row-level security"),
+        connection() as conn,
+        enterprise_transaction(conn, mine),
+    ):
+        conn.execute(
+            text(
+                "INSERT INTO notify.webhook_endpoint (enterprise_id, url, event_types, secret)"
+                " VALUES (:e, 'http://x', '{notification.sent}', 'whsec_x')"
+            ),
+            {"e": theirs},
+        )
