@@ -11,6 +11,7 @@ import importlib.util
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 import click
 import httpx
 
-from shared.settings import Settings, get_settings, new_webhook_secret
+from shared.settings import DEV_ENV_FILE, Settings, get_settings, new_webhook_secret
 
 if TYPE_CHECKING:
     from devtools.devstack import EmbeddedPostgres, EmbeddedRedis
@@ -98,11 +99,13 @@ def dev(worker_concurrency: int) -> None:
     from honcho.manager import Manager
 
     settings = get_settings()
+    _check_ports_free(settings)
     servers = _start_embedded_servers(settings)
     exit_code = 1
     try:
         env = _child_env(settings, servers)
         child_settings = Settings.model_validate(env)
+        _write_dev_env(child_settings, servers)
         _migrate_and_seed(child_settings)
         manager = Manager()
         for name, command in _processes(child_settings, worker_concurrency).items():
@@ -118,9 +121,53 @@ def dev(worker_concurrency: int) -> None:
         manager.loop()
         exit_code = manager.returncode or 0
     finally:
+        (settings.data_dir / DEV_ENV_FILE).unlink(missing_ok=True)
         for server in reversed(servers):
             server.stop()
     sys.exit(exit_code)
+
+
+def _check_ports_free(settings: Settings) -> None:
+    """Fail before starting anything when a port the stack needs is taken (another `make run`,
+    most likely), instead of half a stack that says it is running."""
+    ports = {"API_PORT": settings.api_port, "FLOWER_PORT": settings.flower_port}
+    if not settings.novu_api_url:
+        ports["NOVU_EMULATOR_PORT"] = settings.novu_emulator_port
+    if not settings.database_url:
+        ports["XNOVU_PG_PORT"] = settings.embedded_postgres_port
+    if not settings.redis_url:
+        ports["XNOVU_REDIS_PORT"] = settings.embedded_redis_port
+    taken = [f"{port} ({name})" for name, port in ports.items() if _in_use(port)]
+    if taken:
+        raise click.ClickException(
+            "port " + ", ".join(taken) + " is in use: is another `make run` running? "
+            "Stop it, or set those variables to free ports."
+        )
+
+
+def _in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _write_dev_env(settings: Settings, servers: list[EmbeddedServer]) -> None:
+    """The embedded servers' URLs, in DEV_ENV_FILE (readable by this user only) for `xnovu`
+    commands run beside the stack (shared.cli reads it when DATABASE_URL is not set), and on
+    the terminal."""
+    if not servers:
+        return
+    lines = [f"DATABASE_URL={settings.database_url}"] if settings.database_url else []
+    lines += [f"REDIS_URL={settings.redis_url}"] if settings.redis_url else []
+    path = settings.data_dir / DEV_ENV_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text("\n".join(lines) + "\n")
+    click.echo(f"{' '.join(lines)}\n(written to {path}: `xnovu` commands run here read it)")
 
 
 def _start_embedded_servers(settings: Settings) -> list[EmbeddedServer]:
@@ -221,7 +268,9 @@ def _processes(settings: Settings, worker_concurrency: int) -> dict[str, str]:
         # The emulator plays Novu's side of the bridge too: the sync (NOVU_BRIDGE_PUBLIC_URL)
         # tells it our /api/novu, which it calls for each step.
         processes["novu"] = f"{py} -m shared.cli novu-emulator --port {settings.novu_emulator_port}"
-    return processes
+    # Each under the respawn supervisor: one that exits on its own is started again, and says
+    # why, instead of honcho stopping the whole stack (devtools/respawn.py).
+    return {name: f"{py} -m devtools.respawn {name} -- {cmd}" for name, cmd in processes.items()}
 
 
 def _stop_when_orphaned() -> None:

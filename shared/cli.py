@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import uuid
 
 import click
 
-from shared.settings import MissingSetting, get_settings
+from shared.settings import DEV_ENV_FILE, MissingSetting, get_settings
 
 # The development tools (the top-level `devtools` package and the `devstack` extra's packages).
 # They are loaded by name, so that nothing in the service depends on them; without them a
@@ -21,13 +22,40 @@ DEVSTACK_PACKAGES = frozenset({"devtools", "honcho", "pgserver", "psutil", "redi
 
 class _Main(click.Group):
     """The command group: a setting a command needs and does not have (DATABASE_URL, ...) is
-    one line on stderr and exit status 1, not a traceback."""
+    one line on stderr and exit status 1, not a traceback. Beside a running `make run`, the
+    commands use its embedded servers (`_use_dev_env`)."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if name not in ("dev", "novu-emulator"):  # the stack itself never reads the file
+            _use_dev_env()
+        return name, command, rest
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except MissingSetting as exc:
             raise click.ClickException(str(exc)) from exc
+
+
+def _use_dev_env() -> None:
+    """When DATABASE_URL and REDIS_URL are not set and `make run` is running here, take the
+    URLs of its embedded servers from the file it keeps (XNOVU_DATA_DIR/dev.env), saying so."""
+    path = get_settings().data_dir / DEV_ENV_FILE
+    wanted = {"DATABASE_URL", "REDIS_URL"} - set(os.environ)
+    if not wanted or not path.is_file():
+        return
+    taken = []
+    for line in path.read_text().splitlines():
+        name, _, value = line.partition("=")
+        if name in wanted and value:
+            os.environ[name] = value
+            taken.append(name)
+    if taken:
+        get_settings.cache_clear()
+        click.echo(f"(using {', '.join(taken)} of the running `make run`, from {path})", err=True)
 
 
 @click.group(cls=_Main)

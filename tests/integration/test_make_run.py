@@ -226,6 +226,50 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
             for notification_id in ast.literal_eval(task.get("args") or "[None, []]")[1]
         ]
         assert accepted["notificationId"] in delivered_ids, deliver
+
+        # `xnovu` commands run beside the stack use its embedded servers (make run's dev.env).
+        cli_env = {k: v for k, v in env.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+        listed = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "keys", "list", "--json"],
+            cwd=REPO,
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert "using DATABASE_URL" in listed.stderr
+        assert key[:12] in listed.stdout and key not in listed.stdout
+
+        # A worker that dies is started again, and says why; the stack goes on delivering.
+        [worker] = [  # Celery's main process, the supervisor's child (not a pool child)
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if p.cmdline()[1:3] == ["-m", "celery"]
+            and "--hostname=xnovu-worker@%h" in p.cmdline()
+            and "devtools.respawn" in " ".join(p.parent().cmdline())
+        ]
+        worker.kill()
+        _read_until(proc, "[respawn worker] exited on its own with status", 30, log)
+        again = httpx.post(
+            f"{api}/api/trigger",
+            headers={"Authorization": f"Bearer {key}"},
+            json={
+                "workflowId": "user-signup",
+                "payload": {"userId": "u-2", "email": "bob@example.com", "name": "Bob"},
+            },
+        )
+        assert again.status_code == 202, again.text
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            row = httpx.get(
+                f"{api}/api/notifications/{again.json()['notificationId']}",
+                headers={"Authorization": f"Bearer {key}"},
+            ).json()
+            if row["notification_status"] == "SENT":
+                break
+            time.sleep(0.2)
+        assert row["notification_status"] == "SENT", row
     finally:
         children = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
         proc.send_signal(signal.SIGTERM)
