@@ -324,3 +324,32 @@ def test_novus_message_events_are_posted_per_channel(
     assert failed["errorText"] == "mailbox unavailable"
     assert failed["subscriberId"] == "grace"  # the caller's id, not Novu's namespaced one
     assert failed["transactionId"] == accepted["transactionId"]
+
+
+def test_a_claim_whose_worker_died_is_sent_again_with_its_id(
+    client, tenant, worker, webhook_worker, receiver
+):
+    endpoint = _register(client, tenant, receiver.url)
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    # As a task that claimed the message and died would leave it: pending, its lease run out.
+    with transaction(tenant.enterprise_id) as session:
+        session.execute(
+            text(
+                "INSERT INTO notify.webhook_message (msg_id, enterprise_id, endpoint_id,"
+                " event_type, payload, attempts, claim_id, locked_until)"
+                " VALUES (:m, :e, :ep, 'notification.sent', :p, 1, :c,"
+                " now() - interval '1 second')"
+            ),
+            {
+                "m": msg_id,
+                "e": tenant.enterprise_id,
+                "ep": endpoint["id"],
+                "p": '{"type": "notification.sent", "data": {"notificationId": 0}}',
+                "c": uuid.uuid4(),
+            },
+        )
+    [got] = _wait(lambda: receiver.events("notification.sent"), what="the message sent again")
+    assert got.headers["webhook-id"] == msg_id
+    Webhook(endpoint["secret"]).verify(got.body, got.headers)
+    [attempt] = _wait(lambda: _attempts(client, tenant, endpoint["id"]), what="its attempt")
+    assert attempt["attempt"] == 2 and attempt["messageStatus"] == "delivered"
