@@ -143,3 +143,23 @@ def test_events_come_in_keyset_pages_oldest_first(client, tenant):
     rest = _events(client, tenant, notification_id, limit=2, cursor=first["nextCursor"])
     assert [e["kind"] for e in rest["items"]] == ["retracted"]
     assert rest["nextCursor"] is None
+
+
+def test_novus_429_is_an_attempt_deferred_that_does_not_count(client, tenant, worker, emulator):
+    emulator.post("/_emulator/faults", json={"status": 429, "rate": 1.0, "retryAfter": 1})
+    try:
+        notification_id = _trigger(client, tenant)["notificationId"]
+        _wait_for_kind(client, tenant, notification_id, "attempt.deferred")
+    finally:
+        emulator.delete("/_emulator/faults")
+    row = wait_for_status(client, tenant, notification_id, {"SENT", "FAILED"}, timeout=30)
+    assert row["notification_status"] == "SENT", row
+    items = _events(client, tenant, notification_id)["items"]
+    deferred = [e for e in items if e["kind"] == "attempt.deferred"]
+    # Given back after the claim (Novu's 429), or waiting before it for the tokens the 429
+    # emptied: either way attempt 1, which is still the one that is sent.
+    assert all(e["attempt"] == 1 for e in deferred)
+    throttled = [e["detail"] for e in deferred if e["detail"].get("statusCode") == 429]
+    assert throttled and throttled[0]["code"] == "novu_rate_limited"
+    assert throttled[0]["delaySeconds"] >= 1
+    assert [e["attempt"] for e in items if e["kind"] == "sent"] == [1]
