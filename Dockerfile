@@ -4,13 +4,16 @@ FROM python:3.12-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 
-COPY pyproject.toml README.md ./
+# The dependencies first, exactly as locked (hashes checked), in a layer of their own.
+COPY requirements/base.lock ./requirements/
+RUN pip install --require-hashes -r requirements/base.lock
+COPY pyproject.toml README.md LICENSE ./
 COPY api ./api
 COPY worker ./worker
 COPY shared ./shared
 COPY novu_emulator ./novu_emulator
 COPY migrations ./migrations
-RUN pip install . && useradd --system --uid 10001 xnovu
+RUN pip install --no-deps . && useradd --system --uid 10001 xnovu
 USER xnovu
 
 EXPOSE 8000 5555

@@ -10,14 +10,23 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench chaos lint clean
+.PHONY: install run test bench chaos lint lock clean
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml
+# Dependencies exactly as locked (requirements/dev.lock, hashes checked), then the project and
+# its client without theirs. `make lock` writes the locks again from pyproject.toml.
+$(STAMP): pyproject.toml clients/python/pyproject.toml requirements/dev.lock
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,devstack]' -e clients/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e . -e clients/python
 	@touch $(STAMP)
+
+LOCK := $(BIN)/uv pip compile pyproject.toml --generate-hashes --universal --python-version 3.11 -q
+
+lock: $(STAMP)
+	$(LOCK) -o requirements/base.lock
+	$(LOCK) --extra test --extra dev --extra devstack -o requirements/dev.lock
 
 install: $(STAMP)
 
