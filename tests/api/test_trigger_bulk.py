@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,6 +40,11 @@ def _rows(ids: list[int]) -> dict[int, Notification]:
         return {row.id: row for row in rows}
 
 
+NOTIFICATION_INSERT = re.compile(
+    r"\s*(?:WITH\s+\w+\s+AS\s*\(\s*)?INSERT INTO notify\.ent_notification\s", re.IGNORECASE
+)
+
+
 @pytest.fixture()
 def inserts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The INSERT statements on ent_notification this process's trigger recorder sends while
@@ -48,7 +54,8 @@ def inserts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
     def insert_pending(execute: Any, **arguments: Any) -> Any:
         def watched(statement: str, parameters: dict[str, Any]) -> Any:
-            if statement.lstrip().upper().startswith("INSERT INTO NOTIFY.ENT_NOTIFICATION "):
+            # The insert, bare or as the first step of a WITH (its timeline events follow).
+            if NOTIFICATION_INSERT.match(statement):
                 seen.append(statement)
             return execute(statement, parameters)
 
