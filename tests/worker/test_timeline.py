@@ -55,7 +55,10 @@ def test_a_trigger_that_needed_two_attempts_shows_both_answers_and_sent(
     row = wait_for_status(client, tenant, notification_id, {"SENT", "FAILED"})
     assert row["notification_status"] == "SENT", row
 
-    items = _events(client, tenant, notification_id)["items"]
+    # Novu's delivery events (delivery.message.sent, from the emulator's webhooks when the
+    # bridge runs the steps) arrive on their own time: this is XNovu's side of it.
+    everything = _events(client, tenant, notification_id)["items"]
+    items = [e for e in everything if not e["kind"].startswith("delivery.")]
     assert [(e["kind"], e["attempt"]) for e in items] == [
         ("accepted", None),
         ("attempt.started", 1),
