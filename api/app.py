@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,6 +16,7 @@ from api.limits import BodySizeLimit
 from api.metrics import MetricsMiddleware
 from api.metrics import router as metrics_router
 from api.openapi import install_openapi, operation_id
+from api.request_ids import RequestIds
 from api.routes import (
     batches,
     health,
@@ -32,6 +32,7 @@ from api.routes import (
 )
 from api.ui import auth as ui_auth
 from api.ui import routes as ui_routes
+from shared import logs
 from shared.notifications.recorder import trigger_recorder
 from shared.settings import get_settings
 
@@ -55,15 +56,17 @@ class XNovuAPI(FastAPI):
     """
 
     def build_middleware_stack(self) -> ASGIApp:
-        return novu_bridge.BridgeHotPath(
-            super().build_middleware_stack(), max_body_bytes=get_settings().max_body_bytes
+        return RequestIds(
+            novu_bridge.BridgeHotPath(
+                super().build_middleware_stack(), max_body_bytes=get_settings().max_body_bytes
+            )
         )
 
 
 def create_app() -> FastAPI:
     """Build the API with its routes, error handlers and body-size limit."""
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     app = XNovuAPI(
         title="XNovu",
         version="0.1.0",

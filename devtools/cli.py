@@ -208,6 +208,7 @@ def _child_env(settings: Settings, servers: list[EmbeddedServer]) -> dict[str, s
     # The delivery log page's cookie key: a new one each run (its sessions end with the run).
     env.setdefault("UI_SESSION_SECRET", secrets.token_urlsafe(32))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("LOG_FORMAT", "console")  # readable lines here; JSON in production
     if not settings.novu_api_url:
         # The emulator, like Novu, learns where our bridge is from the sync.
         env.setdefault("NOVU_BRIDGE_PUBLIC_URL", f"http://127.0.0.1:{settings.api_port}/api/novu")

@@ -8,7 +8,7 @@ import secrets
 import uuid
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -232,6 +232,8 @@ class Settings(BaseSettings):
     )
 
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+    # json: one JSON object a line (production); console: key=value lines (`make run`).
+    log_format: Literal["json", "console"] = Field(default="json", alias="LOG_FORMAT")
 
     @field_validator("operator_token", "ui_session_secret", mode="before")
     @classmethod

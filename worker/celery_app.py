@@ -6,8 +6,15 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
+from celery.signals import (
+    setup_logging,
+    task_prerun,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 
+from shared import logs
 from shared.db.session import reset_engine
 from shared.novu.sync import PERIODIC_CHECK, request_sync
 from shared.queue import QueueName, TaskName, celery_config
@@ -63,6 +70,21 @@ app.conf.beat_schedule = {
         "options": {"expires": max(5.0, settings.webhook_dispatch_interval_seconds * 5)},
     },
 }
+
+
+@setup_logging.connect
+def _logging(loglevel: Any = None, **_: Any) -> None:
+    # Connected, this replaces Celery's own logging set-up (its format, its hijacking of the
+    # root logger) with ours, in the worker, beat and Flower alike (shared/logs.py).
+    level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else loglevel
+    logs.configure(level or settings.log_level, settings.log_format)
+
+
+@task_prerun.connect
+def _task_context(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    # Each task's lines carry its id and name, and nothing of the task before it.
+    logs.clear()
+    logs.bind(task_id=task_id, task=getattr(task, "name", None))
 
 
 @worker_process_init.connect

@@ -44,7 +44,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -487,6 +487,8 @@ def _land(conn: Connection, run: _Run, flight: _Flight) -> None:
 
     with enterprise_transaction(conn, run.enterprise_id):
         moved = record_outcomes(conn, enterprise_id=run.enterprise_id, outcomes=outcomes)
+    if log.isEnabledFor(logging.INFO):
+        _log_outcomes(flight.rows, outcomes, moved)
     retry_groups: dict[float, list[int]] = {}
     for outcome in outcomes:
         if outcome.notification_id not in moved:
@@ -495,12 +497,40 @@ def _land(conn: Connection, run: _Run, flight: _Flight) -> None:
             report.sent += 1
         elif outcome.status is S.FAILED:
             report.failed += 1
-            log.warning("notification %s failed: %s", outcome.notification_id, outcome.error)
         else:
             report.retried += 1
             if outcome.by_message and outcome.retry_in is not None:
                 retry_groups.setdefault(outcome.retry_in, []).append(outcome.notification_id)
     report.retries.extend(retry_groups.items())
+
+
+def _log_outcomes(
+    rows: Sequence[ClaimedRow], outcomes: Sequence[AttemptOutcome], moved: Container[int]
+) -> None:
+    """One line per recorded outcome, naming its notification and transaction (shared/logs.py;
+    the task's enterprise is in the context): SENT and retries at INFO, FAILED at WARNING."""
+    transactions = {row.id: row.transaction_id for row in rows}
+    for outcome in outcomes:
+        if outcome.notification_id not in moved:
+            continue
+        fields: dict[str, Any] = {
+            "notification_id": outcome.notification_id,
+            "transaction_id": transactions.get(outcome.notification_id),
+            "attempt": outcome.attempt,
+        }
+        if outcome.call is not None:
+            fields["novu_status"] = outcome.call.get("statusCode")
+            fields["duration_ms"] = outcome.call.get("durationMs")
+        if outcome.status is S.SENT:
+            log.info("notification sent", extra=fields)
+        elif outcome.status is S.FAILED:
+            log.warning("notification failed", extra={**fields, "error": outcome.error})
+        else:
+            code = (outcome.error or {}).get("code")
+            log.info(
+                "attempt given back" if not outcome.attempt_used else "attempt failed",
+                extra={**fields, "error_code": code, "retry_in_s": outcome.retry_in},
+            )
 
 
 def _event_outcome(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import re
 import uuid
 from asyncio import gather
@@ -65,6 +66,8 @@ from shared.workflows.registry import get_registry
 # A NUL character as json.dumps writes it: `\u0000` after an even number of backslashes (an odd
 # number means the backslash itself was escaped, i.e. the text holds a literal "\u0000").
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +154,26 @@ async def accept(
         for item, result in await _trigger_existing_async(enterprise, items):
             results[position[item.index]] = result
     assert all(result is not None for result in results)
+    if log.isEnabledFor(logging.INFO):
+        _log_accepted(results)
     return cast("list[Result]", results)
+
+
+def _log_accepted(results: Sequence[Result | None]) -> None:
+    """One line per accepted trigger, naming its notification (shared/logs.py): what `grep
+    <notification id>` finds first, with the request's id."""
+    for result in results:
+        if isinstance(result, Accepted):
+            log.info(
+                "notification accepted",
+                extra={
+                    "enterprise_id": str(result.enterprise_id),
+                    "notification_id": result.notification_id,
+                    "transaction_id": result.transaction_id,
+                    "workflow_id": result.workflow_key,
+                    "replayed": result.replayed,
+                },
+            )
 
 
 async def _check_one(

@@ -17,6 +17,7 @@ from typing import Any
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
+from shared import logs
 from shared.notifications.delivery import SENDS_IN_FLIGHT, deliver
 from shared.notifications.fairness import get_render_lanes
 from shared.notifications.publisher import publish_enterprise
@@ -53,6 +54,7 @@ DELIVERY_TASK_OPTIONS: dict[str, Any] = {
 
 def _deliver(enterprise_id: str, notification_ids: list[int]) -> dict[str, int]:
     enterprise = uuid.UUID(enterprise_id)
+    logs.bind(enterprise_id=enterprise_id)  # on each notification's lines (delivery.py)
     budget = get_novu_budget()
     report = deliver(
         enterprise,

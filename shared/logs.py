@@ -1,0 +1,137 @@
+"""Logging for every XNovu process: one line per record, JSON in production
+(`LOG_FORMAT=json`, the default) or readable key=value lines (`console`, what `make run` uses),
+rendered by structlog for our own loggers and everyone else's (uvicorn, Celery, httpx).
+
+Context travels with the work, in structlog's contextvars, and is on every line logged
+within it:
+- `request_id`: from the caller's `X-Request-ID` (when it is a plain token of at most 64
+  characters) or made per request (api/request_ids.py); answered in `X-Request-ID`. A
+  notification's delivery message carries the request ids of its notifications
+  (shared/queue.py), so the worker's lines about a notification name the request that made it.
+- `enterprise_id`, `notification_id`, `transaction_id`: bound where a line is about one
+  notification (`notification_context`), or one enterprise's batch.
+
+Never logged: payloads, recipients' details, keys, secrets. `redact` drops fields of those
+names from any line, whoever logged them. Maintenance is quiet: Celery's per-task lines and
+beat's "Sending due task" lines for the periodic tasks are DEBUG (`QuietMaintenance`); the
+tasks themselves log at INFO when they did something.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import sys
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+
+# Fields never written, whoever logs them (matched by name, case-insensitively).
+REDACTED_FIELDS = frozenset(
+    {"payload", "authorization", "api_key", "apikey", "secret", "password", "token", "overrides"}
+)
+# Celery's per-task lines of these tasks are DEBUG: they run every second or two.
+MAINTENANCE_TASKS = frozenset(
+    {
+        "xnovu.release_due_notifications",
+        "xnovu.reconcile",
+        "xnovu.novu_sync",
+        "xnovu.dispatch_webhooks",
+        "xnovu.purge_finished",
+    }
+)
+_CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+
+
+def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Drop fields that may hold secrets or tenants' data."""
+    for key in [key for key in event if key.lower() in REDACTED_FIELDS]:
+        event[key] = "[redacted]"
+    return event
+
+
+class QuietMaintenance(logging.Filter):
+    """Celery's "received"/"succeeded" lines and beat's "Sending due task" lines about the
+    periodic maintenance tasks go down to DEBUG (and are dropped below it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not _about_maintenance(record):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def _about_maintenance(record: logging.LogRecord) -> bool:
+    args = record.args
+    if record.name in _CELERY_TASK_LOGGERS and isinstance(args, dict):
+        return args.get("name") in MAINTENANCE_TASKS
+    if record.name == "celery.beat" and isinstance(args, tuple) and len(args) == 2:
+        return args[1] in MAINTENANCE_TASKS
+    return False
+
+
+def configure(level: str = "INFO", fmt: str = "json") -> None:
+    """Send every logger's records through one structlog formatter on stderr (replacing what
+    uvicorn or Celery set up)."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False, sort_keys=False)
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    handler.addFilter(QuietMaintenance())
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # uvicorn's and Celery's loggers keep their levels but write through the root's handler.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    # httpx logs every request at INFO: the worker makes thousands a second.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def bind(**values: Any) -> None:
+    """Add to the context of every later line in this context (None values are left out)."""
+    structlog.contextvars.bind_contextvars(**{k: v for k, v in values.items() if v is not None})
+
+
+@contextmanager
+def context(**values: Any) -> Iterator[None]:
+    """The values on every line logged in the block (None values left out)."""
+    with structlog.contextvars.bound_contextvars(
+        **{k: v for k, v in values.items() if v is not None}
+    ):
+        yield
+
+
+def clear() -> None:
+    """Forget the context (at the start of a request or a task)."""
+    structlog.contextvars.clear_contextvars()

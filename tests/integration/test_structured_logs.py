@@ -1,0 +1,109 @@
+"""Structured logs (shared/logs.py): with LOG_FORMAT=json every line of the API is one JSON
+object; one `grep` of a notification's id finds its lines in the API (with the request's id)
+and in the worker (with its transaction and enterprise); payloads are never written; the
+periodic maintenance is quiet; and every answer carries its request's id."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import api_process, make_tenant, wait_for_status
+
+pytestmark = pytest.mark.integration
+
+
+def _lines(path: Path, needle: str) -> list[dict]:
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        if needle in line:
+            found.append(json.loads(line))  # each line about it is one JSON object
+    return found
+
+
+def test_one_grep_finds_a_notifications_lines_in_the_api_and_the_worker(stack, worker, emulator):
+    tenant = make_tenant()
+    marker = f"secret-{uuid.uuid4().hex}"
+    with api_process(stack, "logs-api", LOG_LEVEL="INFO", LOG_FORMAT="json") as url:
+        response = httpx.post(
+            f"{url}/api/trigger",
+            json={
+                "workflowId": "user-signup",
+                "payload": {"userId": "u-1", "email": "ada@example.com", "name": marker},
+            },
+            headers={**tenant.headers, "X-Request-ID": "req-logs-1"},
+        )
+        assert response.status_code == 202, response.text
+        assert response.headers["x-request-id"] == "req-logs-1"
+        notification_id = response.json()["notificationId"]
+        with httpx.Client(base_url=url) as client:
+            wait_for_status(client, tenant, notification_id, {"SENT"})
+        generated = httpx.get(f"{url}/healthz", headers={"X-Request-ID": "bad id with spaces"})
+        assert len(generated.headers["x-request-id"]) == 32  # replaced, not echoed
+    api_log = stack.tmp / "logs-api.log"
+
+    # Every line the API wrote is JSON (uvicorn's own included).
+    for line in api_log.read_text().splitlines():
+        json.loads(line)
+    [accepted] = [
+        line
+        for line in _lines(api_log, str(notification_id))
+        if line["event"] == "notification accepted"
+    ]
+    assert accepted["notification_id"] == notification_id
+    assert accepted["request_id"] == "req-logs-1"
+    assert accepted["enterprise_id"] == str(tenant.enterprise_id)
+    assert accepted["level"] == "info" and accepted["timestamp"]
+
+    deadline = time.monotonic() + 10
+    sent: list[dict] = []
+    while time.monotonic() < deadline and not sent:
+        sent = [
+            line
+            for line in _json_lines(worker.log, str(notification_id))
+            if line.get("event") == "notification sent"
+        ]
+        time.sleep(0.2)
+    assert sent, f"no worker line names notification {notification_id}"
+    [line] = sent
+    assert line["transaction_id"] == accepted["transaction_id"]
+    assert line["enterprise_id"] == str(tenant.enterprise_id) and line["task_id"]
+
+    for path in (api_log, worker.log):
+        assert marker not in path.read_text(errors="replace")  # payloads are never logged
+
+
+def _json_lines(path: Path, needle: str) -> list[dict]:
+    """The worker's log also holds Celery's start-up banner (printed, not logged)."""
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        if needle in line and line.startswith("{"):
+            found.append(json.loads(line))
+    return found
+
+
+def test_periodic_maintenance_is_quiet(stack, worker):
+    time.sleep(3)  # beat sends release_due every second and reconcile every two
+    beat_log = Path(str(worker.log).replace(".log", "-beat.log"))
+    celery_lines = 0
+    for path in (worker.log, beat_log):
+        for line in path.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            record = json.loads(line)
+            if record.get("logger") not in (
+                "celery.app.trace",
+                "celery.worker.strategy",
+                "celery.beat",
+            ):
+                continue
+            celery_lines += 1
+            about = json.dumps(record)
+            if "xnovu.release_due_notifications" in about or "xnovu.reconcile" in about:
+                raise AssertionError(f"maintenance at {record['level']}: {record}")
+    assert celery_lines > 0  # Celery's own lines are there, as JSON (the deliveries' ones)
