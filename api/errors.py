@@ -19,6 +19,7 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.request_ids import request_id_header
 from shared.errors import (
     DomainError,
     InvalidInput,
@@ -62,6 +63,9 @@ def error_response(
     body: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         body["details"] = details
+    # Errors of the paths that answer by themselves carry the request's id too (the
+    # middleware adds it to the others; a second copy is not added).
+    headers = {**request_id_header(), **(headers or {})}
     return JSONResponse({"error": body}, status_code=status_code, headers=headers)
 
 

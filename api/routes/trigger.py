@@ -9,6 +9,7 @@ from fastapi.routing import APIRoute
 
 from api.deps import PrincipalDep
 from api.hotpath import TriggerRoute, idempotency_key
+from api.request_ids import request_id_header
 from api.schemas.notifications import TriggerRequest, TriggerResponse
 from shared.db.enums import NotificationStatus
 from shared.notifications import intake
@@ -61,7 +62,11 @@ async def trigger(body: TriggerRequest, principal: PrincipalDep, request: Reques
         accepted_response(result).model_dump_json().encode(),
         status_code=202,
         media_type="application/json",
-        headers={"Idempotency-Replay": "true"} if result.replayed else None,
+        headers=(
+            {"Idempotency-Replay": "true", **request_id_header()}
+            if result.replayed
+            else request_id_header()
+        ),
     )
 
 

@@ -107,3 +107,18 @@ def test_periodic_maintenance_is_quiet(stack, worker):
             if "xnovu.release_due_notifications" in about or "xnovu.reconcile" in about:
                 raise AssertionError(f"maintenance at {record['level']}: {record}")
     assert celery_lines > 0  # Celery's own lines are there, as JSON (the deliveries' ones)
+
+
+def test_every_answer_carries_its_request_id_once(client, tenant):
+    for method, path, body in [
+        ("post", "/api/trigger", {"workflowId": "user-signup", "payload": {"userId": "u"}}),
+        ("post", "/api/trigger", {"workflowId": "no-such-workflow"}),  # a 404 of the trigger
+        ("get", "/api/notifications", None),
+        ("get", "/api/notifications/1", None),  # a 404 elsewhere
+        ("get", "/healthz", None),
+    ]:
+        response = client.request(
+            method, path, json=body, headers={**tenant.headers, "X-Request-ID": "req-42"}
+        )
+        ids = [v for k, v in response.headers.multi_items() if k.lower() == "x-request-id"]
+        assert ids == ["req-42"], (path, response.status_code, ids)
