@@ -3,7 +3,9 @@
 FastAPI's own `/docs` and `/redoc` load Swagger UI and ReDoc from a CDN, so on a machine
 without internet they were blank pages. The `fastapi-offline` package ships both bundles
 (and a favicon); they are served from DOCS_ASSETS and the pages are FastAPI's own, pointed at
-them.
+them. One thing stays outside: ReDoc's bundle asks Redocly's CDN for the small logo of its
+"API docs by Redocly" badge; offline the badge shows without it, and the page is whole
+(tests/integration/test_docs_browser.py).
 """
 
 from __future__ import annotations

@@ -40,12 +40,15 @@ def test_the_docs_render_offline(stack, chromium):  # noqa: F811
         assert operations >= 25, operations
         for path in ("/api/trigger", "/api/notifications/{notification_id}/events"):
             assert path in text
+        assert refused == [], refused  # Swagger UI fetched nothing from elsewhere
 
         page.goto(f"{api}/redoc")
         page.wait_for_selector("[data-section-id]", timeout=30_000)
         sections = page.locator("[data-section-id]").count()
         page.screenshot(path=str(stack.tmp / "docs-redoc.png"))
         assert sections >= 25, sections
-        assert refused == [], refused  # nothing was fetched from elsewhere
+        # ReDoc's bundle still asks Redocly's CDN for the logo of its "API docs by Redocly"
+        # badge: refused here, it renders without it; nothing else is fetched from elsewhere.
+        assert [url for url in refused if "cdn.redoc.ly" not in url] == [], refused
         page.close()
     assert (stack.tmp / "docs-swagger.png").stat().st_size > 10_000
