@@ -404,6 +404,29 @@ def emulator(novu_emulator: str) -> Iterator[httpx.Client]:
         http.delete("/_emulator/faults")
 
 
+def retract_leftover_rows(by: str) -> None:
+    """Retract the rows earlier tests left PENDING (retries due later, some a minute later), so
+    that they cannot come back during a test that paces or counts Novu calls: each would take
+    tokens from the Novu budget every row shares, and a refusal drains it."""
+    from sqlalchemy import func, update
+
+    from shared.db.enums import NotificationStatus
+    from shared.db.models import Notification
+    from shared.db.session import transaction
+
+    with transaction() as session:
+        session.execute(
+            update(Notification)
+            .where(Notification.notification_status == NotificationStatus.PENDING)
+            .values(
+                notification_status=NotificationStatus.RETRACTED,
+                retracted_at=func.now(),
+                retraction_reason=f"retracted by {by}",
+                locked_until=None,
+            )
+        )
+
+
 def signup_payload(user: str | None = None) -> dict[str, Any]:
     user = user or f"u-{uuid.uuid4().hex[:8]}"
     return {"userId": user, "email": f"{user}@example.com", "name": "Ada Lovelace"}

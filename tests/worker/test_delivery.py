@@ -7,13 +7,13 @@ import itertools
 import time
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
 from shared.db.session import transaction
 from shared.queue import TaskName, publish_deliver_batch, task_writer
-from tests.conftest import novu_workflows, signup_payload, wait_for_status
+from tests.conftest import novu_workflows, retract_leftover_rows, signup_payload, wait_for_status
 from tests.factories import trigger_signup as _trigger
 
 pytestmark = pytest.mark.integration
@@ -21,21 +21,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(autouse=True)
 def _no_rows_of_earlier_tests():
-    """Rows earlier tests left PENDING (retries due later, some 60 s later) are retracted, so
-    that they cannot come back during a test here. A fault set for every trigger (a 429) would
-    refuse them too, and each refusal drains the Novu budget all rows share: in the full suite
-    they took the calls this file's rows were waiting for."""
-    with transaction() as session:
-        session.execute(
-            update(Notification)
-            .where(Notification.notification_status == NotificationStatus.PENDING)
-            .values(
-                notification_status=NotificationStatus.RETRACTED,
-                retracted_at=func.now(),
-                retraction_reason="retracted by tests/worker/test_delivery.py",
-                locked_until=None,
-            )
-        )
+    """A fault set for every trigger (a 429) would refuse earlier tests' rows too, and each
+    refusal drains the Novu budget all rows share: in the full suite they took the calls this
+    file's rows were waiting for."""
+    retract_leftover_rows("tests/worker/test_delivery.py")
 
 
 def _events(emulator, transaction_id):
