@@ -101,7 +101,16 @@ def test_novus_429_never_uses_an_attempt_nor_fails_the_notification(
 
     # More refusals than DELIVERY_MAX_ATTEMPTS (4), and the row never spent an attempt.
     _wait_until(lambda: refusals() >= 5, timeout=20, what="five 429s")
+    # Read at rest: just after a refusal the row may still be PROCESSING on its claim (attempt
+    # 1) until the worker gives the attempt back.
+    _wait_until(
+        lambda: _row(accepted["notificationId"]).notification_status is NotificationStatus.PENDING,
+        timeout=20,
+        what="the row back at rest",
+    )
     row = _row(accepted["notificationId"])
+    while row.notification_status is not NotificationStatus.PENDING:  # claimed again meanwhile
+        row = _row(accepted["notificationId"])
     assert (row.notification_status, row.attempts) == (NotificationStatus.PENDING, 0)
     assert row.error_details["code"] == "novu_rate_limited"
     emulator.delete("/_emulator/faults")
