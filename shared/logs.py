@@ -21,8 +21,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import sys
-from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -138,15 +137,6 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
 def bind(**values: Any) -> None:
     """Add to the context of every later line in this context (None values are left out)."""
     structlog.contextvars.bind_contextvars(**{k: v for k, v in values.items() if v is not None})
-
-
-@contextmanager
-def context(**values: Any) -> Iterator[None]:
-    """The values on every line logged in the block (None values left out)."""
-    with structlog.contextvars.bound_contextvars(
-        **{k: v for k, v in values.items() if v is not None}
-    ):
-        yield
 
 
 def clear() -> None:
