@@ -14,6 +14,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -82,11 +83,18 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     raise TimeoutError(f"timed out waiting for {what}")
 
 
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    handle = log.open("wb")
+def _spawn(
+    args: list[str], env: dict[str, str], log: Path, *, append: bool = False
+) -> subprocess.Popen[bytes]:
+    handle = log.open("ab" if append else "wb")
     return subprocess.Popen(
         args, env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
     )
+
+
+def _exit_report(name: str, proc: subprocess.Popen[bytes], log: Path) -> str:
+    tail = log.read_text(errors="replace").splitlines()[-15:]
+    return f"{name} exited with code {proc.returncode}; its log ended:\n" + "\n".join(tail)
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
@@ -225,6 +233,11 @@ class Worker:
         self.log = stack.tmp / f"{name}.log"
 
     def start(self, *, with_beat: bool = True) -> None:
+        self._start_worker(append=False)
+        if with_beat:
+            self._start_beat(append=False)
+
+    def _start_worker(self, *, append: bool) -> None:
         hostname = f"{self.name}-{uuid.uuid4().hex[:6]}@test"
         self.proc = _spawn(
             [
@@ -246,22 +259,8 @@ class Worker:
             ],
             self.stack.env,
             self.log,
+            append=append,
         )
-        if with_beat:
-            self.beat = _spawn(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "worker.celery_app",
-                    "beat",
-                    "--loglevel=INFO",
-                    f"--schedule={self.stack.tmp / (self.name + '-beat')}",
-                ],
-                self.stack.env,
-                self.stack.tmp / f"{self.name}-beat.log",
-            )
         from shared.queue import producer
 
         def pong() -> bool:
@@ -269,6 +268,57 @@ class Worker:
             return bool(replies)
 
         _wait_for(pong, 60, f"celery worker {hostname} (log: {self.log})")
+
+    def _start_beat(self, *, append: bool) -> None:
+        self.beat = _spawn(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery_app",
+                "beat",
+                "--loglevel=INFO",
+                f"--schedule={self.stack.tmp / (self.name + '-beat')}",
+            ],
+            self.stack.env,
+            self.stack.tmp / f"{self.name}-beat.log",
+            append=append,
+        )
+
+    @contextlib.contextmanager
+    def supervised(self, every: float = 0.5) -> Iterator[list[str]]:
+        """Within the block, revive() whatever exits, every `every` seconds, as a supervisor
+        would; yields the exit reports gathered so far."""
+        exited: list[str] = []
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(every):
+                # A start that times out (Redis still away) is tried again at the next round.
+                with contextlib.suppress(TimeoutError):
+                    exited.extend(self.revive())
+
+        watcher = threading.Thread(target=watch, name=f"supervise-{self.name}", daemon=True)
+        watcher.start()
+        try:
+            yield exited
+        finally:
+            done.set()
+            watcher.join()
+
+    def revive(self) -> list[str]:
+        """Start again whichever of the worker and beat has exited, as their supervisor does in
+        production (compose's `restart:`, `make run`'s respawn); returns what had exited, with
+        its exit code and the last lines of its log."""
+        exited = []
+        if self.beat is not None and self.beat.poll() is not None:
+            exited.append(_exit_report("beat", self.beat, self.stack.tmp / f"{self.name}-beat.log"))
+            self._start_beat(append=True)
+        if self.proc is not None and self.proc.poll() is not None:
+            exited.append(_exit_report(self.name, self.proc, self.log))
+            self._start_worker(append=True)
+        return exited
 
     def stop(self) -> None:
         for proc in (self.beat, self.proc):
@@ -324,6 +374,20 @@ def worker(stack: Stack, novu_emulator: str, bridge_process: BridgeApi) -> Itera
     )
     yield w
     w.stop()
+
+
+@pytest.fixture(autouse=True)
+def _workers_outlive_the_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A worker or beat that exits during a test is started again afterwards, so that one crash
+    fails one test and not every test after it; the test fails with the exit report unless it
+    is marked `worker_may_exit` (it takes Redis away, see that marker)."""
+    yield
+    exited: list[str] = []
+    for name in ("worker", "webhook_worker"):
+        if name in request.fixturenames:
+            exited += request.getfixturevalue(name).revive()
+    if exited and request.node.get_closest_marker("worker_may_exit") is None:
+        pytest.fail("\n\n".join(exited), pytrace=False)
 
 
 @pytest.fixture(scope="session")
