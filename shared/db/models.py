@@ -130,7 +130,17 @@ class NotificationWorkflow(AuditedRow, Base):
 
 class NotificationRule(AuditedRow, Base):
     __tablename__ = "ent_notification_rule"
-    __table_args__ = (Index(None, "enterprise_id", "notification_workflow_id"),)
+    __table_args__ = (
+        Index(None, "enterprise_id", "notification_workflow_id"),
+        # The scheduler's tick: active CRON rules due or not armed yet (migration 0012).
+        Index(
+            "ix_ent_notification_rule_schedule",
+            "next_fire_at",
+            postgresql_where=text(
+                "trigger_type = 'CRON' AND publish_status = 'PUBLISH' AND NOT deactivated"
+            ),
+        ),
+    )
 
     notification_workflow_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("ent_notification_workflow.id"), nullable=False
@@ -138,6 +148,14 @@ class NotificationRule(AuditedRow, Base):
     trigger_type: Mapped[TriggerType] = mapped_column(trigger_type_enum, nullable=False)
     trigger_config: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     rule_payload: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # The scheduler's (shared/rules/scheduler.py); a change of schedule or status, by anyone,
+    # sets next_fire_at NULL and schedule_changed_at now() (a trigger of migration 0012).
+    next_fire_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    schedule_changed_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    last_fired_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
 class Notification(AuditedRow, Base):
@@ -187,6 +205,14 @@ class Notification(AuditedRow, Base):
             "locked_until",
             postgresql_where=text("notification_status = 'PROCESSING'"),
         ),
+        # One notification per rule and fire time (migration 0012).
+        Index(
+            "ux_ent_notification_rule_fire",
+            "notification_rule_id",
+            "rule_fire_at",
+            unique=True,
+            postgresql_where=text("rule_fire_at IS NOT NULL"),
+        ),
         # Scheduled release: PENDING rows with a due date not yet published.
         Index(
             "ix_ent_notification_scheduled_due",
@@ -235,6 +261,8 @@ class Notification(AuditedRow, Base):
     render_fallbacks: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
     # The bulk request that created it (its `batchId`); NULL for a single trigger.
     batch_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # The fire time of the rule (notification_rule_id) that created it.
+    rule_fire_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class NotificationEvent(Base):
