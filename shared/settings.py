@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     retention_interval_seconds: float = Field(
         default=300.0, gt=0, alias="RETENTION_INTERVAL_SECONDS"
     )
+    # One active beat (shared/beat_lock.py): its lease in Redis lasts this long, renewed every
+    # third of it; a standby beat takes over at most this long (plus a second) after the
+    # active one died without giving it up.
+    beat_lock_ttl_seconds: float = Field(default=15.0, ge=1, le=300, alias="BEAT_LOCK_TTL_SECONDS")
     # Countdowns live in broker messages only when shorter than this; longer delays stay in the
     # database (next_attempt_at) and are released by beat. Keep it well below the visibility
     # timeout.
