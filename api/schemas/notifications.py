@@ -10,8 +10,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db.enums import NotificationStatus
-from shared.db.models import Notification, NotificationEvent
+from shared.db.models import Notification
 from shared.notifications.schemas import TriggerRequest
+from shared.notifications.timeline import TimelineEvent
 from shared.novu.delivery_events import ChannelDelivery
 from shared.payloads import json_depth
 
@@ -154,7 +155,7 @@ class NotificationEventRead(BaseModel):
     created_at: dt.datetime
 
     @classmethod
-    def of(cls, row: NotificationEvent) -> NotificationEventRead:
+    def of(cls, row: TimelineEvent) -> NotificationEventRead:
         read = cls.model_validate(row, from_attributes=True)
         # Details are bounded in size when written, not in depth (Novu's data inside one).
         if json_depth(read.detail) > READ_MAX_DEPTH:

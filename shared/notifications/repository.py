@@ -6,7 +6,8 @@ about six times the CPU per notification (docs/performance.md). Every statement 
 its caller's transaction and never commits (docs/architecture.md, "Transactions").
 
 - `insert_pending`: PENDING rows of one enterprise, one statement per 1,000, with the
-  Idempotency-Key rules (guarantee 6).
+  Idempotency-Key rules (guarantee 6), marked `intake_checked` (the claim checks only rows
+  other services inserted, migration 0013).
 - `claim_due`: PENDING → PROCESSING with a lease, for the due rows nobody holds (guarantee 2).
 - `record_outcomes`: PROCESSING → SENT / FAILED / PENDING, each fenced by the attempt that
   claimed it (guarantee 3); an attempt Novu throttled is given back; an attempt whose answer
@@ -31,11 +32,17 @@ from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
 from shared.db.enums import NotificationStatus as S
-from shared.db.models import Notification, NotificationEvent, RegistryGeneration
+from shared.db.models import (
+    Notification,
+    NotificationEvent,
+    NotificationWorkflow,
+    RegistryGeneration,
+)
 from shared.notifications.timeline import detail_json, excerpt, worker_identity
 
 TABLE: str = Notification.__table__.fullname  # type: ignore[attr-defined]
 _GENERATIONS: str = RegistryGeneration.__table__.fullname  # type: ignore[attr-defined]
+_WORKFLOWS: str = NotificationWorkflow.__table__.fullname  # type: ignore[attr-defined]
 EVENTS: str = NotificationEvent.__table__.fullname  # type: ignore[attr-defined]
 
 # Rows per INSERT: a bulk request (at most 1,000 events) is one statement per enterprise.
@@ -115,15 +122,14 @@ class Recorded:
 
 
 # The rows travel as one JSON document (an array of positional arrays, see _rows_document):
-# one parameter whatever the number of rows, so the statement is prepared once. Each row
-# created gets its `accepted` timeline event from the same statement.
+# one parameter whatever the number of rows, so the statement is prepared once. A created row
+# is its own `accepted` timeline event (shared/notifications/timeline.py).
 _INSERT = f"""
-    WITH created AS (
     INSERT INTO {TABLE} (
         enterprise_id, name, workflow_key, notification_workflow_id, notification_status,
         payload, recipients, overrides, tags, transaction_id, scheduled_for,
         idempotency_key, request_fingerprint, enqueued_at, created_by, recipient_objects,
-        batch_id
+        batch_id, intake_checked
     )
     SELECT
         %(enterprise_id)s, r.v->>0, r.v->>0, CAST(r.v->>1 AS bigint), 'PENDING',
@@ -133,19 +139,11 @@ _INSERT = f"""
              THEN ARRAY(SELECT jsonb_array_elements_text(r.v->5)) END,
         r.v->>6, CAST(r.v->>7 AS timestamptz), r.v->>8, r.v->>9,
         CASE WHEN CAST(r.v->>10 AS boolean) THEN now() END, %(created_by)s,
-        NULLIF(r.v->11, 'null'), CAST(r.v->>12 AS uuid)
+        NULLIF(r.v->11, 'null'), CAST(r.v->>12 AS uuid), true
     FROM jsonb_array_elements(CAST(%(rows)s AS jsonb)) WITH ORDINALITY AS r(v, ord)
     ORDER BY r.ord
     ON CONFLICT (enterprise_id, idempotency_key) DO NOTHING
-    RETURNING id, transaction_id, scheduled_for
-    ), accepted AS (
-    INSERT INTO {EVENTS} (enterprise_id, notification_id, kind, detail)
-    SELECT %(enterprise_id)s, c.id, 'accepted',
-        CASE WHEN c.scheduled_for IS NOT NULL
-             THEN jsonb_build_object('scheduledFor', c.scheduled_for) END
-    FROM created AS c
-    )
-    SELECT id, transaction_id FROM created
+    RETURNING id, transaction_id
     """
 
 _EXISTING_BY_KEY = f"""
@@ -294,6 +292,25 @@ class ClaimedRow:
     transaction_id: str
     attempts: int
     recipient_objects: list[Any] | None
+    # A row another service inserted (not intake_checked): what checking it needs that the
+    # row above lacks (DIRECT_ROW_SQL); None for intake's rows, already checked.
+    direct: dict[str, Any] | None = None
+
+
+# What the claim reads of a row another service inserted, for direct_rows.vet: the row's own
+# publish status and tags, and the state of the workflow row it names as this enterprise sees
+# it (NULL when it names none, or one of another enterprise). A CASE, so that intake's rows
+# cost one boolean test.
+DIRECT_ROW_SQL = f"""
+    CASE WHEN NOT n.intake_checked THEN jsonb_build_object(
+        'publishStatus', n.publish_status, 'deactivated', n.deactivated, 'tags', n.tags,
+        'workflow', (SELECT jsonb_build_object('id', w.id, 'key', w.workflow_key,
+                                               'publishStatus', w.publish_status,
+                                               'deactivated', w.deactivated)
+                     FROM {_WORKFLOWS} AS w
+                     WHERE w.id = n.notification_workflow_id
+                       AND (w.enterprise_id = n.enterprise_id OR w.enterprise_id IS NULL)))
+    END"""
 
 
 # Each row claimed gets its `attempt.started` timeline event from the same statement.
@@ -317,7 +334,7 @@ _CLAIM = text(
         FOR UPDATE SKIP LOCKED
     )
     RETURNING n.id, n.enterprise_id, n.workflow_key, n.payload, n.recipients, n.overrides,
-        n.transaction_id, n.attempts, n.recipient_objects
+        n.transaction_id, n.attempts, n.recipient_objects, {DIRECT_ROW_SQL} AS direct
     ), started AS (
     INSERT INTO {EVENTS} (enterprise_id, notification_id, kind, attempt, detail)
     SELECT c.enterprise_id, c.id, 'attempt.started', c.attempts, CAST(:worker AS jsonb)
@@ -356,8 +373,8 @@ def claim_due(
         "worker": json_text({"worker": worker_identity()}),
     }
     rows = connection.execute(_CLAIM, parameters).all()
-    claimed = sorted((ClaimedRow(*row[:9]) for row in rows), key=lambda row: row.id)
-    return claimed, int(rows[0][9]) if rows else 0
+    claimed = sorted((ClaimedRow(*row[:10]) for row in rows), key=lambda row: row.id)
+    return claimed, int(rows[0][10]) if rows else 0
 
 
 # -- record -----------------------------------------------------------------------------------
@@ -420,7 +437,10 @@ _RECORD_OUTCOMES = text(
       AND n.enterprise_id = :enterprise_id
       AND n.notification_status = 'PROCESSING'
       AND n.attempts = v.attempt
-    RETURNING n.id, n.enterprise_id, v.attempt, v.status, v.used, v.detail
+    RETURNING n.id, n.enterprise_id, v.attempt, v.status, v.used, v.detail,
+        CASE WHEN v.status = 'SENT'
+             THEN extract(epoch FROM now() - greatest(n.created_at, n.scheduled_for)) END
+             AS since_due
     ), recorded AS (
     INSERT INTO {EVENTS} (enterprise_id, notification_id, kind, attempt, detail)
     SELECT m.enterprise_id, m.id,
@@ -431,7 +451,7 @@ _RECORD_OUTCOMES = text(
         m.attempt, m.detail
     FROM moved AS m ORDER BY m.id
     )
-    SELECT id FROM moved
+    SELECT id, since_due FROM moved
     """
 )
 
@@ -441,11 +461,14 @@ def record_outcomes(
     *,
     enterprise_id: uuid.UUID,
     outcomes: Sequence[AttemptOutcome],
+    since_due: dict[int, float] | None = None,
 ) -> set[int]:
     """PROCESSING → SENT / FAILED / PENDING for every outcome whose attempt still owns its row,
     in one statement; returns the ids that moved (the others lost a race: their lease expired
     and the row moved on). A retry by message gets enqueued_at = when it is due, so the
-    reconciler leaves it alone until then; any other retry waits for beat to release it."""
+    reconciler leaves it alone until then; any other retry waits for beat to release it.
+    `since_due`, when given, gets each SENT row's seconds from its trigger (or its scheduled
+    time, when later) to now, for the trigger→SENT metric (shared/metrics.py)."""
     if not outcomes:
         return set()
     parameters = {
@@ -461,7 +484,10 @@ def record_outcomes(
         "unknown": [o.outcome_unknown for o in outcomes],
         "details": [_outcome_detail(o) for o in outcomes],
     }
-    return {row[0] for row in connection.execute(_RECORD_OUTCOMES, parameters)}
+    moved = connection.execute(_RECORD_OUTCOMES, parameters).all()
+    if since_due is not None:
+        since_due.update((row[0], float(row[1])) for row in moved if row[1] is not None)
+    return {row[0] for row in moved}
 
 
 def _json_or_none(value: Any) -> str | None:

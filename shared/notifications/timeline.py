@@ -1,10 +1,11 @@
 """The timeline: an append-only history of what happened to each notification.
 
 Every event is written in the transaction of the transition it records (docs/architecture.md,
-"Timeline"): the delivery path's batch statements insert theirs in the same SQL statement (a
-data-modifying CTE over the rows they moved, repository.py), the single-row transitions and
-the API's cancel and retry through `append_events`, in their own transaction. Rows are never
-updated or deleted (migration 0007 grants enterprises SELECT and INSERT only).
+"Timeline"; `accepted` is the notification's row itself): the delivery path's batch statements
+insert theirs in the same SQL statement (a data-modifying CTE over the rows they moved,
+repository.py), the single-row transitions and the API's cancel and retry through
+`append_events`, in their own transaction. Rows are never updated or deleted
+(migration 0007 grants enterprises SELECT and INSERT only).
 
 Kinds (stable: other modules and the status webhooks' trigger match on them); "n" is the
 event's `attempt`, and "the answer" is an attempt's `code` and `message` (failures),
@@ -12,7 +13,10 @@ event's `attempt`, and "the answer" is an attempt's `code` and `message` (failur
 answer, at most EXCERPT_CHARS characters), `durationMs` (the Novu call) and `replayed` (Novu
 answered from its idempotency store):
 
-- `accepted`: the trigger was recorded PENDING. Detail: `scheduledFor` when scheduled.
+- `accepted`: the trigger was recorded PENDING. Detail: `scheduledFor` when scheduled. Not a
+  row of its own: the notification's row is this event (list_events reads it as the first
+  event, ACCEPTED_EVENT_ID), so rows written by the trigger routes, by rules and by other
+  services all have it, at no cost to the intake.
 - `attempt.started` (n): a worker claimed it, PENDING → PROCESSING. Detail: `worker`
   {host, pid}.
 - `attempt.failed` (n): the attempt failed and a retry is scheduled (→ PENDING). Detail: the
@@ -39,6 +43,7 @@ answered from its idempotency store):
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import json
 import os
@@ -49,10 +54,21 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Select,
+    case,
+    func,
+    literal,
+    null,
+    select,
+    text,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
-from shared.db.models import NotificationEvent
+from shared.db.models import Notification, NotificationEvent
 
 TABLE: str = NotificationEvent.__table__.fullname  # type: ignore[attr-defined]
 
@@ -163,6 +179,44 @@ def worker_identity() -> dict[str, Any]:
     return {"host": _host(), "pid": os.getpid()}
 
 
+@dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    """One event as read back: a stored row, or the `accepted` event, which is the
+    notification's own row (ACCEPTED_EVENT_ID)."""
+
+    id: int
+    enterprise_id: uuid.UUID
+    notification_id: int
+    created_at: dt.datetime
+    kind: str
+    attempt: int | None
+    detail: dict[str, Any] | None
+
+
+# The `accepted` event's id: stored events are numbered from 1, so it sorts first and a
+# cursor past it (any stored id) skips it.
+ACCEPTED_EVENT_ID = 0
+
+
+def _accepted_event() -> Select[Any]:
+    """The notification's row read as its `accepted` event: the row is written by the very
+    statement that accepts the trigger (or by another service's INSERT), so the event needs no
+    row of its own, and the intake's statements write one row less per notification."""
+    n = Notification.__table__.c
+    scheduled = case(
+        (n.scheduled_for.is_not(None), func.jsonb_build_object("scheduledFor", n.scheduled_for))
+    )
+    return select(
+        literal(ACCEPTED_EVENT_ID, BigInteger).label("id"),
+        n.enterprise_id,
+        n.id.label("notification_id"),
+        n.created_at,
+        literal(Kind.ACCEPTED.value).label("kind"),
+        null().label("attempt"),
+        scheduled.label("detail"),
+    )
+
+
 def list_events(
     session: Session,
     enterprise_id: uuid.UUID,
@@ -170,13 +224,26 @@ def list_events(
     *,
     after_id: int | None = None,
     limit: int = 100,
-) -> Sequence[NotificationEvent]:
+) -> list[TimelineEvent]:
     """A keyset page of one notification's events, oldest first: those with id above
-    `after_id`."""
-    stmt = select(NotificationEvent).where(
-        NotificationEvent.enterprise_id == enterprise_id,
-        NotificationEvent.notification_id == notification_id,
+    `after_id`. The first page starts with `accepted` (read from the notification's row; none
+    when the notification is not the enterprise's)."""
+    e = NotificationEvent.__table__.c
+    stored = select(
+        e.id, e.enterprise_id, e.notification_id, e.created_at, e.kind, e.attempt, e.detail
+    ).where(
+        e.enterprise_id == enterprise_id,
+        e.notification_id == notification_id,
+        # Earlier builds stored `accepted` as a row; the notification's row says it now.
+        e.kind != Kind.ACCEPTED.value,
     )
     if after_id is not None:
-        stmt = stmt.where(NotificationEvent.id > after_id)
-    return session.scalars(stmt.order_by(NotificationEvent.id).limit(limit)).all()
+        parts = stored.where(e.id > after_id)
+    else:
+        n = Notification.__table__.c
+        accepted = _accepted_event().where(
+            n.enterprise_id == enterprise_id, n.id == notification_id
+        )
+        parts = union_all(accepted, stored)  # type: ignore[assignment]
+    page = parts.order_by("id").limit(limit)
+    return [TimelineEvent(**row._mapping) for row in session.execute(page)]
