@@ -128,6 +128,8 @@ class DeliveryReport:
     render_deferred: int = 0  # rows given back: their enterprise's slow renders wait their turn
     token_wait_ms: int = 0  # time slept for rate-limit tokens
     retries: list[tuple[float, list[int]]] = field(default_factory=list)
+    # The notifications this task FAILED, with their error_details (shown in Flower).
+    failures: list[tuple[int, dict[str, Any] | None]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -497,6 +499,7 @@ def _land(conn: Connection, run: _Run, flight: _Flight) -> None:
             report.sent += 1
         elif outcome.status is S.FAILED:
             report.failed += 1
+            report.failures.append((outcome.notification_id, outcome.error))
         else:
             report.retried += 1
             if outcome.by_message and outcome.retry_in is not None:

@@ -5,7 +5,8 @@ release and reconcile, the task's own retries) publishes `deliver_batch(enterpri
 the task hands the ids to the one delivery engine (shared/notifications/delivery.py), metered
 by Novu's rate-limit budget that every worker process shares (shared/novu/budget.py), its slow
 renders taking turns in their enterprise's render lane (shared/notifications/fairness.py), and
-adds what Novu charged to the usage counters `GET /api/stats` reports.
+adds what Novu charged to the usage counters `GET /api/stats` reports, and shows each
+notification it FAILED in Flower as a failed task (worker/failure_events.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from shared.process import PerProcess
 from shared.queue import TaskName
 from shared.settings import get_settings
 from worker.celery_app import app
+from worker.failure_events import announce_failures
 
 # The threads that carry this process's Novu bulk calls (made after a prefork fork).
 _send_pool = PerProcess(
@@ -52,7 +54,7 @@ DELIVERY_TASK_OPTIONS: dict[str, Any] = {
 }
 
 
-def _deliver(enterprise_id: str, notification_ids: list[int]) -> dict[str, int]:
+def _deliver(task: Task, enterprise_id: str, notification_ids: list[int]) -> dict[str, int]:
     enterprise = uuid.UUID(enterprise_id)
     logs.bind(enterprise_id=enterprise_id)  # on each notification's lines (delivery.py)
     budget = get_novu_budget()
@@ -68,6 +70,7 @@ def _deliver(enterprise_id: str, notification_ids: list[int]) -> dict[str, int]:
     for delay, ids in report.retries:
         publish_enterprise(enterprise, ids, countdown=delay)
     budget.record_usage(enterprise, tokens=report.novu_tokens, sent=report.sent)
+    announce_failures(task, enterprise_id, report.failures)
     return report.as_dict()
 
 
@@ -75,11 +78,11 @@ def _deliver(enterprise_id: str, notification_ids: list[int]) -> dict[str, int]:
 def deliver_batch(self: Task, enterprise_id: str, notification_ids: list[int]) -> dict[str, int]:
     """Claim, render and hand up to 1,000 notifications to Novu; publish the retries of a
     failed call as countdown messages."""
-    return _deliver(enterprise_id, notification_ids)
+    return _deliver(self, enterprise_id, notification_ids)
 
 
 @app.task(name=TaskName.DELIVER_NOTIFICATION.value, **DELIVERY_TASK_OPTIONS)
 def deliver_notification(self: Task, notification_id: int, enterprise_id: str) -> dict[str, int]:
     """The single-notification task of earlier releases: consumes messages still queued from
     before an upgrade, as a deliver_batch of one (docs/architecture.md, "Upgrading")."""
-    return _deliver(enterprise_id, [notification_id])
+    return _deliver(self, enterprise_id, [notification_id])

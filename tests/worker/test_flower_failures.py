@@ -1,0 +1,106 @@
+"""A FAILED notification shows in Flower as a failed task (worker/failure_events.py): the batch
+task that failed it succeeded, so Flower would otherwise say "Failed 0". Read from a real
+Flower's API, fed by the real worker's events."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devtools.devstack import free_port
+from tests.conftest import REPO, Stack, retract_leftover_rows, wait_for_status
+from tests.factories import trigger_signup
+from worker.failure_events import NOTIFICATION_FAILED, reason
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def flower(stack: Stack, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    env = {**stack.env, "FLOWER_UNAUTHENTICATED_API": "true"}
+    env.pop("FLOWER_BASIC_AUTH", None)
+    log = tmp_path / "flower.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower",
+         "--address=127.0.0.1", f"--port={port}"],
+        env=env, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _until(lambda: _tasks(url) is not None, 60, f"Flower (log: {log})")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def _tasks(url: str) -> dict[str, Any] | None:
+    try:
+        return dict(httpx.get(f"{url}/api/tasks", timeout=5).json())
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def _until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _named(url: str, name: str, notification_id: int) -> list[dict[str, Any]]:
+    """Flower's tasks called `name` whose arguments name the notification."""
+    found = []
+    for task in (_tasks(url) or {}).values():
+        if task.get("name") != name:
+            continue
+        args = ast.literal_eval(task.get("args") or "[]")
+        if notification_id in args or (len(args) > 1 and notification_id in args[1]):
+            found.append(task)
+    return found
+
+
+def test_a_failed_notification_is_a_failed_task_in_flower(client, tenant, worker, emulator, flower):
+    retract_leftover_rows("tests/worker/test_flower_failures.py")
+    # Flower hears the worker: a notification sent shows as its delivery task, and no failure.
+    sent = trigger_signup(client, tenant)
+    wait_for_status(client, tenant, sent["notificationId"], {"SENT"})
+    _until(
+        lambda: _named(flower, "xnovu.deliver_batch", sent["notificationId"]), 30, "the delivery"
+    )
+    assert not _named(flower, NOTIFICATION_FAILED, sent["notificationId"])
+
+    emulator.post("/_emulator/faults", json={"status": 400, "rate": 1.0})
+    failed = trigger_signup(client, tenant)
+    row = wait_for_status(client, tenant, failed["notificationId"], {"SENT", "FAILED"})
+    emulator.delete("/_emulator/faults")
+    assert row["notification_status"] == "FAILED"
+
+    _until(
+        lambda: _named(flower, NOTIFICATION_FAILED, failed["notificationId"]),
+        30,
+        "the failed notification's task in Flower",
+    )
+    [task] = _named(flower, NOTIFICATION_FAILED, failed["notificationId"])
+    assert task["state"] == "FAILURE"
+    assert task["exception"] == reason(row["error_details"])
+    assert "novu_rejected" in task["exception"]
+    assert task["worker"]  # the worker that failed it
+    # Its parent: the delivery task that ran the attempt (which itself succeeded).
+    [batch] = _named(flower, "xnovu.deliver_batch", failed["notificationId"])
+    assert task["parent_id"] == batch["uuid"] and batch["state"] == "SUCCESS"
+    # The worker's count of failed tasks, as the dashboard shows it, is no longer 0.
+    dashboard = httpx.get(f"{flower}/workers", params={"json": 1}, timeout=5).json()
+    assert any(w.get("task-failed", 0) >= 1 for w in dashboard["data"]), dashboard
