@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.operator import OperatorDep
+from shared import metrics as shared_metrics
 from shared.notifications.recorder import trigger_recorder
 from shared.novu.budget import novu_usage
 
@@ -101,9 +102,10 @@ router = APIRouter(tags=["health"])
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(_operator: OperatorDep) -> Response:
-    """Request counts and latencies of this process, in Prometheus' text format (for the
-    operator credential only)."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    """Request counts and latencies of this process, and the domain's series it counted (its
+    Novu calls: shared/metrics.py), in Prometheus' text format (operator credential only)."""
+    body = generate_latest(REGISTRY) + generate_latest(shared_metrics.REGISTRY)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 class MetricsMiddleware:

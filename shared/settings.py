@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, alias="API_PORT")
     flower_port: int = Field(default=5555, alias="FLOWER_PORT")
     flower_basic_auth: str | None = Field(default=None, alias="FLOWER_BASIC_AUTH")
+    # Prometheus metrics of a worker and of beat, each on a port of its own (shared/metrics.py);
+    # unset, none is served. The loopback by default: the series are every enterprise's.
+    metrics_host: str = Field(default="127.0.0.1", alias="METRICS_HOST")
+    worker_metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, alias="WORKER_METRICS_PORT"
+    )
+    beat_metrics_port: int | None = Field(default=None, ge=1, le=65535, alias="BEAT_METRICS_PORT")
     novu_emulator_port: int = Field(default=3100, alias="NOVU_EMULATOR_PORT")
     embedded_postgres_port: int = Field(default=54329, alias="XNOVU_PG_PORT")
     embedded_redis_port: int = Field(default=63790, alias="XNOVU_REDIS_PORT")
@@ -239,7 +246,13 @@ class Settings(BaseSettings):
     # json: one JSON object a line (production); console: key=value lines (`make run`).
     log_format: Literal["json", "console"] = Field(default="json", alias="LOG_FORMAT")
 
-    @field_validator("operator_token", "ui_session_secret", mode="before")
+    @field_validator(
+        "operator_token",
+        "ui_session_secret",
+        "worker_metrics_port",
+        "beat_metrics_port",
+        mode="before",
+    )
     @classmethod
     def _empty_token_is_unset(cls, value: object) -> object:
         # Empty (a compose `${VAR:-}`, a blanked .env line) means unset: no operator credential,

@@ -212,6 +212,10 @@ def api_process(stack: Stack, name: str, port: int | None = None, **env: str) ->
         _stop(proc)
 
 
+def _port(url: str) -> str:
+    return str(httpx.URL(url).port)
+
+
 class Worker:
     """A real `celery worker` (and `celery beat`) process against the test stack."""
 
@@ -231,6 +235,9 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.beat: subprocess.Popen[bytes] | None = None
         self.log = stack.tmp / f"{name}.log"
+        # Where the worker and its beat serve their metrics (shared/metrics.py).
+        self.metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
+        self.beat_metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
 
     def start(self, *, with_beat: bool = True) -> None:
         self._start_worker(append=False)
@@ -257,7 +264,7 @@ class Worker:
                 "--without-mingle",
                 "--without-gossip",
             ],
-            self.stack.env,
+            {**self.stack.env, "WORKER_METRICS_PORT": _port(self.metrics_url)},
             self.log,
             append=append,
         )
@@ -281,7 +288,7 @@ class Worker:
                 "--loglevel=INFO",
                 f"--schedule={self.stack.tmp / (self.name + '-beat')}",
             ],
-            self.stack.env,
+            {**self.stack.env, "BEAT_METRICS_PORT": _port(self.beat_metrics_url)},
             self.stack.tmp / f"{self.name}-beat.log",
             append=append,
         )

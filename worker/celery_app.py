@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from celery.signals import (
+    beat_init,
     setup_logging,
     task_prerun,
+    worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
+    worker_shutdown,
 )
 
-from shared import logs
+from shared import logs, metrics
 from shared.db.session import reset_engine
 from shared.novu.sync import PERIODIC_CHECK, request_sync
 from shared.queue import QueueName, TaskName, celery_config
 from shared.settings import get_settings
 
 settings = get_settings()
+_log = logging.getLogger(__name__)
 
 app = Celery(
     "xnovu",
@@ -105,8 +111,47 @@ def _sync_novu(sender: Any = None, **_: Any) -> None:
 
 
 @worker_process_shutdown.connect
-def _close_connections(**_: Any) -> None:
+def _close_connections(pid: int | None = None, **_: Any) -> None:
     reset_engine()
+    metrics.child_exited(pid or os.getpid())
+
+
+# Metrics of the worker and beat on ports of their own (shared/metrics.py): the worker's main
+# process switches to multiprocess mode before it forks its children, and serves their sum. A
+# port that cannot be served is logged and the process goes on: metrics never stop delivery.
+_metrics_dir: list[Path] = []
+
+
+@worker_init.connect
+def _serve_worker_metrics(**_: Any) -> None:
+    port = settings.worker_metrics_port
+    if port is None:
+        return
+    made = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    try:
+        directory = metrics.serve_worker_metrics(settings.metrics_host, port)
+    except OSError as exc:
+        _log.error("worker metrics not served on %s:%d: %s", settings.metrics_host, port, exc)
+        return
+    if made:
+        _metrics_dir.append(directory)
+
+
+@worker_shutdown.connect
+def _remove_metrics_dir(**_: Any) -> None:
+    for directory in _metrics_dir:
+        metrics.remove_directory(directory)
+
+
+@beat_init.connect
+def _serve_beat_metrics(**_: Any) -> None:
+    port = settings.beat_metrics_port
+    if port is None:
+        return
+    try:
+        metrics.serve_beat_metrics(settings.metrics_host, port)
+    except OSError as exc:
+        _log.error("beat metrics not served on %s:%d: %s", settings.metrics_host, port, exc)
 
 
 logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -43,6 +43,7 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable, Container, Sequence
 from concurrent.futures import Executor, Future
@@ -54,6 +55,7 @@ from redis import RedisError
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from shared import metrics
 from shared.db.enums import NotificationStatus as S
 from shared.db.session import connection, enterprise_transaction
 from shared.notifications.fairness import FairRenders, RenderLanes, in_lane_thread, wait_for
@@ -305,6 +307,7 @@ def _defer(conn: Connection, run: _Run, rest: list[int], delay: float, code: str
             why=why,
         )
     run.report.skipped += len(rest) - len(deferred)
+    metrics.record_retries(Tally({code: len(deferred)}))
     if deferred and by_message:
         run.report.retries.append((delay, deferred))
     log.info("%d notifications %s: deferred %.1fs", len(deferred), why, delay)
@@ -465,6 +468,8 @@ def _charged(run: _Run, result: CallResult, tokens: int) -> None:
             run.budget.drain_for(result)
         return
     run.report.novu_tokens += tokens
+    endpoint = "trigger_bulk" if tokens == BULK_TRIGGER_TOKENS else "trigger"
+    metrics.NOVU_TOKENS.labels(endpoint).inc(tokens)
 
 
 def _land(conn: Connection, run: _Run, flight: _Flight) -> None:
@@ -487,10 +492,14 @@ def _land(conn: Connection, run: _Run, flight: _Flight) -> None:
     else:
         outcomes.extend(_single_outcomes(run, sent_rows, flight.singles, flight))
 
+    since_due: dict[int, float] = {}
     with enterprise_transaction(conn, run.enterprise_id):
-        moved = record_outcomes(conn, enterprise_id=run.enterprise_id, outcomes=outcomes)
+        moved = record_outcomes(
+            conn, enterprise_id=run.enterprise_id, outcomes=outcomes, since_due=since_due
+        )
     if log.isEnabledFor(logging.INFO):
         _log_outcomes(flight.rows, outcomes, moved)
+    _count_outcomes(run.enterprise_id, flight.rows, outcomes, moved, since_due)
     retry_groups: dict[float, list[int]] = {}
     for outcome in outcomes:
         if outcome.notification_id not in moved:
@@ -505,6 +514,42 @@ def _land(conn: Connection, run: _Run, flight: _Flight) -> None:
             if outcome.by_message and outcome.retry_in is not None:
                 retry_groups.setdefault(outcome.retry_in, []).append(outcome.notification_id)
     report.retries.extend(retry_groups.items())
+
+
+def _count_outcomes(
+    enterprise_id: uuid.UUID,
+    rows: Sequence[ClaimedRow],
+    outcomes: Sequence[AttemptOutcome],
+    moved: Container[int],
+    since_due: dict[int, float],
+) -> None:
+    """The sub-batch's outcomes in the worker's metrics (shared/metrics.py): one increment per
+    label set, the workflow of each key looked up once."""
+    keys = {row.id: row.workflow_key for row in rows}
+    workflows: dict[str, tuple[str, tuple[str, ...]]] = {}
+    landed = []
+    for outcome in outcomes:
+        key = keys.get(outcome.notification_id, "")
+        if key not in workflows:
+            workflow = get_registry().get_workflow(key, enterprise_id)
+            static = workflow is not None and workflow.enterprise_id is None
+            channels = tuple(c.value.lower() for c in workflow.channels) if workflow else ()
+            workflows[key] = (metrics.workflow_label(key, static), channels)
+        label, channels = workflows[key]
+        reason = None
+        if outcome.notification_id not in moved:
+            kind = "lost_race"
+        elif outcome.status is S.SENT:
+            kind = "sent"
+        elif outcome.status is S.FAILED:
+            kind = "failed"
+        else:
+            kind = "retry" if outcome.attempt_used else "given_back"
+            reason = str((outcome.error or {}).get("code", "unknown"))
+        landed.append(
+            metrics.Landed(kind, label, channels, reason, since_due.get(outcome.notification_id))
+        )
+    metrics.record_landed(landed)
 
 
 def _log_outcomes(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -20,6 +21,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
+from shared.metrics import novu_endpoint, record_novu_call
 from shared.novu.errors import (
     error_from_response,
     error_from_transport,
@@ -328,12 +330,16 @@ class NovuClient:
         return data
 
     def _send(self, request: NovuRequest) -> httpx.Response:
+        endpoint = novu_endpoint(request.method, request.path)
+        started = time.perf_counter()
         try:
             response = self._http.request(
                 request.method, request.path, headers=dict(request.headers), content=request.content
             )
         except httpx.RequestError as exc:
+            record_novu_call(endpoint, None, time.perf_counter() - started)
             raise error_from_transport(exc) from exc
+        record_novu_call(endpoint, response.status_code, time.perf_counter() - started)
         if not response.is_success:
             raise error_from_response(response)
         return response

@@ -17,6 +17,7 @@ import uuid
 
 from sqlalchemy import Connection
 
+from shared import metrics
 from shared.db.session import connection, enterprise_transaction
 from shared.queue import QueueName, publish_webhook_deliveries, queue_depth
 from shared.settings import Settings, get_settings
@@ -77,8 +78,22 @@ def deliver_claim(
         if not endpoint.enabled:
             with enterprise_transaction(conn, enterprise_id):
                 outbox.release(conn, claim_id, [m.id for m in messages], 0)
+            metrics.STATUS_WEBHOOKS.labels("handed_back").inc(len(messages))
             return {"released": len(messages)}
-        return asyncio.run(_deliver(conn, enterprise_id, claim_id, endpoint, messages))
+        counts = asyncio.run(_deliver(conn, enterprise_id, claim_id, endpoint, messages))
+    for outcome, key in _OUTCOMES:
+        if counts[key]:
+            metrics.STATUS_WEBHOOKS.labels(outcome).inc(counts[key])
+    return counts
+
+
+# The metric's outcome of each of _deliver's counts (shared/metrics.py).
+_OUTCOMES = (
+    ("delivered", "delivered"),
+    ("retrying", "pending"),
+    ("failed", "failed"),
+    ("handed_back", "released"),
+)
 
 
 async def _deliver(

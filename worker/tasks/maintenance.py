@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from shared import metrics
 from shared.db.session import transaction
 from shared.notifications import transitions
 from shared.notifications.publisher import publish_deliveries
@@ -35,6 +36,8 @@ def release_due_notifications() -> int:
         rows = transitions.mark_enqueued(
             session, stale_after_seconds=None, limit=settings.reconcile_batch_size
         )
+    if rows:
+        metrics.RECONCILER.labels("released").inc(len(rows))
     return publish_deliveries(rows)
 
 
@@ -61,6 +64,13 @@ def reconcile() -> dict[str, int]:
     # Stale rows go one per message: the throttle above counts messages.
     published = publish_deliveries(requeued) + publish_deliveries(stale, ids_per_message=1)
     if requeued or stale or failed:
+        for action, count in (
+            ("lease_expired", len(requeued)),
+            ("lease_failed", failed),
+            ("republished", len(stale)),
+        ):
+            metrics.RECONCILER.labels(action).inc(count)
+        metrics.RETRIES.labels("lease_expired").inc(len(requeued))
         log.info(
             "reconcile: %d leases expired, %d failed, %d republished",
             len(requeued),

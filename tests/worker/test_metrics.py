@@ -1,0 +1,235 @@
+"""Metrics of the worker and beat (shared/metrics.py), read from their own ports while the real
+worker (two prefork children) and beat deliver: counts are deltas between two scrapes, and the
+backlog gauges are compared with SQL counts of rows at rest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select, update
+
+from shared.db.enums import NotificationStatus
+from shared.db.models import Notification
+from shared.db.session import transaction
+from shared.workflows.registry import get_registry
+from tests.conftest import retract_leftover_rows, wait_for_status
+from tests.factories import trigger_signup
+
+pytestmark = pytest.mark.integration
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str) -> Samples:
+    """Every sample a metrics endpoint answers, by name and labels."""
+    answer = httpx.get(url, timeout=10)
+    answer.raise_for_status()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def poll(read: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if read():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(autouse=True)
+def _no_rows_of_earlier_tests() -> None:
+    # Their retries would add to the counts this file reads as deltas.
+    retract_leftover_rows("tests/worker/test_metrics.py")
+
+
+def test_deliveries_failures_and_retries_are_counted_across_the_workers_children(
+    client, tenant, worker, emulator
+):
+    before = scrape(worker.metrics_url)
+
+    sent = [trigger_signup(client, tenant)["notificationId"] for _ in range(3)]
+    for notification_id in sent:
+        wait_for_status(client, tenant, notification_id, {"SENT"})
+
+    emulator.post("/_emulator/faults", json={"status": 400, "rate": 1.0})
+    failed = trigger_signup(client, tenant)["notificationId"]
+    wait_for_status(client, tenant, failed, {"FAILED"})
+    emulator.delete("/_emulator/faults")
+
+    emulator.post("/_emulator/faults", json={"status": 500, "rate": 1.0, "retryAfter": 2})
+    retried = trigger_signup(client, tenant)["notificationId"]
+    poll(lambda: _attempts(retried) >= 2, "a second attempt")
+    emulator.delete("/_emulator/faults")
+    row = wait_for_status(client, tenant, retried, {"SENT"}, timeout=30)
+    failed_attempts = row["attempts"] - 1  # every attempt but the last met the 500
+
+    def counted(after: Samples) -> dict[str, float]:
+        def delta(name: str, **labels: str) -> float:
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        return {
+            "sent": delta("xnovu_deliveries_total", outcome="sent", workflow="user-signup"),
+            "failed": delta("xnovu_deliveries_total", outcome="failed", workflow="user-signup"),
+            "retry": delta("xnovu_deliveries_total", outcome="retry", workflow="user-signup"),
+            "reason": delta("xnovu_delivery_retries_total", reason="novu_unavailable"),
+            "latency": delta("xnovu_trigger_to_sent_seconds_count", workflow="user-signup"),
+            "400": delta("xnovu_novu_requests_total", endpoint="trigger", status="400"),
+            "500": delta("xnovu_novu_requests_total", endpoint="trigger", status="500"),
+            "calls": delta("xnovu_novu_request_duration_seconds_count", endpoint="trigger"),
+            "tokens": delta("xnovu_novu_tokens_spent_total", endpoint="trigger"),
+            "email": delta("xnovu_delivery_channels_total", outcome="sent", channel="email"),
+            "failed_email": delta(
+                "xnovu_delivery_channels_total", outcome="failed", channel="email"
+            ),
+        }
+
+    expected = {
+        "sent": 4,
+        "failed": 1,
+        "retry": failed_attempts,
+        "reason": failed_attempts,
+        "latency": 4,
+        "400": 1,
+        "500": failed_attempts,
+        # Four sent, one refused, the 500s: every call is timed and (but a 429) paid for.
+        "calls": 4 + 1 + failed_attempts,
+        "tokens": 4 + 1 + failed_attempts,
+        "email": 4,
+        "failed_email": 1,
+    }
+    channels = get_registry().get_static_workflows()["user-signup"].channels
+    assert "email" in {channel.value.lower() for channel in channels}
+    # The counts are written just after each outcome is recorded: wait for them to settle.
+    seen: dict[str, float] = {}
+
+    def settled() -> bool:
+        seen.update(counted(scrape(worker.metrics_url)))
+        return seen == expected
+
+    try:
+        poll(settled, "the counts", timeout=20)
+    except AssertionError:
+        assert seen == expected
+    after = scrape(worker.metrics_url)
+    # Every sent notification's trigger→SENT time is within the histogram's sum.
+    latency_sum = value(after, "xnovu_trigger_to_sent_seconds_sum", workflow="user-signup")
+    assert latency_sum > value(before, "xnovu_trigger_to_sent_seconds_sum", workflow="user-signup")
+    # No label names an enterprise.
+    assert not any(str(tenant.enterprise_id) in str(labels) for _, labels in after)
+
+
+def test_reconciler_counts_the_rows_it_republished_and_whose_lease_ran_out(
+    client, tenant, worker, emulator
+):
+    before = scrape(worker.metrics_url)
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    lost = trigger_signup(client, tenant, scheduledFor=later)["notificationId"]
+    dead = trigger_signup(client, tenant, scheduledFor=later)["notificationId"]
+    with transaction() as session:
+        # A due row whose message was published long ago and never consumed...
+        session.execute(
+            update(Notification)
+            .where(Notification.id == lost)
+            .values(
+                scheduled_for=None, enqueued_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+            )
+        )
+        # ...and one whose worker died holding it.
+        session.execute(
+            update(Notification)
+            .where(Notification.id == dead)
+            .values(
+                scheduled_for=None,
+                notification_status=NotificationStatus.PROCESSING,
+                attempts=1,
+                locked_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1),
+            )
+        )
+    for notification_id in (lost, dead):
+        wait_for_status(client, tenant, notification_id, {"SENT"}, timeout=20)
+
+    def delta(after: Samples, name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    def counted() -> bool:
+        after = scrape(worker.metrics_url)
+        return (
+            delta(after, "xnovu_reconciler_rows_total", action="republished") >= 1
+            and delta(after, "xnovu_reconciler_rows_total", action="lease_expired") >= 1
+            and delta(after, "xnovu_delivery_retries_total", reason="lease_expired") >= 1
+        )
+
+    poll(counted, "the reconciler's counts")
+
+
+def _attempts(notification_id: int) -> int:
+    with transaction() as session:
+        return session.scalars(
+            select(Notification.attempts).where(Notification.id == notification_id)
+        ).one()
+
+
+def _backlog_in_sql() -> tuple[int, int]:
+    with transaction() as session:
+        counts = dict(
+            session.execute(
+                select(Notification.notification_status, func.count())
+                .where(
+                    Notification.notification_status.in_(
+                        [NotificationStatus.PENDING, NotificationStatus.PROCESSING]
+                    )
+                )
+                .group_by(Notification.notification_status)
+            ).all()
+        )
+    return counts.get(NotificationStatus.PENDING, 0), counts.get(NotificationStatus.PROCESSING, 0)
+
+
+def test_backlog_gauges_match_the_database(client, tenant, worker):
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+    scheduled = [
+        trigger_signup(client, tenant, scheduledFor=later)["notificationId"] for _ in range(3)
+    ]
+    waiting = trigger_signup(client, tenant, scheduledFor=later)["notificationId"]
+    with transaction() as session:
+        # Due for 90 s and published for later (as a retry by message is): nobody takes it
+        # before then, so it waits, PENDING and due, while the gauges are read.
+        session.execute(
+            update(Notification)
+            .where(Notification.id == waiting)
+            .values(
+                scheduled_for=None,
+                created_at=func.now() - dt.timedelta(seconds=90),
+                enqueued_at=func.now() + dt.timedelta(hours=1),
+            )
+        )
+    seen: dict[str, object] = {}
+
+    def matches() -> bool:
+        in_sql = _backlog_in_sql()
+        samples = scrape(worker.beat_metrics_url)
+        gauges = (
+            int(value(samples, "xnovu_notifications_backlog", status="PENDING")),
+            int(value(samples, "xnovu_notifications_backlog", status="PROCESSING")),
+        )
+        oldest = value(samples, "xnovu_oldest_due_pending_seconds")
+        seen.update(sql=in_sql, gauges=gauges, oldest=oldest)
+        # Read at rest: the database said the same before and after the scrape.
+        return in_sql == gauges == _backlog_in_sql() and 90 <= oldest < 90 + 60
+
+    poll(matches, f"the backlog gauges to match the database ({seen})")
+    assert seen["sql"][0] >= len(scheduled) + 1  # type: ignore[index]
+    retract_leftover_rows("tests/worker/test_metrics.py")
