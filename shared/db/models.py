@@ -242,7 +242,10 @@ class Notification(AuditedRow, Base):
     channels: Mapped[list[ChannelType] | None] = mapped_column(ARRAY(channel_type_enum))
     overrides: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     tags: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
-    transaction_id: Mapped[str] = mapped_column(Text, nullable=False)
+    # Intake writes its own; a row another service inserts gets one from the default.
+    transaction_id: Mapped[str] = mapped_column(
+        Text, nullable=False, server_default=text("'xn-' || gen_random_uuid()")
+    )
     scheduled_for: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     processed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     retracted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
@@ -263,6 +266,16 @@ class Notification(AuditedRow, Base):
     batch_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     # The fire time of the rule (notification_rule_id) that created it.
     rule_fire_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # False on a row another service inserted (not through intake): the claim checks it
+    # against its workflow first (migration 0013; docs/architecture.md, "Rows written by other
+    # services").
+    intake_checked: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default=text("false")
+    )
+    # The original XNovu's columns, kept so that its inserts work; XNovu does not use them.
+    typ_notification_category_id: Mapped[int | None] = mapped_column(BigInteger)
+    typ_notification_priority_id: Mapped[int | None] = mapped_column(BigInteger)
+    workflow_version: Mapped[int | None] = mapped_column(Integer, server_default=text("1"))
 
 
 class NotificationEvent(Base):

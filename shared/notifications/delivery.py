@@ -58,6 +58,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from shared import metrics
 from shared.db.enums import NotificationStatus as S
 from shared.db.session import connection, enterprise_transaction
+from shared.notifications.direct_rows import vet
 from shared.notifications.fairness import FairRenders, RenderLanes, in_lane_thread, wait_for
 from shared.notifications.novu_trigger import (
     PermanentDeliveryError,
@@ -348,6 +349,8 @@ def _launch(
             break
         except PermanentDeliveryError as exc:
             error = {"code": exc.code, "message": str(exc), "attempt": row.attempts}
+            if exc.details is not None:
+                error["details"] = exc.details
             decided.append(AttemptOutcome(row.id, row.attempts, S.FAILED, error=error))
     flight = _Flight(rows=rows, prepared=prepared, decided=decided, claim=_claim_token())
     to_send = [row for row in rows if row.id in prepared]
@@ -390,6 +393,8 @@ def _build(run: _Run, row: ClaimedRow) -> PreparedTrigger:
     watch = run.fair.row()
     try:
         with watched(watch):
+            if row.direct is not None:  # another service inserted it: checked as intake would
+                vet(row, run.settings)
             return build_trigger_event(row)
     except (PermanentDeliveryError, RenderDeferred, SQLAlchemyError, RedisError):
         raise

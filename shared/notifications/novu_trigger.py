@@ -70,11 +70,13 @@ _ENVELOPE_BYTES = len(
 
 
 class PermanentDeliveryError(Exception):
-    """Delivery cannot succeed by retrying (no such workflow, a template error, no recipient)."""
+    """Delivery cannot succeed by retrying (no such workflow, a template error, no recipient);
+    `details` names the fields at fault, as intake's 422 does."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
         super().__init__(message)
         self.code = code
+        self.details = details
 
 
 @dataclass(frozen=True, slots=True)

@@ -304,6 +304,7 @@ class ClaimedRow:
 DIRECT_ROW_SQL = f"""
     CASE WHEN NOT n.intake_checked THEN jsonb_build_object(
         'publishStatus', n.publish_status, 'deactivated', n.deactivated, 'tags', n.tags,
+        'workflowId', n.notification_workflow_id,
         'workflow', (SELECT jsonb_build_object('id', w.id, 'key', w.workflow_key,
                                                'publishStatus', w.publish_status,
                                                'deactivated', w.deactivated)
