@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, values
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 from sqlalchemy import text
@@ -45,7 +45,7 @@ DYNAMIC = "(dynamic)"
 # servers, a person's curl) cost one query.
 BACKLOG_CACHE_SECONDS = 5.0
 # A backlog query that takes longer is given up; the scrape answers without the backlog
-# series and the error is counted (xnovu_backlog_scrape_errors).
+# series and the error is counted (xnovu_backlog_read_errors).
 BACKLOG_TIMEOUT_MS = 2000
 
 # Registered here, so that the API and the tests can read them without multiprocess mode.
@@ -291,13 +291,12 @@ class BacklogCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         backlog = self._current()
-        errors = GaugeMetricFamily(
-            "xnovu_backlog_scrape_errors",
+        yield CounterMetricFamily(
+            "xnovu_backlog_read_errors",
             "Backlog readings that failed since beat started (the database was unreachable or "
-            "slower than 2 s).",
+            "slower than 2 s): the backlog series are left out of that scrape.",
             value=self._errors,
         )
-        yield errors
         if backlog is None:
             return
         counts = GaugeMetricFamily(

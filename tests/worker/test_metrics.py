@@ -5,14 +5,20 @@ backlog gauges are compared with SQL counts of rows at rest."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
+from shared import metrics as shared_metrics
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
 from shared.db.session import transaction
@@ -233,3 +239,97 @@ def test_backlog_gauges_match_the_database(client, tenant, worker):
     poll(matches, f"the backlog gauges to match the database ({seen})")
     assert seen["sql"][0] >= len(scheduled) + 1  # type: ignore[index]
     retract_leftover_rows("tests/worker/test_metrics.py")
+
+
+# -- the dashboard and the alert rules name only what the processes export ----------------------
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+# PromQL's own words; anything else an expression names must be a series.
+PROMQL_WORDS = {
+    "sum", "max", "min", "avg", "count", "rate", "irate", "increase", "histogram_quantile",
+    "absent", "and", "or", "unless", "by", "without", "on", "ignoring", "bool", "topk",
+}  # fmt: skip
+# Prometheus writes `up` for every target it scrapes.
+PROMETHEUS_SERIES = {"up": {"job", "instance"}}
+
+
+def _text_when_up(url: str) -> str:
+    """What an endpoint answers, once its process serves it (beat starts after the worker)."""
+    texts: list[str] = []
+
+    def answered() -> bool:
+        try:
+            texts.append(httpx.get(url, timeout=10).text)
+        except httpx.TransportError:
+            return False
+        return True
+
+    poll(answered, f"{url} to answer")
+    return texts[-1]
+
+
+def _expressions() -> list[str]:
+    dashboard = json.loads((DEPLOY / "grafana" / "xnovu.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    exprs += [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    assert len(dashboard["panels"]) >= 10 and len(exprs) > len(dashboard["panels"])
+    return exprs
+
+
+def _series_named(expr: str) -> dict[str, set[str]]:
+    """The series an expression names, each with the label names its matchers use."""
+    bare = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    named: dict[str, set[str]] = {}
+    for match in re.finditer(r"([A-Za-z_:][\w:]*)\s*\{([^}]*)\}", bare):
+        keys = set(re.findall(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)", match.group(2)))
+        named.setdefault(match.group(1), set()).update(keys)
+    rest = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", bare)
+    rest = re.sub(r"\b(?:by|without)\s*\([^)]*\)", " ", rest)
+    for word in re.findall(r"(?<![\w.])([A-Za-z_:][\w:]*)", rest):
+        if word not in PROMQL_WORDS:
+            named.setdefault(word, set())
+    return named
+
+
+def _exported(worker: Any, client: Any, operator: dict[str, str]) -> dict[str, set[str]]:
+    """Every series the worker, beat and an API process export, with their label names; and
+    the worker's series that have no sample yet, from their definitions."""
+    client.get("/healthz")  # a request the API's series count
+    api = client.get("/metrics", headers=operator)
+    assert api.status_code == 200
+    exported: dict[str, set[str]] = {k: set(v) for k, v in PROMETHEUS_SERIES.items()}
+    texts = [_text_when_up(url) for url in (worker.metrics_url, worker.beat_metrics_url)]
+    for text in [*texts, api.text]:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                exported.setdefault(sample.name, set()).update(sample.labels)
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    for family in shared_metrics.REGISTRY.collect():
+        for suffix in suffixes.get(family.type, ("",)):
+            exported.setdefault(family.name + suffix, set())
+    return exported
+
+
+def test_every_series_the_dashboard_and_alerts_name_is_exported(client, operator, worker):
+    exported = _exported(worker, client, operator)
+    assert "xnovu_notifications_backlog" in exported  # beat's, read live
+    assert "xnovu_http_requests_total" in exported  # the API's
+    for expr in _expressions():
+        named = _series_named(expr)
+        for name, labels in named.items():
+            assert name in exported, f"{expr!r} names {name!r}, which no process exports"
+            if exported[name]:
+                assert labels <= exported[name] | {"le"}, (expr, name, exported[name])
+        # What it sums by is a label of what it sums.
+        grouped = {
+            g.strip() for by in re.findall(r"\bby\s*\(([^)]*)\)", expr) for g in by.split(",")
+        }
+        known = set().union(*(exported[name] for name in named))
+        if known:
+            assert grouped <= known | {"le"}, (expr, grouped, known)
+
+
+def test_the_expression_reader_finds_a_misspelt_series():
+    named = _series_named('sum by (le) (rate(xnovu_nope_bucket{endpoint="x"}[5m])) > 0.5')
+    assert named == {"xnovu_nope_bucket": {"endpoint"}}
