@@ -23,6 +23,7 @@ from api.routes import (
     notifications,
     novu_bridge,
     novu_webhooks,
+    rules,
     stats,
     templates,
     trigger,
@@ -90,6 +91,7 @@ def create_app() -> FastAPI:
     app.include_router(batches.router)
     app.include_router(templates.router)
     app.include_router(workflows.router)
+    app.include_router(rules.router)
     app.include_router(stats.router)
     app.include_router(webhooks.router)
     app.include_router(novu_bridge.router)

@@ -39,6 +39,7 @@ MAINTENANCE_TASKS = frozenset(
         "xnovu.novu_sync",
         "xnovu.dispatch_webhooks",
         "xnovu.purge_finished",
+        "xnovu.fire_rules",
     }
 )
 _CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")

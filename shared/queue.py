@@ -35,6 +35,7 @@ class TaskName(enum.StrEnum):
     DISPATCH_WEBHOOKS = "xnovu.dispatch_webhooks"
     DELIVER_WEBHOOKS = "xnovu.deliver_webhooks"
     PURGE_FINISHED = "xnovu.purge_finished"
+    FIRE_RULES = "xnovu.fire_rules"
 
 
 class QueueName(enum.StrEnum):
@@ -55,6 +56,7 @@ TASK_QUEUES: dict[TaskName, QueueName] = {
     TaskName.DISPATCH_WEBHOOKS: QueueName.MAINTENANCE,
     TaskName.DELIVER_WEBHOOKS: QueueName.WEBHOOKS,
     TaskName.PURGE_FINISHED: QueueName.MAINTENANCE,
+    TaskName.FIRE_RULES: QueueName.MAINTENANCE,
 }
 
 

@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     retention_interval_seconds: float = Field(
         default=300.0, gt=0, alias="RETENTION_INTERVAL_SECONDS"
     )
+    # Scheduled rules (shared/rules/scheduler.py): how often beat fires the due ones, and what
+    # a fire time missed by more than a minute (downtime) does: `latest` fires the latest
+    # missed time once, never a burst; `skip` waits for the next fire time.
+    rules_tick_seconds: float = Field(default=2.0, gt=0, le=60, alias="RULES_TICK_SECONDS")
+    rules_misfire: Literal["latest", "skip"] = Field(default="latest", alias="RULES_MISFIRE")
     # One active beat (shared/beat_lock.py): its lease in Redis lasts this long, renewed every
     # third of it; a standby beat takes over at most this long (plus a second) after the
     # active one died without giving it up.

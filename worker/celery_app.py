@@ -34,6 +34,7 @@ app = Celery(
         "worker.tasks.deliver",
         "worker.tasks.maintenance",
         "worker.tasks.retention",
+        "worker.tasks.rules",
         "worker.tasks.sync",
         "worker.tasks.webhooks",
     ],
@@ -74,6 +75,13 @@ app.conf.beat_schedule = {
         "task": TaskName.DISPATCH_WEBHOOKS.value,
         "schedule": settings.webhook_dispatch_interval_seconds,
         "options": {"expires": max(5.0, settings.webhook_dispatch_interval_seconds * 5)},
+    },
+    # Arms and fires the scheduled rules (docs/architecture.md, "Rules"); a dropped tick's fires
+    # are the next one's, late by a tick, never lost.
+    "fire-rules": {
+        "task": TaskName.FIRE_RULES.value,
+        "schedule": settings.rules_tick_seconds,
+        "options": {"expires": max(5.0, settings.rules_tick_seconds * 5)},
     },
 }
 

@@ -1,0 +1,1 @@
+"""Scheduled (CRON) rules: their schedule, their payload, and the beat-driven scheduler."""
