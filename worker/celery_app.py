@@ -42,6 +42,10 @@ app = Celery(
 app.conf.update(celery_config(settings))
 # Beat's own scheduler, with a heartbeat /readyz and `xnovu health beat` read (worker/beat.py).
 app.conf.beat_scheduler = "worker.beat:HeartbeatScheduler"
+if settings.require_redis_url().startswith("redis://"):
+    # kombu's Redis transport, kept from exiting the worker after a Redis crash
+    # (worker/broker.py).
+    app.conf.broker_transport = "worker.broker:Transport"
 app.conf.beat_schedule = {
     "reconcile": {
         "task": TaskName.RECONCILE.value,

@@ -1,0 +1,50 @@
+"""kombu's Redis transport, with one change that keeps the worker alive across a Redis crash.
+
+Celery 5.7.0's consumer, on a lost broker connection, calls `connection.collect()` (which drops
+the transport's client) and then `connection.close()`. When the channel was waiting in BRPOP,
+collect() could not close it, so close() does, and restores the worker's unacknowledged
+messages (prefetched, or held for their countdown) through the dropped client: kombu 5.7.0
+raises `AttributeError: 'NoneType' object has no attribute 'hostname'`, which Celery does not
+catch, and the worker exits (tests/integration/test_kombu_restore.py reproduces it every time;
+docs/architecture.md, "Broker outages").
+
+Here a channel whose connection is already gone restores nothing: with Redis unreachable it
+could not anyway. The messages stay in Redis's unacked set, from which kombu puts them back
+after `visibility_timeout`, and their notifications are in PostgreSQL, where the reconciler
+finds them sooner (docs/architecture.md, guarantee 2). Used for `redis://` brokers
+(worker/celery_app.py); remove it once Celery or kombu no longer need it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+
+log = logging.getLogger(__name__)
+
+
+class QoS(kombu_redis.QoS):
+    """Redis QoS that skips the restore when its channel's connection was torn down."""
+
+    def restore_unacked(self, client: Any = None) -> None:
+        """Put unacknowledged messages back, unless there is no connection left to do it on."""
+        transport = self.channel.connection
+        if client is None and (transport is None or transport.client is None):
+            log.warning(
+                "broker connection gone: %d unacknowledged messages left for Redis to restore "
+                "after the visibility timeout",
+                len(self._delivered),
+            )
+            self._delivered.clear()
+            return
+        super().restore_unacked(client)  # type: ignore[no-untyped-call]  # kombu is untyped
+
+
+class Channel(kombu_redis.Channel):
+    QoS = QoS
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
