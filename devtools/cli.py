@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import click
@@ -91,8 +92,28 @@ def novu_emulator(
 
 
 @click.command()
-@click.option("--worker-concurrency", type=int, default=2, show_default=True)
-def dev(worker_concurrency: int) -> None:
+@click.option(
+    "--api-processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="API processes: one uvicorn with --workers N on API_PORT, as compose runs it.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Celery worker processes for the delivery queues (each one with its pool).",
+)
+@click.option(
+    "--worker-concurrency",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Pool processes of each delivery worker.",
+)
+def dev(api_processes: int, workers: int, worker_concurrency: int) -> None:
     """Run the whole stack (what `make run` runs): embedded PostgreSQL and Redis unless
     DATABASE_URL / REDIS_URL are set, migrations, demo seed, then API, worker, beat, Flower
     and the Novu emulator. Ctrl-C or SIGTERM stops everything it started."""
@@ -108,7 +129,8 @@ def dev(worker_concurrency: int) -> None:
         _write_dev_env(child_settings, servers)
         _migrate_and_seed(child_settings)
         manager = Manager()
-        for name, command in _processes(child_settings, worker_concurrency).items():
+        shape = _Shape(api_processes, workers, worker_concurrency)
+        for name, command in _processes(child_settings, shape).items():
             process_env = dict(env)
             if name == "flower" and not child_settings.flower_basic_auth:
                 # Bound to 127.0.0.1 only; lets scripts read /api/tasks without credentials.
@@ -238,16 +260,34 @@ def _migrate_and_seed(settings: Settings) -> None:
     reset_engine()
 
 
-def _processes(settings: Settings, worker_concurrency: int) -> dict[str, str]:
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """How many API processes and delivery workers `xnovu dev` runs (docs/scaling.md)."""
+
+    api_processes: int = 1
+    workers: int = 1
+    worker_concurrency: int = 2
+
+
+def _processes(settings: Settings, shape: _Shape) -> dict[str, str]:
     py = sys.executable
     data_dir = settings.data_dir.resolve()
-    processes = {
-        "api": f"{py} -m uvicorn api.app:app --host {settings.api_host} --port {settings.api_port}",
-        "worker": (
+    api = f"{py} -m uvicorn api.app:app --host {settings.api_host} --port {settings.api_port}"
+    if shape.api_processes > 1:
+        # One port, the kernel spreading connections over the processes, as a load balancer
+        # would; uvicorn starts a process again that dies.
+        api += f" --workers {shape.api_processes}"
+    processes = {"api": api}
+    for n in range(1, shape.workers + 1):
+        # One worker keeps the names it always had; more are numbered.
+        name = "worker" if shape.workers == 1 else f"worker{n}"
+        node = "xnovu-worker" if shape.workers == 1 else f"xnovu-worker-{n}"
+        processes[name] = (
             f"{py} -m celery -A worker.celery_app worker --loglevel=INFO -E"
-            f" --concurrency={worker_concurrency} -Q xnovu.deliver,xnovu.maintenance"
-            f" --hostname=xnovu-worker@%h"
-        ),
+            f" --concurrency={shape.worker_concurrency} -Q xnovu.deliver,xnovu.maintenance"
+            f" --hostname={node}@%h"
+        )
+    processes |= {
         # Status webhooks on workers of their own: a slow endpoint holds one of these threads,
         # never a process that delivers notifications.
         "webhooks": (

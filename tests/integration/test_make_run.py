@@ -41,7 +41,9 @@ def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float, log: l
     raise AssertionError(f"{marker!r} not printed; output:\n{''.join(log[-80:])}")
 
 
-def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
+def dev_stack_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """The environment of an `xnovu dev` of its own (free ports, its data in tmp_path, none of
+    the suite's servers), and its ports."""
     ports = {
         "API_PORT": free_port(),
         "FLOWER_PORT": free_port(),
@@ -69,6 +71,11 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
     }
     env.update({k: str(v) for k, v in ports.items()})
     env["XNOVU_DATA_DIR"] = str(tmp_path / "data")
+    return env, ports
+
+
+def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
+    env, ports = dev_stack_env(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "dev"],
         cwd=REPO,
@@ -271,14 +278,24 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert row["notification_status"] == "SENT", row
     finally:
-        children = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    # Nothing it started is left behind, embedded servers included.
+        children = stop(proc)
+    assert_nothing_left(children, tmp_path)
+
+
+def stop(proc: subprocess.Popen[str]) -> list[psutil.Process]:
+    """SIGTERM `xnovu dev`, as Ctrl-C would, and wait for it; the processes it had started."""
+    children = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return children
+
+
+def assert_nothing_left(children: list[psutil.Process], tmp_path: Path) -> None:
+    """Nothing `xnovu dev` started is left running, embedded servers included."""
     time.sleep(0.5)
     left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert left == [], f"left running: {[(c.pid, c.name()) for c in left]}"
