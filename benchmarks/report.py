@@ -49,8 +49,31 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         out += _rows_g(results["g"])
     if "h" in results:
         out += _rows_h(results["h"])
+    if "i" in results:
+        out += _rows_i(results["i"])
     out += _rows_tokens(results)
     return out
+
+
+def _rows_i(i: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The rules scheduler's tick: idle and with many due, at 10,000 rules against 100."""
+    small, large = i["small"], i["large"]
+    flat = i["idle_ratio"] <= 2 and i["per_fired_rule_ratio"] <= 2
+    return [
+        (
+            f"(i) rules tick, {large['due']:,} due of {large['rules']:,}",
+            f"{large['due_tick_ms']:,.0f} ms",
+            f"{large['notifications_per_second']:,.0f} notif/s created;"
+            f" {small['due']} due of {small['rules']}: {small['due_tick_ms']:,.0f} ms",
+            f"per fired rule {i['per_fired_rule_ratio']:.2f}x (flat <= 2x) {_met(flat)}",
+        ),
+        (
+            "(i) rules tick, nothing due",
+            f"{large['idle_tick_ms']:.1f} ms",
+            f"{small['rules']} rules: {small['idle_tick_ms']:.1f} ms",
+            f"{i['idle_ratio']:.2f}x",
+        ),
+    ]
 
 
 def _rows_g(g: dict[str, Any]) -> list[tuple[str, str, str, str]]:

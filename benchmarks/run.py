@@ -20,6 +20,8 @@ worker of concurrency 2 and beat) and measures, each against its baseline:
     its own;
 (h) 5,000 bulk-triggered notifications with Novu (the emulator) executing every step on our
     bridge, vs the Celery no-op drain rate (benchmarks/e2e_steps.py), on a stack of its own.
+(i) the rules scheduler's tick with 10,000 active rules, 1,000 due at once, vs 100 rules
+    (benchmarks/rules_bench.py).
 
 Novu tokens per notification are reported for (b), (c) and (d) (target at most 1.0).
 
@@ -622,7 +624,7 @@ def purge_queue(stack: BenchStack, queue: str = "xnovu.deliver") -> None:
         client.delete(key)
 
 
-STAGES = ("a", "b", "c", "d", "e", "f", "g", "h")
+STAGES = ("a", "b", "c", "d", "e", "f", "g", "h", "i")
 # Stages with a stack of their own, run after the shared one is stopped: (g) the bridge's
 # execute against @novu/framework (benchmarks/bridge_bench.py), (h) end to end with Novu
 # executing every step on the bridge (benchmarks/e2e_steps.py).
@@ -779,6 +781,16 @@ class Run:
                     self.loop, api_url, database_url, self.sizes.table_requests, base
                 )
         self.step("table latencies measured")
+
+    def i(self) -> None:
+        from benchmarks import rules_bench
+
+        with self.stage("i"):
+            self.results["i"] = rules_bench.run(self.sizes.quick)
+        large = self.results["i"]["large"]
+        self.step(
+            f"rules: {large['due']:,} due of {large['rules']:,} in {large['due_tick_ms']:.0f} ms"
+        )
 
 
 def main() -> int:
