@@ -14,7 +14,7 @@ enterprise's own workflow: those keys are chosen by tenants, unbounded in number
 
 Every series has labels, so that no value exists before a worker has chosen multiprocess mode
 (values are made at the first `labels()`); the increments of the delivery path are summed per
-sub-batch, one increment per distinct label set.
+sub-batch, one increment per distinct label set (`Outcomes`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ import shutil
 import tempfile
 import threading
 import time
+from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -140,36 +142,60 @@ def workflow_label(key: str, static: bool) -> str:
 # -- the delivery path: one increment per label set and sub-batch ------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Landed:
-    """One recorded outcome, as the metrics see it."""
+class Outcomes:
+    """A sub-batch's recorded outcomes, summed in memory and then counted with one increment
+    per label set (`record`): a prefork child's increment is a write to its file under a lock,
+    a few microseconds, and a sub-batch holds up to a hundred rows."""
 
-    outcome: str  # sent, failed, retry, given_back, lost_race
-    workflow: str  # workflow_label()
-    channels: tuple[str, ...]
-    reason: str | None = None  # the error code of a retry or a give-back
-    since_due: float | None = None  # seconds from trigger (or schedule) to SENT
+    def __init__(self) -> None:
+        self.outcomes: Tally[tuple[str, str]] = Tally()
+        self.channels: dict[str, tuple[str, ...]] = {}
+        self.reasons: Tally[str] = Tally()
+        self.since_due: dict[str, list[float]] = {}
+
+    def add(
+        self,
+        outcome: str,
+        workflow: str,
+        channels: tuple[str, ...],
+        reason: str | None = None,
+        since_due: float | None = None,
+    ) -> None:
+        """One recorded outcome: sent, failed, retry (attempt used), given_back (attempt not
+        used) or lost_race (the lease had run out); `reason` is a put-back's error code,
+        `since_due` a SENT row's seconds from its trigger (or schedule)."""
+        self.outcomes[(outcome, workflow)] += 1
+        self.channels[workflow] = channels
+        if reason is not None:
+            self.reasons[reason] += 1
+        if since_due is not None:
+            self.since_due.setdefault(workflow, []).append(since_due)
+
+    def record(self) -> None:
+        """Count them."""
+        channels: Tally[tuple[str, str]] = Tally()
+        for (outcome, workflow), count in self.outcomes.items():
+            DELIVERIES.labels(outcome, workflow).inc(count)
+            if outcome in ("sent", "failed"):
+                for channel in self.channels[workflow]:
+                    channels[(outcome, channel)] += count
+        for (outcome, channel), count in channels.items():
+            CHANNEL_DELIVERIES.labels(outcome, channel).inc(count)
+        record_retries(self.reasons)
+        for workflow, observed in self.since_due.items():
+            observe_many(TRIGGER_TO_SENT.labels(workflow), observed)
 
 
-def record_landed(landed: Iterable[Landed]) -> None:
-    """Count a sub-batch's recorded outcomes."""
-    outcomes: Tally[tuple[str, str]] = Tally()
-    channels: Tally[tuple[str, str]] = Tally()
-    reasons: Tally[str] = Tally()
-    for item in landed:
-        outcomes[(item.outcome, item.workflow)] += 1
-        if item.outcome in ("sent", "failed"):
-            for channel in item.channels:
-                channels[(item.outcome, channel)] += 1
-        if item.reason is not None:
-            reasons[item.reason] += 1
-        if item.since_due is not None:
-            TRIGGER_TO_SENT.labels(item.workflow).observe(item.since_due)
-    for (outcome, workflow), count in outcomes.items():
-        DELIVERIES.labels(outcome, workflow).inc(count)
-    for (outcome, channel), count in channels.items():
-        CHANNEL_DELIVERIES.labels(outcome, channel).inc(count)
-    record_retries(reasons)
+def observe_many(histogram: Histogram, observed: list[float]) -> None:
+    """`histogram.observe` of each value, with one increment per bucket they fall in and one of
+    the sum. prometheus_client's observe adds 1 to the first bucket whose bound is at least the
+    value (collect() cumulates them) and the value to the sum: this leans on those internals,
+    pinned by the lock files and compared with observe() by tests/shared/test_metrics.py."""
+    bounds: list[float] = histogram._upper_bounds
+    buckets: list[Any] = histogram._buckets
+    for index, count in Tally(bisect_left(bounds, value) for value in observed).items():
+        buckets[index].inc(count)
+    histogram._sum.inc(sum(observed))
 
 
 def record_retries(reasons: Tally[str]) -> None:

@@ -532,7 +532,7 @@ def _count_outcomes(
     label set, the workflow of each key looked up once."""
     keys = {row.id: row.workflow_key for row in rows}
     workflows: dict[str, tuple[str, tuple[str, ...]]] = {}
-    landed = []
+    counted = metrics.Outcomes()
     for outcome in outcomes:
         key = keys.get(outcome.notification_id, "")
         if key not in workflows:
@@ -541,20 +541,16 @@ def _count_outcomes(
             channels = tuple(c.value.lower() for c in workflow.channels) if workflow else ()
             workflows[key] = (metrics.workflow_label(key, static), channels)
         label, channels = workflows[key]
-        reason = None
         if outcome.notification_id not in moved:
-            kind = "lost_race"
+            counted.add("lost_race", label, channels)
         elif outcome.status is S.SENT:
-            kind = "sent"
+            counted.add("sent", label, channels, since_due=since_due.get(outcome.notification_id))
         elif outcome.status is S.FAILED:
-            kind = "failed"
+            counted.add("failed", label, channels)
         else:
-            kind = "retry" if outcome.attempt_used else "given_back"
             reason = str((outcome.error or {}).get("code", "unknown"))
-        landed.append(
-            metrics.Landed(kind, label, channels, reason, since_due.get(outcome.notification_id))
-        )
-    metrics.record_landed(landed)
+            counted.add("retry" if outcome.attempt_used else "given_back", label, channels, reason)
+    counted.record()
 
 
 def _log_outcomes(
