@@ -9,6 +9,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+RUN_ARGS ?=
 
 .PHONY: install run test bench chaos lint lock clean
 
@@ -30,8 +31,9 @@ lock: $(STAMP)
 
 install: $(STAMP)
 
+# RUN_ARGS: options of `xnovu dev`, e.g. RUN_ARGS="--api-processes 2 --workers 2".
 run: $(STAMP)
-	$(BIN)/xnovu dev
+	$(BIN)/xnovu dev $(RUN_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

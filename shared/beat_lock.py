@@ -7,8 +7,8 @@ takeover however the holder died (killed, its host gone, a partition), where a s
 is freed only when PostgreSQL notices the connection is dead. Two beats active for a moment (a
 Redis failover that lost the key) is harmless: every task beat sends is safe to run twice.
 
-The lock is redis-py's (SET NX PX, and a token-checked Lua renewal); its token names the
-holder (`host:pid:random`), which `xnovu health beat` shows.
+The lock is redis-py's (SET NX PX, and a token-checked Lua renewal); its value names the
+active beat (`host:pid:random`: `redis-cli GET xnovu:beat:lock`).
 """
 
 from __future__ import annotations
