@@ -10,8 +10,9 @@ the real clock) never finds them due; this process then calls the scheduler's ti
   per tick, notifications created per second, and the cost per fired rule at both sizes.
 
 The ratios (10,000 against 100 rules) show whether a tick's cost follows the rules due, not the
-rules there are. The registry of workflows is warmed first, as a running worker's is. A fire is
-late by at most RULES_TICK_SECONDS plus the tick's time.
+rules there are. The registry of workflows (and their compiled payload schemas) is warmed
+first, as a running worker's is. A fire is late by at most RULES_TICK_SECONDS plus the tick's
+time.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from sqlalchemy import text
 
 from benchmarks.run import ALERT
 from shared.db.session import transaction
+from shared.rules.payload import checked_notification
 from shared.rules.scheduler import fire_rules
+from shared.settings import get_settings
 from shared.workflows.registry import get_registry
 
 IDLE_TICKS = 7
@@ -56,6 +59,7 @@ _ARM = """
 def _seed(enterprises: list[uuid.UUID], each: int, due_each: int, due_at: dt.datetime) -> None:
     from devtools.seed import seed_building_alert
 
+    payload = {"recipients": ["ops-1"], "payload": ALERT}
     with transaction() as session:
         for enterprise in enterprises:
             seed_building_alert(session, enterprise)
@@ -64,16 +68,19 @@ def _seed(enterprises: list[uuid.UUID], each: int, due_each: int, due_at: dt.dat
             "enterprises": enterprises,
             "each": each,
             "due_each": due_each,
-            "payload": json.dumps({"recipients": ["ops-1"], "payload": ALERT}),
+            "payload": json.dumps(payload),
         }
         session.execute(text(_INSERT_RULES), parameters)
         session.execute(
             text(_ARM),
             {"enterprises": enterprises, "due": due_at, "later": due_at + dt.timedelta(days=30)},
         )
-    registry = get_registry()
+    # As a running worker has them: each enterprise's workflow loaded, its schema compiled.
+    registry, settings = get_registry(), get_settings()
     for enterprise in enterprises:
-        assert registry.get_workflow("building-alert", enterprise) is not None
+        workflow = registry.get_workflow("building-alert", enterprise)
+        assert workflow is not None
+        checked_notification(payload, workflow, enterprise, settings)
 
 
 def _retire(enterprises: list[uuid.UUID]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import islice
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -83,19 +84,26 @@ def parse_schedule(config: Any) -> Schedule | None:
             "five fields: minute, hour, day of month, month, day of week",
         )
     timezone = config.get("timezone", DEFAULT_TIMEZONE)
+    if not isinstance(timezone, str):
+        raise _invalid("trigger_config.timezone", "an IANA time zone name, e.g. Europe/Berlin")
+    schedule = _checked(cron, timezone)
+    return schedule if enabled else None
+
+
+# Each tick reads every due rule's config again: the same few expressions, checked once.
+@lru_cache(maxsize=4096)
+def _checked(cron: str, timezone: str) -> Schedule:
     zone = _zone(timezone)
     try:
         # Parsing alone misses little; the first fire time proves the expression can fire.
         next(iter(CronSim(cron, dt.datetime.now(zone))))
     except (CronSimError, StopIteration, ValueError) as exc:
         raise _invalid("trigger_config.cron", f"not a valid cron expression: {exc}") from None
-    if not enabled:
-        return None
     return Schedule(cron, timezone, zone)
 
 
-def _zone(timezone: Any) -> ZoneInfo:
-    if not isinstance(timezone, str) or not timezone or len(timezone) > MAX_TIMEZONE_LENGTH:
+def _zone(timezone: str) -> ZoneInfo:
+    if not timezone or len(timezone) > MAX_TIMEZONE_LENGTH:
         raise _invalid("trigger_config.timezone", "an IANA time zone name, e.g. Europe/Berlin")
     try:
         return ZoneInfo(timezone)
