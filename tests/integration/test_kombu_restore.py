@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from celery import Celery
 
 from devtools.devstack import EmbeddedRedis, free_port
 from shared.queue import QueueName, TaskName
-from tests.conftest import REPO, Stack
+from tests.conftest import REPO, Stack, _wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +47,7 @@ def test_a_worker_holding_a_countdown_message_survives_a_redis_crash(
         stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        _until(lambda: bool(app.control.ping(timeout=0.5)), 60, f"the worker (log: {log})")
+        _wait_for(lambda: bool(app.control.ping(timeout=0.5)), 60, f"the worker (log: {log})")
         # A delivery of nothing (no such row), held by the worker for a minute: unacknowledged.
         app.send_task(
             TaskName.DELIVER_BATCH.value,
@@ -56,34 +55,18 @@ def test_a_worker_holding_a_countdown_message_survives_a_redis_crash(
             queue=QueueName.DELIVER.value,
             countdown=60,
         )
-        _until(lambda: _held(app) == 1, 30, "the worker to hold the message")
+        _wait_for(lambda: _held(app) == 1, 30, "the worker to hold the message")
         own.stop()  # while the worker waits in BRPOP
         time.sleep(5)  # it notices at once (its socket is closed) and starts reconnecting
         own.start()
-
-        def answers() -> bool:
-            assert worker.poll() is None, log.read_text()[-4000:]  # exited: fail at once
-            return bool(app.control.ping(timeout=1.0))
-
-        _until(answers, 60, "the worker to reconnect")
+        try:
+            _wait_for(lambda: bool(app.control.ping(timeout=1.0)), 60, "the worker to reconnect")
+        finally:
+            assert worker.poll() is None, log.read_text()[-4000:]
         assert "has no attribute 'hostname'" not in log.read_text()
         # ... and still holds the message, or has it back from Redis: nothing was lost.
-        _until(lambda: _held(app) == 1, 30, "the message to be held again")
+        _wait_for(lambda: _held(app) == 1, 30, "the message to be held again")
     finally:
         worker.kill()
         worker.wait(10)
         own.stop()
-
-
-def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except AssertionError:
-            raise
-        except Exception:  # the broker is still coming back
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")

@@ -5,14 +5,14 @@ first is killed (its lease runs out) or stops (it gives the lease up)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,18 +22,9 @@ from devtools.devstack import EmbeddedRedis, free_port
 from shared.beat_lock import BEAT_LOCK_KEY, BeatLock, lock_holder
 from shared.heartbeat import read_beat
 from shared.queue import QueueName
-from tests.conftest import REPO, Stack
+from tests.conftest import REPO, Stack, _wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_one_lease_at_a_time_taken_when_given_up_or_run_out(stack: Stack) -> None:
@@ -50,53 +41,54 @@ def test_one_lease_at_a_time_taken_when_given_up_or_run_out(stack: Stack) -> Non
 
     # The holder stops renewing (a beat frozen, or cut off from Redis): its lease runs out,
     # the other takes it, and the old holder, at its next renewal, finds it lost and stands by.
-    _until(lambda: lock_holder(client, key) is None, 30, "the lease to run out")
+    _wait_for(lambda: lock_holder(client, key) is None, 30, "the lease to run out")
     assert first.hold() and lock_holder(client, key) == first.token
     assert not second.hold() and not second.held
     assert first.hold()
 
 
 def test_a_second_beat_stands_by_and_takes_over(stack: Stack, tmp_path: Path) -> None:
-    """Two real beats against a Redis of their own (the suite's beat holds the lock of the
-    suite's Redis): the messages each one published are told apart by their origin (the
-    publishing process, `gen<pid>@host`)."""
-    with EmbeddedRedis(tmp_path / "redis", free_port()) as own_redis:
-        client = redis.Redis.from_url(own_redis.url)
-        beats = _Beats(stack, own_redis.url, tmp_path)
-        try:
-            first = beats.start("first", ttl=3)
-            _until(lambda: _holder_pid(client) == first.pid, 60, "the first beat to take the lock")
-            second = beats.start("second", ttl=3)
-            _until(lambda: "standing by" in beats.log("second"), 60, "the second to stand by")
-            # While both run, only the first publishes: wait for several more of its ticks.
-            sent = _origins(client)
-            _until(lambda: _origins(client)[first.pid] >= sent[first.pid] + 5, 60, "ticks")
-            assert _origins(client)[second.pid] == 0, beats.log("second")
+    """While both run, only the first publishes; killed, it leaves the lease to run out and the
+    second takes over."""
+    with _two_beats(stack, tmp_path, ttl=3) as (client, beats, first, second):
+        # While both run, only the first publishes: wait for several more of its ticks.
+        sent = _origins(client)
+        _wait_for(lambda: _origins(client)[first.pid] >= sent[first.pid] + 5, 60, "ticks")
+        assert _origins(client)[second.pid] == 0, beats.log("second")
 
-            first.send_signal(signal.SIGKILL)  # dies holding the lease
-            first.wait(10)
-            _until(lambda: _origins(client)[second.pid] > 0, 60, "the second to take over")
-            assert _holder_pid(client) == second.pid
-            assert read_beat(own_redis.url).alive  # the new active beat writes the heartbeat
-        finally:
-            beats.stop()
+        first.send_signal(signal.SIGKILL)  # dies holding the lease
+        first.wait(10)
+        _wait_for(lambda: _origins(client)[second.pid] > 0, 60, "the second to take over")
+        assert _holder_pid(client) == second.pid
+        assert read_beat(beats.redis_url).alive  # the new active beat writes the heartbeat
 
 
 def test_a_beat_that_stops_gives_the_lease_up(stack: Stack, tmp_path: Path) -> None:
-    """A lease far longer than the wait below: the standby can only take over because the
+    """A lease far longer than the waits below: the standby can only take over because the
     stopping beat released it."""
+    with _two_beats(stack, tmp_path, ttl=300) as (client, beats, first, second):
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(30) == 0, beats.log("first")
+        _wait_for(lambda: _holder_pid(client) == second.pid, 60, "the second to take over")
+        _wait_for(lambda: _origins(client)[second.pid] > 0, 30, "the second to publish")
+
+
+@contextlib.contextmanager
+def _two_beats(
+    stack: Stack, tmp_path: Path, *, ttl: float
+) -> Iterator[tuple[redis.Redis, _Beats, subprocess.Popen[bytes], subprocess.Popen[bytes]]]:
+    """Two real beats against a Redis of their own (the suite's beat holds the lock of the
+    suite's Redis), the first holding the lease, the second standing by. The messages each one
+    publishes are told apart by their origin (the publishing process, `gen<pid>@host`)."""
     with EmbeddedRedis(tmp_path / "redis", free_port()) as own_redis:
         client = redis.Redis.from_url(own_redis.url)
         beats = _Beats(stack, own_redis.url, tmp_path)
         try:
-            first = beats.start("first", ttl=300)
-            _until(lambda: _holder_pid(client) == first.pid, 60, "the first beat to take the lock")
-            second = beats.start("second", ttl=300)
-            _until(lambda: "standing by" in beats.log("second"), 60, "the second to stand by")
-            first.send_signal(signal.SIGTERM)
-            assert first.wait(30) == 0, beats.log("first")
-            _until(lambda: _holder_pid(client) == second.pid, 60, "the second to take over")
-            _until(lambda: _origins(client)[second.pid] > 0, 30, "the second to publish")
+            first = beats.start("first", ttl=ttl)
+            _wait_for(lambda: _holder_pid(client) == first.pid, 60, "the first to take the lock")
+            second = beats.start("second", ttl=ttl)
+            _wait_for(lambda: "standing by" in beats.log("second"), 60, "the second to stand by")
+            yield client, beats, first, second
         finally:
             beats.stop()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from devtools.devstack import free_port
-from tests.conftest import REPO, Stack, retract_leftover_rows, wait_for_status
+from tests.conftest import REPO, Stack, _wait_for, retract_leftover_rows, wait_for_status
 from tests.factories import trigger_signup
 from worker.failure_events import NOTIFICATION_FAILED, reason
 
@@ -37,7 +36,7 @@ def flower(stack: Stack, tmp_path: Path) -> Iterator[str]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        _until(lambda: _tasks(url) is not None, 60, f"Flower (log: {log})")
+        _wait_for(lambda: _tasks(url) is not None, 60, f"Flower (log: {log})")
         yield url
     finally:
         proc.terminate()
@@ -49,15 +48,6 @@ def _tasks(url: str) -> dict[str, Any] | None:
         return dict(httpx.get(f"{url}/api/tasks", timeout=5).json())
     except (httpx.HTTPError, ValueError):
         return None
-
-
-def _until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _named(url: str, name: str, notification_id: int) -> list[dict[str, Any]]:
@@ -77,7 +67,7 @@ def test_a_failed_notification_is_a_failed_task_in_flower(client, tenant, worker
     # Flower hears the worker: a notification sent shows as its delivery task, and no failure.
     sent = trigger_signup(client, tenant)
     wait_for_status(client, tenant, sent["notificationId"], {"SENT"})
-    _until(
+    _wait_for(
         lambda: _named(flower, "xnovu.deliver_batch", sent["notificationId"]), 30, "the delivery"
     )
     assert not _named(flower, NOTIFICATION_FAILED, sent["notificationId"])
@@ -88,7 +78,7 @@ def test_a_failed_notification_is_a_failed_task_in_flower(client, tenant, worker
     emulator.delete("/_emulator/faults")
     assert row["notification_status"] == "FAILED"
 
-    _until(
+    _wait_for(
         lambda: _named(flower, NOTIFICATION_FAILED, failed["notificationId"]),
         30,
         "the failed notification's task in Flower",
