@@ -130,8 +130,10 @@ def dev(api_processes: int, workers: int, worker_concurrency: int) -> None:
         _migrate_and_seed(child_settings)
         manager = Manager()
         shape = _Shape(api_processes, workers, worker_concurrency)
-        for name, command in _processes(child_settings, shape).items():
-            process_env = dict(env)
+        processes = _processes(child_settings, shape)
+        metrics_env = _metrics_env(child_settings, processes)
+        for name, command in processes.items():
+            process_env = dict(env) | metrics_env.get(name, {})
             if name == "flower" and not child_settings.flower_basic_auth:
                 # Bound to 127.0.0.1 only; lets scripts read /api/tasks without credentials.
                 process_env["FLOWER_UNAUTHENTICATED_API"] = "true"
@@ -260,6 +262,11 @@ def _migrate_and_seed(settings: Settings) -> None:
     reset_engine()
 
 
+# Where `xnovu dev` serves the metrics of beat and of the first worker (README, "Metrics").
+DEV_BEAT_METRICS_PORT = 9190
+DEV_WORKER_METRICS_PORT = 9191
+
+
 @dataclass(frozen=True, slots=True)
 class _Shape:
     """How many API processes and delivery workers `xnovu dev` runs (docs/scaling.md)."""
@@ -312,6 +319,19 @@ def _processes(settings: Settings, shape: _Shape) -> dict[str, str]:
     # Each under the respawn supervisor: one that exits on its own is started again, and says
     # why, instead of honcho stopping the whole stack (devtools/respawn.py).
     return {name: f"{py} -m devtools.respawn {name} -- {cmd}" for name, cmd in processes.items()}
+
+
+def _metrics_env(settings: Settings, processes: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Each worker's and beat's metrics port (shared/metrics.py), on the loopback: beat on
+    BEAT_METRICS_PORT (9190), the workers on WORKER_METRICS_PORT (9191) and the ports after it,
+    in the order they start."""
+    env = {"beat": {"BEAT_METRICS_PORT": str(settings.beat_metrics_port or DEV_BEAT_METRICS_PORT)}}
+    port = settings.worker_metrics_port or DEV_WORKER_METRICS_PORT
+    for name in processes:
+        if name.startswith("worker") or name == "webhooks":
+            env[name] = {"WORKER_METRICS_PORT": str(port)}
+            port += 1
+    return env
 
 
 def _stop_when_orphaned() -> None:
@@ -370,6 +390,7 @@ def _announce_when_ready(settings: Settings, env: dict[str, str], timeout: float
                 f"  API          {api}   (OpenAPI docs: {api}/docs)",
                 f"  Delivery log {api}/ui/   (log in with the key below)",
                 f"  Flower       http://127.0.0.1:{settings.flower_port}",
+                f"  Metrics      {_metrics_urls(settings)}",
                 f"  Novu         {novu}",
                 f"  Enterprise   {settings.dev_enterprise_id}",
                 f"  API key      {settings.dev_api_key}",
@@ -385,6 +406,15 @@ def _announce_when_ready(settings: Settings, env: dict[str, str], timeout: float
                 "",
             ]
         )
+    )
+
+
+def _metrics_urls(settings: Settings) -> str:
+    beat = settings.beat_metrics_port or DEV_BEAT_METRICS_PORT
+    worker = settings.worker_metrics_port or DEV_WORKER_METRICS_PORT
+    return (
+        f"http://127.0.0.1:{beat}/metrics (beat),"
+        f" http://127.0.0.1:{worker}/metrics and the ports after it (workers)"
     )
 
 

@@ -50,6 +50,8 @@ def dev_stack_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, int]]:
         "NOVU_EMULATOR_PORT": free_port(),
         "XNOVU_PG_PORT": free_port(),
         "XNOVU_REDIS_PORT": free_port(),
+        "WORKER_METRICS_PORT": free_port(),  # the first worker's; the next ones count up
+        "BEAT_METRICS_PORT": free_port(),
     }
     env = {
         k: v
@@ -210,6 +212,14 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
             for channel in ("email", "in_app"):
                 row = re.search(rf'<tr data-channel="{channel}">.*?</tr>', alert_page)
                 assert row and '<td class="delivery-status">sent</td>' in row[0], alert_page
+
+        # The worker's and beat's metrics, on their own ports (README, "Metrics").
+        sent = 'xnovu_deliveries_total{outcome="sent",workflow="user-signup"}'
+        worker_metrics = httpx.get(f"http://127.0.0.1:{ports['WORKER_METRICS_PORT']}/metrics")
+        assert sent in worker_metrics.text
+        beat_metrics = httpx.get(f"http://127.0.0.1:{ports['BEAT_METRICS_PORT']}/metrics")
+        assert 'xnovu_notifications_backlog{status="PENDING"}' in beat_metrics.text
+        assert f"127.0.0.1:{ports['BEAT_METRICS_PORT']}/metrics (beat)" in banner
 
         flower = f"http://127.0.0.1:{ports['FLOWER_PORT']}"
         deadline = time.monotonic() + 30
