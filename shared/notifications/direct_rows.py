@@ -48,7 +48,7 @@ def vet(row: ClaimedRow, settings: Settings) -> WorkflowInstance:
         raise PermanentDeliveryError(
             "notification_deactivated", "the notification is deactivated: it is not sent"
         )
-    _check_workflow_row(direct.get("workflowId"), direct.get("workflow"))
+    _check_workflow_row(row.workflow_key, direct.get("workflowId"), direct.get("workflow"))
     workflow = get_registry().get_workflow(row.workflow_key, row.enterprise_id)
     if workflow is None:
         raise PermanentDeliveryError(
@@ -83,10 +83,12 @@ def vet(row: ClaimedRow, settings: Settings) -> WorkflowInstance:
     return workflow
 
 
-def _check_workflow_row(workflow_id: int | None, workflow: dict[str, Any] | None) -> None:
-    """Refuse a row whose workflow row is not this enterprise's (or shared), not published or
-    deactivated. A row naming no workflow row (a workflow defined in code only) passes: the
-    registry decides."""
+def _check_workflow_row(
+    workflow_key: str, workflow_id: int | None, workflow: dict[str, Any] | None
+) -> None:
+    """Refuse a row whose workflow row is not this enterprise's (or shared), not the key's,
+    not published or deactivated. A row with no workflow row (its key names a workflow defined
+    in code only) passes: the registry decides."""
     if workflow is None:
         if workflow_id is not None:
             raise PermanentDeliveryError(
@@ -94,6 +96,10 @@ def _check_workflow_row(workflow_id: int | None, workflow: dict[str, Any] | None
             )
         return
     name = f"workflow {workflow['key']!r} (id {workflow['id']})"
+    if workflow["key"] != workflow_key:
+        raise PermanentDeliveryError(
+            "workflow_mismatch", f"workflow_key {workflow_key!r} is not the key of {name}"
+        )
     if workflow["deactivated"]:
         raise PermanentDeliveryError("workflow_deactivated", f"{name} is deactivated")
     if workflow["publishStatus"] != PublishStatus.PUBLISH.value:

@@ -298,9 +298,9 @@ class ClaimedRow:
 
 
 # What the claim reads of a row another service inserted, for direct_rows.vet: the row's own
-# publish status and tags, and the state of the workflow row it names as this enterprise sees
-# it (NULL when it names none, or one of another enterprise). A CASE, so that intake's rows
-# cost one boolean test.
+# publish status and tags, and the state of the workflow row it names (by id, else by key: the
+# enterprise's own, else the shared one) as this enterprise sees it (NULL when there is none,
+# or the id is another enterprise's). A CASE, so that intake's rows cost one boolean test.
 DIRECT_ROW_SQL = f"""
     CASE WHEN NOT n.intake_checked THEN jsonb_build_object(
         'publishStatus', n.publish_status, 'deactivated', n.deactivated, 'tags', n.tags,
@@ -309,7 +309,11 @@ DIRECT_ROW_SQL = f"""
                                                'publishStatus', w.publish_status,
                                                'deactivated', w.deactivated)
                      FROM {_WORKFLOWS} AS w
-                     WHERE w.id = n.notification_workflow_id
+                     WHERE w.id = coalesce(n.notification_workflow_id, (
+                         SELECT k.id FROM {_WORKFLOWS} AS k
+                         WHERE k.workflow_key = n.workflow_key
+                           AND (k.enterprise_id = n.enterprise_id OR k.enterprise_id IS NULL)
+                         ORDER BY k.enterprise_id NULLS LAST LIMIT 1))
                        AND (w.enterprise_id = n.enterprise_id OR w.enterprise_id IS NULL)))
     END"""
 

@@ -245,3 +245,36 @@ def test_only_rows_other_services_inserted_are_checked_at_claim(tenant, stack):
         "deactivated": False,
     }
     assert direct_row.direct["publishStatus"] == "PUBLISH"
+
+
+@pytest.mark.parametrize(
+    ("names", "code"),
+    [
+        ("another enterprise's workflow id", "workflow_not_found"),
+        ("its key only, the workflow a DRAFT", "workflow_not_published"),
+        ("its own workflow id under another key", "workflow_mismatch"),
+    ],
+)
+def test_a_row_giving_workflow_key_is_checked_against_the_workflow_it_names(
+    client, tenant, worker, emulator, stack, names, code
+):
+    if names == "another enterprise's workflow id":
+        workflow_id: int | None = _workflow_row(stack, uuid.uuid4())
+        key = "user-signup"
+    elif names == "its key only, the workflow a DRAFT":
+        _workflow_row(stack, tenant.enterprise_id, status="DRAFT")
+        workflow_id, key = None, "user-signup"
+    else:
+        workflow_id, key = _workflow_row(stack, tenant.enterprise_id), "user-signup-2"
+    [(notification_id, transaction_id)] = _as_service(
+        stack,
+        tenant.enterprise_id,
+        "INSERT INTO notify.ent_notification"
+        " (notification_workflow_id, workflow_key, payload, recipients, enterprise_id)"
+        " VALUES (%s, %s, %s, '{u-1}', %s) RETURNING id, transaction_id",
+        (workflow_id, key, Jsonb(signup_payload("u-1")), tenant.enterprise_id),
+    )
+    row = wait_for_status(client, tenant, notification_id, {"SENT", "FAILED"}, timeout=30)
+    assert row["notification_status"] == "FAILED", row
+    assert row["error_details"]["code"] == code, row["error_details"]
+    assert _novu_events(emulator, transaction_id) == []
