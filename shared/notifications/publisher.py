@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.db.session import transaction
-from shared.notifications.transitions import Target, clear_enqueued
+from shared.notifications.transitions import Target, by_enterprise, clear_enqueued
 from shared.queue import publish_deliver_batch
 
 log = logging.getLogger(__name__)
@@ -29,11 +29,8 @@ def publish_deliveries(
     """Publish deliver_batch messages for committed rows, one enterprise per message (at most
     `ids_per_message` ids each, default the broker's limit); rows whose publish failed are left
     for beat. Returns how many rows were published."""
-    by_enterprise: dict[uuid.UUID, list[int]] = {}
-    for notification_id, enterprise_id in targets:
-        by_enterprise.setdefault(enterprise_id, []).append(notification_id)
     published = 0
-    for enterprise_id, ids in by_enterprise.items():
+    for enterprise_id, ids in by_enterprise(targets).items():
         failed = publish_deliver_batch(
             enterprise_id, ids, countdown=countdown, ids_per_message=ids_per_message
         )

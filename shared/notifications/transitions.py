@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,6 +214,14 @@ def _targets(rows: Sequence[Any]) -> list[Target]:
     return [(row.id, row.enterprise_id) for row in rows]
 
 
+def by_enterprise(targets: Iterable[Target]) -> dict[uuid.UUID, list[int]]:
+    """The targets' notification ids, grouped by enterprise."""
+    grouped: dict[uuid.UUID, list[int]] = {}
+    for notification_id, enterprise_id in targets:
+        grouped.setdefault(enterprise_id, []).append(notification_id)
+    return grouped
+
+
 def _lock_batch(conditions: tuple[Any, ...], *, order_by: Any, limit: int) -> Any:
     """The ids of up to `limit` rows meeting `conditions`, locked for this transaction; rows
     another reconciler holds are skipped, so two beats running at once split the work."""
@@ -231,9 +239,11 @@ def _unknown_since() -> Any:
     return func.coalesce(N.outcome_unknown_at, func.now())
 
 
-def expire_leases(session: Session, *, max_attempts: int, limit: int) -> tuple[list[Target], int]:
+def expire_leases(
+    session: Session, *, max_attempts: int, limit: int
+) -> tuple[list[Target], list[Target]]:
     """PROCESSING rows whose worker died: back to PENDING (to be published again), or FAILED
-    when their attempts are spent. Returns the rows to publish and the number failed. The
+    when their attempts are spent. Returns the rows to publish and the rows failed. The
     worker may have died after its call reached Novu: either way the outcome is unknown. Each
     row gets a `lease.expired` or `failed` event (one statement for all)."""
     expired = _lock_batch(
@@ -281,7 +291,7 @@ def expire_leases(session: Session, *, max_attempts: int, limit: int) -> tuple[l
             for r in requeued
         ],
     )
-    return _targets(requeued), len(failed)
+    return _targets(requeued), _targets(failed)
 
 
 def mark_enqueued(session: Session, *, stale_after_seconds: int | None, limit: int) -> list[Target]:

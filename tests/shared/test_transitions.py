@@ -84,7 +84,7 @@ def test_a_stale_attempt_cannot_record_an_outcome(pending):
             .values(locked_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
         )
         requeued, failed = transitions.expire_leases(session, max_attempts=5, limit=10)
-    assert (nid, enterprise) in requeued and failed == 0
+    assert (nid, enterprise) in requeued and failed == []
     second = _claim(nid, enterprise)
     assert second is not None and second.attempts == 2
     with transaction() as session:
@@ -102,7 +102,7 @@ def test_expired_lease_on_the_last_attempt_fails_the_row(pending):
             .values(locked_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
         )
         requeued, failed = transitions.expire_leases(session, max_attempts=1, limit=10)
-    assert failed == 1 and (nid, enterprise) not in requeued
+    assert failed == [(nid, enterprise)] and (nid, enterprise) not in requeued
     with transaction() as session:
         row = NotificationService(session).get_notification(nid, enterprise)
         assert row is not None and row.notification_status is S.FAILED

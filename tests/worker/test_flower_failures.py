@@ -5,6 +5,7 @@ Flower's API, fed by the real worker's events."""
 from __future__ import annotations
 
 import ast
+import datetime as dt
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,8 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from devtools.devstack import free_port
+from shared.db.enums import NotificationStatus
+from shared.db.models import Notification
+from shared.db.session import transaction
+from shared.settings import get_settings
 from tests.conftest import REPO, Stack, _wait_for, retract_leftover_rows, wait_for_status
 from tests.factories import trigger_signup
 from worker.failure_events import NOTIFICATION_FAILED, reason
@@ -94,3 +100,29 @@ def test_a_failed_notification_is_a_failed_task_in_flower(client, tenant, worker
     # The worker's count of failed tasks, as the dashboard shows it, is no longer 0.
     dashboard = httpx.get(f"{flower}/workers", params={"json": 1}, timeout=5).json()
     assert any(w.get("task-failed", 0) >= 1 for w in dashboard["data"]), dashboard
+
+
+def test_a_notification_the_reconciler_failed_is_a_failed_task_too(client, tenant, worker, flower):
+    """A worker that died holding a notification on its last attempt: the reconciler FAILs it
+    when the lease runs out, and shows it in Flower as a delivery would."""
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+    accepted = trigger_signup(client, tenant, scheduledFor=later)  # never claimed meanwhile
+    with transaction() as session:  # as if claimed for the last time by a worker that died
+        session.execute(
+            update(Notification)
+            .where(Notification.id == accepted["notificationId"])
+            .values(
+                notification_status=NotificationStatus.PROCESSING,
+                attempts=get_settings().delivery_max_attempts,
+                locked_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1),
+            )
+        )
+    row = wait_for_status(client, tenant, accepted["notificationId"], {"FAILED"}, timeout=30)
+    _wait_for(
+        lambda: _named(flower, NOTIFICATION_FAILED, accepted["notificationId"]),
+        30,
+        "the reconciler's failed notification in Flower",
+    )
+    [task] = _named(flower, NOTIFICATION_FAILED, accepted["notificationId"])
+    assert task["state"] == "FAILURE" and "attempts_exhausted" in task["exception"]
+    assert row["error_details"]["code"] == "attempts_exhausted"

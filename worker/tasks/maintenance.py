@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+from celery import Task
+
 from shared import metrics
 from shared.db.session import transaction
 from shared.notifications import transitions
@@ -15,6 +17,7 @@ from shared.notifications.publisher import publish_deliveries
 from shared.queue import QueueName, TaskName, queue_depth
 from shared.settings import get_settings
 from worker.celery_app import app
+from worker.failure_events import announce_failures
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,8 @@ def release_due_notifications() -> int:
     return publish_deliveries(rows)
 
 
-@app.task(name=TaskName.RECONCILE.value, acks_late=False, send_events=False)
-def reconcile() -> dict[str, int]:
+@app.task(name=TaskName.RECONCILE.value, bind=True, acks_late=False, send_events=False)
+def reconcile(self: Task) -> dict[str, int]:
     """Requeue PROCESSING rows whose lease ran out and republish PENDING rows nobody consumed."""
     settings = get_settings()
     with transaction() as session:
@@ -66,7 +69,7 @@ def reconcile() -> dict[str, int]:
     if requeued or stale or failed:
         for action, count in (
             ("lease_expired", len(requeued)),
-            ("lease_failed", failed),
+            ("lease_failed", len(failed)),
             ("republished", len(stale)),
         ):
             metrics.RECONCILER.labels(action).inc(count)
@@ -74,7 +77,15 @@ def reconcile() -> dict[str, int]:
         log.info(
             "reconcile: %d leases expired, %d failed, %d republished",
             len(requeued),
-            failed,
+            len(failed),
             len(stale),
         )
-    return {"leases_expired": len(requeued), "failed": failed, "republished": published}
+    if failed:
+        # Shown in Flower as failed tasks, like the ones a delivery task fails.
+        for enterprise_id, ids in transitions.by_enterprise(failed).items():
+            announce_failures(self, str(enterprise_id), [(i, LEASE_LOST) for i in ids])
+    return {"leases_expired": len(requeued), "failed": len(failed), "republished": published}
+
+
+# The error_details of a row the reconciler FAILED (transitions.expire_leases).
+LEASE_LOST = {"code": "attempts_exhausted", "message": transitions.LEASE_LOST_ON_LAST_ATTEMPT}
