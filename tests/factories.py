@@ -21,8 +21,10 @@ def create_template(
     key: str | None = None,
     subject: str | None = None,
     body: str | None = None,
+    publish: bool = True,
 ) -> dict[str, Any]:
-    """A template of the tenant's enterprise (201 asserted)."""
+    """A template of the tenant's enterprise (201 asserted), published unless `publish` is
+    False (a draft is never used at send time)."""
     default_subject, default_body = CHANNEL_SOURCES[channel]
     response = client.post(
         "/api/templates",
@@ -36,6 +38,10 @@ def create_template(
         headers=tenant.headers,
     )
     assert response.status_code == 201, response.text
+    if publish:
+        template_id = response.json()["id"]
+        response = client.post(f"/api/templates/{template_id}/publish", headers=tenant.headers)
+        assert response.status_code == 200, response.text
     return dict(response.json())
 
 

@@ -50,6 +50,7 @@ from api.bridge.protocol import CHANNEL_BY_STEP_ID, PostAction, step_rank
 from api.bridge.schemas import DELAY_OUTPUT, OUTPUT_SCHEMAS, compiled, loop_affordable, problems
 from shared.db.enums import ChannelType, WorkflowType
 from shared.notifications.novu_trigger import FALLBACK_BODY, FALLBACK_SUBJECT, XNOVU_PAYLOAD_KEY
+from shared.templates.cache import usable_locale
 from shared.templates.renderer import RenderedContent, TemplateNotFound, get_template_renderer
 from shared.templates.sandbox import RenderError
 from shared.workflows.instance import DELAY_STEP_ID, ChannelStep, WorkflowInstance
@@ -135,7 +136,8 @@ def execute_step(
         elif on_loop:
             raise WouldBlock
         else:
-            content = _render(action, workflow, step, enterprise_id, variables)
+            locale = usable_locale(xnovu.get("locale"))
+            content = _render(action, workflow, step, enterprise_id, variables, locale)
             outputs = _outputs(channel, content.subject, content.body)
         schema = OUTPUT_SCHEMAS[channel]
     if on_loop and not compiled(schema):
@@ -287,8 +289,10 @@ def _render(
     step: ChannelStep,
     enterprise_id: uuid.UUID | None,
     variables: dict[str, Any],
+    locale: str | None,
 ) -> RenderedContent:
-    """Render one step now, as the worker would have (fallback content for a missing template)."""
+    """Render one step now, as the worker would have (fallback content for a missing template,
+    the worker's locale)."""
     renderer = get_template_renderer()
     try:
         if step.content is not None:
@@ -301,7 +305,9 @@ def _render(
             )
         assert step.template_id is not None and enterprise_id is not None
         try:
-            return renderer.render_template(step.template_id, enterprise_id, variables)
+            return renderer.render_template(
+                step.template_id, enterprise_id, variables, locale=locale
+            )
         except TemplateNotFound as exc:
             log.warning("bridge: %s; %s falls back to default content", exc, step.step_id)
             return renderer.render_source(

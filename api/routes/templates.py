@@ -27,6 +27,7 @@ from api.schemas.templates import (
     TemplateList,
     TemplateRead,
     TemplateUpdate,
+    locales_column,
 )
 from shared.db.enums import ChannelType
 from shared.payloads import json_size
@@ -38,6 +39,7 @@ from shared.templates import (
     TemplateSecurityError,
     get_template_renderer,
 )
+from shared.templates.cache import TemplateRecord, choose_variant
 from shared.templates.service import (
     InvalidTemplate,
     NewTemplate,
@@ -139,7 +141,9 @@ def create_template(
     """Create a DRAFT template; its sources must compile."""
     with _edit_errors():
         row = TemplateService(session).create_template(
-            enterprise_id, NewTemplate(**body.model_dump()), created_by=principal.actor
+            enterprise_id,
+            NewTemplate(**{**body.model_dump(), "locales": locales_column(body.locales)}),
+            created_by=principal.actor,
         )
     session.commit()
     get_template_renderer().invalidate_template(enterprise_id, row.id)
@@ -213,8 +217,10 @@ def preview_template(
     body: PreviewRequest | None = None,
 ) -> PreviewResponse:
     """Render the saved template with sample variables (over its defaults), exactly as a
-    notification would; a template error answers 422 with the reason."""
+    notification would (in its variant for `locale`), drafts too; a template error answers 422
+    with the reason."""
     variables = body.variables if body is not None else {}
+    locale = body.locale if body is not None else None
     limit = get_settings().max_payload_bytes
     if json_size(variables) > limit:
         raise ApiError(413, "payload_too_large", f"variables exceed {limit} bytes")
@@ -223,14 +229,19 @@ def preview_template(
         raise not_found("template")
     try:
         with preview_slots.slot(enterprise_id):
+            record = TemplateRecord.of(row)
+            subject, source = record.sources(choose_variant(record.variants, locale))
             rendered = get_template_renderer().render_source(
                 row.channel_type,
-                row.subject_template,
-                row.body_template,
+                subject,
+                source,
                 variables,
                 enterprise_id=enterprise_id,
                 variables_description=row.variables_description,
                 template_key=row.template_key,
+                strict=record.strict,
+                locale=locale,
+                drafts=True,
             )
     except RenderMemoryExceeded as exc:
         raise ApiError(422, "render_memory_exceeded", str(exc)) from exc

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -18,6 +18,9 @@ MAX_BODY_SOURCE_BYTES = 100 * 1024
 MAX_SUBJECT_SOURCE_BYTES = 10 * 1024
 MAX_VARIABLES_DESCRIPTION_BYTES = 64 * 1024
 MAX_VARIABLES = 500
+MAX_LOCALES = 50
+# A BCP 47 language tag, as far as choosing a variant needs: `fr`, `fr-CA`, `zh-Hant-TW`.
+LOCALE_PATTERN = r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8}){0,3}$"
 
 
 def _at_most(limit: int) -> AfterValidator:
@@ -69,6 +72,52 @@ VariablesDescription = Annotated[
 ]
 
 
+UndefinedMode = Annotated[
+    Literal["strict", "blank"],
+    Field(
+        description=(
+            "What an undefined variable does: `strict` fails the render (the notification is "
+            'FAILED with the variable named), `blank` prints it as "" (the original XNovu\'s '
+            "behaviour)."
+        )
+    ),
+]
+LocaleTag = Annotated[str, Field(pattern=LOCALE_PATTERN, examples=["fr", "fr-CA"])]
+
+
+class LocaleVariant(BaseModel):
+    """A template's sources in one locale; the channel's rules apply to it as to the template's
+    own (an EMAIL variant needs its subject)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject_template: SubjectSource | None = None
+    body_template: BodySource
+
+
+def _locales(value: dict[str, LocaleVariant]) -> dict[str, LocaleVariant]:
+    if len(value) > MAX_LOCALES:
+        raise ValueError(f"at most {MAX_LOCALES} locales")
+    tags = [tag.replace("_", "-").lower() for tag in value]
+    if len(set(tags)) < len(tags):
+        raise ValueError("a locale is given twice (tags are compared without case, _ as -)")
+    return value
+
+
+Locales = Annotated[
+    dict[LocaleTag, LocaleVariant],
+    Field(
+        description=(
+            "Variants by locale tag. The one sent is chosen by the recipient's `locale`, else "
+            "the payload's `locale`: the tag, then each shorter prefix of it (`fr-CA`, `fr`), "
+            "else the template's own subject and body."
+        ),
+        examples=[{"fr": {"subject_template": "Bonjour", "body_template": "Bonjour {{ name }}"}}],
+    ),
+    AfterValidator(_locales),
+]
+
+
 class TemplateCreate(BaseModel):
     """A new template, created as DRAFT: its channel, key, sources and defaults."""
 
@@ -81,6 +130,8 @@ class TemplateCreate(BaseModel):
     subject_template: SubjectSource | None = None
     body_template: BodySource
     variables_description: VariablesDescription | None = None
+    undefined_mode: UndefinedMode = "strict"
+    locales: Locales | None = None
 
 
 class TemplateUpdate(BaseModel):
@@ -95,8 +146,10 @@ class TemplateUpdate(BaseModel):
     subject_template: SubjectSource | None = None
     body_template: BodySource | None = None
     variables_description: VariablesDescription | None = None
+    undefined_mode: UndefinedMode | None = None
+    locales: Locales | None = None
 
-    @field_validator("name", "template_key", "channel_type", "body_template")
+    @field_validator("name", "template_key", "channel_type", "body_template", "undefined_mode")
     @classmethod
     def _not_null(cls, value: Any) -> Any:
         if value is None:
@@ -105,7 +158,17 @@ class TemplateUpdate(BaseModel):
 
     def changes(self) -> dict[str, Any]:
         """The fields the request set, as column → value."""
-        return {name: getattr(self, name) for name in self.model_fields_set}
+        changes = {name: getattr(self, name) for name in self.model_fields_set}
+        if "locales" in changes:
+            changes["locales"] = locales_column(self.locales)
+        return changes
+
+
+def locales_column(locales: dict[str, LocaleVariant] | None) -> dict[str, Any] | None:
+    """The `locales` column's JSON of the request's variants (None: no variants)."""
+    if not locales:
+        return None
+    return {tag: variant.model_dump(exclude_none=True) for tag, variant in locales.items()}
 
 
 class TemplateRead(BaseModel):
@@ -120,6 +183,8 @@ class TemplateRead(BaseModel):
     subject_template: str | None
     body_template: str
     variables_description: dict[str, Any] | None
+    undefined_mode: str
+    locales: dict[str, Any] | None
     publish_status: PublishStatus
     deactivated: bool
     created_at: dt.datetime
@@ -142,6 +207,9 @@ class PreviewRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     variables: dict[str, Any] = Field(default_factory=dict)
+    locale: LocaleTag | None = Field(
+        default=None, description="Render the variant a recipient of this locale would get."
+    )
 
 
 class PreviewResponse(BaseModel):

@@ -94,6 +94,9 @@ class NotificationTemplate(AuditedRow, Base):
     __table_args__ = (
         UniqueConstraint("enterprise_id", "template_key"),
         Index(None, "enterprise_id", "channel_type"),
+        # Migration 0014: undefined variables fail (strict) or print "" (blank, the original's).
+        CheckConstraint("undefined_mode IN ('strict', 'blank')", name="undefined_mode_known"),
+        CheckConstraint("jsonb_typeof(locales) IN ('object', 'null')", name="locales_object"),
     )
 
     template_key: Mapped[str] = mapped_column(Text, nullable=False)
@@ -101,6 +104,9 @@ class NotificationTemplate(AuditedRow, Base):
     subject_template: Mapped[str | None] = mapped_column(Text)
     body_template: Mapped[str] = mapped_column(Text, nullable=False)
     variables_description: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    undefined_mode: Mapped[str] = mapped_column(Text, nullable=False, server_default="strict")
+    # Variants by locale tag: {"fr": {"subject_template": ..., "body_template": ...}}.
+    locales: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
 
 
 class NotificationWorkflow(AuditedRow, Base):

@@ -31,7 +31,8 @@ from shared.novu.client import trigger_idempotency_key
 from shared.novu.schemas import TriggerEvent
 from shared.payloads import json_depth
 from shared.settings import get_settings
-from shared.templates.errors import RenderMemoryExceeded
+from shared.templates.cache import usable_locale
+from shared.templates.errors import RenderMemoryExceeded, TemplateNotPublished
 from shared.templates.renderer import TemplateNotFound, get_template_renderer
 from shared.templates.sandbox import RenderError
 from shared.workflows.instance import WorkflowInstance
@@ -60,6 +61,7 @@ _ENVELOPE_BYTES = len(
                     "notificationId": 2**63 - 1,
                     "workflowType": "DYNAMIC",
                     "channels": ["chat", "email", "in_app", "push", "sms"],
+                    "locale": "x" * 40,  # at most a locale tag (usable_locale)
                 }
             },
             "overrides": None,
@@ -86,9 +88,13 @@ class PreparedTrigger:
 
 
 def render_workflow(
-    workflow: WorkflowInstance, enterprise_id: uuid.UUID, payload: Mapping[str, Any]
+    workflow: WorkflowInstance,
+    enterprise_id: uuid.UUID,
+    payload: Mapping[str, Any],
+    locale: str | None = None,
 ) -> tuple[dict[str, dict[str, str]], list[dict[str, Any]]]:
-    """Every channel's content by step id, and the channels that fell back to default content."""
+    """Every channel's content by step id (templates in their variant for `locale`), and the
+    channels that fell back to default content."""
     renderer = get_template_renderer()
     rendered: dict[str, dict[str, str]] = {}
     fallbacks: list[dict[str, Any]] = []
@@ -104,7 +110,9 @@ def render_workflow(
         else:
             assert step.template_id is not None
             try:
-                content = renderer.render_template(step.template_id, enterprise_id, payload)
+                content = renderer.render_template(
+                    step.template_id, enterprise_id, payload, locale=locale
+                )
             except TemplateNotFound as exc:
                 fallbacks.append(
                     {
@@ -122,6 +130,22 @@ def render_workflow(
                 )
         rendered[step.step_id] = content.as_dict()
     return rendered, fallbacks
+
+
+def notification_locale(to: Sequence[Any], payload: Mapping[str, Any]) -> str | None:
+    """The locale a notification is rendered in: its recipients' `locale` when the subscriber
+    objects that give one agree, else the payload's `locale`, else None (the templates' own
+    content). One render serves every recipient of a notification (docs/architecture.md,
+    "Locales")."""
+    given = {
+        recipient["locale"]
+        for recipient in to
+        if isinstance(recipient, dict) and usable_locale(recipient.get("locale"))
+    }
+    if len(given) == 1:
+        chosen: str = given.pop()
+        return chosen
+    return usable_locale(payload.get("locale"))
 
 
 def derived_subscriber(
@@ -199,18 +223,25 @@ def build_trigger_event(row: ClaimedRow) -> PreparedTrigger:
         raise PermanentDeliveryError("workflow_not_found", f"no workflow {row.workflow_key!r}")
     _check_depth(row)
     try:
-        rendered, fallbacks = render_workflow(workflow, row.enterprise_id, row.payload)
-    except RenderMemoryExceeded as exc:
-        raise PermanentDeliveryError("render_memory_exceeded", str(exc)) from exc
-    except RenderError as exc:
-        raise PermanentDeliveryError("render_failed", str(exc)) from exc
-
-    try:
         derived = derived_subscriber(workflow, row.payload)
     except InvalidInput:
         derived = None  # intake accepted it, so its recipients do not need the derived one
     namespace = subscriber_namespace(row.enterprise_id)
     to = novu_recipients(row.recipients, row.recipient_objects, derived, namespace)
+    locale = notification_locale(to, row.payload)
+    overrides = row.overrides
+    try:
+        rendered, fallbacks = render_workflow(workflow, row.enterprise_id, row.payload, locale)
+        if overrides:
+            overrides = get_template_renderer().render_values(
+                overrides, row.payload, enterprise_id=row.enterprise_id, locale=locale
+            )
+    except RenderMemoryExceeded as exc:
+        raise PermanentDeliveryError("render_memory_exceeded", str(exc)) from exc
+    except TemplateNotPublished as exc:
+        raise PermanentDeliveryError("template_not_published", str(exc)) from exc
+    except RenderError as exc:
+        raise PermanentDeliveryError("render_failed", str(exc)) from exc
     if not to:
         raise PermanentDeliveryError("no_recipients", "the notification has no recipients")
 
@@ -220,9 +251,11 @@ def build_trigger_event(row: ClaimedRow) -> PreparedTrigger:
         "workflowType": workflow.workflow_type.value,
         "channels": sorted(rendered),
     }
+    if locale is not None:
+        metadata["locale"] = locale  # the bridge renders in it too
     body: dict[str, Any] = {"name": row.workflow_key, "to": to, "transactionId": row.transaction_id}
-    if row.overrides:
-        body["overrides"] = row.overrides
+    if overrides:
+        body["overrides"] = overrides
     # Measured as the JSON Novu receives (the same bytes as the client's canonical body, whose
     # keys are only sorted), before the rendered content is let in.
     try:

@@ -11,6 +11,7 @@ loading are raised unchanged (`SQLAlchemyError`), since retrying may help.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -53,8 +54,60 @@ def variable_defaults(description: Any) -> dict[str, Any]:
 
 
 def is_usable(row: NotificationTemplate) -> bool:
-    """Whether a row may be rendered: active and neither deleted nor discarded."""
+    """Whether a row may be rendered: active and neither deleted nor discarded. Only a
+    PUBLISH one is used at send time (`TemplateRecord.published`); the others are previewed."""
     return not row.deactivated and row.publish_status not in UNUSABLE_STATUSES
+
+
+# A locale tag as far as choosing a variant needs (the template API holds variants to it).
+LOCALE_PATTERN = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8}){0,3}")
+
+
+def usable_locale(value: Any) -> str | None:
+    """`value` when it is a locale tag a variant could serve, else None."""
+    if isinstance(value, str) and LOCALE_PATTERN.fullmatch(value):
+        return value
+    return None
+
+
+def locale_chain(locale: str) -> list[str]:
+    """The variants a locale tag asks for, most specific first, lowercased:
+    `fr-CA` → [`fr-ca`, `fr`]; `zh_Hant_TW` → [`zh-hant-tw`, `zh-hant`, `zh`]."""
+    parts = locale.strip().replace("_", "-").lower().split("-")
+    return ["-".join(parts[:end]) for end in range(len(parts), 0, -1) if parts[end - 1]]
+
+
+def choose_variant(variants: Mapping[str, Any], locale: str | None) -> str | None:
+    """The key (lowercased tag) of the variant that serves `locale`, or None for the
+    template's own content: the tag itself, then each shorter prefix of it."""
+    if not variants or not locale:
+        return None
+    for tag in locale_chain(locale):
+        if tag in variants:
+            return tag
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One locale's sources of a template."""
+
+    subject_template: str | None
+    body_template: str
+
+
+def variants_of(locales: Any) -> dict[str, Variant]:
+    """A row's `locales` by lowercased tag (the API checked them; anything else is skipped)."""
+    if not isinstance(locales, Mapping):
+        return {}
+    variants = {}
+    for tag, sources in locales.items():
+        if isinstance(sources, Mapping) and isinstance(sources.get("body_template"), str):
+            subject = sources.get("subject_template")
+            variants[str(tag).lower()] = Variant(
+                subject if isinstance(subject, str) else None, sources["body_template"]
+            )
+    return variants
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +121,9 @@ class TemplateRecord:
     subject_template: str | None
     body_template: str
     defaults: Mapping[str, Any]
+    published: bool = True
+    strict: bool = True
+    variants: Mapping[str, Variant] = field(default_factory=dict)
 
     @classmethod
     def of(cls, row: NotificationTemplate) -> TemplateRecord:
@@ -80,17 +136,28 @@ class TemplateRecord:
             subject_template=row.subject_template,
             body_template=row.body_template,
             defaults=variable_defaults(row.variables_description),
+            published=row.publish_status is PublishStatus.PUBLISH,
+            strict=row.undefined_mode != "blank",
+            variants=variants_of(row.locales),
         )
+
+    def sources(self, variant: str | None) -> tuple[str | None, str]:
+        """(subject, body) of a variant (None: the template's own)."""
+        if variant is None:
+            return self.subject_template, self.body_template
+        chosen = self.variants[variant]
+        return chosen.subject_template, chosen.body_template
 
 
 @dataclass(slots=True)
 class CachedTemplate:
-    """One cached row; `compiled` holds the renderer's templates of it by (field, html)."""
+    """One cached row; `compiled` holds the renderer's templates of it by (field, html,
+    variant)."""
 
     record: TemplateRecord
     expires_at: float
     generation: int
-    compiled: dict[tuple[str, bool], Template] = field(default_factory=dict)
+    compiled: dict[tuple[str, bool, str | None], Template] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

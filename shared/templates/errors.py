@@ -20,6 +20,10 @@ class TemplateNotFound(RenderError):
     """No usable template with that id or key in this enterprise."""
 
 
+class TemplateNotPublished(RenderError):
+    """The template exists but is not PUBLISH: it may be previewed, never sent."""
+
+
 class RenderMemoryExceeded(RenderLimitExceeded):
     """The values a render built went over its memory budget (TEMPLATE_MAX_MEMORY_BYTES)."""
 

@@ -10,6 +10,19 @@ Variables
     variable the caller must pass. A default that is itself an object that could read as a
     description is written `{"default": {...}}`. Undefined variables fail the render (strict);
     `{{ x | default('') }}` and `{% if x is defined %}` handle optional ones; `None` prints "".
+    A template whose `undefined_mode` is `blank` prints an undefined variable (and any
+    attribute or item of it) as "", as the original XNovu did.
+
+Publishing
+    Only a PUBLISH template is used when a notification is sent (the worker, the bridge),
+    nested ones too: another status fails the render (`TemplateNotPublished`). A preview
+    renders drafts, and the drafts it nests.
+
+Locales
+    A template may have variants per locale (`locales`). The render asks for a locale
+    (shared.notifications.novu_trigger chooses it) and gets the variant of that tag, else of
+    each shorter prefix of it (`fr-CA`, then `fr`), else the template's own subject and body.
+    Nested templates are rendered in the same locale.
 
 Channels
     EMAIL: subject and body, the subject must render non-empty. IN_APP: optional subject, body.
@@ -20,7 +33,9 @@ Channels
 Nesting
     `{{ xnovu_render('footer', {'name': name}) }}` renders the body of the enterprise's template
     `footer` with `{**footer's defaults, **the given mapping, **keyword arguments}`. Like a
-    function call, it sees only what it is given, not the caller's variables. It renders in the
+    function call, it sees only what it is given, not the caller's variables. The original's
+    tag form `{% xnovu_render "footer", name: name %}` sees the caller's variables too, the
+    tag's on top (as the original's did). Either renders in the
     mode of the place it is called from (HTML-escaped inside an HTML body, plain text in a
     subject or text channel) and its output is marked safe there, so it is never escaped twice.
     A cycle (a -> b -> a) fails with the cycle named; nesting deeper than TEMPLATE_MAX_DEPTH
@@ -54,11 +69,17 @@ from jinja2.exceptions import SecurityError
 from shared.db.enums import ChannelType
 from shared.process import PerProcess
 from shared.settings import Settings, get_settings
-from shared.templates.cache import CachedTemplate, TemplateCache, variable_defaults
+from shared.templates.cache import (
+    CachedTemplate,
+    TemplateCache,
+    choose_variant,
+    variable_defaults,
+)
 from shared.templates.errors import (
     RenderError,
     RenderLimitExceeded,
     TemplateNotFound,
+    TemplateNotPublished,
     TemplateSecurityError,
 )
 from shared.templates.limits import RenderBudget, spending
@@ -95,6 +116,8 @@ class RenderedContent:
 
 # (field, source, html) -> compiled template
 Compiler = Callable[[str, str, bool], Template]
+# A render's settings that nested templates keep: its locale and whether drafts may be used.
+Scope = tuple[str | None, bool]
 
 
 class TemplateRenderer:
@@ -104,28 +127,42 @@ class TemplateRenderer:
         self.settings = settings
         self.cache = cache if cache is not None else TemplateCache(settings)
         max_text = settings.template_max_output_bytes
-        self._envs: dict[bool, XNovuSandbox] = {
-            True: XNovuSandbox(autoescape=True, max_text=max_text),
-            False: XNovuSandbox(autoescape=False, max_text=max_text),
+        # By (html, strict): autoescaped or not, undefined names failing or printing "".
+        self._envs: dict[tuple[bool, bool], XNovuSandbox] = {
+            (html, strict): XNovuSandbox(autoescape=html, max_text=max_text, strict=strict)
+            for html in (True, False)
+            for strict in (True, False)
         }
         self._lock = threading.Lock()
-        self._sources: OrderedDict[tuple[bool, str], Template] = OrderedDict()
+        self._sources: OrderedDict[tuple[bool, bool, str], Template] = OrderedDict()
 
     # -- rendering ----------------------------------------------------------------------
 
     def render_template(
-        self, template_id: int, enterprise_id: uuid.UUID, variables: Mapping[str, Any]
+        self,
+        template_id: int,
+        enterprise_id: uuid.UUID,
+        variables: Mapping[str, Any],
+        *,
+        locale: str | None = None,
     ) -> RenderedContent:
-        """Render this enterprise's template `template_id` by its channel's rules."""
+        """Render this enterprise's published template `template_id` by its channel's rules,
+        in its variant for `locale`."""
         entry = self.cache.get(enterprise_id, template_id=template_id)
-        return self._render_entry(entry, variables)
+        return self._render_entry(entry, variables, (locale, False))
 
     def render_template_by_key(
-        self, template_key: str, enterprise_id: uuid.UUID, variables: Mapping[str, Any]
+        self,
+        template_key: str,
+        enterprise_id: uuid.UUID,
+        variables: Mapping[str, Any],
+        *,
+        locale: str | None = None,
     ) -> RenderedContent:
-        """Render this enterprise's template with key `template_key` by its channel's rules."""
+        """Render this enterprise's published template with key `template_key` by its
+        channel's rules, in its variant for `locale`."""
         entry = self.cache.get(enterprise_id, template_key=template_key)
-        return self._render_entry(entry, variables)
+        return self._render_entry(entry, variables, (locale, False))
 
     def render_source(
         self,
@@ -137,32 +174,76 @@ class TemplateRenderer:
         enterprise_id: uuid.UUID | None,
         variables_description: Mapping[str, Any] | None = None,
         template_key: str | None = None,
+        strict: bool = True,
+        locale: str | None = None,
+        drafts: bool = False,
     ) -> RenderedContent:
         """Render sources that are not (or not yet) a cached row: static workflows' inline
         content and previews. `xnovu_render` needs `enterprise_id`; `template_key` names the
-        source for cycle detection when it is a saved template."""
+        source for cycle detection when it is a saved template. Nested templates render in
+        `locale`; drafts among them only for a preview (`drafts`)."""
         label = f"template {template_key!r}" if template_key else f"{channel_type.value} template"
-        with self._budget(enterprise_id, template_key or "<inline>"):
+        with self._budget(enterprise_id, template_key or "<inline>", (locale, drafts)):
             return self._render_channel(
                 channel_type,
                 subject_template,
                 body_template,
                 {**variable_defaults(variables_description), **variables},
                 label,
-                partial(self._compile_source, label),
+                partial(self._compile_source, label, strict),
             )
 
-    def _render_entry(self, entry: CachedTemplate, variables: Mapping[str, Any]) -> RenderedContent:
+    def render_values(
+        self,
+        value: Any,
+        variables: Mapping[str, Any],
+        *,
+        enterprise_id: uuid.UUID,
+        locale: str | None = None,
+        where: str = "overrides",
+    ) -> Any:
+        """`value` (a trigger's `overrides`) with every string that holds template syntax
+        rendered, in one budget: as HTML under a key `html`, as plain text elsewhere; keys,
+        other strings and non-strings are kept as they are."""
+        with self._budget(enterprise_id, "<" + where + ">", (locale, False)):
+            return self._render_value(value, variables, where, False)
+
+    def _render_value(
+        self, value: Any, variables: Mapping[str, Any], where: str, html: bool
+    ) -> Any:
+        if isinstance(value, str):
+            if "{{" not in value and "{%" not in value:
+                return value
+            template = self._compile_source("override", True, where, value, html)
+            return self._render_field(template, variables, "override", where)
+        if isinstance(value, Mapping):
+            return {
+                key: self._render_value(item, variables, f"{where}.{key}", key == "html")
+                for key, item in value.items()
+            }
+        if isinstance(value, list):
+            return [
+                self._render_value(item, variables, f"{where}[{index}]", html)
+                for index, item in enumerate(value)
+            ]
+        return value
+
+    def _render_entry(
+        self, entry: CachedTemplate, variables: Mapping[str, Any], scope: Scope
+    ) -> RenderedContent:
         record = entry.record
         label = f"template {record.template_key!r}"
-        with self._budget(record.enterprise_id, record.template_key):
+        _check_published(entry, scope, label)
+        variant = choose_variant(record.variants, scope[0])
+        subject_source, body_source = record.sources(variant)
+        with self._budget(record.enterprise_id, record.template_key, scope):
             return self._render_channel(
                 record.channel_type,
-                record.subject_template,
-                record.body_template,
+                subject_source,
+                body_source,
                 {**record.defaults, **variables},
                 label,
-                partial(self._compile_entry, entry, label),
+                partial(self._compile_entry, entry, label, variant),
             )
 
     def _render_channel(
@@ -213,7 +294,12 @@ class TemplateRenderer:
         return "".join(parts)
 
     def _include(
-        self, enterprise_id: uuid.UUID, template_key: str, variables: dict[str, Any], html: bool
+        self,
+        enterprise_id: uuid.UUID,
+        scope: Scope,
+        template_key: str,
+        variables: dict[str, Any],
+        html: bool,
     ) -> str:
         """`xnovu_render`: the body of another template of the same enterprise."""
         try:
@@ -223,16 +309,21 @@ class TemplateRenderer:
             # notification fails instead of falling back to default content.
             raise RenderError(f"xnovu_render: template {template_key!r} not found") from exc
         label = f"template {template_key!r}"
-        template = self._compile_entry(entry, label, BODY, entry.record.body_template, html)
+        _check_published(entry, scope, f"xnovu_render: {label}")
+        variant = choose_variant(entry.record.variants, scope[0])
+        _, body_source = entry.record.sources(variant)
+        template = self._compile_entry(entry, label, variant, BODY, body_source, html)
         return self._render_field(template, {**entry.record.defaults, **variables}, label, BODY)
 
     @contextmanager
-    def _budget(self, enterprise_id: uuid.UUID | None, name: str) -> Iterator[RenderBudget]:
+    def _budget(
+        self, enterprise_id: uuid.UUID | None, name: str, scope: Scope
+    ) -> Iterator[RenderBudget]:
         budget = RenderBudget(
             timeout=self.settings.template_render_timeout_seconds,
             max_depth=self.settings.template_max_depth,
             max_bytes=self.settings.template_max_memory_bytes,
-            include=partial(self._include, enterprise_id) if enterprise_id else None,
+            include=partial(self._include, enterprise_id, scope) if enterprise_id else None,
         )
         budget.stack.append(name)
         with spending(budget):
@@ -240,9 +331,9 @@ class TemplateRenderer:
 
     # -- compiling ----------------------------------------------------------------------
 
-    def _compile(self, source: str, html: bool, where: str) -> Template:
+    def _compile(self, source: str, html: bool, strict: bool, where: str) -> Template:
         try:
-            return self._envs[html].from_string(source)
+            return self._envs[html, strict].from_string(source)
         except TemplateSyntaxError as exc:
             raise RenderError(f"{where} line {exc.lineno}: {_message(exc)}") from exc
         except TemplateError as exc:
@@ -251,22 +342,31 @@ class TemplateRenderer:
             raise RenderLimitExceeded(f"{where}: nested too deeply to compile") from exc
 
     def _compile_entry(
-        self, entry: CachedTemplate, label: str, field_name: str, source: str, html: bool
+        self,
+        entry: CachedTemplate,
+        label: str,
+        variant: str | None,
+        field_name: str,
+        source: str,
+        html: bool,
     ) -> Template:
-        template = entry.compiled.get((field_name, html))
+        template = entry.compiled.get((field_name, html, variant))
         if template is None:
-            template = self._compile(source, html, f"{label} {field_name}")
-            entry.compiled[(field_name, html)] = template
+            where = f"{label} {field_name}" + (f" (locale {variant})" if variant else "")
+            template = self._compile(source, html, entry.record.strict, where)
+            entry.compiled[(field_name, html, variant)] = template
         return template
 
-    def _compile_source(self, label: str, field_name: str, source: str, html: bool) -> Template:
-        key = (html, source)
+    def _compile_source(
+        self, label: str, strict: bool, field_name: str, source: str, html: bool
+    ) -> Template:
+        key = (html, strict, source)
         with self._lock:
             template = self._sources.get(key)
             if template is not None:
                 self._sources.move_to_end(key)
                 return template
-        template = self._compile(source, html, f"{label} {field_name}")
+        template = self._compile(source, html, strict, f"{label} {field_name}")
         with self._lock:
             self._sources[key] = template
             while len(self._sources) > MAX_COMPILED_SOURCES:
@@ -288,6 +388,14 @@ class TemplateRenderer:
         with self._lock:
             compiled_sources = len(self._sources)
         return {**self.cache.stats(), "compiledSources": compiled_sources}
+
+
+def _check_published(entry: CachedTemplate, scope: Scope, label: str) -> None:
+    """Refuse sending with a template that is not published (a preview may: scope[1])."""
+    if not entry.record.published and not scope[1]:
+        raise TemplateNotPublished(
+            f"{label} is not published: publish it to send with it (a draft is only previewed)"
+        )
 
 
 def _message(exc: BaseException) -> str:

@@ -17,7 +17,9 @@ Jinja's `ImmutableSandboxedEnvironment` already refuses private and internal att
 - Surface. `lipsum` is gone, `range` is bounded (100 000 items), `str.format`/`format_map` are
   refused (the `format` filter remains), strings and numbers expose only an allowlist of
   harmless methods, bytes and generators none. There is no loader: `{% include %}`,
-  `{% import %}` and `{% extends %}` fail; `xnovu_render('key', {...})` nests templates instead.
+  `{% import %}` and `{% extends %}` fail; `xnovu_render('key', {...})` and the original's tag
+  form `{% xnovu_render "key", name: value %}` nest templates instead.
+- The original's filters (shared.templates.filters) are guarded like Jinja's.
 
 The renderer (shared.templates.renderer) turns every failure into a `RenderError`.
 """
@@ -29,17 +31,28 @@ import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from jinja2 import BaseLoader, StrictUndefined, TemplateNotFound, nodes, pass_eval_context
+from jinja2 import (
+    BaseLoader,
+    ChainableUndefined,
+    StrictUndefined,
+    TemplateNotFound,
+    nodes,
+    pass_context,
+    pass_eval_context,
+)
 from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.environment import Environment
 from jinja2.exceptions import TemplateSyntaxError
+from jinja2.ext import Extension
 from jinja2.nodes import EvalContext
+from jinja2.parser import Parser
 from jinja2.runtime import Context, Macro, Undefined, markup_join, str_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import _PassArg
 from markupsafe import Markup
 
 from shared.templates.errors import RenderError, RenderLimitExceeded
+from shared.templates.filters import ORIGINAL_FILTERS
 from shared.templates.limits import (
     MAX_RANGE,
     charge,
@@ -60,7 +73,7 @@ from shared.templates.limits import (
 )
 
 # RenderError has always been importable from here; its home is shared.templates.errors.
-__all__ = ["RenderError", "XNovuSandbox", "source_errors", "xnovu_render"]
+__all__ = ["RenderError", "XNovuRenderTag", "XNovuSandbox", "source_errors", "xnovu_render"]
 
 _STR_METHODS = frozenset(
     {
@@ -80,6 +93,7 @@ _NOT_LOADABLE = (
     "{% include %}, {% import %} and {% extends %} are not supported; "
     "nest templates with xnovu_render('template_key', {...})"
 )
+_MISSING = object()
 
 
 @pass_eval_context
@@ -87,20 +101,68 @@ def xnovu_render(
     eval_ctx: EvalContext, template_key: Any, variables: Any = None, **kwargs: Any
 ) -> str:
     """Render the body of another template of the same enterprise, here."""
-    budget = current_budget()
-    if budget is None or budget.include is None:
-        raise RenderError("xnovu_render() is only available when rendering for an enterprise")
-    if not isinstance(template_key, str) or not template_key:
-        raise RenderError("xnovu_render() needs a template key as its first argument")
     if variables is None:
         variables = {}
     if not isinstance(variables, Mapping):
         raise RenderError("xnovu_render() takes its variables as a mapping, e.g. {'name': name}")
+    return _render_nested(eval_ctx, "xnovu_render()", template_key, {**variables, **kwargs})
+
+
+def _render_nested(
+    eval_ctx: EvalContext, form: str, template_key: Any, variables: dict[str, Any]
+) -> str:
+    """Both forms of xnovu_render: the nested template's body, within the caller's budget."""
+    budget = current_budget()
+    if budget is None or budget.include is None:
+        raise RenderError(f"{form} is only available when rendering for an enterprise")
+    if not isinstance(template_key, str) or not template_key:
+        raise RenderError(f"{form} needs a template key as its first argument")
     html = bool(eval_ctx.autoescape)
     with budget.nested(template_key):
-        output = budget.include(template_key, {**variables, **kwargs}, html)
+        output = budget.include(template_key, variables, html)
     # Already escaped for HTML where it lands: mark it safe so it is not escaped twice.
     return Markup(output) if html else output
+
+
+class XNovuRenderTag(Extension):
+    """The original's tag form, `{% xnovu_render "key", name: expr, other: expr %}`.
+
+    As in the original, the nested template sees the caller's variables (those of the render
+    and of its top-level `{% set %}`s) with the tag's on top; a `{% for %}` loop's variable is
+    the loop's own and is passed by naming it (`item: item`). The function form sees only what
+    it is given. The key may be any expression; each value is an expression of the sandbox
+    (Jinja's filter syntax: `name | default('x')`). The comma after the key may be left out.
+    """
+
+    tags = {"xnovu_render"}  # noqa: RUF012 (Jinja reads it from the class)
+
+    def parse(self, parser: Parser) -> nodes.Node:
+        lineno = next(parser.stream).lineno
+        key = parser.parse_expression()
+        pairs: list[nodes.Pair] = []
+        while parser.stream.current.type != "block_end":
+            if pairs:
+                parser.stream.expect("comma")
+            else:
+                parser.stream.skip_if("comma")
+            name = parser.stream.expect("name")
+            parser.stream.expect("colon")
+            value = parser.parse_expression()
+            pairs.append(nodes.Pair(nodes.Const(name.value), value, lineno=name.lineno))
+        call = self.call_method("_render", [key, nodes.Dict(pairs)], lineno=lineno)
+        return nodes.Output([call], lineno=lineno)
+
+    @pass_context
+    def _render(self, context: Context, template_key: Any, variables: dict[str, Any]) -> str:
+        globals_ = self.environment.globals
+        inherited = {
+            name: value
+            for name, value in context.get_all().items()
+            if globals_.get(name, _MISSING) is not value
+        }
+        return _render_nested(
+            context.eval_ctx, "{% xnovu_render %}", template_key, {**inherited, **variables}
+        )
 
 
 def _arg(args: list[Any], kwargs: Mapping[str, Any], index: int, name: str, default: Any) -> Any:
@@ -173,24 +235,28 @@ class _NoLoader(BaseLoader):
 
 
 class XNovuSandbox(ImmutableSandboxedEnvironment):
-    """The sandbox: immutable, strict about undefined names, and budgeted."""
+    """The sandbox: immutable, strict about undefined names (or blank, as the original was),
+    and budgeted."""
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
     code_generator_class = _GuardedCodeGenerator
 
-    def __init__(self, *, autoescape: bool, max_text: int) -> None:
+    def __init__(self, *, autoescape: bool, max_text: int, strict: bool = True) -> None:
         self.max_text = max_text
         super().__init__(
             autoescape=autoescape,
-            undefined=StrictUndefined,
+            # Blank: an undefined name, and any attribute or item of it, prints as "".
+            undefined=StrictUndefined if strict else ChainableUndefined,
             finalize=self._finalize,
             loader=_NoLoader(),
             cache_size=0,
             auto_reload=False,
+            extensions=[XNovuRenderTag],
         )
         self.globals.pop("lipsum", None)
         self.globals["range"] = guarded_range
         self.globals["xnovu_render"] = xnovu_render
+        self.filters.update(ORIGINAL_FILTERS)
         self.filters = {name: self._guard_filter(name, f) for name, f in self.filters.items()}
 
     # -- checks -------------------------------------------------------------------------

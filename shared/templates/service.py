@@ -6,8 +6,9 @@ its cached copies within REGISTRY_CHECK_INTERVAL_SECONDS of the commit; the edge
 process's copy right after committing (`TemplateRenderer.invalidate_template`).
 
 Rows whose `publish_status` is DELETED are soft-deleted: the service neither shows nor edits
-them (their key stays taken). There is no versioning: an edit is what the next render uses,
-whatever the publish status; `publish` marks a checked template as ready (PUBLISH).
+them (their key stays taken). There is no versioning: an edit is what the next render uses;
+`publish` marks a checked template as ready (PUBLISH), and only a PUBLISH template is used
+when a notification is sent (a draft is previewed only).
 """
 
 from __future__ import annotations
@@ -36,11 +37,15 @@ EDITABLE_FIELDS = frozenset(
         "subject_template",
         "body_template",
         "variables_description",
+        "undefined_mode",
+        "locales",
     }
 )
-NOT_NULL_FIELDS = frozenset({"template_key", "channel_type", "body_template"})
+NOT_NULL_FIELDS = frozenset({"template_key", "channel_type", "body_template", "undefined_mode"})
 # Changing any of these re-checks the template's sources and channel rules.
-CHECKED_FIELDS = frozenset({"channel_type", "subject_template", "body_template"})
+CHECKED_FIELDS = frozenset(
+    {"channel_type", "subject_template", "body_template", "variables_description", "locales"}
+)
 KEY_CONSTRAINT = "uq_ent_notification_template_enterprise_id_template_key"
 
 
@@ -53,6 +58,8 @@ class NewTemplate:
     description: str | None = None
     subject_template: str | None = None
     variables_description: dict[str, Any] | None = None
+    undefined_mode: str = "strict"
+    locales: dict[str, Any] | None = None
 
 
 class TemplateKeyConflict(Exception):
@@ -78,22 +85,40 @@ def check_template(
     subject_template: str | None,
     body_template: str,
     variables_description: Any = None,
+    locales: Mapping[str, Any] | None = None,
 ) -> None:
-    """Raise InvalidTemplate unless the template can be rendered by its channel's rules."""
-    problems = []
-    if not body_template or not body_template.strip():
-        problems.append({"field": "body_template", "message": "the body cannot be empty"})
-    if channel_type is ChannelType.EMAIL and not (subject_template or "").strip():
-        problems.append(
-            {"field": "subject_template", "message": "an EMAIL template needs a subject"}
+    """Raise InvalidTemplate unless the template, and each of its locale variants, can be
+    rendered by its channel's rules."""
+    sources = [("", subject_template, body_template)]
+    for tag, variant in (locales or {}).items():
+        sources.append(
+            (f"locales.{tag}.", variant.get("subject_template"), variant["body_template"])
         )
+    problems = []
+    for prefix, subject, body in sources:
+        if not body or not body.strip():
+            problems.append(
+                {"field": f"{prefix}body_template", "message": "the body cannot be empty"}
+            )
+        if channel_type is ChannelType.EMAIL and not (subject or "").strip():
+            problems.append(
+                {
+                    "field": f"{prefix}subject_template",
+                    "message": "an EMAIL template needs a subject",
+                }
+            )
     if variables_description is not None and not isinstance(variables_description, Mapping):
         problems.append(
             {"field": "variables_description", "message": "must be an object keyed by variable"}
         )
     if problems:
         raise InvalidTemplate(problems, syntax=False)
-    syntax_errors = validate_template_source(subject_template, body_template)
+    syntax_errors = []
+    for prefix, subject, body in sources:
+        syntax_errors += [
+            {**error, "field": prefix + error["field"]}
+            for error in validate_template_source(subject, body)
+        ]
     if syntax_errors:
         raise InvalidTemplate(syntax_errors, syntax=True)
 
@@ -151,7 +176,11 @@ class TemplateService:
     ) -> NotificationTemplate:
         """Check and insert a DRAFT template; raises InvalidTemplate or TemplateKeyConflict."""
         check_template(
-            data.channel_type, data.subject_template, data.body_template, data.variables_description
+            data.channel_type,
+            data.subject_template,
+            data.body_template,
+            data.variables_description,
+            data.locales,
         )
         row = NotificationTemplate(
             enterprise_id=enterprise_id,
@@ -162,6 +191,8 @@ class TemplateService:
             subject_template=data.subject_template,
             body_template=data.body_template,
             variables_description=data.variables_description,
+            undefined_mode=data.undefined_mode,
+            locales=data.locales,
             publish_status=PublishStatus.DRAFT,
             created_by=created_by,
             updated_by=created_by,
@@ -190,12 +221,13 @@ class TemplateService:
         row = self.get_template(template_id, enterprise_id, for_update=True)
         if row is None or not changes:
             return row
-        if CHECKED_FIELDS & set(changes) or "variables_description" in changes:
+        if CHECKED_FIELDS & set(changes):
             check_template(
                 changes.get("channel_type", row.channel_type),
                 changes.get("subject_template", row.subject_template),
                 changes.get("body_template", row.body_template),
                 changes.get("variables_description", row.variables_description),
+                changes.get("locales", row.locales),
             )
         for name, value in changes.items():
             setattr(row, name, value)
@@ -213,7 +245,11 @@ class TemplateService:
         if row is None:
             return None
         check_template(
-            row.channel_type, row.subject_template, row.body_template, row.variables_description
+            row.channel_type,
+            row.subject_template,
+            row.body_template,
+            row.variables_description,
+            row.locales,
         )
         row.publish_status = PublishStatus.PUBLISH
         row.updated_by = updated_by

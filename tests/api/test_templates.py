@@ -112,6 +112,7 @@ def test_preview_without_subject_omits_it(client, tenant):
 
 def test_preview_shows_the_latest_edit(client, tenant):
     created = create(client, tenant, channel_type="SMS", subject_template=None, body_template="v1")
+    client.post(f"/api/templates/{created['id']}/publish", headers=tenant.headers)
     renderer = get_template_renderer()
     assert renderer.render_template(created["id"], tenant.enterprise_id, {}).body == "v1"
     client.patch(

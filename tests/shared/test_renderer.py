@@ -52,9 +52,13 @@ def settings(**changes: Any) -> Settings:
 def create(
     enterprise_id: uuid.UUID, key: str, channel: ChannelType, body: str, **extra: Any
 ) -> int:
+    """A PUBLISH template (only published ones are rendered at send time)."""
     data = NewTemplate(template_key=key, channel_type=channel, body_template=body, **extra)
     with transaction() as session:
-        return TemplateService(session).create_template(enterprise_id, data).id
+        service = TemplateService(session)
+        template_id = service.create_template(enterprise_id, data).id
+        service.publish_template(template_id, enterprise_id)
+        return template_id
 
 
 def edit(enterprise_id: uuid.UUID, template_id: int, **changes: Any) -> None:
