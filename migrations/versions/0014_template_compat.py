@@ -9,8 +9,8 @@ Create Date: 2026-11-27
   or `blank` (it prints as "", as the original XNovu's Liquid did).
 - `ent_notification_template.locales`: the template's variants per locale, an object keyed by
   locale tag (`fr`, `fr-CA`) whose values hold `body_template` and, where the channel has one,
-  `subject_template`; NULL (or JSON null) when it has none. The row's own subject and body are the default.
-  The API bounds the variants' number and sizes; the database holds their shape only.
+  `subject_template`; NULL (or JSON null) when it has none. The row's own subject and body are
+  the default. The API bounds the variants' number and sizes; the database holds their shape.
 
 Both are columns of the template row, so the template cache loads a template with its
 variants in the one query it already makes (docs/architecture.md, "Templates of the
