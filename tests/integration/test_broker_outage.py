@@ -45,12 +45,11 @@ def _trigger_timed(client: Any, tenant: Any) -> tuple[dict[str, Any], float]:
 def _wait_until_worker_holds_nothing(timeout: float = 60) -> None:
     """Wait until no worker holds a message (active, prefetched or waiting for its countdown).
 
-    A Celery 5.7 / kombu 5.7 worker that holds unacknowledged messages when Redis goes away
-    exits with "Unrecoverable error: AttributeError(... 'hostname')" while restoring them
-    (kombu's redis transport). In production its supervisor restarts it and nothing is lost
-    (the rows are in PostgreSQL, docs/architecture.md guarantee 2); these tests are about the
-    API and beat during the outage, so they start from a worker that holds nothing, and run it
-    supervised (Worker.supervised) for the case where beat hands it a message in between.
+    A Celery 5.7 / kombu 5.7 worker that held unacknowledged messages when Redis went away
+    exited with "Unrecoverable error: AttributeError(... 'hostname')" while restoring them;
+    worker/broker.py now keeps it alive (tests/integration/test_kombu_restore.py). These tests
+    are about the API and beat during the outage, so they still start from a worker that holds
+    nothing, and run it supervised (Worker.supervised), as production does.
     """
     from shared.queue import producer
 
