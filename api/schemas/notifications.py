@@ -64,6 +64,10 @@ class NotificationRead(BaseModel):
     enterprise_id: uuid.UUID
     workflow_key: str
     notification_workflow_id: int | None
+    # The scheduled rule that created it, and for which of its fire times (docs/architecture.md,
+    # "Rules"); null for a trigger's.
+    notification_rule_id: int | None
+    rule_fire_at: dt.datetime | None
     notification_status: NotificationStatus
     transaction_id: str
     payload: dict[str, Any]

@@ -271,6 +271,20 @@ def _record(
     for fire in group:
         updates[fire.rule_id].fired_at = fire.fire_at
     result.fired += len(recorded)
+    if log.isEnabledFor(logging.INFO):
+        # The intake's line for each notification it records (shared/logs.py), with its rule.
+        for row, fire in zip(recorded, group, strict=True):
+            log.info(
+                "notification accepted",
+                extra={
+                    "enterprise_id": str(enterprise_id),
+                    "notification_id": row.notification_id,
+                    "transaction_id": row.transaction_id,
+                    "workflow_id": row.workflow_key,
+                    "rule_id": fire.rule_id,
+                    "rule_fire_at": fire.fire_at.isoformat(),
+                },
+            )
     return [(row.notification_id, fire) for row, fire in zip(recorded, group, strict=True)]
 
 

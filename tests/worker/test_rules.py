@@ -156,6 +156,8 @@ def test_an_every_minute_rule_fires_once_a_minute_and_each_is_sent(client, tenan
         assert sent["notification_workflow_id"] == workflow["id"]
         assert sent["transaction_id"].startswith("xn-")
         assert sent["payload"] == {"message": "hello"} and sent["recipients"] == ["ops-1"]
+        assert sent["notification_rule_id"] == rule_id
+        assert dt.datetime.fromisoformat(sent["rule_fire_at"]) == r.rule_fire_at
         events = client.get(f"/api/notifications/{r.id}/events", headers=tenant.headers)
         assert events.json()["items"][0]["kind"] == "accepted", events.text
     rule = _rule_row(rule_id)
