@@ -123,6 +123,17 @@ def test_a_row_with_the_original_columns_is_sent(client, tenant, worker, emulato
     assert kinds == ["accepted", "attempt.started", "sent"], kinds
 
 
+def test_a_scheduled_row_is_sent_when_due(client, tenant, worker, stack):
+    workflow_id = _workflow_row(stack, tenant.enterprise_id)
+    due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)
+    notification_id, _, _ = _insert(
+        stack, tenant.enterprise_id, workflow_id, signup_payload(), scheduled_for=due
+    )
+    row = wait_for_status(client, tenant, notification_id, {"SENT", "FAILED"}, timeout=30)
+    assert row["notification_status"] == "SENT", row
+    assert dt.datetime.fromisoformat(row["processed_at"]) >= due  # not before it was due
+
+
 @pytest.mark.parametrize(
     ("workflow_status", "deactivated", "row_status", "code"),
     [
