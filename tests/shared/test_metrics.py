@@ -3,8 +3,14 @@ at once give what counting each would, and a Novu call's endpoint label never ho
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Histogram
 
+from devtools.devstack import free_port
 from shared import metrics
 
 
@@ -70,3 +76,36 @@ def test_novu_endpoints_are_named_never_by_path():
 def test_a_workflow_label_is_a_static_key_or_the_dynamic_bucket():
     assert metrics.workflow_label("user-signup", static=True) == "user-signup"
     assert metrics.workflow_label("tenant-chosen-key", static=False) == metrics.DYNAMIC
+
+
+# A worker's main process as Celery runs it: the switch to multiprocess mode, then a forked
+# child counting, then the parent; prints what the endpoint serves.
+_WORKER = """
+import os, sys, httpx
+from shared import metrics
+port = int(sys.argv[1])
+metrics.serve_worker_metrics("127.0.0.1", port)
+child = os.fork()
+if child == 0:
+    metrics.RECONCILER.labels("released").inc(2)
+    os._exit(0)
+os.waitpid(child, 0)
+metrics.child_exited(child)
+metrics.RECONCILER.labels("released").inc(3)
+print(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+"""
+
+
+def test_a_worker_serves_its_childrens_sum_and_forgets_an_earlier_run(tmp_path):
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for run in range(2):  # the second run finds the first one's files
+        served = subprocess.run(
+            [sys.executable, "-c", _WORKER, str(free_port())],
+            env=env,
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert 'xnovu_reconciler_rows_total{action="released"} 5.0' in served, (run, served)

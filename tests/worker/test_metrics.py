@@ -25,6 +25,7 @@ from shared.db.session import transaction
 from shared.workflows.registry import get_registry
 from tests.conftest import retract_leftover_rows, wait_for_status
 from tests.factories import trigger_signup
+from tests.webhook_receiver import Receiver, serve
 
 pytestmark = pytest.mark.integration
 
@@ -333,3 +334,32 @@ def test_every_series_the_dashboard_and_alerts_name_is_exported(client, operator
 def test_the_expression_reader_finds_a_misspelt_series():
     named = _series_named('sum by (le) (rate(xnovu_nope_bucket{endpoint="x"}[5m])) > 0.5')
     assert named == {"xnovu_nope_bucket": {"endpoint"}}
+
+
+def test_status_webhooks_are_counted_by_the_webhook_worker(client, tenant, worker, webhook_worker):
+    before = scrape(webhook_worker.metrics_url)
+    receivers = serve(Receiver())
+    receiver = next(receivers)
+    try:
+        answer = client.post(
+            "/api/webhooks",
+            json={"url": receiver.url, "eventTypes": ["notification.sent"]},
+            headers=tenant.headers,
+        )
+        assert answer.status_code == 201, answer.text
+        sent = trigger_signup(client, tenant)["notificationId"]
+        wait_for_status(client, tenant, sent, {"SENT"})
+        poll(
+            lambda: any(r.event["data"].get("notificationId") == sent for r in receiver.events()),
+            "the webhook",
+        )
+
+        def counted() -> bool:
+            name = "xnovu_status_webhooks_total"
+            delivered = value(scrape(webhook_worker.metrics_url), name, outcome="delivered")
+            return delivered > value(before, name, outcome="delivered")
+
+        # Other tests' endpoints may be retried meanwhile: at least this one was delivered.
+        poll(counted, "the delivered webhook's count")
+    finally:
+        receivers.close()
