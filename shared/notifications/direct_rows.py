@@ -23,7 +23,6 @@ from shared.notifications.novu_trigger import PermanentDeliveryError
 from shared.notifications.repository import ClaimedRow
 from shared.notifications.schemas import TriggerRequest
 from shared.settings import Settings
-from shared.workflows.instance import WorkflowInstance
 from shared.workflows.registry import get_registry
 
 # A row's own publish status that lets it be sent: NONE is this schema's default (intake's
@@ -31,11 +30,11 @@ from shared.workflows.registry import get_registry
 SENDABLE_ROW_STATUSES = frozenset({PublishStatus.NONE.value, PublishStatus.PUBLISH.value})
 
 
-def vet(row: ClaimedRow, settings: Settings) -> WorkflowInstance:
-    """The workflow a row another service inserted is sent with, once it passed every check
-    intake makes of a trigger; PermanentDeliveryError saying why it cannot be sent otherwise
-    (the row or its workflow not published or deactivated, the workflow another
-    enterprise's or unknown, the payload or recipients refused, with intake's field errors)."""
+def vet(row: ClaimedRow, settings: Settings) -> None:
+    """Make every check intake makes of a trigger on a row another service inserted; raise
+    PermanentDeliveryError saying why it cannot be sent (the row or its workflow not published
+    or deactivated, the workflow another enterprise's or unknown, the payload or recipients
+    refused, with intake's field errors)."""
     direct = row.direct or {}
     status = direct.get("publishStatus")
     if status not in SENDABLE_ROW_STATUSES:
@@ -80,7 +79,6 @@ def vet(row: ClaimedRow, settings: Settings) -> WorkflowInstance:
         ) from None
     except DomainError as exc:
         raise PermanentDeliveryError(exc.code, exc.message, exc.details) from None
-    return workflow
 
 
 def _check_workflow_row(
