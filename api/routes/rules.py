@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -99,22 +100,28 @@ def update_rule(
     return RuleRead.of(row)
 
 
+def _transition(
+    session: SessionDep,
+    enterprise_id: EnterpriseDep,
+    rule_id: int,
+    apply: Callable[[RuleService, NotificationRule], NotificationRule],
+) -> RuleRead:
+    service = RuleService(session)
+    row = apply(service, _rule(service, rule_id, enterprise_id))
+    session.commit()
+    return RuleRead.of(row)
+
+
 @router.post("/{rule_id}/publish", response_model=RuleRead)
 def publish_rule(rule_id: RuleId, session: SessionDep, enterprise_id: EnterpriseDep) -> RuleRead:
     """Make the rule fire (a deactivated one too), checked against its workflow as it is now."""
-    service = RuleService(session)
-    row = service.publish_rule(_rule(service, rule_id, enterprise_id))
-    session.commit()
-    return RuleRead.of(row)
+    return _transition(session, enterprise_id, rule_id, RuleService.publish_rule)
 
 
 @router.post("/{rule_id}/deactivate", response_model=RuleRead)
 def deactivate_rule(rule_id: RuleId, session: SessionDep, enterprise_id: EnterpriseDep) -> RuleRead:
     """Stop the rule firing; publishing it again makes it fire from then on."""
-    service = RuleService(session)
-    row = service.deactivate_rule(_rule(service, rule_id, enterprise_id))
-    session.commit()
-    return RuleRead.of(row)
+    return _transition(session, enterprise_id, rule_id, RuleService.deactivate_rule)
 
 
 @router.get("/{rule_id}/preview", response_model=RulePreview)

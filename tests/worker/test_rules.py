@@ -10,6 +10,7 @@ days), where that beat never finds them due, and call `fire_rules(now)` themselv
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 import uuid
@@ -85,6 +86,35 @@ def _activate(
         if changed_at is not None:
             values["schedule_changed_at"] = changed_at
         session.execute(update(NotificationRule).where(where).values(**values))
+
+
+def _insert_rule(
+    enterprise_id: uuid.UUID, workflow_id: int, config: dict[str, Any], payload: dict[str, Any]
+) -> int:
+    """A published rule as another service writes it: plain SQL, the original's columns."""
+    with transaction() as session:
+        [(rule_id,)] = (
+            session.connection()
+            .exec_driver_sql(
+                """
+                INSERT INTO notify.ent_notification_rule (
+                    name, enterprise_id, notification_workflow_id, trigger_type,
+                    trigger_config, rule_payload, publish_status
+                ) VALUES (
+                    'written by another service', %(enterprise)s, %(workflow)s, 'CRON',
+                    %(config)s, %(payload)s, 'PUBLISH'
+                ) RETURNING id
+                """,
+                {
+                    "enterprise": enterprise_id,
+                    "workflow": workflow_id,
+                    "config": json.dumps(config),
+                    "payload": json.dumps(payload),
+                },
+            )
+            .all()
+        )
+    return int(rule_id)
 
 
 def _fired(rule_id: int) -> list[Notification]:
@@ -265,24 +295,12 @@ def test_a_rule_at_0230_berlin_time_fires_once_on_both_dst_change_days(client, t
 
 def test_a_rule_another_service_wrote_in_the_original_form_fires(client, tenant, worker):
     workflow = _workflow(client, tenant)
-    with transaction() as session:
-        [(rule_id,)] = (
-            session.connection()
-            .exec_driver_sql(
-                """
-            INSERT INTO notify.ent_notification_rule (
-                name, enterprise_id, notification_workflow_id, trigger_type, trigger_config,
-                rule_payload, publish_status
-            ) VALUES (
-                'original', %(enterprise)s, %(workflow)s, 'CRON',
-                '{"cron": "0 9 * * 1", "timezone": "UTC"}',
-                '{"recipients": ["ops-2"], "message": "from the original"}', 'PUBLISH'
-            ) RETURNING id
-            """,
-                {"enterprise": tenant.enterprise_id, "workflow": workflow["id"]},
-            )
-            .all()
-        )
+    rule_id = _insert_rule(
+        tenant.enterprise_id,
+        workflow["id"],
+        {"cron": "0 9 * * 1", "timezone": "UTC"},
+        {"recipients": ["ops-2"], "message": "from the original"},
+    )
     next_fire = _wait(lambda: _rule_row(rule_id).next_fire_at, "beat to arm the rule")
     assert next_fire.weekday() == 0 and (next_fire.hour, next_fire.minute) == (9, 0)
     fire_rules(next_fire + dt.timedelta(seconds=1))
@@ -299,23 +317,12 @@ def test_fires_that_fail_the_checks_create_nothing_and_say_why(client, tenant, w
     workflow = _workflow(client, tenant)
     other = make_tenant()
     now = _ahead()
-    with transaction() as session:
-        [(foreign,)] = (
-            session.connection()
-            .exec_driver_sql(
-                """
-            INSERT INTO notify.ent_notification_rule (
-                name, enterprise_id, notification_workflow_id, trigger_type, trigger_config,
-                rule_payload, publish_status
-            ) VALUES (
-                'foreign', %(enterprise)s, %(workflow)s, 'CRON', '{"cron": "* * * * *"}',
-                '{"recipients": ["x"], "payload": {"message": "hi"}}', 'PUBLISH'
-            ) RETURNING id
-            """,
-                {"enterprise": other.enterprise_id, "workflow": workflow["id"]},
-            )
-            .all()
-        )
+    foreign = _insert_rule(
+        other.enterprise_id,
+        workflow["id"],
+        {"cron": "* * * * *"},
+        {"recipients": ["x"], "payload": {"message": "hi"}},
+    )
     stale = _rule(client, tenant, workflow["id"], "* * * * *")
     for rule_id in (foreign, stale):
         _activate(rule_id, next_fire_at=now)
