@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -22,7 +24,8 @@ from tests.rows import claim, insert_notification, set_columns
 pytestmark = pytest.mark.integration
 
 # What another service runs (README, "Rows written by other services"): the original's
-# columns only, in a transaction of its enterprise as xnovu_app (row-level security).
+# columns only, as a login role of its own, in a transaction of its enterprise as xnovu_app
+# (row-level security).
 ORIGINAL_INSERT = """
     INSERT INTO notify.ent_notification (
         name, description, notification_workflow_id, payload, recipients, publish_status,
@@ -35,16 +38,29 @@ ORIGINAL_INSERT = """
 """
 
 
-def _as_service(stack: Stack, enterprise_id: uuid.UUID, sql: str, params: Any) -> list[Any]:
+@pytest.fixture(scope="module")
+def service_url(stack: Stack) -> Iterator[str]:
+    """A login role of another service's, a member of xnovu_app and nothing else, as the
+    README tells deployments to make one; its connection URL."""
+    role = f"svc_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT xnovu_app TO {role}")
+    yield stack.database_url.replace(f"//{urlsplit(stack.database_url).username}@", f"//{role}@")
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE {role}")
+
+
+def _as_service(url: str, enterprise_id: uuid.UUID, sql: str, params: Any) -> list[Any]:
     """One statement in a transaction of the enterprise, as another service runs it."""
-    with psycopg.connect(stack.database_url) as conn:
+    with psycopg.connect(url) as conn:
         conn.execute("SET LOCAL ROLE xnovu_app")
         conn.execute("SELECT set_config('xnovu.enterprise_id', %s, true)", (str(enterprise_id),))
         return conn.execute(sql, params).fetchall()
 
 
 def _workflow_row(
-    stack: Stack,
+    url: str,
     enterprise_id: uuid.UUID,
     *,
     status: str = "PUBLISH",
@@ -53,7 +69,7 @@ def _workflow_row(
     """The enterprise's row of the static workflow user-signup, as the original keeps one per
     enterprise."""
     [(workflow_id,)] = _as_service(
-        stack,
+        url,
         enterprise_id,
         """
         INSERT INTO notify.ent_notification_workflow (
@@ -68,7 +84,7 @@ def _workflow_row(
 
 
 def _insert(
-    stack: Stack,
+    url: str,
     enterprise_id: uuid.UUID,
     workflow_id: int,
     payload: dict[str, Any],
@@ -78,7 +94,7 @@ def _insert(
     recipients: list[Any] | None = None,
 ) -> tuple[int, str, str]:
     [(notification_id, workflow_key, transaction_id)] = _as_service(
-        stack,
+        url,
         enterprise_id,
         ORIGINAL_INSERT,
         {
@@ -99,11 +115,11 @@ def _novu_events(emulator: Any, transaction_id: str) -> list[dict[str, Any]]:
     return list(emulator.get("/_emulator/events", params={"transactionId": transaction_id}).json())
 
 
-def test_a_row_with_the_original_columns_is_sent(client, tenant, worker, emulator, stack):
-    workflow_id = _workflow_row(stack, tenant.enterprise_id)
+def test_a_row_with_the_original_columns_is_sent(client, tenant, worker, emulator, service_url):
+    workflow_id = _workflow_row(service_url, tenant.enterprise_id)
     user = uuid.uuid4()
     notification_id, workflow_key, transaction_id = _insert(
-        stack, tenant.enterprise_id, workflow_id, signup_payload(str(user)), recipients=[user]
+        service_url, tenant.enterprise_id, workflow_id, signup_payload(str(user)), recipients=[user]
     )
     assert workflow_key == "user-signup"  # derived from the workflow row
     assert transaction_id.startswith("xn-")  # the column's default
@@ -123,11 +139,11 @@ def test_a_row_with_the_original_columns_is_sent(client, tenant, worker, emulato
     assert kinds == ["accepted", "attempt.started", "sent"], kinds
 
 
-def test_a_scheduled_row_is_sent_when_due(client, tenant, worker, stack):
-    workflow_id = _workflow_row(stack, tenant.enterprise_id)
+def test_a_scheduled_row_is_sent_when_due(client, tenant, worker, service_url):
+    workflow_id = _workflow_row(service_url, tenant.enterprise_id)
     due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)
     notification_id, _, _ = _insert(
-        stack, tenant.enterprise_id, workflow_id, signup_payload(), scheduled_for=due
+        service_url, tenant.enterprise_id, workflow_id, signup_payload(), scheduled_for=due
     )
     row = wait_for_status(client, tenant, notification_id, {"SENT", "FAILED"}, timeout=30)
     assert row["notification_status"] == "SENT", row
@@ -143,13 +159,13 @@ def test_a_scheduled_row_is_sent_when_due(client, tenant, worker, stack):
     ],
 )
 def test_a_row_that_is_not_to_be_sent_fails_with_the_reason(
-    client, tenant, worker, emulator, stack, workflow_status, deactivated, row_status, code
+    client, tenant, worker, emulator, service_url, workflow_status, deactivated, row_status, code
 ):
     workflow_id = _workflow_row(
-        stack, tenant.enterprise_id, status=workflow_status, deactivated=deactivated
+        service_url, tenant.enterprise_id, status=workflow_status, deactivated=deactivated
     )
     notification_id, _, transaction_id = _insert(
-        stack, tenant.enterprise_id, workflow_id, signup_payload(), publish_status=row_status
+        service_url, tenant.enterprise_id, workflow_id, signup_payload(), publish_status=row_status
     )
     row = wait_for_status(client, tenant, notification_id, {"SENT", "FAILED"}, timeout=30)
     assert row["notification_status"] == "FAILED", row
@@ -159,11 +175,13 @@ def test_a_row_that_is_not_to_be_sent_fails_with_the_reason(
 
 
 def test_a_payload_the_workflow_refuses_fails_with_the_triggers_field_errors(
-    client, tenant, worker, emulator, stack
+    client, tenant, worker, emulator, service_url
 ):
-    workflow_id = _workflow_row(stack, tenant.enterprise_id)
+    workflow_id = _workflow_row(service_url, tenant.enterprise_id)
     payload = {"userId": "u-1", "email": "not an address"}  # no name, a bad email
-    notification_id, _, transaction_id = _insert(stack, tenant.enterprise_id, workflow_id, payload)
+    notification_id, _, transaction_id = _insert(
+        service_url, tenant.enterprise_id, workflow_id, payload
+    )
     row = wait_for_status(client, tenant, notification_id, {"SENT", "FAILED"}, timeout=30)
     assert row["notification_status"] == "FAILED", row
     assert _novu_events(emulator, transaction_id) == []
@@ -181,13 +199,13 @@ def test_a_payload_the_workflow_refuses_fails_with_the_triggers_field_errors(
     assert {d["field"] for d in error["details"]} == {"email", "name"}
 
 
-def test_a_row_naming_another_enterprises_workflow_is_refused(client, tenant, stack):
+def test_a_row_naming_another_enterprises_workflow_is_refused(client, tenant, stack, service_url):
     other = uuid.uuid4()
-    theirs = _workflow_row(stack, other)
+    theirs = _workflow_row(service_url, other)
     name = f"foreign-{uuid.uuid4().hex[:8]}"
     with pytest.raises(psycopg.errors.ForeignKeyViolation, match="not a workflow of enterprise"):
         _as_service(
-            stack,
+            service_url,
             tenant.enterprise_id,
             ORIGINAL_INSERT,
             {
@@ -223,11 +241,11 @@ def test_a_row_naming_another_enterprises_workflow_is_refused(client, tenant, st
     assert count == 0
 
 
-def test_only_rows_other_services_inserted_are_checked_at_claim(tenant, stack):
+def test_only_rows_other_services_inserted_are_checked_at_claim(tenant, service_url):
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)  # beat leaves them alone
-    workflow_id = _workflow_row(stack, tenant.enterprise_id)
+    workflow_id = _workflow_row(service_url, tenant.enterprise_id)
     direct, _, _ = _insert(
-        stack, tenant.enterprise_id, workflow_id, signup_payload(), scheduled_for=later
+        service_url, tenant.enterprise_id, workflow_id, signup_payload(), scheduled_for=later
     )
     recorded = insert_notification(
         tenant.enterprise_id, payload=signup_payload(), scheduled_for=later
@@ -267,18 +285,18 @@ def test_only_rows_other_services_inserted_are_checked_at_claim(tenant, stack):
     ],
 )
 def test_a_row_giving_workflow_key_is_checked_against_the_workflow_it_names(
-    client, tenant, worker, emulator, stack, names, code
+    client, tenant, worker, emulator, service_url, names, code
 ):
     if names == "another enterprise's workflow id":
-        workflow_id: int | None = _workflow_row(stack, uuid.uuid4())
+        workflow_id: int | None = _workflow_row(service_url, uuid.uuid4())
         key = "user-signup"
     elif names == "its key only, the workflow a DRAFT":
-        _workflow_row(stack, tenant.enterprise_id, status="DRAFT")
+        _workflow_row(service_url, tenant.enterprise_id, status="DRAFT")
         workflow_id, key = None, "user-signup"
     else:
-        workflow_id, key = _workflow_row(stack, tenant.enterprise_id), "user-signup-2"
+        workflow_id, key = _workflow_row(service_url, tenant.enterprise_id), "user-signup-2"
     [(notification_id, transaction_id)] = _as_service(
-        stack,
+        service_url,
         tenant.enterprise_id,
         "INSERT INTO notify.ent_notification"
         " (notification_workflow_id, workflow_key, payload, recipients, enterprise_id)"
