@@ -307,3 +307,25 @@ def test_a_row_giving_workflow_key_is_checked_against_the_workflow_it_names(
     assert row["notification_status"] == "FAILED", row
     assert row["error_details"]["code"] == code, row["error_details"]
     assert _novu_events(emulator, transaction_id) == []
+
+
+def test_a_notification_id_trigger_of_a_draft_workflow_row_is_accepted_then_failed(
+    client, tenant, worker, emulator, service_url
+):
+    # As documented (docs/architecture.md, "Rows written by other services"): intake answers
+    # by the stored payload, the claim refuses the DRAFT workflow row.
+    workflow_id = _workflow_row(service_url, tenant.enterprise_id, status="DRAFT")
+    due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)  # beat leaves it until then
+    notification_id, _, transaction_id = _insert(
+        service_url, tenant.enterprise_id, workflow_id, signup_payload(), scheduled_for=due
+    )
+    answer = client.post(
+        "/api/trigger",
+        json={"workflowId": "user-signup", "notificationId": notification_id},
+        headers=tenant.headers,
+    )
+    assert answer.status_code == 202, answer.text
+    row = wait_for_status(client, tenant, notification_id, {"SENT", "FAILED"}, timeout=30)
+    assert row["notification_status"] == "FAILED", row
+    assert row["error_details"]["code"] == "workflow_not_published"
+    assert _novu_events(emulator, transaction_id) == []
