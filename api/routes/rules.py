@@ -38,6 +38,13 @@ def _rule(service: RuleService, rule_id: int, enterprise_id: EnterpriseDep) -> N
     return row
 
 
+def _committed(session: SessionDep, row: NotificationRule) -> RuleRead:
+    """The rule as committed: migration 0012's trigger may have disarmed it on the way."""
+    session.commit()
+    session.refresh(row)
+    return RuleRead.of(row)
+
+
 @router.post("", response_model=RuleRead, status_code=201)
 def create_rule(
     body: RuleCreate, session: SessionDep, enterprise_id: EnterpriseDep, principal: PrincipalDep
@@ -46,8 +53,7 @@ def create_rule(
     values = body.model_dump(exclude_none=True)
     values["rule_payload"] = body.rule_payload.model_dump(exclude_none=True)
     row = RuleService(session).create_rule(enterprise_id, values, created_by=principal.actor)
-    session.commit()
-    return RuleRead.of(row)
+    return _committed(session, row)
 
 
 @router.get("", response_model=RulePage)
@@ -96,8 +102,7 @@ def update_rule(
     row = service.update_rule(
         _rule(service, rule_id, enterprise_id), changes, updated_by=principal.actor
     )
-    session.commit()
-    return RuleRead.of(row)
+    return _committed(session, row)
 
 
 def _transition(
@@ -108,8 +113,7 @@ def _transition(
 ) -> RuleRead:
     service = RuleService(session)
     row = apply(service, _rule(service, rule_id, enterprise_id))
-    session.commit()
-    return RuleRead.of(row)
+    return _committed(session, row)
 
 
 @router.post("/{rule_id}/publish", response_model=RuleRead)

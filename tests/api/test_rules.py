@@ -315,6 +315,26 @@ def test_a_schedule_change_disarms_the_rule_whoever_writes_it(client, tenant):
         )
     before = client.get(f"/api/rules/{rule['id']}", headers=tenant.headers).json()
     assert dt.datetime.fromisoformat(before["next_fire_at"]) == armed_at
+    # A change of name keeps it armed; the answer to a change of schedule shows it disarmed.
+    renamed = client.patch(
+        f"/api/rules/{rule['id']}", json={"name": "renamed"}, headers=tenant.headers
+    ).json()
+    assert dt.datetime.fromisoformat(renamed["next_fire_at"]) == armed_at
+    rescheduled = client.patch(
+        f"/api/rules/{rule['id']}",
+        json={"trigger_config": {"cron": "0 10 * * 1"}},
+        headers=tenant.headers,
+    ).json()
+    # Not the stale time (unarmed; or, under the suite's beat, already armed anew).
+    stale = rescheduled["next_fire_at"]
+    assert stale is None or dt.datetime.fromisoformat(stale) != armed_at
+    with transaction() as session:  # armed again, as the scheduler would
+        session.execute(
+            update(NotificationRule)
+            .where(NotificationRule.id == rule["id"])
+            .values(next_fire_at=armed_at)
+        )
+    before = client.get(f"/api/rules/{rule['id']}", headers=tenant.headers).json()
     with transaction() as session:  # another service's plain SQL
         session.connection().exec_driver_sql(
             "UPDATE notify.ent_notification_rule SET trigger_config = %(config)s WHERE id = %(id)s",
