@@ -127,6 +127,17 @@ def test_preview_lists_the_next_fire_times_in_utc_and_local_time(client, tenant)
         if number:
             previous = dt.datetime.fromisoformat(times[number - 1]["utc"])
             assert utc - previous == dt.timedelta(days=1)
+    disabled = client.patch(
+        f"/api/rules/{rule['id']}",
+        json={"trigger_config": {"cron": "30 2 * * *", "enabled": False}},
+        headers=tenant.headers,
+    )
+    assert disabled.status_code == 200, disabled.text
+    api_error(
+        client.get(f"/api/rules/{rule['id']}/preview", headers=tenant.headers),
+        409,
+        "rule_disabled",
+    )
     for count in (0, 101):
         api_error(
             client.get(f"/api/rules/{rule['id']}/preview?count={count}", headers=tenant.headers),

@@ -341,3 +341,35 @@ def test_fires_that_fail_the_checks_create_nothing_and_say_why(client, tenant, w
         assert rule.last_error["fireAt"] == now.isoformat()
         assert rule.next_fire_at == now + MINUTE
     assert _rule_row(stale).last_error["details"][0]["field"] == "message"
+
+
+def test_a_fire_time_already_recorded_is_refused_by_the_database_and_said(client, tenant, worker):
+    """The unique index is the last word: a rule whose fire time already has its notification
+    (as if a scheduler's update of the rule had been lost) gets no second one."""
+    workflow = _workflow(client, tenant)
+    now = _ahead()
+    rule_id = _rule(client, tenant, workflow["id"], "* * * * *")
+    bystander = _rule(client, tenant, workflow["id"], "* * * * *")
+    _activate(rule_id, next_fire_at=now)
+    fire_rules(now + dt.timedelta(seconds=1))
+    [first] = _fired(rule_id)
+    with transaction() as session:  # the rule forgets it fired
+        session.execute(
+            update(NotificationRule).where(NotificationRule.id == rule_id).values(next_fire_at=now)
+        )
+    _activate(bystander, next_fire_at=now)
+    other_enterprise = make_tenant()
+    elsewhere = _rule(
+        client, other_enterprise, _workflow(client, other_enterprise)["id"], "* * * * *"
+    )
+    _activate(elsewhere, next_fire_at=now)
+    result = fire_rules(now + dt.timedelta(seconds=2))
+    assert [r.id for r in _fired(rule_id)] == [first.id]
+    rule = _rule_row(rule_id)
+    assert rule.last_error is not None and rule.last_error["code"] == "record_failed"
+    assert "ux_ent_notification_rule_fire" in rule.last_error["message"]
+    assert rule.next_fire_at == now + MINUTE
+    # Its enterprise's fires of that tick share its savepoint; another enterprise's do not.
+    assert _fired(bystander) == [] and _rule_row(bystander).last_error["code"] == "record_failed"
+    assert [r.rule_fire_at for r in _fired(elsewhere)] == [now]
+    assert (result.fired, result.failed) == (1, 2)
