@@ -42,13 +42,13 @@ class Schedule:
 
     def next_after(self, moment: dt.datetime) -> dt.datetime:
         """The first fire time strictly after `moment`, in UTC."""
-        return self._times(moment, reverse=False)[0]
+        return _first(self, moment, reverse=False)
 
     def latest_at_or_before(self, moment: dt.datetime) -> dt.datetime:
         """The last fire time at or before `moment` (to the second), in UTC."""
         # cronsim's reverse iteration starts strictly before its start: a second later.
         start = moment.replace(microsecond=0) + dt.timedelta(seconds=1)
-        return self._times(start, reverse=True)[0]
+        return _first(self, start, reverse=True)
 
     def upcoming(self, moment: dt.datetime, count: int) -> list[dt.datetime]:
         """The next `count` fire times strictly after `moment`, in UTC."""
@@ -62,6 +62,13 @@ class Schedule:
         times = (time.astimezone(dt.UTC) for time in CronSim(self.cron, local, reverse=reverse))
         ahead = (time for time in times if (time < moment if reverse else time > moment))
         return list(islice(ahead, count))
+
+
+# A tick asks every due rule for its fire time at the tick's `now` and for the next after it:
+# rules sharing a schedule share the answers.
+@lru_cache(maxsize=4096)
+def _first(schedule: Schedule, moment: dt.datetime, *, reverse: bool) -> dt.datetime:
+    return schedule._times(moment, reverse=reverse)[0]
 
 
 def parse_schedule(config: Any) -> Schedule | None:
