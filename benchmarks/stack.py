@@ -180,7 +180,8 @@ class BenchStack:
         name: str = "worker",
         extra_env: dict[str, str] | None = None,
     ) -> Process:
-        """A `celery worker` as `make run` starts it (prefork, events on), ready when it pongs."""
+        """A `celery worker` as `make run` starts it (prefork, events on, its metrics served:
+        shared/metrics.py), ready when it pongs."""
         hostname = f"{name}-{os.getpid()}-{free_port()}@bench"
         process = self.spawn(
             name,
@@ -189,7 +190,7 @@ class BenchStack:
                 f"--concurrency={concurrency}", "-Q", queues, f"--hostname={hostname}",
                 "--without-mingle", "--without-gossip",
             ],
-            env=extra_env,
+            env={"WORKER_METRICS_PORT": str(free_port()), **(extra_env or {})},
         )  # fmt: skip
         from shared.queue import producer
 
@@ -208,6 +209,7 @@ class BenchStack:
                 PY, "-m", "celery", "-A", "worker.celery_app", "beat", "--loglevel=WARNING",
                 f"--schedule={self.root / 'celerybeat-schedule'}",
             ],
+            env={"BEAT_METRICS_PORT": str(free_port())},
         )  # fmt: skip
 
     def stop_process(self, process: Process) -> None:

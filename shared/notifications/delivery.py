@@ -504,7 +504,10 @@ def _land(conn: Connection, run: _Run, flight: _Flight) -> None:
         )
     if log.isEnabledFor(logging.INFO):
         _log_outcomes(flight.rows, outcomes, moved)
-    _count_outcomes(run.enterprise_id, flight.rows, outcomes, moved, since_due)
+    try:
+        _count_outcomes(run.enterprise_id, flight.rows, outcomes, moved, since_due)
+    except Exception as exc:  # the outcomes are recorded: a metric never fails a delivery
+        log.warning("delivery metrics not counted: %s", exc)
     retry_groups: dict[float, list[int]] = {}
     for outcome in outcomes:
         if outcome.notification_id not in moved:
@@ -529,14 +532,21 @@ def _count_outcomes(
     since_due: dict[int, float],
 ) -> None:
     """The sub-batch's outcomes in the worker's metrics (shared/metrics.py): one increment per
-    label set, the workflow of each key looked up once."""
+    label set, the workflow of each key looked up once, in memory only: the enterprise's
+    workflows when the registry holds them fresh (the render just used them), else the static
+    ones (a key of neither counts as dynamic)."""
+    registry = get_registry()
+    fresh = registry.is_fresh(enterprise_id)
     keys = {row.id: row.workflow_key for row in rows}
     workflows: dict[str, tuple[str, tuple[str, ...]]] = {}
     counted = metrics.Outcomes()
     for outcome in outcomes:
         key = keys.get(outcome.notification_id, "")
         if key not in workflows:
-            workflow = get_registry().get_workflow(key, enterprise_id)
+            if fresh:
+                workflow = registry.get_workflow(key, enterprise_id)
+            else:
+                workflow = registry.get_static_workflows().get(key)
             static = workflow is not None and workflow.enterprise_id is None
             channels = tuple(c.value.lower() for c in workflow.channels) if workflow else ()
             workflows[key] = (metrics.workflow_label(key, static), channels)

@@ -142,29 +142,16 @@ def test_reconciler_counts_the_rows_it_republished_and_whose_lease_ran_out(
     client, tenant, worker, emulator
 ):
     before = scrape(worker.metrics_url)
-    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
-    lost = trigger_signup(client, tenant, scheduledFor=later)["notificationId"]
-    dead = trigger_signup(client, tenant, scheduledFor=later)["notificationId"]
-    with transaction() as session:
-        # A due row whose message was published long ago and never consumed...
-        session.execute(
-            update(Notification)
-            .where(Notification.id == lost)
-            .values(
-                scheduled_for=None, enqueued_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-            )
-        )
-        # ...and one whose worker died holding it.
-        session.execute(
-            update(Notification)
-            .where(Notification.id == dead)
-            .values(
-                scheduled_for=None,
-                notification_status=NotificationStatus.PROCESSING,
-                attempts=1,
-                locked_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1),
-            )
-        )
+    # A due row whose message was published long ago and never consumed...
+    lost = _held(client, tenant, enqueued_at=func.now() - dt.timedelta(minutes=5))
+    # ...and one whose worker died holding it.
+    dead = _held(
+        client,
+        tenant,
+        notification_status=NotificationStatus.PROCESSING,
+        attempts=1,
+        locked_until=func.now() - dt.timedelta(seconds=1),
+    )
     for notification_id in (lost, dead):
         wait_for_status(client, tenant, notification_id, {"SENT"}, timeout=20)
 
@@ -180,6 +167,18 @@ def test_reconciler_counts_the_rows_it_republished_and_whose_lease_ran_out(
         )
 
     poll(counted, "the reconciler's counts")
+
+
+def _held(client: Any, tenant: Any, **values: Any) -> int:
+    """A notification triggered for an hour from now (so nothing takes it meanwhile), then
+    made due with `values` written over its row."""
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    held = trigger_signup(client, tenant, scheduledFor=later)["notificationId"]
+    with transaction() as session:
+        session.execute(
+            update(Notification).where(Notification.id == held).values(scheduled_for=None, **values)
+        )
+    return int(held)
 
 
 def _attempts(notification_id: int) -> int:
@@ -210,19 +209,14 @@ def test_backlog_gauges_match_the_database(client, tenant, worker):
     scheduled = [
         trigger_signup(client, tenant, scheduledFor=later)["notificationId"] for _ in range(3)
     ]
-    waiting = trigger_signup(client, tenant, scheduledFor=later)["notificationId"]
-    with transaction() as session:
-        # Due for 90 s and published for later (as a retry by message is): nobody takes it
-        # before then, so it waits, PENDING and due, while the gauges are read.
-        session.execute(
-            update(Notification)
-            .where(Notification.id == waiting)
-            .values(
-                scheduled_for=None,
-                created_at=func.now() - dt.timedelta(seconds=90),
-                enqueued_at=func.now() + dt.timedelta(hours=1),
-            )
-        )
+    # Due for 90 s and published for later (as a retry by message is): nobody takes it before
+    # then, so it waits, PENDING and due, while the gauges are read.
+    _held(
+        client,
+        tenant,
+        created_at=func.now() - dt.timedelta(seconds=90),
+        enqueued_at=func.now() + dt.timedelta(hours=1),
+    )
     seen: dict[str, object] = {}
 
     def matches() -> bool:
