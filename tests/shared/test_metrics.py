@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from prometheus_client import CollectorRegistry, Histogram
 
 from devtools.devstack import free_port
@@ -109,3 +110,22 @@ def test_a_worker_serves_its_childrens_sum_and_forgets_an_earlier_run(tmp_path):
             check=True,
         ).stdout
         assert 'xnovu_reconciler_rows_total{action="released"} 5.0' in served, (run, served)
+
+
+def test_prometheus_scrapes_where_compose_serves_the_metrics():
+    repo = Path(__file__).resolve().parents[2]
+    services = yaml.safe_load((repo / "docker-compose.yml").read_text())["services"]
+    scrape = yaml.safe_load((repo / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    setting = {"xnovu-worker": "WORKER_METRICS_PORT", "xnovu-beat": "BEAT_METRICS_PORT"}
+    for name, variable in setting.items():
+        targets = [t for config in jobs[name]["static_configs"] for t in config["targets"]]
+        assert targets, name
+        for target in targets:
+            host, port = target.split(":")
+            environment = services[host]["environment"]
+            assert str(environment[variable]) == port, (name, target)
+            # On compose's network only: listening beyond the loopback, published nowhere.
+            assert environment["METRICS_HOST"] == "0.0.0.0"
+            assert "ports" not in services[host], host
+    assert jobs["xnovu-api"]["authorization"]["credentials_file"]  # /metrics is the operator's
