@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select, update
@@ -373,3 +374,31 @@ def test_a_fire_time_already_recorded_is_refused_by_the_database_and_said(client
     assert _fired(bystander) == [] and _rule_row(bystander).last_error["code"] == "record_failed"
     assert [r.rule_fire_at for r in _fired(elsewhere)] == [now]
     assert (result.fired, result.failed) == (1, 2)
+
+
+def test_a_changed_schedule_applies_from_beats_next_tick(client, tenant, worker):
+    workflow = _workflow(client, tenant)
+    rule_id = _rule(client, tenant, workflow["id"], "0 9 * * 1", "Europe/Berlin")
+    client.post(f"/api/rules/{rule_id}/publish", headers=tenant.headers)
+    path = f"/api/rules/{rule_id}"
+
+    def next_fire() -> str | None:
+        return client.get(path, headers=tenant.headers).json()["next_fire_at"]
+
+    monday = dt.datetime.fromisoformat(_wait(next_fire, "beat to arm the rule"))
+    assert monday.astimezone(ZoneInfo("Europe/Berlin")).weekday() == 0
+    changed = client.patch(
+        path,
+        json={"trigger_config": {"cron": "0 10 * * 2", "timezone": "Europe/Berlin"}},
+        headers=tenant.headers,
+    )
+    assert changed.status_code == 200, changed.text
+    preview = client.get(f"{path}/preview?count=1", headers=tenant.headers).json()
+    expected = dt.datetime.fromisoformat(preview["fireTimes"][0]["utc"])
+
+    def rearmed() -> dt.datetime | None:
+        value = next_fire()
+        armed = dt.datetime.fromisoformat(value) if value is not None else None
+        return armed if armed != monday else None
+
+    assert _wait(rearmed, "beat to arm the rule with its new schedule") == expected
