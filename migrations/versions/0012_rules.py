@@ -40,31 +40,18 @@ FIRE_INDEX = "ux_ent_notification_rule_fire"
 
 
 def upgrade() -> None:
-    op.add_column(
-        "ent_notification_rule",
+    for column in (
         sa.Column("next_fire_at", sa.DateTime(timezone=True), nullable=True),
-        schema="notify",
-    )
-    op.add_column(
-        "ent_notification_rule",
         sa.Column(
             "schedule_changed_at",
             sa.DateTime(timezone=True),
             server_default=sa.text("now()"),
             nullable=False,
         ),
-        schema="notify",
-    )
-    op.add_column(
-        "ent_notification_rule",
         sa.Column("last_fired_at", sa.DateTime(timezone=True), nullable=True),
-        schema="notify",
-    )
-    op.add_column(
-        "ent_notification_rule",
         sa.Column("last_error", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
-        schema="notify",
-    )
+    ):
+        op.add_column("ent_notification_rule", column, schema="notify")
     op.add_column(
         "ent_notification",
         sa.Column("rule_fire_at", sa.DateTime(timezone=True), nullable=True),
