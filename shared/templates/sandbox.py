@@ -127,11 +127,11 @@ def _render_nested(
 class XNovuRenderTag(Extension):
     """The original's tag form, `{% xnovu_render "key", name: expr, other: expr %}`.
 
-    As in the original, the nested template sees the caller's variables (those of the render
-    and of its top-level `{% set %}`s) with the tag's on top; a `{% for %}` loop's variable is
-    the loop's own and is passed by naming it (`item: item`). The function form sees only what
-    it is given. The key may be any expression; each value is an expression of the sandbox
-    (Jinja's filter syntax: `name | default('x')`). The comma after the key may be left out.
+    As in the original, the nested template sees the caller's variables (those of the render,
+    its `{% set %}`s and the variables of the loops the tag is in) with the tag's on top. The
+    function form sees only what it is given. The key may be any expression; each value is an
+    expression of the sandbox (Jinja's filter syntax: `name | default('x')`). The comma after
+    the key may be left out.
     """
 
     tags = {"xnovu_render"}  # noqa: RUF012 (Jinja reads it from the class)
@@ -184,7 +184,9 @@ class _GuardedCodeGenerator(CodeGenerator):
     checks."""
 
     def visit_Template(self, node: nodes.Template, frame: Frame | None = None) -> None:
-        for loop in node.find_all(nodes.For):
+        passed: dict[int, int] = {}
+        for loop in node.find_all(nodes.For):  # outer loops before the loops they hold
+            _pass_loop_variables(loop, passed)
             guard = nodes.Call(
                 nodes.EnvironmentAttribute("xnovu_guard_iter"), [loop.iter], [], None, None
             )
@@ -227,6 +229,34 @@ class _GuardedCodeGenerator(CodeGenerator):
             self.visit(arg, frame)
             self.write(", ")
         self.write("))")
+
+
+def _pass_loop_variables(loop: nodes.For, passed: dict[int, int]) -> None:
+    """Give each `{% xnovu_render %}` tag in the loop's body the loop's variables, as the
+    original's tag saw them: Jinja keeps them local, out of the context the tag reads.
+    `passed` counts, per tag, the variables of enclosing loops already given, so that an inner
+    loop's come after them (and win) and the tag's own come last (and win over both)."""
+    target = loop.target
+    names = [target] if isinstance(target, nodes.Name) else list(target.find_all(nodes.Name))
+    for statement in loop.body:
+        calls = [statement] if isinstance(statement, nodes.Call) else []
+        for call in [*calls, *statement.find_all(nodes.Call)]:
+            if not (
+                isinstance(call.node, nodes.ExtensionAttribute)
+                and call.node.identifier == XNovuRenderTag.identifier
+                and isinstance(call.args[1], nodes.Dict)
+            ):
+                continue
+            given = call.args[1]
+            at = passed.get(id(given), 0)
+            pairs = [
+                nodes.Pair(
+                    nodes.Const(name.name), nodes.Name(name.name, "load"), lineno=loop.lineno
+                )
+                for name in names
+            ]
+            given.items[at:at] = pairs
+            passed[id(given)] = at + len(pairs)
 
 
 class _NoLoader(BaseLoader):

@@ -249,11 +249,23 @@ def test_the_tag_passes_set_variables_and_its_own_win(ent, renderer):
     )
     out = renderer.render_template(tid, ent, {"user": "Ada", "items": [1, 2], "title": "no"})
     assert out.body == "[Welcome to XNovu!|Hi Ada|Ada|1][Welcome to XNovu!|Hi Ada|Ada|2]"
-    # A loop's variable is the loop's own: the tag passes it when it names it.
-    create(ent, "row", SMS, "{{ item }}")
-    loop = create(ent, "loop", SMS, '{% for item in [1] %}{% xnovu_render "row" %}{% endfor %}')
+    # The variables of the loops the tag is in: an inner loop's over an outer one's, the
+    # tag's own over both; none after the loop.
+    create(ent, "row", SMS, "({{ item }}{{ x }}{{ k }})")
+    loop = create(
+        ent,
+        "loop",
+        SMS,
+        "{% for item in [1, 2] %}{% for item, x in [(3, 4)] %}"
+        '{% if true %}{% xnovu_render "row", k: loop.index %}{% endif %}{% endfor %}'
+        '{% xnovu_render "row", x: 0, k: "" %}{% for k, v in {"a": 1}.items() %}'
+        '{% xnovu_render "row", x: v %}{% endfor %}{% else %}{% xnovu_render "row" %}'
+        "{% endfor %}",
+    )
+    assert renderer.render_template(loop, ent, {}).body == "(341)(10)(11a)(341)(20)(21a)"
+    after = create(ent, "after", SMS, '{% for item in [1] %}{% endfor %}{% xnovu_render "row" %}')
     with pytest.raises(RenderError, match="'item' is undefined"):
-        renderer.render_template(loop, ent, {})
+        renderer.render_template(after, ent, {})
 
 
 def test_the_tag_keeps_the_function_forms_limits(ent, stack):
