@@ -82,7 +82,7 @@ from shared.templates.errors import (
     TemplateNotPublished,
     TemplateSecurityError,
 )
-from shared.templates.limits import RenderBudget, spending
+from shared.templates.limits import RenderBudget, check_deadline, spending
 from shared.templates.sandbox import XNovuSandbox, source_errors
 
 # TemplateNotFound has always been importable from here; its home is shared.templates.errors.
@@ -214,6 +214,7 @@ class TemplateRenderer:
         if isinstance(value, str):
             if "{{" not in value and "{%" not in value:
                 return value
+            check_deadline()  # compiling is not free: many strings share the one timeout
             template = self._compile_source("override", True, where, value, html)
             return self._render_field(template, variables, "override", where)
         if isinstance(value, Mapping):

@@ -446,3 +446,15 @@ def test_overrides_strings_are_rendered_and_the_rest_kept(ent, renderer):
     }
     with pytest.raises(RenderError, match=r"overrides.email.subject: 'ticket' is undefined"):
         renderer.render_values({"email": {"subject": "{{ ticket.id }}"}}, {}, enterprise_id=ent)
+
+
+def test_many_override_strings_share_one_render_timeout(ent, stack):
+    renderer = TemplateRenderer(
+        Settings().model_copy(update={"template_render_timeout_seconds": 0.05})
+    )
+    # Each distinct string is compiled (about half a millisecond) and renders without touching
+    # any of the sandbox's hooks: 5,000 of them take longer than the render's timeout, which
+    # stops them.
+    overrides = {"sms": {f"k{i}": "{% if " + str(i) + " %}{% endif %}" for i in range(5_000)}}
+    with pytest.raises(RenderLimitExceeded, match="timed out"):
+        renderer.render_values(overrides, {}, enterprise_id=ent)
