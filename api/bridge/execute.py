@@ -305,8 +305,14 @@ def _render(
             )
         assert step.template_id is not None and enterprise_id is not None
         try:
+            # Novu's preview (its dashboard) shows drafts too, as our preview does; a step
+            # Novu executes is a send.
             return renderer.render_template(
-                step.template_id, enterprise_id, variables, locale=locale
+                step.template_id,
+                enterprise_id,
+                variables,
+                locale=locale,
+                drafts=action is PostAction.PREVIEW,
             )
         except TemplateNotFound as exc:
             log.warning("bridge: %s; %s falls back to default content", exc, step.step_id)

@@ -145,11 +145,12 @@ class TemplateRenderer:
         variables: Mapping[str, Any],
         *,
         locale: str | None = None,
+        drafts: bool = False,
     ) -> RenderedContent:
         """Render this enterprise's published template `template_id` by its channel's rules,
-        in its variant for `locale`."""
+        in its variant for `locale`; a preview (`drafts`) renders unpublished ones too."""
         entry = self.cache.get(enterprise_id, template_id=template_id)
-        return self._render_entry(entry, variables, (locale, False))
+        return self._render_entry(entry, variables, (locale, drafts))
 
     def render_template_by_key(
         self,

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.factories import api_error
+from tests.api.test_novu_bridge import bridge_post, event, xnovu
+from tests.factories import api_error, create_template, create_workflow
 
 # 51 two-letter locale tags: aa, ab, ... by.
 TAGS = [chr(97 + i // 26) + chr(97 + i % 26) for i in range(51)]
@@ -150,3 +151,16 @@ def test_hostile_input_to_the_filters_is_a_422_at_preview(client, tenant, source
     )
     response = preview(client, tenant, created["id"], variables={"c": value})
     api_error(response, 422, code)
+
+
+def test_the_bridge_previews_a_draft_and_refuses_to_execute_it(client, tenant):
+    key = f"drafted-{uuid.uuid4().hex[:8]}"
+    draft = create_template(client, tenant, "SMS", body="draft {{ message }}", publish=False)
+    create_workflow(client, tenant, key, publish=True, SMS=draft)
+    payload = {"message": "hi", "_xnovu": xnovu(tenant.enterprise_id)}
+    shown = bridge_post(client, event(payload), action="preview", workflowId=key, stepId="sms")
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["outputs"] == {"body": "draft hi"}
+    executed = bridge_post(client, event(payload), workflowId=key, stepId="sms")
+    assert 400 <= executed.status_code < 500, executed.text
+    assert "is not published" in executed.text
