@@ -60,6 +60,7 @@ from shared.notifications.schemas import (
 )
 from shared.payloads import LOOP_CHECK_WORK, check_estimate, json_depth, payload_errors
 from shared.settings import Settings, get_settings
+from shared.templates.renderer import override_errors
 from shared.workflows.instance import WorkflowInstance
 from shared.workflows.registry import get_registry
 
@@ -246,6 +247,13 @@ def check(
     if request.overrides is not None:
         check_depth(request.overrides, "overrides", settings)
         overrides_bytes = len(storable_json(request.overrides, "overrides").encode())
+        # The worker renders its template strings (docs/architecture.md, "Templates of the
+        # original"): one that cannot compile is refused now rather than FAILED then.
+        syntax = override_errors(request.overrides)
+        if syntax:
+            raise InvalidInput(
+                "invalid_overrides", "a template in overrides does not compile", syntax
+            )
     for name, value in (("tags", request.tags), ("idempotencyKey", trigger.idempotency_key)):
         if value is not None:
             storable_json(value, name)

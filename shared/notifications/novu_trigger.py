@@ -31,7 +31,7 @@ from shared.novu.client import trigger_idempotency_key
 from shared.novu.schemas import TriggerEvent
 from shared.payloads import json_depth
 from shared.settings import get_settings
-from shared.templates.cache import usable_locale
+from shared.templates.cache import MAX_LOCALE_LENGTH, usable_locale
 from shared.templates.errors import RenderMemoryExceeded, TemplateNotPublished
 from shared.templates.renderer import TemplateNotFound, get_template_renderer
 from shared.templates.sandbox import RenderError
@@ -40,6 +40,8 @@ from shared.workflows.registry import get_registry
 
 # Key under which XNovu's own data travels in the Novu payload (the bridge reads it back).
 XNOVU_PAYLOAD_KEY = "_xnovu"
+# What the envelope keeps for the locale a notification is rendered in (`_xnovu.locale`).
+LOCALE_RESERVE_BYTES = len(',"locale":""') + MAX_LOCALE_LENGTH
 # What a channel says when its template is missing (the fallback is recorded on the row).
 FALLBACK_SUBJECT = "{{ _workflow_name }}"
 FALLBACK_BODY = "{{ message if message is string else 'You have a new notification.' }}"
@@ -61,7 +63,7 @@ _ENVELOPE_BYTES = len(
                     "notificationId": 2**63 - 1,
                     "workflowType": "DYNAMIC",
                     "channels": ["chat", "email", "in_app", "push", "sms"],
-                    "locale": "x" * 40,  # at most a locale tag (usable_locale)
+                    "locale": "x" * MAX_LOCALE_LENGTH,  # usable_locale's longest
                 }
             },
             "overrides": None,

@@ -61,6 +61,7 @@ def is_usable(row: NotificationTemplate) -> bool:
 
 # A locale tag as far as choosing a variant needs (the template API holds variants to it).
 LOCALE_PATTERN = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8}){0,3}")
+MAX_LOCALE_LENGTH = 3 + 3 * 9  # the longest tag LOCALE_PATTERN matches
 
 
 def usable_locale(value: Any) -> str | None:

@@ -60,7 +60,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 from jinja2 import Template, TemplateError, TemplateSyntaxError
@@ -213,7 +213,7 @@ class TemplateRenderer:
         self, value: Any, variables: Mapping[str, Any], where: str, html: bool
     ) -> Any:
         if isinstance(value, str):
-            if "{{" not in value and "{%" not in value:
+            if not has_template_syntax(value):
                 return value
             check_deadline()  # compiling is not free: many strings share the one timeout
             template = self._compile_source("override", True, where, value, html)
@@ -408,18 +408,56 @@ def _message(exc: BaseException) -> str:
 _validation_env: XNovuSandbox | None = None
 
 
-def validate_template_source(
-    subject_template: str | None, body_template: str
-) -> list[dict[str, Any]]:
-    """Syntax problems of a template's sources as `{field, line, message}`; empty when valid."""
+def _validation_sandbox() -> XNovuSandbox:
     global _validation_env
     if _validation_env is None:
         max_text = get_settings().template_max_output_bytes
         _validation_env = XNovuSandbox(autoescape=True, max_text=max_text)
+    return _validation_env
+
+
+def validate_template_source(
+    subject_template: str | None, body_template: str
+) -> list[dict[str, Any]]:
+    """Syntax problems of a template's sources as `{field, line, message}`; empty when valid."""
+    env = _validation_sandbox()
     errors = []
     if subject_template is not None:
-        errors += source_errors(_validation_env, SUBJECT, subject_template)
-    return errors + source_errors(_validation_env, BODY, body_template)
+        errors += source_errors(env, SUBJECT, subject_template)
+    return errors + source_errors(env, BODY, body_template)
+
+
+def has_template_syntax(value: str) -> bool:
+    """Whether a string of `overrides` is a template (`render_values` renders only those)."""
+    return "{{" in value or "{%" in value
+
+
+@lru_cache(maxsize=1024)
+def _override_source_errors(source: str) -> tuple[dict[str, Any], ...]:
+    # Triggers tend to repeat the same override strings: each is compiled once.
+    return tuple(source_errors(_validation_sandbox(), "", source))
+
+
+def override_errors(value: Any, where: str = "overrides") -> list[dict[str, Any]]:
+    """Syntax problems of the template strings in a trigger's `overrides`, as
+    `{field, line, message}` with the string's path as its field; empty when all compile."""
+    if isinstance(value, str):
+        if not has_template_syntax(value):
+            return []
+        return [{**error, "field": where} for error in _override_source_errors(value)]
+    if isinstance(value, Mapping):
+        return [
+            error
+            for key, item in value.items()
+            for error in override_errors(item, f"{where}.{key}")
+        ]
+    if isinstance(value, list):
+        return [
+            error
+            for index, item in enumerate(value)
+            for error in override_errors(item, f"{where}[{index}]")
+        ]
+    return []
 
 
 _renderer = PerProcess(lambda: TemplateRenderer(get_settings()))

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.api.test_novu_bridge import bridge_post, event, xnovu
+from tests.conftest import signup_payload
 from tests.factories import api_error, create_template, create_workflow
 
 # 51 two-letter locale tags: aa, ab, ... by.
@@ -164,3 +165,24 @@ def test_the_bridge_previews_a_draft_and_refuses_to_execute_it(client, tenant):
     executed = bridge_post(client, event(payload), workflowId=key, stepId="sms")
     assert 400 <= executed.status_code < 500, executed.text
     assert "is not published" in executed.text
+
+
+def test_an_override_that_does_not_compile_is_a_422_naming_it(client, tenant):
+    overrides = {
+        "email": {"subject": "Hi {{ name }}", "cc": ["ok", "{% if %}"]},
+        "sms": {"content": "plain {text}", "n": 1},
+    }
+    response = client.post(
+        "/api/trigger",
+        json={"workflowId": "user-signup", "payload": signup_payload(), "overrides": overrides},
+        headers=tenant.headers,
+    )
+    error = api_error(response, 422, "invalid_overrides")
+    assert [(e["field"], e["line"]) for e in error["details"]] == [("overrides.email.cc[1]", 1)]
+    overrides["email"]["cc"] = ["ok"]
+    response = client.post(
+        "/api/trigger",
+        json={"workflowId": "user-signup", "payload": signup_payload(), "overrides": overrides},
+        headers=tenant.headers,
+    )
+    assert response.status_code == 202, response.text
