@@ -17,7 +17,7 @@ from api.routes.templates import preview_slots
 from api.schemas.notifications import NotificationRead
 from shared.db.enums import NotificationStatus
 from shared.notifications import timeline
-from shared.notifications.novu_trigger import render_workflow
+from shared.notifications.novu_trigger import notification_locale, render_workflow
 from shared.notifications.schemas import SUBSCRIBER_ID_PATTERN
 from shared.templates import RenderError
 from shared.workflows.registry import get_registry
@@ -128,7 +128,8 @@ def content_preview(read: NotificationRead, enterprise_id: uuid.UUID) -> Content
         return ContentPreview([], f"no workflow {read.workflow_key!r} to render")
     try:
         with preview_slots.slot(enterprise_id):
-            rendered, _ = render_workflow(workflow, enterprise_id, read.payload)
+            locale = notification_locale(read.recipients, read.payload)
+            rendered, _ = render_workflow(workflow, enterprise_id, read.payload, locale)
     except ApiError as exc:  # the preview slots are all taken
         return ContentPreview([], exc.message)
     except RenderError as exc:

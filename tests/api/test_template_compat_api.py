@@ -4,12 +4,15 @@ bad input is a JSON 4xx naming the field, never a 500."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from tests.api.test_novu_bridge import bridge_post, event, xnovu
+from tests.api.test_ui import _logged_in
 from tests.conftest import signup_payload
 from tests.factories import api_error, create_template, create_workflow
 
@@ -186,3 +189,32 @@ def test_an_override_that_does_not_compile_is_a_422_naming_it(client, tenant):
         headers=tenant.headers,
     )
     assert response.status_code == 202, response.text
+
+
+def test_the_delivery_log_page_shows_the_variant_the_recipient_gets(client, tenant, app):
+    key = f"localized-{uuid.uuid4().hex[:8]}"
+    sms = create_template(client, tenant, "SMS", body="Hello {{ message }}", publish=False)
+    client.patch(
+        f"/api/templates/{sms['id']}",
+        json={"locales": {"fr": {"body_template": "Bonjour {{ message }}"}}},
+        headers=tenant.headers,
+    )
+    client.post(f"/api/templates/{sms['id']}/publish", headers=tenant.headers)
+    create_workflow(client, tenant, key, publish=True, SMS=sms)
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    response = client.post(
+        "/api/trigger",
+        json={
+            "workflowId": key,
+            "payload": {"message": "Ada"},
+            "recipients": [{"subscriberId": "s1", "locale": "fr-BE"}],
+            "scheduledFor": later,
+        },
+        headers=tenant.headers,
+    )
+    assert response.status_code == 202, response.text
+    with TestClient(app, raise_server_exceptions=False) as browser:
+        _logged_in(browser, tenant)
+        page = browser.get(f"/ui/notifications/{response.json()['notificationId']}")
+    assert page.status_code == 200
+    assert "Bonjour Ada" in page.text and "Hello Ada" not in page.text
