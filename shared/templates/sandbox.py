@@ -130,8 +130,8 @@ class XNovuRenderTag(Extension):
     As in the original, the nested template sees the caller's variables (those of the render,
     its `{% set %}`s and the variables of the loops the tag is in) with the tag's on top. The
     function form sees only what it is given. The key may be any expression; each value is an
-    expression of the sandbox (Jinja's filter syntax: `name | default('x')`). The comma after
-    the key may be left out.
+    expression of the sandbox (`name | default('x')`, or Liquid's `name | default: 'x'` for a
+    filter of one argument). The comma after the key may be left out.
     """
 
     tags = {"xnovu_render"}  # noqa: RUF012 (Jinja reads it from the class)
@@ -147,7 +147,7 @@ class XNovuRenderTag(Extension):
                 parser.stream.skip_if("comma")
             name = parser.stream.expect("name")
             parser.stream.expect("colon")
-            value = parser.parse_expression()
+            value = _tag_value(parser)
             pairs.append(nodes.Pair(nodes.Const(name.value), value, lineno=name.lineno))
         call = self.call_method("_render", [key, nodes.Dict(pairs)], lineno=lineno)
         return nodes.Output([call], lineno=lineno)
@@ -229,6 +229,25 @@ class _GuardedCodeGenerator(CodeGenerator):
             self.visit(arg, frame)
             self.write(", ")
         self.write("))")
+
+
+def _tag_value(parser: Parser) -> nodes.Expr:
+    """A value of the tag: an expression, whose filters may also take one argument Liquid's
+    way, as the original's guide writes them (`company.name | default: "XNovu"`). Liquid's
+    `default` also replaces an empty or false value, so that one is `default(x, true)`."""
+    value = parser.parse_expression()
+    while (
+        parser.stream.current.type == "colon"
+        and isinstance(value, nodes.Filter)
+        and not (value.args or value.kwargs or value.dyn_args or value.dyn_kwargs)
+    ):
+        next(parser.stream)
+        value.args = [parser.parse_unary(with_filter=False)]
+        if value.name == "default":
+            value.args.append(nodes.Const(True))
+        if parser.stream.current.type == "pipe":
+            value = parser.parse_filter(value) or value
+    return value
 
 
 def _pass_loop_variables(loop: nodes.For, passed: dict[int, int]) -> None:

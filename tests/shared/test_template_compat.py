@@ -8,6 +8,7 @@ Templates are real rows in the test PostgreSQL."""
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Any
 
 import pytest
@@ -232,6 +233,24 @@ def test_the_tag_form_as_the_original_documents(ent, renderer):
     )
     # In the plain-text subject nothing is escaped; the comma after the key is optional.
     assert out.subject == "Welcome <h1><X></h1><img src=''>"
+
+
+def test_the_tags_values_take_liquids_filter_arguments_as_the_guide_writes_them(ent, renderer):
+    create(ent, "email-header", SMS, "[{{ companyName }}|{{ logoUrl }}]")
+    tid = create(
+        ent,
+        "welcome",
+        SMS,
+        '{% xnovu_render "email-header",\n'
+        '    companyName: company.name | default: "XNovu",\n'
+        "    logoUrl: company.logoUrl | default: fallback.url | upper\n"
+        "  %}",
+    )
+    render = partial(renderer.render_template, tid, ent)
+    given = {"company": {"name": "Acme", "logoUrl": "l.png"}, "fallback": {"url": "f"}}
+    assert render(given).body == "[Acme|L.PNG]"
+    # Liquid's default also replaces an empty value; Jinja's alone only an undefined one.
+    assert render({"company": {"name": ""}, "fallback": {"url": "f"}}).body == "[XNovu|F]"
 
 
 def test_the_tag_passes_set_variables_and_its_own_win(ent, renderer):
