@@ -147,10 +147,10 @@ def test_every_queue_has_consumers_in_compose_and_make_run():
     commands = " ".join(
         " ".join(service.get("command") or []) for service in compose["services"].values()
     )
-    from devtools.cli import _processes
+    from devtools.cli import _processes, _Shape
     from shared.settings import Settings
 
-    processes = " ".join(_processes(Settings(), 2).values())
+    processes = " ".join(_processes(Settings(), _Shape(worker_concurrency=2)).values())
     for queue in QueueName:
         assert queue.value in commands, queue
         assert queue.value in processes, queue
