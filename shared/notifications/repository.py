@@ -38,7 +38,7 @@ from shared.db.models import (
     NotificationWorkflow,
     RegistryGeneration,
 )
-from shared.notifications.timeline import detail_json, excerpt, worker_identity
+from shared.notifications.timeline import excerpt, worker_identity
 
 TABLE: str = Notification.__table__.fullname  # type: ignore[attr-defined]
 _GENERATIONS: str = RegistryGeneration.__table__.fullname  # type: ignore[attr-defined]
@@ -432,12 +432,14 @@ _RECORD_OUTCOMES = text(
                            WHEN v.by_message THEN now() + make_interval(secs => v.delay)
                            END,
         updated_at = now()
-    FROM unnest(
-        CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:statuses AS text[]),
-        CAST(:errors AS jsonb[]), CAST(:fallbacks AS jsonb[]), CAST(:delays AS float8[]),
-        CAST(:by_message AS boolean[]), CAST(:used AS boolean[]), CAST(:unknown AS boolean[]),
-        CAST(:details AS jsonb[])
-    ) AS v(id, attempt, status, error, fallbacks, delay, by_message, used, unknown, detail)
+    FROM (
+        SELECT CAST(r.v->>0 AS bigint) AS id, CAST(r.v->>1 AS integer) AS attempt,
+            r.v->>2 AS status, NULLIF(r.v->3, 'null') AS error,
+            NULLIF(r.v->4, 'null') AS fallbacks, CAST(r.v->>5 AS float8) AS delay,
+            CAST(r.v->>6 AS boolean) AS by_message, CAST(r.v->>7 AS boolean) AS used,
+            CAST(r.v->>8 AS boolean) AS unknown, NULLIF(r.v->9, 'null') AS detail
+        FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS r(v)
+    ) AS v
     WHERE n.id = v.id
       AND n.enterprise_id = :enterprise_id
       AND n.notification_status = 'PROCESSING'
@@ -476,30 +478,33 @@ def record_outcomes(
     time, when later) to now, for the trigger→SENT metric (shared/metrics.py)."""
     if not outcomes:
         return set()
-    parameters = {
-        "enterprise_id": enterprise_id,
-        "ids": [o.notification_id for o in outcomes],
-        "attempts": [o.attempt for o in outcomes],
-        "statuses": [o.status.value for o in outcomes],
-        "errors": [_json_or_none(o.error) for o in outcomes],
-        "fallbacks": [_json_or_none(o.render_fallbacks or None) for o in outcomes],
-        "delays": [o.retry_in or 0.0 for o in outcomes],
-        "by_message": [o.by_message for o in outcomes],
-        "used": [o.attempt_used for o in outcomes],
-        "unknown": [o.outcome_unknown for o in outcomes],
-        "details": [_outcome_detail(o) for o in outcomes],
-    }
-    moved = connection.execute(_RECORD_OUTCOMES, parameters).all()
+    # One JSON document of positional rows, encoded at once: arrays of JSON texts would be
+    # quoted element by element (psycopg escapes each with a regex: 6 % of a worker's time).
+    rows = [
+        [
+            o.notification_id,
+            o.attempt,
+            o.status.value,
+            o.error,
+            o.render_fallbacks or None,
+            o.retry_in or 0.0,
+            o.by_message,
+            o.attempt_used,
+            o.outcome_unknown,
+            _outcome_detail(o),
+        ]
+        for o in outcomes
+    ]
+    document = json.dumps(rows, separators=(",", ":"), default=str)
+    moved = connection.execute(
+        _RECORD_OUTCOMES, {"enterprise_id": enterprise_id, "rows": document}
+    ).all()
     if since_due is not None:
         since_due.update((row[0], float(row[1])) for row in moved if row[1] is not None)
     return {row[0] for row in moved}
 
 
-def _json_or_none(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
-
-
-def _outcome_detail(outcome: AttemptOutcome) -> str | None:
+def _outcome_detail(outcome: AttemptOutcome) -> dict[str, Any] | None:
     """The detail of an outcome's timeline event (timeline.py): the error's code and message,
     Novu's status code and an excerpt of its answer, the call's duration, and when a retry
     comes (`retryInSeconds`, or `delaySeconds` for an attempt not used)."""
@@ -519,7 +524,9 @@ def _outcome_detail(outcome: AttemptOutcome) -> str | None:
         detail[wait] = round(outcome.retry_in or 0.0, 3)
     if outcome.outcome_unknown:
         detail["outcomeUnknown"] = True
-    return detail_json(detail) if detail else None
+    # Within timeline.MAX_DETAIL_CHARS by construction: two excerpts of EXCERPT_CHARS and a
+    # few numbers.
+    return detail or None
 
 
 # -- defer ------------------------------------------------------------------------------------

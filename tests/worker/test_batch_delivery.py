@@ -168,10 +168,14 @@ def test_connection_lost_after_novu_accepted_a_bulk_call_does_not_send_twice(
     results = _bulk(client, tenant, _signups(60))
     ids = [r["notificationId"] for r in results]
     transaction_ids = [r["transactionId"] for r in results]
-    _wait_rows(ids, lambda row: row.attempts >= 2, what="a retry after the dropped answer")
+    # Each row's first answer dropped (its outcome unknown): stop dropping now, so that rows
+    # that raced ahead still have attempts left (waiting for every row's second attempt let
+    # the first ones spend all four).
+    _wait_rows(ids, lambda row: row.outcome_unknown_at is not None, what="a dropped answer")
     emulator.delete("/_emulator/faults")
     rows = _wait_rows(ids, _final)
-    assert {row.notification_status for row in rows} == {S.SENT}
+    failed = [(r.attempts, r.error_details) for r in rows if r.notification_status != S.SENT]
+    assert not failed, failed[:3]
     # Novu saw every transactionId again on the retry, and recorded each one once.
     assert _accepted_counts(emulator, transaction_ids) == Counter(transaction_ids)
     assert _stats(emulator)["duplicates"] - duplicates_before >= 60
