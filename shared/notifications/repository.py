@@ -440,7 +440,9 @@ _RECORD_OUTCOMES = text(
             CAST(r.v->>8 AS boolean) AS unknown, NULLIF(r.v->9, 'null') AS detail
         FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS r(v)
     ) AS v
-    WHERE n.id = v.id
+    -- The ids again, as an array the planner can use: it cannot count the document's rows,
+    -- and by guessing a hundred it would read the whole table for a hash join.
+    WHERE n.id = ANY(CAST(:ids AS bigint[])) AND n.id = v.id
       AND n.enterprise_id = :enterprise_id
       AND n.notification_status = 'PROCESSING'
       AND n.attempts = v.attempt
@@ -497,7 +499,12 @@ def record_outcomes(
     ]
     document = json.dumps(rows, separators=(",", ":"), default=str)
     moved = connection.execute(
-        _RECORD_OUTCOMES, {"enterprise_id": enterprise_id, "rows": document}
+        _RECORD_OUTCOMES,
+        {
+            "enterprise_id": enterprise_id,
+            "ids": [o.notification_id for o in outcomes],
+            "rows": document,
+        },
     ).all()
     if since_due is not None:
         since_due.update((row[0], float(row[1])) for row in moved if row[1] is not None)
