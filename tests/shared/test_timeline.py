@@ -300,10 +300,9 @@ def test_a_cancel_novu_could_not_answer_is_refused_and_the_held_one_unknown(stac
             except NovuRetryableError:
                 result = None
         assert result is (None if row == sent else CancelResult.DELIVERY_UNKNOWN)
-        assert [kind for kind, _ in _kinds(enterprise, row)][-2:] == [
-            "cancel.requested",
-            "cancel.refused",
-        ]
+        # The cancel's own events (a running worker may claim the row, PENDING again, after).
+        cancels = [kind for kind, _ in _kinds(enterprise, row) if kind.startswith("cancel.")]
+        assert cancels[-2:] == ["cancel.requested", "cancel.refused"]
         assert _last(enterprise, row)["code"] == expected
 
 

@@ -69,7 +69,8 @@ def test_only_finished_notifications_past_retention_go_with_their_history(client
     _age(old_sent, "SENT", 40)
     _age(old_failed, "FAILED", 40)
     _age(old_retracted, "RETRACTED", 31)
-    _age(old_pending, "PENDING", 40)  # not finished: kept, however old
+    # Not finished: kept, however old (due tomorrow, so that no running worker sends it).
+    _age(old_pending, "PENDING", 40, scheduled_days=-1)
     _age(new_sent, "SENT", 3)  # within retention
     _age(due_late, "SENT", 40, scheduled_days=1)  # created long ago, but due only yesterday
     with transaction(tenant.enterprise_id) as session:  # history of each, to go with it
