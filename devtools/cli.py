@@ -373,6 +373,7 @@ def _announce_when_ready(settings: Settings, env: dict[str, str], timeout: float
         click.echo(f"the API did not become ready at {api} within {timeout:.0f}s", err=True)
         return
     _sync_novu(env)
+    _wait_for_flower_to_hear_a_worker(settings, deadline)
     novu = settings.effective_novu_api_url
     if not settings.novu_api_url:
         novu += (
@@ -407,6 +408,26 @@ def _announce_when_ready(settings: Settings, env: dict[str, str], timeout: float
             ]
         )
     )
+
+
+def _wait_for_flower_to_hear_a_worker(settings: Settings, deadline: float) -> None:
+    """Flower shows only the tasks whose events it received, and it answers HTTP before its
+    event receiver has bound to the broker: a trigger sent on the banner's cue would be missing
+    from its task list. Wait until its workers page lists a worker it heard from."""
+    auth = None
+    if settings.flower_basic_auth:
+        user, _, password = settings.flower_basic_auth.partition(":")
+        auth = (user, password)
+    url = f"http://127.0.0.1:{settings.flower_port}/workers"
+    while time.monotonic() < deadline:
+        try:
+            workers = httpx.get(url, params={"json": 1}, auth=auth, timeout=1).json()["data"]
+            if any(worker.get("status") for worker in workers):
+                return
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            pass
+        time.sleep(0.5)
+    click.echo(f"Flower at {url} heard no worker yet: its task list starts when it does", err=True)
 
 
 def _metrics_urls(settings: Settings) -> str:
