@@ -25,11 +25,13 @@ from devtools.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
-# What the benchmark processes run with: production defaults, except logging (quiet) and the
-# per-key rate limit, raised far above what the load generator sends so that it is exercised
-# (one Redis call per request) but never refuses.
+# What the benchmark processes run with: production defaults, logging included (a JSON line per
+# accepted trigger and per delivered notification, to each process's log file; BENCH_LOG_LEVEL
+# changes the level), except the per-key rate limit, raised far above what the load generator
+# sends so that it is exercised (one Redis call per request) but never refuses.
 BENCH_ENV = {
-    "LOG_LEVEL": "WARNING",
+    "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
+    "LOG_FORMAT": "json",
     # Novu's Enterprise tier (6,000 Events tokens/s) at the emulator and in the workers' budget:
     # the benchmark measures XNovu, and at the Free tier's 60 (b) alone would take minutes.
     # Tokens per notification do not depend on the tier.
@@ -39,6 +41,7 @@ BENCH_ENV = {
     "RATE_LIMIT_BURST": "1000000",
     "PYTHONUNBUFFERED": "1",
 }
+LOG_LEVEL = BENCH_ENV["LOG_LEVEL"]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -186,7 +189,7 @@ class BenchStack:
         process = self.spawn(
             name,
             [
-                PY, "-m", "celery", "-A", app, "worker", "--loglevel=WARNING", "-E",
+                PY, "-m", "celery", "-A", app, "worker", f"--loglevel={LOG_LEVEL}", "-E",
                 f"--concurrency={concurrency}", "-Q", queues, f"--hostname={hostname}",
                 "--without-mingle", "--without-gossip",
             ],
@@ -206,7 +209,7 @@ class BenchStack:
         return self.spawn(
             "beat",
             [
-                PY, "-m", "celery", "-A", "worker.celery_app", "beat", "--loglevel=WARNING",
+                PY, "-m", "celery", "-A", "worker.celery_app", "beat", f"--loglevel={LOG_LEVEL}",
                 f"--schedule={self.root / 'celerybeat-schedule'}",
             ],
             env={"BEAT_METRICS_PORT": str(free_port())},
