@@ -418,16 +418,21 @@ def _wait_for_flower_to_hear_a_worker(settings: Settings, deadline: float) -> No
     if settings.flower_basic_auth:
         user, _, password = settings.flower_basic_auth.partition(":")
         auth = (user, password)
-    url = f"http://127.0.0.1:{settings.flower_port}/workers"
+    url = f"http://127.0.0.1:{settings.flower_port}"
     while time.monotonic() < deadline:
-        try:
-            workers = httpx.get(url, params={"json": 1}, auth=auth, timeout=1).json()["data"]
-            if any(worker.get("status") for worker in workers):
-                return
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
-            pass
+        if flower_hears_a_worker(url, auth):
+            return
         time.sleep(0.5)
     click.echo(f"Flower at {url} heard no worker yet: its task list starts when it does", err=True)
+
+
+def flower_hears_a_worker(url: str, auth: tuple[str, str] | None = None) -> bool:
+    """Whether the Flower at `url` lists a worker it heard from (its events reach it)."""
+    try:
+        workers = httpx.get(f"{url}/workers", params={"json": 1}, auth=auth, timeout=1).json()
+        return any(worker.get("status") for worker in workers["data"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def _metrics_urls(settings: Settings) -> str:

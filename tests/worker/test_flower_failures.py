@@ -16,6 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from devtools.cli import flower_hears_a_worker
 from devtools.devstack import free_port
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
@@ -44,7 +45,7 @@ def flower(stack: Stack, tmp_path: Path) -> Iterator[str]:
     try:
         # Flower answers its API before its event receiver has bound to the broker, and events
         # sent before then are lost to it: wait until it has heard a worker's heartbeat.
-        _wait_for(lambda: _hears_a_worker(url), 60, f"Flower hearing the worker (log: {log})")
+        _wait_for(lambda: flower_hears_a_worker(url), 60, f"Flower hearing the worker (log: {log})")
         yield url
     finally:
         proc.terminate()
@@ -56,14 +57,6 @@ def _tasks(url: str) -> dict[str, Any] | None:
         return dict(httpx.get(f"{url}/api/tasks", timeout=5).json())
     except (httpx.HTTPError, ValueError):
         return None
-
-
-def _hears_a_worker(url: str) -> bool:
-    try:
-        workers = httpx.get(f"{url}/workers", params={"json": 1}, timeout=5).json()["data"]
-    except (httpx.HTTPError, ValueError, KeyError):
-        return False
-    return any(w.get("status") for w in workers)
 
 
 def _named(url: str, name: str, notification_id: int) -> list[dict[str, Any]]:
