@@ -70,6 +70,7 @@ def test_memory_bomb_fails_in_the_worker_without_growing_it(client, tenant, work
     assert "TEMPLATE_MAX_MEMORY_BYTES" in row["error_details"]["message"]
     assert row["attempts"] == 1
     assert peak.samples > 0
+    print(f"memory bomb: FAILED on attempt 1, worker children's peak RSS {peak.peak / MB:.0f} MB")
     assert peak.peak < 300 * MB, f"a worker child reached {peak.peak / MB:.0f} MB"
 
 
