@@ -820,11 +820,20 @@ def main() -> int:
             "postgres": "embedded, fsync and synchronous_commit on",
         },
     }
+    # BENCH_KEEP_DIR: the stack's directory (its processes' logs, PostgreSQL's data) is made
+    # there and kept, to read after a run that looked wrong.
+    keep = os.environ.get("BENCH_KEEP_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+    root = (
+        contextlib.nullcontext(tempfile.mkdtemp(prefix="xnovu-bench-", dir=keep))
+        if keep
+        else tempfile.TemporaryDirectory(prefix="xnovu-bench-")
+    )
     try:
-        with (
-            tempfile.TemporaryDirectory(prefix="xnovu-bench-") as tmp,
-            bench_stack(Path(tmp)) as stack,
-        ):
+        with root as tmp, bench_stack(Path(tmp)) as stack:
+            if keep:
+                print(f"stack directory (kept): {tmp}", flush=True)
             bench = Run(stack, sizes, results)
             bench.step("stack started")
             for name in stages:

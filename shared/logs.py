@@ -169,6 +169,8 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
         logger.propagate = True
     # httpx logs every request at INFO: the worker makes thousands a second.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Python's warnings (Celery's, for one, when it runs as root) are lines like any other.
+    logging.captureWarnings(True)
     # No line shows the caller's file, thread or process: the Logging HOWTO's "Optimization"
     # settings spare each record looking them up.
     logging._srcfile = None

@@ -10,6 +10,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import (
     beat_init,
+    celeryd_init,
     setup_logging,
     task_prerun,
     worker_init,
@@ -96,6 +97,34 @@ def _logging(loglevel: Any = None, **_: Any) -> None:
     # root logger) with ours, in the worker, beat and Flower alike (shared/logs.py).
     level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else loglevel
     logs.configure(level or settings.log_level, settings.log_format)
+
+
+@celeryd_init.connect
+def _no_banner_in_json(
+    sender: Any = None, instance: Any = None, options: Any = None, **_: Any
+) -> None:
+    # Celery's banner is ASCII art printed on stdout, outside logging: with JSON logs it would
+    # be the only lines a log pipeline cannot parse. Its facts go on one line instead, and
+    # logging is set up now rather than at `setup_logging`, so that the warning Celery gives
+    # next (running as root) is a JSON line too. (Beat prints its banner before any signal:
+    # `celery --quiet ... beat` where its lines must all be JSON, as docker-compose.yml runs
+    # it. Celery's shutdown notices are printed in its signal handler, outside logging.)
+    if settings.log_format != "json" or instance is None:
+        return
+    instance.quiet = True
+    options = options or {}
+    _logging(options.get("loglevel"))
+    pool = options.get("pool")
+    _log.info(
+        "worker starting",
+        extra={
+            "hostname": str(sender),
+            # The pool's class, by the name of its module (prefork, threads, solo, ...).
+            "pool": pool.__module__.rsplit(".", 1)[-1] if isinstance(pool, type) else pool,
+            "concurrency": options.get("concurrency"),
+            "queues": options.get("queues"),
+        },
+    )
 
 
 @task_prerun.connect

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import api_process, make_tenant, wait_for_status
+from tests.conftest import Worker, api_process, make_tenant, wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -78,8 +78,25 @@ def test_one_grep_finds_a_notifications_lines_in_the_api_and_the_worker(stack, w
         assert marker not in path.read_text(errors="replace")  # payloads are never logged
 
 
+def test_every_line_of_a_starting_worker_is_json(stack):
+    """Celery's banner (printed on stdout, outside logging) is replaced by one JSON line, and
+    Python's warnings (Celery's about running as root, say) are JSON lines too."""
+    worker = Worker(stack, name="json-start", concurrency=1, queues="xnovu.json-start-test")
+    worker.start(with_beat=False)
+    try:
+        lines = [json.loads(line) for line in worker.log.read_text().splitlines()]
+    finally:
+        worker.stop()
+    [starting] = [line for line in lines if line["event"] == "worker starting"]
+    assert starting["hostname"].startswith("json-start-")
+    assert starting["concurrency"] == 1 and starting["queues"] == ["xnovu.json-start-test"]
+    assert starting["pool"] == "prefork"
+    assert any(line["event"].endswith("ready.") for line in lines), lines
+
+
 def _json_lines(path: Path, needle: str) -> list[dict]:
-    """The worker's log also holds Celery's start-up banner (printed, not logged)."""
+    """Lines of the worker's log that are JSON (it is shared by the session: a worker that was
+    killed mid-test may have left a partial line)."""
     found = []
     for line in path.read_text(errors="replace").splitlines():
         if needle in line and line.startswith("{"):
