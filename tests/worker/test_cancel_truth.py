@@ -14,16 +14,16 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, update
+from sqlalchemy import func, select, update
 
 from shared.db.enums import NotificationStatus as S
-from shared.db.models import Notification
+from shared.db.models import Notification, NotificationEvent
 from shared.db.session import scope_session, session_factory, transaction
 from shared.notifications import transitions
 from shared.notifications.service import CancelResult, NotificationService
 from shared.queue import publish_deliver_batch
 from shared.settings import get_settings
-from tests.conftest import signup_payload, wait_for_status
+from tests.conftest import retract_leftover_rows, signup_payload, wait_for_status
 from tests.rows import claim, insert_notification, record
 from tests.worker.test_bridge_delay import _delayed_workflow
 from tests.worker.test_bridge_e2e import _messages
@@ -73,18 +73,50 @@ def _parked(notification_id: int) -> bool:
     )
 
 
+@pytest.fixture(autouse=True)
+def _no_rows_of_earlier_tests() -> None:
+    """Earlier tests' rows due for a retry would meet this file's faults too (a 4.5 s latency,
+    a 503 for a minute): in the full suite they held both worker processes while this file's
+    row waited for its first attempt."""
+    retract_leftover_rows("tests/worker/test_cancel_truth.py")
+
+
+def _failed_attempts(notification_id: int) -> list[dict[str, Any]]:
+    """The details of the notification's `attempt.failed` timeline events, oldest first."""
+    with transaction() as session:
+        E = NotificationEvent
+        details = session.scalars(
+            select(E.detail)
+            .where(E.notification_id == notification_id, E.kind == "attempt.failed")
+            .order_by(E.id)
+        )
+        return [dict(detail or {}) for detail in details]
+
+
 def _lost_answer_then_parked(
-    emulator: httpx.Client, accepted: dict[str, Any], lost: Callable[[Notification], bool]
+    emulator: httpx.Client, accepted: dict[str, Any], lost: Callable[[dict[str, Any]], bool]
 ) -> None:
     """Wait until the worker recorded an attempt whose answer was lost (`lost` tells it from
-    the row), then park its retries with Novu's 503."""
+    the attempt's error), then park its retries with Novu's 503.
+
+    The timeline keeps every failed attempt, so the wait cannot miss one: the row shows an
+    attempt's error only while it waits for its retry (a second in these tests)."""
     notification_id = accepted["notificationId"]
 
     def answer_lost() -> bool:
-        row = _row(notification_id)
-        return row.notification_status is S.PENDING and lost(row)
+        return any(
+            lost(detail) and detail.get("outcomeUnknown") is True
+            for detail in _failed_attempts(notification_id)
+        )
 
-    _wait_until(answer_lost, what="an attempt whose answer was lost")
+    try:
+        _wait_until(answer_lost, what="an attempt whose answer was lost")
+    except AssertionError as exc:
+        row = _row(notification_id)
+        raise AssertionError(
+            f"{exc}: the row is {row.notification_status} after {row.attempts} attempts, "
+            f"error {row.error_details}; its failed attempts: {_failed_attempts(notification_id)}"
+        ) from None
     emulator.post("/_emulator/faults", json=PARK_RETRIES)
     _wait_until(lambda: _parked(notification_id), what="the retry parked by Novu's 503")
 
@@ -123,9 +155,8 @@ def _deliver_now(notification_id: int) -> None:
         )
 
 
-def _dropped(row: Notification) -> bool:
+def _dropped(error: dict[str, Any]) -> bool:
     """The attempt's connection dropped without an answer."""
-    error = row.error_details or {}
     return error.get("code") == "novu_unavailable" and error.get("statusCode") is None
 
 
@@ -159,8 +190,7 @@ def test_cancel_after_a_timeout_is_delivery_unknown(client, tenant, worker, emul
     accepted = _trigger(client, tenant)
     transaction_id = accepted["transactionId"]
 
-    def timed_out(row: Notification) -> bool:
-        error = row.error_details or {}
+    def timed_out(error: dict[str, Any]) -> bool:
         return error.get("code") == "novu_unavailable" and "Timeout" in error.get("message", "")
 
     _lost_answer_then_parked(emulator, accepted, timed_out)

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from shared.db.enums import ChannelType, PublishStatus, WorkflowType
 from shared.db.models import NotificationWorkflow, NovuSyncRun, NovuWorkflowSync
 from shared.db.session import transaction
-from shared.novu.sync import DEBOUNCE_KEY, request_sync, sync_exclusively
+from shared.novu.sync import DEBOUNCE_KEY, LOCK_KEY, request_sync, sync_exclusively
 from tests.conftest import REPO, BridgeApi, Stack, Tenant, free_port, make_tenant
 from tests.factories import create_template, create_workflow
 
@@ -231,15 +231,22 @@ def test_concurrent_requests_make_one_sync(
     # A request of an earlier test still in its window would swallow both.
     _eventually(lambda: not redis.exists(DEBOUNCE_KEY), "earlier requests to be taken")
     reasons = [f"test: concurrent {uuid.uuid4().hex[:6]}" for _ in range(2)]
-    # Back to back in one thread: two threads behind a barrier were, on a loaded machine, at
-    # times scheduled so far apart that the first's sync had started (and, rightly, opened a
-    # new window) before the second asked. A burst is what the debounce is for.
-    for reason in reasons:
-        request_sync(reason)
+    # The test holds the sync lock while it asks twice, as a sync running when a burst arrives
+    # does: the first request's task waits for the lock, so the second request meets its mark
+    # however the machine schedules them. (Asked back to back without the lock, the task at
+    # times took the lock and cleared the mark in between, and a second sync was right.)
+    lock = redis.lock(LOCK_KEY, timeout=30)
+    assert lock.acquire(blocking_timeout=30), "the sync lock stayed taken"
+    try:
+        for reason in reasons:
+            request_sync(reason)
+        assert redis.get(DEBOUNCE_KEY) == reasons[0].encode()  # the second was swallowed
+    finally:
+        lock.release()
 
     _eventually(lambda: any(_runs(r) for r in reasons), "the requested sync")
-    time.sleep(5)  # past the debounce window and the task's countdown: any second sync has run
-    assert sum(len(_runs(r)) for r in reasons) == 1
+    time.sleep(5)  # past the debounce window: a second sync, had one been asked for, has run
+    assert [len(_runs(r)) for r in reasons] == [1, 0]
 
 
 def test_request_sync_with_redis_unreachable_logs_and_returns(stack: Stack) -> None:
