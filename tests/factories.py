@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
+
+from sqlalchemy import update
+
+from shared.db.enums import PublishStatus
+from shared.db.models import NotificationTemplate
+from shared.db.session import transaction
+from shared.generation import bump_generation
+from shared.settings import get_settings
 
 CHANNEL_SOURCES = {
     "EMAIL": ("[{{ priority | default('low') | upper }}] {{ buildingId }}", "<p>{{ message }}</p>"),
@@ -102,3 +111,18 @@ def trigger_signup(client: Any, tenant: Any, **extra: Any) -> dict[str, Any]:
     assert response.status_code == 202, response.text
     accepted: dict[str, Any] = response.json()
     return accepted
+
+
+def back_to_draft(tenant: Any, template_id: int) -> None:
+    """Put a published template back to DRAFT in the database, as another service writing the
+    original's tables may (the API has no way back from PUBLISH), and wait until every process
+    has seen the change (REGISTRY_CHECK_INTERVAL_SECONDS)."""
+    with transaction(tenant.enterprise_id) as session:
+        changed = session.execute(
+            update(NotificationTemplate)
+            .where(NotificationTemplate.id == template_id)
+            .values(publish_status=PublishStatus.DRAFT)
+        )
+        assert changed.rowcount == 1  # type: ignore[attr-defined]
+        bump_generation(session, tenant.enterprise_id)
+    time.sleep(get_settings().registry_check_interval_seconds + 0.5)

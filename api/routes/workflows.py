@@ -17,6 +17,7 @@ from api.schemas.workflows import (
     WorkflowRead,
     WorkflowUpdate,
 )
+from shared.db.enums import PublishStatus
 from shared.db.models import NotificationWorkflow
 from shared.generation import bump_generation
 from shared.novu.sync import workflow_sync_states
@@ -30,11 +31,13 @@ WorkflowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 def _check_config(session: Session, row: NotificationWorkflow, enterprise_id: Any) -> None:
-    """Refuse a workflow that could not run: missing templates, wrong channel, bad schema."""
+    """Refuse a workflow that could not run: missing templates, wrong channel, bad schema, and
+    for a published one, a template still in draft (its every notification would FAIL)."""
     service = WorkflowService(session)
     config = service.parse_workflow_config(row)
     problems = DynamicWorkflowFactory.validate_workflow_config(config)
-    problems += service.template_problems(config, enterprise_id)
+    published = row.publish_status is PublishStatus.PUBLISH
+    problems += service.template_problems(config, enterprise_id, published=published)
     if problems:
         raise ApiError(
             422,

@@ -199,8 +199,12 @@ class WorkflowService:
             delay_seconds=workflow.delay_seconds,
         )
 
-    def template_problems(self, config: WorkflowConfig, enterprise_id: uuid.UUID) -> list[str]:
-        """Templates a configuration names that the enterprise does not have for that channel."""
+    def template_problems(
+        self, config: WorkflowConfig, enterprise_id: uuid.UUID, *, published: bool = False
+    ) -> list[str]:
+        """Templates a configuration names that the enterprise does not have for that channel;
+        with `published`, also those not published yet (a published workflow sends with them,
+        and a draft is never sent: docs/architecture.md, "Templates")."""
         wanted = {
             channel: config.template_id(channel)
             for channel in config.channels
@@ -208,24 +212,29 @@ class WorkflowService:
         }
         if not wanted:
             return []
+        T = NotificationTemplate
         found = {
-            row.id: row.channel_type
+            row.id: (row.channel_type, row.publish_status)
             for row in self.session.execute(
-                select(NotificationTemplate.id, NotificationTemplate.channel_type).where(
-                    NotificationTemplate.enterprise_id == enterprise_id,
-                    NotificationTemplate.id.in_([t for t in wanted.values() if t is not None]),
-                    NotificationTemplate.deactivated.is_(False),
-                    NotificationTemplate.publish_status.not_in(UNUSABLE_TEMPLATE_STATUSES),
+                select(T.id, T.channel_type, T.publish_status).where(
+                    T.enterprise_id == enterprise_id,
+                    T.id.in_([t for t in wanted.values() if t is not None]),
+                    T.deactivated.is_(False),
+                    T.publish_status.not_in(UNUSABLE_TEMPLATE_STATUSES),
                 )
             )
         }
         problems = []
         for channel, template_id in wanted.items():
+            name = f"{TEMPLATE_OVERRIDE_KEYS[channel]} {template_id}"
             if template_id not in found:
-                problems.append(f"{TEMPLATE_OVERRIDE_KEYS[channel]} {template_id} does not exist")
-            elif found[template_id] is not channel:
+                problems.append(f"{name} does not exist")
+                continue
+            channel_type, status = found[template_id]
+            if channel_type is not channel:
+                problems.append(f"{name} is a {channel_type.value} template, not {channel.value}")
+            elif published and status is not PublishStatus.PUBLISH:
                 problems.append(
-                    f"{TEMPLATE_OVERRIDE_KEYS[channel]} {template_id} is a "
-                    f"{found[template_id].value} template, not {channel.value}"
+                    f"{name} is not published ({status.value}): publish it before the workflow"
                 )
         return problems

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from tests.api.test_novu_bridge import bridge_post, event, xnovu
 from tests.api.test_ui import _logged_in
 from tests.conftest import signup_payload
-from tests.factories import api_error, create_template, create_workflow
+from tests.factories import api_error, back_to_draft, create_template, create_workflow
 
 # 51 two-letter locale tags: aa, ab, ... by.
 TAGS = [chr(97 + i // 26) + chr(97 + i % 26) for i in range(51)]
@@ -159,8 +159,9 @@ def test_hostile_input_to_the_filters_is_a_422_at_preview(client, tenant, source
 
 def test_the_bridge_previews_a_draft_and_refuses_to_execute_it(client, tenant):
     key = f"drafted-{uuid.uuid4().hex[:8]}"
-    draft = create_template(client, tenant, "SMS", body="draft {{ message }}", publish=False)
+    draft = create_template(client, tenant, "SMS", body="draft {{ message }}")
     create_workflow(client, tenant, key, publish=True, SMS=draft)
+    back_to_draft(tenant, draft["id"])
     payload = {"message": "hi", "_xnovu": xnovu(tenant.enterprise_id)}
     shown = bridge_post(client, event(payload), action="preview", workflowId=key, stepId="sms")
     assert shown.status_code == 200, shown.text

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from tests.conftest import make_tenant
-from tests.factories import create_template, create_workflow
+from tests.factories import api_error, create_template, create_workflow
 
 
 def test_created_workflow_is_a_draft_until_published(client, tenant):
@@ -66,6 +66,52 @@ def test_template_of_the_wrong_channel_or_enterprise_is_422(client, tenant):
             headers=tenant.headers,
         )
         assert response.status_code == 422, response.text
+
+
+def test_a_published_workflow_names_only_published_templates(client, tenant):
+    draft = create_template(client, tenant, "SMS", publish=False)
+    published = create_template(client, tenant, "EMAIL")
+    # Drafts go together: a draft workflow may name a draft template.
+    workflow = create_workflow(client, tenant, f"drafts-{uuid.uuid4().hex[:6]}", SMS=draft)
+    before = client.get(f"/api/workflows/{workflow['id']}", headers=tenant.headers).json()
+
+    refused = client.post(f"/api/workflows/{workflow['id']}/publish", headers=tenant.headers)
+    error = api_error(refused, 422, "invalid_workflow")
+    assert [d["message"] for d in error["details"]] == [
+        f"smsTemplateId {draft['id']} is not published (DRAFT): publish it before the workflow"
+    ]
+    # Refused as a whole: still a draft, and triggers still answer 404.
+    after = client.get(f"/api/workflows/{workflow['id']}", headers=tenant.headers).json()
+    assert after == before and after["publish_status"] == "DRAFT"
+    trigger = {"workflowId": workflow["workflow_key"], "payload": {"message": "hi"}}
+    api_error(
+        client.post("/api/trigger", json=trigger, headers=tenant.headers), 404, "workflow_not_found"
+    )
+
+    assert client.post(f"/api/templates/{draft['id']}/publish", headers=tenant.headers).is_success
+    published_now = client.post(f"/api/workflows/{workflow['id']}/publish", headers=tenant.headers)
+    assert published_now.status_code == 200, published_now.text
+
+    # A published workflow cannot be changed to name a draft either.
+    another_draft = create_template(client, tenant, "EMAIL", publish=False)
+    for email in (another_draft, published):
+        changed = client.patch(
+            f"/api/workflows/{workflow['id']}",
+            json={
+                "default_channels": ["SMS", "EMAIL"],
+                "template_overrides": {
+                    "smsTemplateId": draft["id"],
+                    "emailTemplateId": email["id"],
+                },
+            },
+            headers=tenant.headers,
+        )
+        if email is another_draft:
+            error = api_error(changed, 422, "invalid_workflow")
+            assert f"emailTemplateId {email['id']} is not published" in str(error["details"])
+        else:
+            assert changed.status_code == 200, changed.text
+            assert changed.json()["template_overrides"]["emailTemplateId"] == email["id"]
 
 
 def test_invalid_payload_schema_is_422(client, tenant):

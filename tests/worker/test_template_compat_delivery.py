@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for_status
-from tests.factories import create_template, create_workflow
+from tests.factories import back_to_draft, create_template, create_workflow
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +37,11 @@ def _finished(client: Any, tenant: Any, emulator: Any, accepted: dict[str, Any])
 def test_a_draft_template_fails_the_notification_and_reaches_no_one(
     client, tenant, worker, emulator
 ):
-    draft = create_template(client, tenant, "SMS", body="{{ message }}", publish=False)
+    # Publishing the workflow over a draft is refused (tests/api/test_workflows.py); a row
+    # another service changes is what reaches the worker.
+    draft = create_template(client, tenant, "SMS", body="{{ message }}")
     create_workflow(client, tenant, "draft-sms", SMS=draft, publish=True)
+    back_to_draft(tenant, draft["id"])
     accepted = _trigger(client, tenant, {"workflowId": "draft-sms", "payload": ALERT})
     row, events = _finished(client, tenant, emulator, accepted)
     assert row["notification_status"] == "FAILED", row
