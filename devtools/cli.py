@@ -11,7 +11,6 @@ import importlib.util
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -120,7 +119,8 @@ def dev(api_processes: int, workers: int, worker_concurrency: int) -> None:
     from honcho.manager import Manager
 
     settings = get_settings()
-    _check_ports_free(settings)
+    shape = _Shape(api_processes, workers, worker_concurrency)
+    _check_ports_free(settings, _metrics_env(settings, _processes(settings, shape)))
     servers = _start_embedded_servers(settings)
     exit_code = 1
     try:
@@ -129,7 +129,6 @@ def dev(api_processes: int, workers: int, worker_concurrency: int) -> None:
         _write_dev_env(child_settings, servers)
         _migrate_and_seed(child_settings)
         manager = Manager()
-        shape = _Shape(api_processes, workers, worker_concurrency)
         processes = _processes(child_settings, shape)
         metrics_env = _metrics_env(child_settings, processes)
         for name, command in processes.items():
@@ -151,9 +150,12 @@ def dev(api_processes: int, workers: int, worker_concurrency: int) -> None:
     sys.exit(exit_code)
 
 
-def _check_ports_free(settings: Settings) -> None:
+def _check_ports_free(settings: Settings, metrics_env: dict[str, dict[str, str]]) -> None:
     """Fail before starting anything when a port the stack needs is taken (another `make run`,
-    most likely), instead of half a stack that says it is running."""
+    most likely), instead of half a stack that says it is running, or (a metrics port) one
+    whose figures come from the other stack."""
+    from devtools.devstack import port_in_use
+
     ports = {"API_PORT": settings.api_port, "FLOWER_PORT": settings.flower_port}
     if not settings.novu_api_url:
         ports["NOVU_EMULATOR_PORT"] = settings.novu_emulator_port
@@ -161,22 +163,18 @@ def _check_ports_free(settings: Settings) -> None:
         ports["XNOVU_PG_PORT"] = settings.embedded_postgres_port
     if not settings.redis_url:
         ports["XNOVU_REDIS_PORT"] = settings.embedded_redis_port
-    taken = [f"{port} ({name})" for name, port in ports.items() if _in_use(port)]
+    first: dict[str, int] = {}
+    for process, env in metrics_env.items():
+        for name, value in env.items():
+            # WORKER_METRICS_PORT is the first worker's; the others count up from it.
+            offset = int(value) - first.setdefault(name, int(value))
+            ports[f"{name}+{offset}, {process}'s metrics" if offset else name] = int(value)
+    taken = [f"{port} ({name})" for name, port in ports.items() if port_in_use("127.0.0.1", port)]
     if taken:
         raise click.ClickException(
             "port " + ", ".join(taken) + " is in use: is another `make run` running? "
             "Stop it, or set those variables to free ports."
         )
-
-
-def _in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
 
 
 def _write_dev_env(settings: Settings, servers: list[EmbeddedServer]) -> None:

@@ -55,7 +55,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _port_in_use(host: str, port: int) -> bool:
+def free_ports_in_a_row(count: int) -> int:
+    """The first of `count` consecutive TCP ports on 127.0.0.1 that nothing holds right now (a
+    stack's worker metrics ports count up from the first)."""
+    while True:
+        first = free_port()
+        if first + count <= 65536 and not any(
+            port_in_use("127.0.0.1", first + n) for n in range(1, count)
+        ):
+            return first
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether a socket holds `host:port` (a listener, or a connection's local end)."""
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -151,7 +163,7 @@ class _EmbeddedServer(ABC):
         self.stop()
 
     def _spawn(self, cmd: list[str], log: Path, **kwargs: Any) -> None:
-        if _port_in_use(self.host, self.port):
+        if port_in_use(self.host, self.port):
             raise DevStackError(f"port {self.host}:{self.port} is in use by another process")
         if self._proc is not None:
             self._proc.poll()  # reap a crashed predecessor

@@ -7,6 +7,7 @@ import ast
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import psutil
 import pytest
 from standardwebhooks import Webhook
 
-from devtools.devstack import free_port
+from devtools.devstack import free_port, free_ports_in_a_row
 from tests.conftest import REPO
 from tests.webhook_receiver import Receiver, serve
 
@@ -50,7 +51,8 @@ def dev_stack_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, int]]:
         "NOVU_EMULATOR_PORT": free_port(),
         "XNOVU_PG_PORT": free_port(),
         "XNOVU_REDIS_PORT": free_port(),
-        "WORKER_METRICS_PORT": free_port(),  # the first worker's; the next ones count up
+        # The first worker's; the next ones count up (two delivery workers and the webhooks').
+        "WORKER_METRICS_PORT": free_ports_in_a_row(3),
         "BEAT_METRICS_PORT": free_port(),
     }
     env = {
@@ -316,3 +318,26 @@ def assert_nothing_left(children: list[psutil.Process], tmp_path: Path) -> None:
         and str(tmp_path) in " ".join(p.info["cmdline"] or [])
     ]
     assert leftover_pg == []
+
+
+@pytest.mark.parametrize("taken", ["API_PORT", "BEAT_METRICS_PORT", "webhooks"])
+def test_a_taken_port_stops_make_run_before_it_starts_anything(tmp_path: Path, taken: str) -> None:
+    env, ports = dev_stack_env(tmp_path)
+    # The webhooks worker serves its metrics on the port after the delivery worker's.
+    port = ports["WORKER_METRICS_PORT"] + 1 if taken == "webhooks" else ports[taken]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        done = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "dev"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode != 0
+    name = "WORKER_METRICS_PORT+1, webhooks's metrics" if taken == "webhooks" else taken
+    assert f"port {port} ({name}) is in use" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
