@@ -117,9 +117,18 @@ STATUS_WEBHOOKS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+RULE_FIRES = Counter(
+    "xnovu_rule_fires",
+    "Fire times of scheduled rules the rules tick handled, by outcome: fired (a notification "
+    "created), failed (the fire's checks refused it: the rule's last_error says why), skipped "
+    "(missed by over a minute with RULES_MISFIRE=skip).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 
 _KNOWN_LABELS: tuple[tuple[Counter, tuple[str, ...]], ...] = (
     (RECONCILER, ("lease_expired", "lease_failed", "republished", "released")),
+    (RULE_FIRES, ("fired", "failed", "skipped")),
     (STATUS_WEBHOOKS, ("delivered", "retrying", "failed", "handed_back")),
     (
         RETRIES,

@@ -24,10 +24,12 @@ from sqlalchemy.exc import IntegrityError
 from shared.db.enums import PublishStatus
 from shared.db.models import Notification, NotificationRule
 from shared.db.session import transaction
+from shared.queue import TASK_QUEUES, TaskName, producer
 from shared.rules.scheduler import fire_rules
 from shared.settings import get_settings
 from tests.conftest import Tenant, make_tenant, wait_for_status
 from tests.factories import create_template, create_workflow
+from tests.worker.test_metrics import scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +38,17 @@ MINUTE = dt.timedelta(minutes=1)
 
 @pytest.fixture(autouse=True)
 def _rules_stop_firing():
-    """Rules of a test never fire in a later one (fire_rules(now) fires every due rule)."""
+    """Rules of a test never fire in a later one (fire_rules(now) fires every due rule), nor
+    do earlier files' rules fire during a test (the worker's beat fires them on the real clock,
+    and the metrics test counts fires)."""
+
+    def deactivate_all() -> None:
+        with transaction() as session:
+            session.execute(update(NotificationRule).values(deactivated=True))
+
+    deactivate_all()
     yield
-    with transaction() as session:
-        session.execute(update(NotificationRule).values(deactivated=True))
+    deactivate_all()
 
 
 def _workflow(client: Any, tenant: Tenant) -> dict[str, Any]:
@@ -402,3 +411,41 @@ def test_a_changed_schedule_applies_from_beats_next_tick(client, tenant, worker)
         return armed if armed != monday else None
 
     assert _wait(rearmed, "beat to arm the rule with its new schedule") == expected
+
+
+def test_the_worker_counts_fires_and_failed_fires_in_its_metrics(client, tenant, worker):
+    """The tick run by the real worker (the task beat sends, given a `now`): one rule fires,
+    one fails its checks; xnovu_rule_fires_total says so on the worker's metrics port."""
+    workflow = _workflow(client, tenant)
+    good = _rule(client, tenant, workflow["id"], "* * * * *")
+    stale = _rule(client, tenant, workflow["id"], "* * * * *")
+    now = _ahead()
+    for rule_id in (good, stale):
+        _activate(rule_id, next_fire_at=now)
+    with transaction() as session:
+        session.execute(
+            update(NotificationRule)
+            .where(NotificationRule.id == stale)
+            .values(rule_payload={"recipients": ["ops-1"], "payload": {}})
+        )
+    before = scrape(worker.metrics_url)
+
+    producer().send_task(
+        TaskName.FIRE_RULES.value,
+        kwargs={"now": (now + dt.timedelta(seconds=1)).isoformat()},
+        queue=TASK_QUEUES[TaskName.FIRE_RULES].value,
+        retry=False,
+    )
+
+    def counted() -> dict[str, float]:
+        after = scrape(worker.metrics_url)
+        return {
+            outcome: value(after, "xnovu_rule_fires_total", outcome=outcome)
+            - value(before, "xnovu_rule_fires_total", outcome=outcome)
+            for outcome in ("fired", "failed", "skipped")
+        }
+
+    _wait(lambda: counted() == {"fired": 1, "failed": 1, "skipped": 0}, "the counted fires", 10)
+    [notification] = _fired(good)
+    assert _fired(stale) == [] and _rule_row(stale).last_error["code"] == "invalid_payload"
+    wait_for_status(client, tenant, notification.id, {"SENT"})
