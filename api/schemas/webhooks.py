@@ -20,6 +20,7 @@ EventType = Literal[
     "message.failed",
     "message.seen",
     "message.read",
+    "rule.failed",
 ]
 assert set(EventType.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
 

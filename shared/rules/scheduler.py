@@ -11,7 +11,8 @@ One tick, in batches of RULE_BATCH rules, each batch one transaction:
    `accepted` timeline event, `enqueued_at`), one statement per enterprise; the rows are then
    linked to their rule and fire time in one statement (a unique index makes a second row for
    the same rule and fire time impossible), and every rule's next fire time, last fire and error
-   in one more;
+   in one more; fires that created nothing add a `rule.failed` status webhook for each endpoint
+   subscribed to it, in one more (only then);
 3. after commit, the created rows' deliveries are published (or left for beat).
 
 Misfires (the fire time is in the past, e.g. after downtime): RULES_MISFIRE=latest fires the
@@ -32,7 +33,13 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import DataError, IntegrityError
 
-from shared.db.models import Notification, NotificationRule, NotificationWorkflow
+from shared.db.models import (
+    Notification,
+    NotificationRule,
+    NotificationWorkflow,
+    WebhookEndpoint,
+    WebhookMessage,
+)
 from shared.db.session import transaction
 from shared.errors import DomainError
 from shared.notifications.publisher import publish_deliveries
@@ -40,6 +47,7 @@ from shared.notifications.repository import NewNotification, insert_pending
 from shared.rules.payload import checked_notification
 from shared.rules.schedule import parse_schedule
 from shared.settings import Settings, get_settings
+from shared.webhooks.events import RULE_FAILED
 from shared.workflows.registry import get_registry
 
 log = logging.getLogger(__name__)
@@ -47,6 +55,8 @@ log = logging.getLogger(__name__)
 RULES: str = NotificationRule.__table__.fullname  # type: ignore[attr-defined]
 WORKFLOWS: str = NotificationWorkflow.__table__.fullname  # type: ignore[attr-defined]
 NOTIFICATIONS: str = Notification.__table__.fullname  # type: ignore[attr-defined]
+WEBHOOK_MESSAGES: str = WebhookMessage.__table__.fullname  # type: ignore[attr-defined]
+WEBHOOK_ENDPOINTS: str = WebhookEndpoint.__table__.fullname  # type: ignore[attr-defined]
 
 # Rules per transaction, and batches per tick: a tick does at most this much, the next the rest.
 RULE_BATCH = 1000
@@ -99,6 +109,36 @@ _LINK = f"""
         CAST(%(ids)s AS bigint[]), CAST(%(rules)s AS bigint[]), CAST(%(fired)s AS timestamptz[])
     ) AS v(id, rule_id, fire_at)
     WHERE n.id = v.id
+    """
+
+# A `rule.failed` status webhook for each fire that created no notification, to each enabled
+# endpoint of the rule's enterprise subscribed to it (docs/architecture.md, "Status webhooks"):
+# written in the tick's transaction, with the rule's last_error, so the two commit together.
+_RULE_FAILED_WEBHOOKS = f"""
+    INSERT INTO {WEBHOOK_MESSAGES}
+        (msg_id, enterprise_id, endpoint_id, event_type, notification_id, payload)
+    SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), r.enterprise_id, e.id,
+        '{RULE_FAILED}', NULL,
+        jsonb_build_object(
+            'type', '{RULE_FAILED}',
+            'timestamp', to_jsonb(now()),
+            'data', jsonb_strip_nulls(jsonb_build_object(
+                'ruleId', r.id,
+                'ruleName', r.name,
+                'enterpriseId', r.enterprise_id,
+                'workflowId', v.workflow_key,
+                'fireAt', v.error -> 'fireAt',
+                'error', v.error - 'fireAt'
+            ))
+        )
+    FROM unnest(
+        CAST(%(ids)s AS bigint[]), CAST(%(workflows)s AS text[]), CAST(%(errors)s AS jsonb[])
+    ) AS v(id, workflow_key, error)
+    JOIN {RULES} AS r ON r.id = v.id
+    JOIN {WEBHOOK_ENDPOINTS} AS e
+      ON e.enterprise_id = r.enterprise_id AND e.enabled
+     AND '{RULE_FAILED}' = ANY(e.event_types)
+    ORDER BY v.id, e.id
     """
 
 
@@ -226,6 +266,7 @@ def _fire_due(
     for enterprise_id, group in fires.items():
         links.extend(_record(conn, enterprise_id, group, updates, result))
     _update_rules(conn, updates)
+    _tell_failed_fires(conn, updates, {row.id: row.workflow_key for row in rows})
     targets.extend((notification_id, fire.enterprise_id) for notification_id, fire in links)
     result.notification_ids.extend(notification_id for notification_id, _ in links)
     return len(rows)
@@ -303,6 +344,27 @@ def _update_rules(conn: Connection, updates: dict[int, _RuleUpdate]) -> None:
             ],
         },
     )
+
+
+def _tell_failed_fires(
+    conn: Connection, updates: dict[int, _RuleUpdate], workflow_keys: dict[int, str]
+) -> None:
+    """The `rule.failed` webhooks of the fires that created nothing (errors with a fire time;
+    a schedule that cannot be read is said by the rule's last_error alone)."""
+    failed = {
+        rule_id: update.error
+        for rule_id, update in updates.items()
+        if update.error is not None and "fireAt" in update.error
+    }
+    if failed:
+        conn.exec_driver_sql(
+            _RULE_FAILED_WEBHOOKS,
+            {
+                "ids": list(failed),
+                "workflows": [workflow_keys[rule_id] for rule_id in failed],
+                "errors": [json.dumps(error) for error in failed.values()],
+            },
+        )
 
 
 def _error(exc: DomainError, fire_at: dt.datetime | None = None) -> dict[str, Any]:

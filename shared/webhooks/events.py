@@ -16,7 +16,11 @@ MESSAGE_EVENTS = (
     "message.seen",
     "message.read",
 )
-EVENT_TYPES = NOTIFICATION_EVENTS + MESSAGE_EVENTS
+# Events about a scheduled rule rather than a notification: written by the rules tick
+# (shared/rules/scheduler.py), not by the timeline's trigger.
+RULE_FAILED = "rule.failed"
+RULE_EVENTS = (RULE_FAILED,)
+EVENT_TYPES = NOTIFICATION_EVENTS + MESSAGE_EVENTS + RULE_EVENTS
 
 # Timeline kind -> webhook event type.
 TIMELINE_KINDS: dict[str, str] = {

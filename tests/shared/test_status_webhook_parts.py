@@ -23,7 +23,7 @@ from shared.queue import QueueName
 from shared.webhooks import outbox, sender
 from shared.webhooks.addresses import UnsafeUrl, is_public, parse_url
 from shared.webhooks.endpoints import new_secret
-from shared.webhooks.events import EVENT_TYPES, TIMELINE_KINDS
+from shared.webhooks.events import EVENT_TYPES, RULE_EVENTS, TIMELINE_KINDS
 from tests.conftest import REPO, Stack
 from tests.webhook_receiver import Receiver, serve
 
@@ -139,7 +139,7 @@ def test_the_triggers_kinds_are_the_event_modules():
     source = (REPO / "migrations/versions/0009_status_webhooks.py").read_text()
     pairs = dict(re.findall(r'\("([a-z.]+)", "([a-z.]+)"\),', source))
     assert pairs == TIMELINE_KINDS
-    assert set(TIMELINE_KINDS.values()) == set(EVENT_TYPES)
+    assert set(TIMELINE_KINDS.values()) | set(RULE_EVENTS) == set(EVENT_TYPES)
 
 
 def test_every_queue_has_consumers_in_compose_and_make_run():

@@ -127,6 +127,17 @@ def _insert_rule(
     return int(rule_id)
 
 
+def _make_stale(rule_id: int) -> None:
+    """The rule's payload no longer matches its workflow's schema (no `message`), as if the
+    workflow had changed since: its fires fail `invalid_payload`."""
+    with transaction() as session:
+        session.execute(
+            update(NotificationRule)
+            .where(NotificationRule.id == rule_id)
+            .values(rule_payload={"recipients": ["ops-1"], "payload": {}})
+        )
+
+
 def _fired(rule_id: int) -> list[Notification]:
     with transaction() as session:
         return list(
@@ -336,12 +347,7 @@ def test_fires_that_fail_the_checks_create_nothing_and_say_why(client, tenant, w
     stale = _rule(client, tenant, workflow["id"], "* * * * *")
     for rule_id in (foreign, stale):
         _activate(rule_id, next_fire_at=now)
-    with transaction() as session:
-        session.execute(
-            update(NotificationRule)
-            .where(NotificationRule.id == stale)
-            .values(rule_payload={"recipients": ["ops-1"], "payload": {}})
-        )
+    _make_stale(stale)
     result = fire_rules(now + dt.timedelta(seconds=1))
     assert result.failed == 2 and result.fired == 0
     for rule_id, code in ((foreign, "workflow_not_found"), (stale, "invalid_payload")):
@@ -422,12 +428,7 @@ def test_the_worker_counts_fires_and_failed_fires_in_its_metrics(client, tenant,
     now = _ahead()
     for rule_id in (good, stale):
         _activate(rule_id, next_fire_at=now)
-    with transaction() as session:
-        session.execute(
-            update(NotificationRule)
-            .where(NotificationRule.id == stale)
-            .values(rule_payload={"recipients": ["ops-1"], "payload": {}})
-        )
+    _make_stale(stale)
     before = scrape(worker.metrics_url)
 
     producer().send_task(

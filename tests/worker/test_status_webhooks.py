@@ -11,13 +11,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text, update
 from standardwebhooks import Webhook
 
 from devtools.devstack import free_port
+from shared.db.models import NotificationRule, WebhookMessage
 from shared.db.session import transaction
+from shared.rules.scheduler import fire_rules
 from tests.conftest import Tenant, make_tenant, signup_payload, wait_for_status
 from tests.webhook_receiver import Received, Receiver, serve
+from tests.worker import test_rules as rules
 
 pytestmark = pytest.mark.integration
 
@@ -353,3 +356,57 @@ def test_a_claim_whose_worker_died_is_sent_again_with_its_id(
     Webhook(endpoint["secret"]).verify(got.body, got.headers)
     [attempt] = _wait(lambda: _attempts(client, tenant, endpoint["id"]), what="its attempt")
     assert attempt["attempt"] == 2 and attempt["messageStatus"] == "delivered"
+
+
+def test_a_rule_fire_that_creates_nothing_is_posted_as_rule_failed(
+    client, tenant, worker, webhook_worker, receiver
+):
+    subscribed = _register(client, tenant, receiver.url, types=("rule.failed",))
+    # The same enterprise's endpoint of other types, and another enterprise's of this type.
+    _register(client, tenant, receiver.url, types=("notification.failed",))
+    other = make_tenant()
+    _register(client, other, receiver.url, types=("rule.failed",))
+    workflow = rules._workflow(client, tenant)
+    good = rules._rule(client, tenant, workflow["id"], "* * * * *")
+    stale = rules._rule(client, tenant, workflow["id"], "* * * * *")
+    now = rules._ahead()
+    for rule_id in (good, stale):
+        rules._activate(rule_id, next_fire_at=now)
+    rules._make_stale(stale)
+
+    result = fire_rules(now + dt.timedelta(seconds=1))
+    assert (result.fired, result.failed) == (1, 1)
+
+    # One message, made in the tick's transaction, for the one subscribed endpoint.
+    with transaction() as session:
+        made = session.execute(
+            select(WebhookMessage.endpoint_id, WebhookMessage.event_type).where(
+                WebhookMessage.payload["data"]["ruleId"].as_integer().in_([good, stale])
+            )
+        ).all()
+    assert made == [(subscribed["id"], "rule.failed")]
+
+    [got] = _wait(
+        lambda: [r for r in receiver.events() if r.event["type"] == "rule.failed"],
+        what="the rule.failed webhook",
+    )
+    verified = Webhook(subscribed["secret"]).verify(got.body, got.headers)
+    error = verified["data"].pop("error")
+    assert verified["data"] == {
+        "ruleId": stale,
+        "ruleName": "every * * * * *",
+        "enterpriseId": str(tenant.enterprise_id),
+        "workflowId": workflow["workflow_key"],
+        "fireAt": now.isoformat(),
+    }
+    assert error["code"] == "invalid_payload" and error["details"][0]["field"] == "message"
+    assert error == {k: v for k, v in rules._rule_row(stale).last_error.items() if k != "fireAt"}
+    [attempt] = _wait(lambda: _attempts(client, tenant, subscribed["id"]), what="the attempt")
+    assert attempt["succeeded"] is True and attempt["eventType"] == "rule.failed"
+    assert attempt["notificationId"] is None
+    with transaction() as session:  # they never fire in a later test
+        session.execute(
+            update(NotificationRule)
+            .where(NotificationRule.id.in_([good, stale]))
+            .values(deactivated=True)
+        )
