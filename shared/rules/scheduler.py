@@ -266,7 +266,9 @@ def _fire_due(
     for enterprise_id, group in fires.items():
         links.extend(_record(conn, enterprise_id, group, updates, result))
     _update_rules(conn, updates)
-    _tell_failed_fires(conn, updates, {row.id: row.workflow_key for row in rows})
+    # Another enterprise's workflow stays unnamed: its key is not the rule's enterprise's to see.
+    keys = {row.id: row.workflow_key if row.own_workflow else None for row in rows}
+    _tell_failed_fires(conn, updates, keys)
     targets.extend((notification_id, fire.enterprise_id) for notification_id, fire in links)
     result.notification_ids.extend(notification_id for notification_id, _ in links)
     return len(rows)
@@ -347,7 +349,7 @@ def _update_rules(conn: Connection, updates: dict[int, _RuleUpdate]) -> None:
 
 
 def _tell_failed_fires(
-    conn: Connection, updates: dict[int, _RuleUpdate], workflow_keys: dict[int, str]
+    conn: Connection, updates: dict[int, _RuleUpdate], workflow_keys: dict[int, str | None]
 ) -> None:
     """The `rule.failed` webhooks of the fires that created nothing (errors with a fire time;
     a schedule that cannot be read is said by the rule's last_error alone)."""

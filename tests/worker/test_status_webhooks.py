@@ -365,29 +365,46 @@ def test_a_rule_fire_that_creates_nothing_is_posted_as_rule_failed(
     # The same enterprise's endpoint of other types, and another enterprise's of this type.
     _register(client, tenant, receiver.url, types=("notification.failed",))
     other = make_tenant()
-    _register(client, other, receiver.url, types=("rule.failed",))
+    theirs = _register(client, other, receiver.url, types=("rule.failed",))
     workflow = rules._workflow(client, tenant)
     good = rules._rule(client, tenant, workflow["id"], "* * * * *")
     stale = rules._rule(client, tenant, workflow["id"], "* * * * *")
+    # The other enterprise's rule, written by SQL, naming this enterprise's workflow.
+    foreign = rules._insert_rule(
+        other.enterprise_id,
+        workflow["id"],
+        {"cron": "* * * * *"},
+        {"recipients": ["x"], "payload": {"message": "hi"}},
+    )
     now = rules._ahead()
-    for rule_id in (good, stale):
+    for rule_id in (good, stale, foreign):
         rules._activate(rule_id, next_fire_at=now)
     rules._make_stale(stale)
 
     result = fire_rules(now + dt.timedelta(seconds=1))
-    assert (result.fired, result.failed) == (1, 1)
+    assert (result.fired, result.failed) == (1, 2)
 
-    # One message, made in the tick's transaction, for the one subscribed endpoint.
+    # Made in the tick's transaction: one message for each failed fire, to the endpoint of its
+    # rule's enterprise subscribed to rule.failed; another enterprise's workflow is not named.
     with transaction() as session:
         made = session.execute(
-            select(WebhookMessage.endpoint_id, WebhookMessage.event_type).where(
-                WebhookMessage.payload["data"]["ruleId"].as_integer().in_([good, stale])
+            select(WebhookMessage.endpoint_id, WebhookMessage.payload)
+            .where(
+                WebhookMessage.payload["data"]["ruleId"].as_integer().in_([good, stale, foreign])
             )
+            .order_by(WebhookMessage.id)
         ).all()
-    assert made == [(subscribed["id"], "rule.failed")]
+    assert [(endpoint, p["type"], p["data"]["ruleId"]) for endpoint, p in made] == [
+        (subscribed["id"], "rule.failed", stale),
+        (theirs["id"], "rule.failed", foreign),
+    ]
+    foreign_data = made[1][1]["data"]
+    assert "workflowId" not in foreign_data and foreign_data["error"]["code"] == (
+        "workflow_not_found"
+    )
 
     [got] = _wait(
-        lambda: [r for r in receiver.events() if r.event["type"] == "rule.failed"],
+        lambda: [r for r in receiver.events() if r.event["data"].get("ruleId") == stale],
         what="the rule.failed webhook",
     )
     verified = Webhook(subscribed["secret"]).verify(got.body, got.headers)
@@ -407,6 +424,6 @@ def test_a_rule_fire_that_creates_nothing_is_posted_as_rule_failed(
     with transaction() as session:  # they never fire in a later test
         session.execute(
             update(NotificationRule)
-            .where(NotificationRule.id.in_([good, stale]))
+            .where(NotificationRule.id.in_([good, stale, foreign]))
             .values(deactivated=True)
         )
