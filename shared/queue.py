@@ -10,6 +10,7 @@ import base64
 import enum
 import json
 import logging
+import ssl
 import uuid
 from collections.abc import Sequence
 from functools import lru_cache
@@ -103,7 +104,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_publish_retry": False,
         "timezone": "UTC",
         "enable_utc": True,
+        **_broker_tls(broker),
     }
+
+
+def _broker_tls(broker: str) -> dict[str, Any]:
+    """A `rediss://` broker verifies Redis's certificate, as XNovu's own Redis clients (redis-py)
+    do: kombu, given a `rediss://` URL without `ssl_cert_reqs`, connects without checking it.
+    The URL's own `ssl_*` parameters (`?ssl_cert_reqs=none`, `ssl_ca_certs=...`) still win."""
+    if not broker.startswith("rediss://"):
+        return {}
+    return {"broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED}}
 
 
 # How long one publish may wait for Redis (connect, or an answer) before the API gives up on it.

@@ -43,9 +43,10 @@ app = Celery(
 app.conf.update(celery_config(settings))
 # Beat's own scheduler, with a heartbeat /readyz and `xnovu health beat` read (worker/beat.py).
 app.conf.beat_scheduler = "worker.beat:HeartbeatScheduler"
-if settings.require_redis_url().startswith("redis://"):
+if settings.require_redis_url().startswith(("redis://", "rediss://")):
     # kombu's Redis transport, kept from exiting the worker after a Redis crash
-    # (worker/broker.py).
+    # (worker/broker.py). For rediss:// the TLS settings come from broker_use_ssl and the
+    # URL's ssl_* parameters (shared/queue.py), not from the scheme.
     app.conf.broker_transport = "worker.broker:Transport"
 app.conf.beat_schedule = {
     "reconcile": {

@@ -10,6 +10,7 @@ around it. A Redis of its own and a worker of its own: the suite's stay up."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -20,8 +21,10 @@ import pytest
 from celery import Celery
 
 from devtools.devstack import EmbeddedRedis, free_port
-from shared.queue import QueueName, TaskName
+from shared.queue import QueueName, TaskName, celery_config
+from shared.settings import Settings
 from tests.conftest import REPO, Stack, _wait_for
+from tests.tls_front import tls_front
 
 pytestmark = pytest.mark.integration
 
@@ -32,18 +35,65 @@ def _held(app: Celery) -> int:
     return sum(len(tasks) for tasks in answer.values())
 
 
+def _broker_app(broker: str) -> Celery:
+    """A Celery app configured as the worker's is (shared/queue.py, worker/celery_app.py)."""
+    app = Celery()
+    app.conf.update(celery_config(Settings.model_validate({"REDIS_URL": broker})))
+    app.conf.broker_transport = "worker.broker:Transport"
+    return app
+
+
+def _connects(app: Celery) -> None:
+    with app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1)
+        connection.default_channel.client.ping()
+
+
+def test_a_rediss_broker_checks_the_certificate_of_redis(tmp_path: Path) -> None:
+    own = EmbeddedRedis(tmp_path / "redis", free_port())
+    own.start()
+    try:
+        with tls_front(own.port, tmp_path) as front:
+            # kombu alone connects to a rediss:// URL without ssl_cert_reqs unverified; ours
+            # checks the certificate against the system's CAs, which do not know this one.
+            with pytest.raises(Exception) as refused:
+                _connects(_broker_app(front.url()))
+            assert "CERTIFICATE_VERIFY_FAILED" in repr(refused.value), repr(refused.value)
+            # Given the CA that signed it, it connects (through the patched transport).
+            app = _broker_app(front.url(f"ssl_ca_certs={front.ca_path}"))
+            with app.connection_for_write() as connection:
+                assert connection.transport_cls == "worker.broker:Transport"
+            _connects(app)
+    finally:
+        own.stop()
+
+
+@pytest.mark.parametrize("scheme", ["redis", "rediss"])
 def test_a_worker_holding_a_countdown_message_survives_a_redis_crash(
-    stack: Stack, tmp_path: Path
+    stack: Stack, tmp_path: Path, scheme: str
 ) -> None:
     own = EmbeddedRedis(tmp_path / "redis", free_port())
     url = own.start()
+    with contextlib.ExitStack() as fronts:
+        # rediss: the worker speaks TLS to a front that closes its connections when Redis stops.
+        if scheme == "rediss":
+            front = fronts.enter_context(tls_front(own.port, tmp_path))
+            worker_url = front.url(f"ssl_ca_certs={front.ca_path}")
+        else:
+            worker_url = url
+        _survives_a_redis_crash(stack, tmp_path, own, url, worker_url)
+
+
+def _survives_a_redis_crash(
+    stack: Stack, tmp_path: Path, own: EmbeddedRedis, url: str, worker_url: str
+) -> None:
     log = tmp_path / "worker.log"
     app = Celery(broker=url)
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel=INFO",
          "--concurrency=1", "-Q", QueueName.DELIVER.value, "--hostname=kombu-restore@test",
          "--without-mingle", "--without-gossip"],
-        env={**stack.env, "REDIS_URL": url}, cwd=REPO, stdout=log.open("wb"),
+        env={**stack.env, "REDIS_URL": worker_url}, cwd=REPO, stdout=log.open("wb"),
         stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
