@@ -19,7 +19,7 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from shared.redis_client import fail_fast_client
+from shared.redis_client import fail_fast_client, is_sentinel
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
             "retry_on_timeout": False,
+            **_sentinel_master(settings),
         },
         # A publish that cannot reach Redis fails fast: the row in PostgreSQL is the record and
         # the reconciler publishes it later.
@@ -106,6 +107,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         **_broker_tls(broker),
     }
+
+
+def _sentinel_master(settings: Settings) -> dict[str, Any]:
+    """kombu's Sentinel transport asks the Sentinels for this master (REDIS_SENTINEL_MASTER)."""
+    if not is_sentinel(settings.require_redis_url()):
+        return {}
+    return {"master_name": settings.require_sentinel_master()}
 
 
 def _broker_tls(broker: str) -> dict[str, Any]:
@@ -151,8 +159,9 @@ class RedisTaskWriter:
     0.1 ms): headers, body and properties come from Celery's own `amqp.as_task_v2` (the task
     protocol, version 2), wrapped in the envelope kombu's Redis transport stores (body base64,
     a delivery tag, delivery_info naming the queue's direct exchange). A worker cannot tell
-    the two apart; tests/shared/test_queue.py compares them field by field. Only plain
-    `redis://` and `rediss://` brokers qualify, and only messages with no priority.
+    the two apart; tests/shared/test_queue.py compares them field by field. Only `redis://`,
+    `rediss://` and `sentinel://` (the master's lists) brokers qualify, and only messages with
+    no priority.
     """
 
     def __init__(self, app: Celery, url: str) -> None:
@@ -218,7 +227,7 @@ def task_writer() -> RedisTaskWriter | None:
     """The process's writer, or None when the broker is not a plain Redis URL (then messages
     go through `send_task`)."""
     url = get_settings().require_redis_url()
-    if not url.startswith(("redis://", "rediss://")):
+    if not url.startswith(("redis://", "rediss://")) and not is_sentinel(url):
         return None
     return RedisTaskWriter(producer(), url)
 

@@ -10,8 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.redis_client import is_sentinel, parse_sentinel_url
 
 DEV_ENTERPRISE_ID = uuid.UUID("00000000-0000-0000-0000-000000000001")
 DEV_API_KEY = "xnk_dev_0000000000000000000000000000000000000001"
@@ -38,6 +40,11 @@ class Settings(BaseSettings):
     # the services connect as a role that owns nothing (README, "Production").
     migrations_database_url: str | None = Field(default=None, alias="MIGRATIONS_DATABASE_URL")
     redis_url: str | None = Field(default=None, alias="REDIS_URL")
+    # The master a `sentinel://` REDIS_URL (or RATE_LIMIT_REDIS_URL) stands for, as named in the
+    # Sentinels' `sentinel monitor` (docs/scaling.md); required with such a URL.
+    redis_sentinel_master: str | None = Field(
+        default=None, min_length=1, max_length=200, alias="REDIS_SENTINEL_MASTER"
+    )
     novu_api_url: str | None = Field(default=None, alias="NOVU_API_URL")
     novu_secret_key: str | None = Field(default=None, alias="NOVU_SECRET_KEY")
     data_dir: Path = Field(default=Path(".xnovu"), alias="XNOVU_DATA_DIR")
@@ -311,6 +318,28 @@ class Settings(BaseSettings):
         if self.migrations_database_url:
             return to_sqlalchemy_url(self.migrations_database_url)
         return self.require_database_url()
+
+    @model_validator(mode="after")
+    def _sentinel_urls_are_whole(self) -> Settings:
+        for name, url in (
+            ("REDIS_URL", self.redis_url),
+            ("RATE_LIMIT_REDIS_URL", self.rate_limit_redis_url),
+        ):
+            if url is None or not is_sentinel(url):
+                continue
+            try:
+                parse_sentinel_url(url)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+            if not self.redis_sentinel_master:
+                raise ValueError(f"{name} is a sentinel:// URL: set REDIS_SENTINEL_MASTER too")
+        return self
+
+    def require_sentinel_master(self) -> str:
+        """REDIS_SENTINEL_MASTER, or a clear error when it is missing."""
+        if not self.redis_sentinel_master:
+            raise MissingSetting("REDIS_SENTINEL_MASTER is not set (needed by sentinel:// URLs)")
+        return self.redis_sentinel_master
 
     def require_redis_url(self) -> str:
         """REDIS_URL, or a clear error when it is missing."""

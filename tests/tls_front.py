@@ -9,12 +9,12 @@ import asyncio
 import contextlib
 import ssl
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import trustme
 
 from devtools.devstack import free_port
+from tests.running import running
 
 
 class TlsFront:
@@ -83,11 +83,5 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
             await sink.drain()
 
 
-@contextlib.contextmanager
-def tls_front(upstream_port: int, directory: Path) -> Iterator[TlsFront]:
-    front = TlsFront(upstream_port, directory)
-    front.start()
-    try:
-        yield front
-    finally:
-        front.stop()
+def tls_front(upstream_port: int, directory: Path) -> contextlib.AbstractContextManager[TlsFront]:
+    return running(TlsFront(upstream_port, directory))

@@ -11,8 +11,8 @@ docs/architecture.md, "Broker outages").
 Here a channel whose connection is already gone restores nothing: with Redis unreachable it
 could not anyway. The messages stay in Redis's unacked set, from which kombu puts them back
 after `visibility_timeout`, and their notifications are in PostgreSQL, where the reconciler
-finds them sooner (docs/architecture.md, guarantee 2). Used for `redis://` brokers
-(worker/celery_app.py); remove it once Celery or kombu no longer need it.
+finds them sooner (docs/architecture.md, guarantee 2). Used for `redis://`, `rediss://` and
+`sentinel://` brokers (worker/celery_app.py); remove it once Celery or kombu no longer need it.
 """
 
 from __future__ import annotations
@@ -48,3 +48,14 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(kombu_redis.SentinelChannel):
+    QoS = QoS
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """The same change for `sentinel://` brokers: kombu's Sentinel channel restores the same
+    way (its QoS is the Redis one)."""
+
+    Channel = SentinelChannel

@@ -24,6 +24,7 @@ from shared import logs, metrics
 from shared.db.session import reset_engine
 from shared.novu.sync import PERIODIC_CHECK, request_sync
 from shared.queue import QueueName, TaskName, celery_config
+from shared.redis_client import is_sentinel
 from shared.settings import get_settings
 
 settings = get_settings()
@@ -43,11 +44,13 @@ app = Celery(
 app.conf.update(celery_config(settings))
 # Beat's own scheduler, with a heartbeat /readyz and `xnovu health beat` read (worker/beat.py).
 app.conf.beat_scheduler = "worker.beat:HeartbeatScheduler"
+# kombu's Redis transport, kept from exiting the worker after a Redis crash (worker/broker.py).
+# For rediss:// the TLS settings come from broker_use_ssl and the URL's ssl_* parameters
+# (shared/queue.py), not from the scheme.
 if settings.require_redis_url().startswith(("redis://", "rediss://")):
-    # kombu's Redis transport, kept from exiting the worker after a Redis crash
-    # (worker/broker.py). For rediss:// the TLS settings come from broker_use_ssl and the
-    # URL's ssl_* parameters (shared/queue.py), not from the scheme.
     app.conf.broker_transport = "worker.broker:Transport"
+elif is_sentinel(settings.require_redis_url()):
+    app.conf.broker_transport = "worker.broker:SentinelTransport"
 app.conf.beat_schedule = {
     "reconcile": {
         "task": TaskName.RECONCILE.value,

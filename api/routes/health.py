@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from shared.db.session import get_engine
 from shared.heartbeat import read_beat
+from shared.redis_client import redis_from_url
 from shared.settings import get_settings
 
 router = APIRouter(tags=["health"])
@@ -35,7 +35,7 @@ def readyz() -> JSONResponse:
     except Exception as exc:
         checks["database"] = f"unavailable: {type(exc).__name__}"
     try:
-        client = redis.Redis.from_url(
+        client = redis_from_url(
             get_settings().require_redis_url(), socket_connect_timeout=1, socket_timeout=1
         )
         client.ping()

@@ -37,7 +37,7 @@ from shared.novu.errors import NovuError
 from shared.novu.schemas import canonical_json
 from shared.process import PerProcess
 from shared.queue import PUBLISH_TIMEOUT_SECONDS, TASK_QUEUES, TaskName, producer
-from shared.redis_client import fail_fast_client
+from shared.redis_client import fail_fast_client, redis_from_url
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ def workflow_sync_states(
 
 # -- one sync at a time --------------------------------------------------------------------------
 
-_lock_redis = PerProcess(lambda: redis.Redis.from_url(get_settings().require_redis_url()))
+_lock_redis = PerProcess(lambda: redis_from_url(get_settings().require_redis_url()))
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from devtools.devstack import EmbeddedRedis, free_port
 from shared.queue import QueueName, TaskName, celery_config
 from shared.settings import Settings
 from tests.conftest import REPO, Stack, _wait_for
+from tests.sentinel_server import MASTER, sentinel_for
 from tests.tls_front import tls_front
 
 pytestmark = pytest.mark.integration
@@ -68,24 +69,27 @@ def test_a_rediss_broker_checks_the_certificate_of_redis(tmp_path: Path) -> None
         own.stop()
 
 
-@pytest.mark.parametrize("scheme", ["redis", "rediss"])
+@pytest.mark.parametrize("scheme", ["redis", "rediss", "sentinel"])
 def test_a_worker_holding_a_countdown_message_survives_a_redis_crash(
     stack: Stack, tmp_path: Path, scheme: str
 ) -> None:
     own = EmbeddedRedis(tmp_path / "redis", free_port())
     url = own.start()
-    with contextlib.ExitStack() as fronts:
+    worker_env = {"REDIS_URL": url}
+    with contextlib.ExitStack() as servers:
         # rediss: the worker speaks TLS to a front that closes its connections when Redis stops.
         if scheme == "rediss":
-            front = fronts.enter_context(tls_front(own.port, tmp_path))
-            worker_url = front.url(f"ssl_ca_certs={front.ca_path}")
-        else:
-            worker_url = url
-        _survives_a_redis_crash(stack, tmp_path, own, url, worker_url)
+            front = servers.enter_context(tls_front(own.port, tmp_path))
+            worker_env["REDIS_URL"] = front.url(f"ssl_ca_certs={front.ca_path}")
+        # sentinel: the worker asks a Sentinel watching that Redis where the master is.
+        elif scheme == "sentinel":
+            sentinel = servers.enter_context(sentinel_for(own, tmp_path / "sentinel"))
+            worker_env = {"REDIS_URL": sentinel.url(), "REDIS_SENTINEL_MASTER": MASTER}
+        _survives_a_redis_crash(stack, tmp_path, own, url, worker_env)
 
 
 def _survives_a_redis_crash(
-    stack: Stack, tmp_path: Path, own: EmbeddedRedis, url: str, worker_url: str
+    stack: Stack, tmp_path: Path, own: EmbeddedRedis, url: str, worker_env: dict[str, str]
 ) -> None:
     log = tmp_path / "worker.log"
     app = Celery(broker=url)
@@ -93,7 +97,7 @@ def _survives_a_redis_crash(
         [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel=INFO",
          "--concurrency=1", "-Q", QueueName.DELIVER.value, "--hostname=kombu-restore@test",
          "--without-mingle", "--without-gossip"],
-        env={**stack.env, "REDIS_URL": worker_url}, cwd=REPO, stdout=log.open("wb"),
+        env={**stack.env, **worker_env}, cwd=REPO, stdout=log.open("wb"),
         stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
