@@ -12,7 +12,8 @@ Here a channel whose connection is already gone restores nothing: with Redis unr
 could not anyway. The messages stay in Redis's unacked set, from which kombu puts them back
 after `visibility_timeout`, and their notifications are in PostgreSQL, where the reconciler
 finds them sooner (docs/architecture.md, guarantee 2). Used for `redis://`, `rediss://` and
-`sentinel://` brokers (worker/celery_app.py); remove it once Celery or kombu no longer need it.
+`sentinel://` brokers, by kombu's aliases of those schemes (`serve_redis_schemes`, called by
+worker/celery_app.py); remove it once Celery or kombu no longer need it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from kombu.transport import TRANSPORT_ALIASES, _transport_cache
 from kombu.transport import redis as kombu_redis
 
 log = logging.getLogger(__name__)
@@ -59,3 +61,23 @@ class SentinelTransport(kombu_redis.SentinelTransport):
     way (its QoS is the Redis one)."""
 
     Channel = SentinelChannel
+
+
+# kombu's aliases of the URL schemes this module's transports stand in for.
+ALIASES = {
+    "redis": f"{__name__}:Transport",
+    "rediss": f"{__name__}:Transport",
+    "sentinel": f"{__name__}:SentinelTransport",
+}
+
+
+def serve_redis_schemes() -> None:
+    """Make kombu's `redis`, `rediss` and `sentinel` aliases name the transports above, in this
+    process, rather than setting `broker_transport`: the broker URL keeps its scheme, which
+    Flower's Broker page reads to choose how to list the queues (it answers 404 for a
+    `module:Class` scheme) and from which kombu takes its `rediss` handling; and every
+    connection of the process, consumer or producer, gets the change."""
+    for alias, transport in ALIASES.items():
+        TRANSPORT_ALIASES[alias] = transport
+        # A transport resolved before this (none is, at the worker's import) would stay cached.
+        _transport_cache.pop(alias, None)

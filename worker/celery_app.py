@@ -24,12 +24,15 @@ from shared import logs, metrics
 from shared.db.session import reset_engine
 from shared.novu.sync import PERIODIC_CHECK, request_sync
 from shared.queue import QueueName, TaskName, celery_config
-from shared.redis_client import is_sentinel
 from shared.settings import get_settings
+from worker.broker import serve_redis_schemes
 
 settings = get_settings()
 _log = logging.getLogger(__name__)
 
+# kombu's Redis transports, kept from exiting the worker after a Redis crash (worker/broker.py),
+# for redis://, rediss:// and sentinel:// brokers alike.
+serve_redis_schemes()
 app = Celery(
     "xnovu",
     include=[
@@ -44,13 +47,6 @@ app = Celery(
 app.conf.update(celery_config(settings))
 # Beat's own scheduler, with a heartbeat /readyz and `xnovu health beat` read (worker/beat.py).
 app.conf.beat_scheduler = "worker.beat:HeartbeatScheduler"
-# kombu's Redis transport, kept from exiting the worker after a Redis crash (worker/broker.py).
-# For rediss:// the TLS settings come from broker_use_ssl and the URL's ssl_* parameters
-# (shared/queue.py), not from the scheme.
-if settings.require_redis_url().startswith(("redis://", "rediss://")):
-    app.conf.broker_transport = "worker.broker:Transport"
-elif is_sentinel(settings.require_redis_url()):
-    app.conf.broker_transport = "worker.broker:SentinelTransport"
 app.conf.beat_schedule = {
     "reconcile": {
         "task": TaskName.RECONCILE.value,

@@ -26,6 +26,8 @@ from shared.settings import Settings
 from tests.conftest import REPO, Stack, _wait_for
 from tests.sentinel_server import MASTER, sentinel_for
 from tests.tls_front import tls_front
+from worker import broker
+from worker.broker import serve_redis_schemes
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +40,9 @@ def _held(app: Celery) -> int:
 
 def _broker_app(broker: str) -> Celery:
     """A Celery app configured as the worker's is (shared/queue.py, worker/celery_app.py)."""
+    serve_redis_schemes()
     app = Celery()
     app.conf.update(celery_config(Settings.model_validate({"REDIS_URL": broker})))
-    app.conf.broker_transport = "worker.broker:Transport"
     return app
 
 
@@ -63,7 +65,7 @@ def test_a_rediss_broker_checks_the_certificate_of_redis(tmp_path: Path) -> None
             # Given the CA that signed it, it connects (through the patched transport).
             app = _broker_app(front.url(f"ssl_ca_certs={front.ca_path}"))
             with app.connection_for_write() as connection:
-                assert connection.transport_cls == "worker.broker:Transport"
+                assert type(connection.transport) is broker.Transport
             _connects(app)
     finally:
         own.stop()

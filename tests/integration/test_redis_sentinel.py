@@ -91,9 +91,18 @@ def _fail_over_to(sentinel: SentinelServer, replica: EmbeddedRedis) -> None:
         40,
         "the Sentinel to know the replica",
     )
-    redis.Redis(port=sentinel.port, socket_timeout=5).execute_command(
-        "SENTINEL", "FAILOVER", MASTER
-    )
+    to_sentinel = redis.Redis(port=sentinel.port, socket_timeout=5)
+
+    def failover_started() -> bool:
+        # NOGOODSLAVE until the Sentinel has seen the replica's link up in its INFO.
+        try:
+            return bool(to_sentinel.execute_command("SENTINEL", "FAILOVER", MASTER))
+        except redis.ResponseError as exc:
+            if "NOGOODSLAVE" in str(exc):
+                return False
+            raise
+
+    _wait_for(failover_started, 40, "the Sentinel to accept the failover")
     _wait_for(
         lambda: known.discover_master(MASTER) == address,  # type: ignore[no-untyped-call]
         40,

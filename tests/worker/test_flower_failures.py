@@ -21,6 +21,7 @@ from devtools.devstack import free_port
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
 from shared.db.session import transaction
+from shared.queue import QueueName
 from shared.settings import get_settings
 from tests.conftest import REPO, Stack, _wait_for, retract_leftover_rows, wait_for_status
 from tests.factories import trigger_signup
@@ -129,3 +130,22 @@ def test_a_notification_the_reconciler_failed_is_a_failed_task_too(client, tenan
     [task] = _named(flower, NOTIFICATION_FAILED, accepted["notificationId"])
     assert task["state"] == "FAILURE" and "attempts_exhausted" in task["exception"]
     assert row["error_details"]["code"] == "attempts_exhausted"
+
+
+def test_flowers_broker_page_lists_every_queue_with_its_length(worker, webhook_worker, flower):
+    """The Broker page and its API read the queues the workers consume through the broker's
+    URL: the worker's transport (worker/broker.py) must keep its `redis://` scheme (with a
+    `module:Class` one, Flower answered 404 "broker is not supported")."""
+    every = {queue.value for queue in QueueName}
+
+    def lengths() -> dict[str, Any]:
+        answer = httpx.get(f"{flower}/api/queues/length", timeout=10)
+        assert answer.status_code == 200, answer.text[:500]
+        return {queue["name"]: queue["messages"] for queue in answer.json()["active_queues"]}
+
+    # Flower learns which queues the workers consume when it next inspects them.
+    _wait_for(lambda: set(lengths()) == every, 30, "Flower to list every queue")
+    assert all(isinstance(count, int) and count >= 0 for count in lengths().values())
+    page = httpx.get(f"{flower}/broker", timeout=10)
+    assert page.status_code == 200, page.text[:500]
+    assert all(queue in page.text for queue in every)
