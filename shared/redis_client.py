@@ -40,8 +40,11 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], int, str | None
         hosts.append((split.hostname, split.port or SENTINEL_DEFAULT_PORT))
         if split.password and password is None:
             password = unquote(split.password)
-        if split.path.strip("/") and not db:
-            db = int(split.path.strip("/"))
+        path = split.path.strip("/")
+        if path and not db:
+            if not path.isdigit():
+                raise ValueError(f"the database of a sentinel:// URL is a number: {part!r}")
+            db = int(path)
     if not hosts:
         raise ValueError("the sentinel:// URL names no Sentinel")
     return hosts, db, password
@@ -63,9 +66,8 @@ def redis_from_url(url: str, *, sentinel_master: str | None = None, **options: A
     # The Sentinels get the same timeouts: an unreachable one costs no more than Redis would.
     timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
     sentinel = Sentinel(hosts, sentinel_kwargs=timeouts)  # type: ignore[no-untyped-call]
-    master = sentinel_master
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        master, db=db, password=password, **options
+        sentinel_master, db=db, password=password, **options
     )
     return client
 

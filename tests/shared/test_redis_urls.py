@@ -38,6 +38,7 @@ def test_celerys_sentinel_form_is_read(url, parsed):
             "REDIS_URL: not a sentinel:// URL: 'redis://h2'",
         ),
         ({"REDIS_URL": "sentinel://:26379", "REDIS_SENTINEL_MASTER": "m"}, "without a host"),
+        ({"REDIS_URL": "sentinel://h1/zero", "REDIS_SENTINEL_MASTER": "m"}, "is a number"),
     ],
 )
 def test_a_sentinel_url_that_cannot_work_stops_the_start(env, message):
