@@ -20,6 +20,7 @@ from shared.notifications.fairness import (
     LANE_NICE,
     MAX_WAIT_SECONDS,
     MIN_WAIT_SECONDS,
+    SLOW_RENDER_SECONDS,
     FairRenders,
     RenderLanes,
     in_lane_thread,
@@ -206,6 +207,28 @@ def test_a_render_that_turns_slow_moves_to_the_low_priority_thread(stack):
     # On the lane thread it goes on to its own timeout, counted in CPU time there.
     with pytest.raises(RenderLimitExceeded, match=r"longer than 0\.5 s of CPU time"):
         in_lane_thread(render)
+    share.release()
+
+
+def test_a_row_whose_render_waited_for_the_cpu_is_not_slow(stack):
+    """Slowness is the renders' CPU time: a thread that waited (for the CPU, the GIL, a
+    collection) past SLOW_RENDER_SECONDS of real time is not slow, one that computed is."""
+    lanes = _lanes(stack)
+    enterprise = uuid.uuid4()
+    share = FairRenders(lanes, enterprise, render_seconds=1.0)
+    watch = share.row()
+    time.sleep(SLOW_RENDER_SECONDS * 1.5)  # real time passes, next to no CPU time
+    assert time.monotonic() > watch.slow_at  # the render's own check would fire now
+    watch.slow()
+    assert not share.holding and not lanes.is_slow(enterprise)
+    assert watch.slow_at > time.monotonic()  # it looks again when the CPU could have run out
+
+    spun = time.thread_time()
+    while time.thread_time() - spun < SLOW_RENDER_SECONDS:  # now it computes that long
+        pass
+    with pytest.raises(RenderMoved):
+        watch.slow()
+    assert share.holding and lanes.is_slow(enterprise)
     share.release()
 
 
