@@ -6,12 +6,12 @@ takes seconds, and ten of them once held both children of a worker for 9 s, whil
 enterprise's notifications waited. So, per enterprise, in Redis:
 
 - A render that runs past SLOW_RENDER_SECONDS of CPU time (counted over one row's channels:
-  RowWatch) marks its enterprise slow for SLOW_MARK_SECONDS, and may go on only while its task
-  holds the enterprise's render lane (one holder in all workers), one of RENDER_SLOW_LANES
-  lanes that all enterprises share (so that several slow enterprises together still hold at
-  most that many children). If another task holds the enterprise's lane, or every lane is taken, the render
-  stops at once (`RenderDeferred`) and its row goes back to PENDING, its attempt not used, to
-  come back when a lane is likely free.
+  RowWatch) marks its enterprise slow for SLOW_MARK_SECONDS, and may go on only while its task holds
+  the enterprise's render lane (one holder in all workers), one of RENDER_SLOW_LANES lanes that all
+  enterprises share (so that several slow enterprises together still hold at most that many
+  children). If another task holds the enterprise's lane, or every lane is taken, the render stops
+  at once (`RenderDeferred`) and its row goes back to PENDING, its attempt not used, to come back
+  when a lane is likely free.
 - A task of an enterprise marked slow takes the lane before it claims anything; when it
   cannot, the rows are deferred unclaimed (a few milliseconds of the child's time).
 - A task holding the lane renders for at most TEMPLATE_RENDER_TIMEOUT_SECONDS in all (plus the
