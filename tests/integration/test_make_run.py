@@ -340,4 +340,5 @@ def test_a_taken_port_stops_make_run_before_it_starts_anything(tmp_path: Path, t
     name = "WORKER_METRICS_PORT+1, webhooks's metrics" if taken == "webhooks" else taken
     assert f"port {port} ({name}) is in use" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+    assert "running" not in done.stdout.lower() and "starting embedded" not in done.stdout
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())

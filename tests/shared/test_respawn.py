@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -67,30 +66,6 @@ def test_a_process_that_keeps_dying_at_once_is_given_up(monkeypatch, capsys) -> 
     assert code == 1
     said = capsys.readouterr().err
     assert "exited with status 7 5 times" in said and "giving up" in said
-
-
-def test_make_run_refuses_a_taken_port_before_starting_anything(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        env = {
-            **{k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}},
-            "API_PORT": str(port),
-            "XNOVU_DATA_DIR": str(tmp_path / "data"),
-        }
-        done = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "dev"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert done.returncode == 1, done
-    assert f"port {port} (API_PORT) is in use" in done.stderr
-    assert "running" not in done.stdout.lower() and "starting embedded" not in done.stdout
-    assert not (tmp_path / "data" / "postgres").exists()
 
 
 @pytest.mark.parametrize("command", [["keys", "list", "--json"]])
