@@ -15,7 +15,13 @@ import pytest
 from celery import Celery
 
 from tests.conftest import REPO
-from tests.integration.test_make_run import _read_until, assert_nothing_left, dev_stack_env, stop
+from tests.integration.test_make_run import (
+    _cmdline,
+    _read_until,
+    assert_nothing_left,
+    dev_stack_env,
+    stop,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -83,12 +89,12 @@ def _api_processes(root: int) -> set[int]:
     [manager] = [
         p
         for p in psutil.Process(root).children(recursive=True)
-        if p.cmdline()[1:3] == ["-m", "uvicorn"] and "--workers" in p.cmdline()
+        if _cmdline(p)[1:3] == ["-m", "uvicorn"] and "--workers" in _cmdline(p)
     ]
     return {
         child.pid
         for child in manager.children()
-        if child.is_running() and "resource_tracker" not in " ".join(child.cmdline())
+        if child.is_running() and "resource_tracker" not in " ".join(_cmdline(child))
     }
 
 

@@ -42,6 +42,15 @@ def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float, log: l
     raise AssertionError(f"{marker!r} not printed; output:\n{''.join(log[-80:])}")
 
 
+def _cmdline(process: psutil.Process | None) -> list[str]:
+    """A process's command line, or [] when it has gone (a process of the stack may end
+    between the listing of its children and this read)."""
+    try:
+        return process.cmdline() if process is not None else []
+    except (psutil.Error, OSError):
+        return []
+
+
 def dev_stack_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, int]]:
     """The environment of an `xnovu dev` of its own (free ports, its data in tmp_path, none of
     the suite's servers), and its ports."""
@@ -264,9 +273,9 @@ def test_make_run_serves_the_printed_curl_end_to_end(tmp_path: Path) -> None:
         [worker] = [  # Celery's main process, the supervisor's child (not a pool child)
             p
             for p in psutil.Process(proc.pid).children(recursive=True)
-            if p.cmdline()[1:3] == ["-m", "celery"]
-            and "--hostname=xnovu-worker@%h" in p.cmdline()
-            and "devtools.respawn" in " ".join(p.parent().cmdline())
+            if _cmdline(p)[1:3] == ["-m", "celery"]
+            and "--hostname=xnovu-worker@%h" in _cmdline(p)
+            and "devtools.respawn" in " ".join(_cmdline(p.parent()))
         ]
         worker.kill()
         _read_until(proc, "[respawn worker] exited on its own with status", 30, log)

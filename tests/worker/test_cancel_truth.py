@@ -326,11 +326,17 @@ def _attempt(notification_id: int, enterprise: uuid.UUID, status: S, **outcome: 
         return claimed.attempts
 
 
+# These rows' retries ride a countdown message (`by_message`, as a worker's short retry does):
+# beat's release leaves them alone, and the reconciler only after REDELIVER_AFTER_SECONDS, so the
+# suite's running worker does not claim them while a test works on them.
+BY_MESSAGE = {"retry_in": 0.0, "by_message": True}
+
+
 def _ambiguous_retry(notification_id: int, enterprise: uuid.UUID) -> int:
     """One attempt whose answer was lost, recorded as a retry of unknown outcome, due at once."""
     lost = {"code": "novu_unavailable"}
     return _attempt(
-        notification_id, enterprise, S.PENDING, error=lost, retry_in=0.0, outcome_unknown=True
+        notification_id, enterprise, S.PENDING, error=lost, outcome_unknown=True, **BY_MESSAGE
     )
 
 
@@ -362,7 +368,7 @@ def test_a_lost_answer_marks_the_row_and_only_sent_clears_it(pending):
     assert marked is not None
     with transaction() as session:  # a later, known failure keeps the first mark
         assert claim(session, nid, enterprise) is not None
-        assert record(session, enterprise, nid, attempt + 1, S.PENDING, error={}, retry_in=0.0)
+        assert record(session, enterprise, nid, attempt + 1, S.PENDING, error={}, **BY_MESSAGE)
     assert _row(nid).outcome_unknown_at == marked
     with transaction() as session:
         assert claim(session, nid, enterprise) is not None
@@ -444,7 +450,7 @@ def test_a_refused_attempt_is_known_and_still_cancels_without_novu(pending):
     nid, enterprise = pending
     # Novu's 429: it ran nothing, and the attempt is given back.
     throttled = {"code": "novu_rate_limited"}
-    _attempt(nid, enterprise, S.PENDING, error=throttled, retry_in=0.0, attempt_used=False)
+    _attempt(nid, enterprise, S.PENDING, error=throttled, attempt_used=False, **BY_MESSAGE)
 
     def never(transaction_id: str) -> bool:
         raise AssertionError("Novu was asked about a row it never received")
