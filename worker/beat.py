@@ -7,7 +7,11 @@ uses it."""
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -21,12 +25,56 @@ from shared.settings import get_settings
 log = logging.getLogger(__name__)
 
 
+class StopBetweenTicks:
+    """Celery's beat stops on SIGTERM and SIGINT with a handler that saves the schedule and
+    raises SystemExit wherever the main thread is. Inside a tick that is in the middle of a
+    publish: redis-py turns the SystemExit into a failed LPUSH, beat's tick logs a
+    SchedulingError and goes on with the schedule already closed, and beat dies of "invalid
+    operation on closed shelf" with status 1 (seen in tests/worker/test_beat_lock.py). This
+    wraps those handlers: a signal that arrives during `ticking()` runs the handler when the
+    tick ends; between ticks (beat sleeps there) it runs at once, as before."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)):
+        self._ticking = False
+        self._pending: tuple[Callable[..., Any], int, Any] | None = None
+        if threading.current_thread() is not threading.main_thread():
+            return  # handlers belong to the main thread (beat embedded in a thread has none)
+        for signum in signals:
+            previous = signal.getsignal(signum)
+            if callable(previous):
+                signal.signal(signum, self._wrap(previous))
+
+    def _wrap(self, previous: Callable[..., Any]) -> Callable[[int, Any], None]:
+        def handler(signum: int, frame: Any) -> None:
+            if self._ticking:
+                self._pending = (previous, signum, frame)
+            else:
+                previous(signum, frame)
+
+        return handler
+
+    @contextmanager
+    def ticking(self) -> Iterator[None]:
+        """The block runs to its end; a stop signal that came meanwhile is handled after it."""
+        self._ticking = True
+        try:
+            yield
+        finally:
+            self._ticking = False
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                handler, signum, frame = pending
+                handler(signum, frame)
+
+
 class HeartbeatScheduler(PersistentScheduler):  # type: ignore[misc]  # Celery is untyped
     """PersistentScheduler that sends tasks only while it holds the beat lock, and says, now
-    and then, that it is ticking."""
+    and then, that it is ticking. A stop signal waits for the tick under way (StopBetweenTicks);
+    Celery installs its handlers before it makes the scheduler."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._stop = StopBetweenTicks()
         self._beat_at = 0.0
         self._redis: redis.Redis | None = None
         self._warning = OccasionalWarning(log, 60.0)
@@ -42,6 +90,10 @@ class HeartbeatScheduler(PersistentScheduler):  # type: ignore[misc]  # Celery i
         """One tick of Celery's scheduler when this beat is the active one, then the heartbeat
         when it is due; sleeps no longer than until the next heartbeat or lease renewal. A
         standby only asks for the lease again, every STANDBY_RETRY_SECONDS."""
+        with self._stop.ticking():
+            return self._tick(*args, **kwargs)
+
+    def _tick(self, *args: Any, **kwargs: Any) -> float:
         if not self._lock.hold():
             if not self._standing_by:
                 self._standing_by = True

@@ -7,9 +7,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from shared.beat_lock import BEAT_LOCK_KEY, BeatLock, lock_holder
 from shared.heartbeat import read_beat
 from shared.queue import QueueName
 from tests.conftest import REPO, Stack, _wait_for
+from worker.beat import StopBetweenTicks
 
 pytestmark = pytest.mark.integration
 
@@ -139,3 +142,34 @@ def _origins(client: redis.Redis) -> Counter[int]:
         counts[int(origin.split("@")[0].removeprefix("gen"))] += 1
         assert json.loads(base64.b64decode(envelope["body"]))  # a real task message
     return counts
+
+
+def test_a_stop_signal_during_a_tick_is_handled_when_the_tick_ends() -> None:
+    """Celery's handler raises SystemExit wherever beat is; inside a tick's publish that
+    left beat running on a closed schedule, then dying with status 1. StopBetweenTicks
+    holds the signal until the tick ends, and lets it through at once between ticks."""
+    handled: list[str] = []
+
+    def celerys_handler(signum: int, frame: object) -> None:
+        handled.append(signal.Signals(signum).name)
+        raise SystemExit()
+
+    before = signal.signal(signal.SIGTERM, celerys_handler)
+    try:
+        guard = StopBetweenTicks((signal.SIGTERM,))
+        steps: list[str] = []
+        with pytest.raises(SystemExit), guard.ticking():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # delivered here, and held
+            steps.append("the tick's publish")
+            time.sleep(0.05)
+            steps.append("the tick's end")
+        assert steps == ["the tick's publish", "the tick's end"]
+        assert handled == ["SIGTERM"]
+
+        with pytest.raises(SystemExit):  # between ticks (beat's sleep): at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        assert handled == ["SIGTERM", "SIGTERM"]
+    finally:
+        signal.signal(signal.SIGTERM, before)
