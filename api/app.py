@@ -78,6 +78,9 @@ def create_app() -> FastAPI:
         generate_unique_id_function=operation_id,
         docs_url=None,  # served offline instead (api/docs.py)
         redoc_url=None,
+        telemetry=None
+        if settings.fastapi_telemetry
+        else {"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     install_offline_docs(app)

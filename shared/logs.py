@@ -19,10 +19,12 @@ tasks themselves log at INFO when they did something.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.config
 import sys
-from collections.abc import MutableMapping
+import threading
+from collections.abc import Iterator, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -128,6 +130,65 @@ class JsonLines(logging.Formatter):
         return str(self.render(None, method, event))
 
 
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler whose lines, inside `one_write()`, are written together at its end.
+
+    A write to the stream is a system call that lets go of the GIL: an API process's event
+    loop that wrote the line of each trigger it accepted handed the GIL to its recorder thread
+    and waited to get it back, once per trigger (docs/performance.md, "The line per trigger").
+    The recorder logs the lines of a whole batch in one write instead. Nothing is held across
+    time: the lines are written when the block ends, before the batch's requests are answered.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pending = _pending_lines()
+        if pending is None:
+            super().emit(record)
+            return
+        try:
+            pending.setdefault(self, []).append(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def write_lines(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        text = self.terminator.join(lines) + self.terminator
+        self.acquire()
+        try:
+            self.stream.write(text)
+            self.flush()
+        except Exception:
+            self.handleError(logging.makeLogRecord({"msg": f"{len(lines)} lines"}))
+        finally:
+            self.release()
+
+
+_ONE_WRITE = threading.local()
+
+
+def _pending_lines() -> dict[LineHandler, list[str]] | None:
+    pending: dict[LineHandler, list[str]] | None = getattr(_ONE_WRITE, "pending", None)
+    return pending
+
+
+@contextlib.contextmanager
+def one_write() -> Iterator[None]:
+    """Lines this thread logs inside the block reach each LineHandler's stream in one write,
+    when the block ends (a nested block joins the outer one)."""
+    if _pending_lines() is not None:
+        yield
+        return
+    pending: dict[LineHandler, list[str]] = {}
+    _ONE_WRITE.pending = pending
+    try:
+        yield
+    finally:
+        _ONE_WRITE.pending = None
+        for handler, lines in pending.items():
+            handler.write_lines(lines)
+
+
 def configure(level: str = "INFO", fmt: str = "json") -> None:
     """Send every logger's records through one formatter on stderr (replacing what uvicorn or
     Celery set up): JSON lines, or structlog's console renderer."""
@@ -154,7 +215,7 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
                 structlog.dev.ConsoleRenderer(colors=False, sort_keys=False),
             ],
         )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LineHandler(sys.stderr)
     handler.setFormatter(formatter)
     handler.addFilter(QuietMaintenance())
     root = logging.getLogger()

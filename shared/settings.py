@@ -257,6 +257,11 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     # json: one JSON object a line (production); console: key=value lines (`make run`).
     log_format: Literal["json", "console"] = Field(default="json", alias="LOG_FORMAT")
+    # FastAPI's own OpenTelemetry instrumentation (spans, metrics, log records through the
+    # global OpenTelemetry providers). Off: the service's metrics are Prometheus' (/metrics)
+    # and its logs the lines above, and checking for providers on every request cost the
+    # trigger about 2 % of its CPU (docs/performance.md).
+    fastapi_telemetry: bool = Field(default=False, alias="FASTAPI_TELEMETRY")
 
     @field_validator(
         "operator_token",

@@ -154,27 +154,26 @@ async def accept(
     for enterprise, items in existing.items():
         for item, result in await _trigger_existing_async(enterprise, items):
             results[position[item.index]] = result
+            if log.isEnabledFor(logging.INFO):
+                _log_accepted(result)
     assert all(result is not None for result in results)
-    if log.isEnabledFor(logging.INFO):
-        _log_accepted(results)
     return cast("list[Result]", results)
 
 
-def _log_accepted(results: Sequence[Result | None]) -> None:
-    """One line per accepted trigger, naming its notification (shared/logs.py): what `grep
-    <notification id>` finds first, with the request's id."""
-    for result in results:
-        if isinstance(result, Accepted):
-            log.info(
-                "notification accepted",
-                extra={
-                    "enterprise_id": str(result.enterprise_id),
-                    "notification_id": result.notification_id,
-                    "transaction_id": result.transaction_id,
-                    "workflow_id": result.workflow_key,
-                    "replayed": result.replayed,
-                },
-            )
+def _log_accepted(result: Result) -> None:
+    """The line of a trigger naming a stored notification, as the recorder logs each one it
+    records (shared/notifications/recorder.py): what `grep <notification id>` finds first."""
+    if isinstance(result, Accepted):
+        log.info(
+            "notification accepted",
+            extra={
+                "enterprise_id": str(result.enterprise_id),
+                "notification_id": result.notification_id,
+                "transaction_id": result.transaction_id,
+                "workflow_id": result.workflow_key,
+                "replayed": result.replayed,
+            },
+        )
 
 
 async def _check_one(

@@ -40,10 +40,16 @@ import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy.exc import SQLAlchemyError
 
+from shared import logs
 from shared.db.session import APP_ROLE, SCOPE_SQL, get_engine
 from shared.errors import Unavailable
 from shared.notifications.publisher import publish_enterprise
-from shared.notifications.repository import NewNotification, Recorded, insert_pending
+from shared.notifications.repository import (
+    NewNotification,
+    Recorded,
+    RecordResult,
+    insert_pending,
+)
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,7 @@ class _Submission:
     notifications: Sequence[NewNotification]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[Answer]]
+    request_id: str | None  # for the lines this thread logs about the request's notifications
     taken: bool = False  # the recorder has it: its answers will come
     abandoned: bool = False  # it waited too long to be taken: answered 503, never recorded
 
@@ -122,7 +129,9 @@ class TriggerRecorder:
         self._ensure_running()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Answer]] = loop.create_future()
-        submission = _Submission(enterprise_id, created_by, notifications, loop, future)
+        submission = _Submission(
+            enterprise_id, created_by, notifications, loop, future, logs.REQUEST_ID.get()
+        )
         self._queue.put(submission)
         expiry = loop.call_later(self.queue_timeout, self._expire, submission)
         try:
@@ -187,6 +196,8 @@ class TriggerRecorder:
             except Exception as exc:  # a bug must not end the thread: fail this batch only
                 log.exception("recording a batch of %d submissions failed", len(batch))
                 settled = [(s, [exc] * len(s.notifications)) for s in batch]
+            if log.isEnabledFor(logging.INFO):
+                _log_accepted(settled)
             _answer_all(settled)
             if stopping:
                 break
@@ -349,6 +360,27 @@ class _Held:
         for enterprise_id, ids in held.items():
             self.messages += 1
             publish_enterprise(enterprise_id, ids)
+
+
+def _log_accepted(settled: Sequence[_Settlement]) -> None:
+    """A line per notification recorded (or replayed by its key), naming it and its request:
+    what `grep <notification id>` finds first (shared/logs.py). The batch's lines are one write,
+    made before its requests are answered (logs.one_write)."""
+    with logs.one_write():
+        for submission, answers in settled:
+            for answer in answers:
+                if isinstance(answer, Recorded) and answer.result is not RecordResult.CONFLICT:
+                    log.info(
+                        "notification accepted",
+                        extra={
+                            "enterprise_id": str(submission.enterprise_id),
+                            "notification_id": answer.notification_id,
+                            "transaction_id": answer.transaction_id,
+                            "workflow_id": answer.workflow_key,
+                            "replayed": answer.result is RecordResult.REPLAYED,
+                            "request_id": submission.request_id,
+                        },
+                    )
 
 
 def _answer_all(settled: Sequence[_Settlement]) -> None:

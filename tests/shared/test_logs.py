@@ -73,3 +73,63 @@ def test_an_exception_is_on_its_line_as_text(lines):
     [line] = _written(stream)
     assert line["level"] == "error" and line["event"] == "failed"
     assert line["exception"].startswith("Traceback") and "ValueError: boom" in line["exception"]
+
+
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_lines_logged_inside_one_write_reach_the_stream_in_one_write():
+    stream = _CountingStream()
+    handler = logs.LineHandler(stream)
+    handler.setFormatter(logs.JsonLines([logs.redact]))
+    logger = logging.getLogger("tests.logs.one_write")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        with logs.one_write():
+            for number in range(3):
+                logger.info("notification accepted", extra={"notification_id": number})
+                with logs.one_write():  # a nested block joins the outer one
+                    logger.info("nested", extra={"notification_id": number})
+            assert stream.writes == 0  # nothing written before the block ends
+        assert stream.writes == 1
+        logger.info("outside", extra={"notification_id": 9})
+        assert stream.writes == 2  # one write per line again
+    finally:
+        logger.removeHandler(handler)
+    written = _written(stream)
+    assert [(line["event"], line["notification_id"]) for line in written] == [
+        ("notification accepted", 0),
+        ("nested", 0),
+        ("notification accepted", 1),
+        ("nested", 1),
+        ("notification accepted", 2),
+        ("nested", 2),
+        ("outside", 9),
+    ]
+
+
+def test_a_line_that_cannot_be_written_does_not_raise_into_the_caller(capsys):
+    class Broken(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError("disk full")
+
+    handler = logs.LineHandler(Broken())
+    handler.setFormatter(logs.JsonLines([]))
+    logger = logging.getLogger("tests.logs.broken")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with logs.one_write():
+            logger.warning("lost")
+    finally:
+        logger.removeHandler(handler)
+    assert "disk full" in capsys.readouterr().err  # reported as logging reports its errors
