@@ -5,11 +5,10 @@ answer's `X-Request-ID`: the caller's own `X-Request-ID` when it is a plain toke
 from __future__ import annotations
 
 import re
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import logs
+from shared import ids, logs
 
 HEADER = b"x-request-id"
 # Answered without wrapping `send`: a wrapper on every message of the hottest paths cost the
@@ -36,7 +35,7 @@ class RequestIds:
             await self.app(scope, receive, send)
             return
         given = next((value for name, value in scope["headers"] if name == HEADER), None)
-        raw = given if given is not None and _TOKEN.fullmatch(given) else uuid.uuid4().hex.encode()
+        raw = given if given is not None and _TOKEN.fullmatch(given) else ids.request_id().encode()
         logs.REQUEST_ID.set(raw.decode())  # in this request's own task context
         if scope["path"] in UNWRAPPED:
             await self.app(scope, receive, send)

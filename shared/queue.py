@@ -19,6 +19,7 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
+from shared.ids import uuid4s
 from shared.redis_client import fail_fast_client, is_sentinel
 from shared.settings import Settings, get_settings
 
@@ -172,7 +173,7 @@ class RedisTaskWriter:
         self, task: TaskName, args: Sequence[Any], queue: str, countdown: float | None
     ) -> bytes:
         """The JSON kombu's Redis transport stores for one message of `task`."""
-        task_id = str(uuid.uuid4())
+        task_id, delivery_tag = (str(value) for value in uuid4s(2))
         message = self._app.amqp.as_task_v2(
             task_id,
             task.value,
@@ -194,7 +195,7 @@ class RedisTaskWriter:
                     "delivery_info": {"exchange": "", "routing_key": queue},
                     "priority": 0,
                     "body_encoding": "base64",
-                    "delivery_tag": str(uuid.uuid4()),
+                    "delivery_tag": delivery_tag,
                 },
             }
         ).encode()

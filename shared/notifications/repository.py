@@ -38,6 +38,7 @@ from shared.db.models import (
     NotificationWorkflow,
     RegistryGeneration,
 )
+from shared.ids import uuid4s
 from shared.notifications.timeline import excerpt, worker_identity
 
 TABLE: str = Notification.__table__.fullname  # type: ignore[attr-defined]
@@ -51,7 +52,13 @@ INSERT_CHUNK_ROWS = 1000
 
 def new_transaction_id() -> str:
     """The transactionId sent to Novu on every attempt of one notification (guarantee 4)."""
-    return f"xn-{uuid.uuid4()}"
+    [transaction_id] = new_transaction_ids(1)
+    return transaction_id
+
+
+def new_transaction_ids(count: int) -> list[str]:
+    """`count` new transactionIds, from one read of the system's random source (shared/ids.py)."""
+    return [f"xn-{value}" for value in uuid4s(count)]
 
 
 def is_due(scheduled_for: dt.datetime | None) -> bool:
@@ -192,7 +199,7 @@ def _insert_chunk(
             first_with_key[key] = position
         to_insert.append(position)
 
-    transaction_ids = [new_transaction_id() for _ in to_insert]
+    transaction_ids = new_transaction_ids(len(to_insert))
     inserted: dict[str, int] = {}
     if to_insert:
         items = [chunk[position] for position in to_insert]
