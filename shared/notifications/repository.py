@@ -131,7 +131,7 @@ class Recorded:
 # The rows travel as one JSON document (an array of positional arrays, see _rows_document):
 # one parameter whatever the number of rows, so the statement is prepared once. A created row
 # is its own `accepted` timeline event (shared/notifications/timeline.py).
-_INSERT = f"""
+INSERT_SQL = f"""
     INSERT INTO {TABLE} (
         enterprise_id, name, workflow_key, notification_workflow_id, notification_status,
         payload, recipients, overrides, tags, transaction_id, scheduled_for,
@@ -203,12 +203,8 @@ def _insert_chunk(
     inserted: dict[str, int] = {}
     if to_insert:
         items = [chunk[position] for position in to_insert]
-        parameters = {
-            "enterprise_id": enterprise_id,
-            "created_by": created_by,
-            "rows": _rows_document(items, transaction_ids),
-        }
-        inserted = {row.transaction_id: row.id for row in execute(_INSERT, parameters)}
+        parameters = _insert_parameters(enterprise_id, created_by, items, transaction_ids)
+        inserted = {row.transaction_id: row.id for row in execute(INSERT_SQL, parameters)}
 
     recorded: dict[int, Recorded] = {}
     taken: list[int] = []
@@ -238,6 +234,70 @@ def _insert_chunk(
             result = RecordResult.REPLAYED if same else RecordResult.CONFLICT
             recorded[position] = replace(row, index=item.index, result=result)
     return [recorded[position] for position in range(len(chunk))]
+
+
+def _insert_parameters(
+    enterprise_id: uuid.UUID,
+    created_by: str | None,
+    items: Sequence[NewNotification],
+    transaction_ids: Sequence[str],
+) -> dict[str, Any]:
+    return {
+        "enterprise_id": enterprise_id,
+        "created_by": created_by,
+        "rows": _rows_document(items, transaction_ids),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class KeylessInsert:
+    """The INSERTs of notifications none of which carries an idempotency key. Every row is
+    created (no key can conflict), so no answer decides what to send next: the recorder
+    sends the statements with the transaction's others in one round trip (psycopg's pipeline
+    mode) and reads the rows after the commit."""
+
+    notifications: Sequence[NewNotification]
+    transaction_ids: Sequence[str]
+    statements: list[dict[str, Any]]  # INSERT_SQL's parameters, one per INSERT_CHUNK_ROWS
+
+    def recorded(self, rows: Sequence[Sequence[Any]]) -> list[Recorded]:
+        """The Recorded of each notification, in order, from each statement's rows."""
+        ids = {row.transaction_id: row.id for chunk in rows for row in chunk}
+        if len(ids) != len(self.notifications):
+            raise RuntimeError(
+                f"{len(self.notifications)} rows inserted without keys, {len(ids)} returned"
+            )
+        return [
+            Recorded(
+                item.index,
+                RecordResult.CREATED,
+                ids[transaction_id],
+                transaction_id,
+                item.workflow_key,
+                item.scheduled_for,
+            )
+            for item, transaction_id in zip(self.notifications, self.transaction_ids, strict=True)
+        ]
+
+
+def keyless_insert(
+    enterprise_id: uuid.UUID, notifications: Sequence[NewNotification], created_by: str | None
+) -> KeylessInsert | None:
+    """The KeylessInsert of these notifications, or None when any carries a key (then
+    `insert_pending` records them, reading the earlier rows of keys already used)."""
+    if any(item.idempotency_key is not None for item in notifications):
+        return None
+    transaction_ids = new_transaction_ids(len(notifications))
+    statements = [
+        _insert_parameters(
+            enterprise_id,
+            created_by,
+            notifications[start : start + INSERT_CHUNK_ROWS],
+            transaction_ids[start : start + INSERT_CHUNK_ROWS],
+        )
+        for start in range(0, len(notifications), INSERT_CHUNK_ROWS)
+    ]
+    return KeylessInsert(notifications, transaction_ids, statements)
 
 
 def _existing_by_key(

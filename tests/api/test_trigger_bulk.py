@@ -10,13 +10,14 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import select
 
 from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
 from shared.db.session import transaction
-from shared.notifications import intake, recorder
+from shared.notifications import intake
 from tests.conftest import make_tenant, signup_payload
 
 
@@ -47,21 +48,19 @@ NOTIFICATION_INSERT = re.compile(
 
 @pytest.fixture()
 def inserts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """The INSERT statements on ent_notification this process's trigger recorder sends while
-    the test runs (it records on a psycopg connection of its own, outside the engine)."""
+    """The INSERT statements on ent_notification psycopg cursors of this process send while the
+    test runs (the trigger recorder records on a connection of its own, outside the engine,
+    pipelined or not)."""
     seen: list[str] = []
-    real_insert_pending = recorder.insert_pending
+    real_execute = psycopg.Cursor.execute
 
-    def insert_pending(execute: Any, **arguments: Any) -> Any:
-        def watched(statement: str, parameters: dict[str, Any]) -> Any:
-            # The insert, bare or as the first step of a WITH (its timeline events follow).
-            if NOTIFICATION_INSERT.match(statement):
-                seen.append(statement)
-            return execute(statement, parameters)
+    def execute(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        # The insert, bare or as the first step of a WITH (its timeline events follow).
+        if isinstance(query, str) and NOTIFICATION_INSERT.match(query):
+            seen.append(query)
+        return real_execute(self, query, *args, **kwargs)
 
-        return real_insert_pending(watched, **arguments)
-
-    monkeypatch.setattr(recorder, "insert_pending", insert_pending)
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
     yield seen
 
 
