@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.docs import install_offline_docs
 from api.errors import install_error_handlers
@@ -47,7 +47,9 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
 
 
 class XNovuAPI(FastAPI):
-    """FastAPI, with Novu's calls of the bridge answered ahead of its whole middleware stack.
+    """FastAPI, with triggers and Novu's calls of the bridge answered ahead of its whole
+    middleware stack. POST /api/trigger goes to `trigger_path` before FastAPI and Starlette
+    see it (api/hotpath.py).
 
     Novu calls `execute` once per step of every notification. Starlette wraps every request in
     ServerErrorMiddleware and FastAPI in its own middleware before any of ours; for a bridge
@@ -55,6 +57,16 @@ class XNovuAPI(FastAPI):
     measured as a fifth of the API's CPU in benchmarks/e2e_steps.py. So the bridge's path goes
     straight to its handler, through the metrics and body-size middleware every request has.
     """
+
+    # POST /api/trigger ahead of everything (api/hotpath.py); None: the usual way.
+    trigger_path: TriggerHotPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hot = self.trigger_path
+        if hot is not None and hot.serves(scope):
+            await hot(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
     def build_middleware_stack(self) -> ASGIApp:
         return RequestIds(
@@ -104,13 +116,10 @@ def create_app() -> FastAPI:
     app.include_router(novu_webhooks.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
-    # Outermost: POST /api/trigger straight to its route (api/hotpath.py).
-    app.add_middleware(
-        TriggerHotPath,
-        fastapi_app=app,
-        route=trigger.trigger_route(),
-        max_body_bytes=settings.max_body_bytes,
-    )
+    if not settings.fastapi_telemetry:  # with it, triggers get FastAPI's spans too
+        app.trigger_path = TriggerHotPath(
+            app, trigger.trigger_route(), max_body_bytes=settings.max_body_bytes
+        )
     return app
 
 

@@ -3,15 +3,19 @@
 Two layers, each measured (docs/performance.md) and each checked against what it replaces:
 
 - TriggerRoute serves the route without FastAPI's generic request handler (below).
-- TriggerHotPath, the outermost middleware, reaches that route without the app's stack.
+- TriggerHotPath reaches that route ahead of the app's whole stack.
 
-Every request passes FastAPI's exception middleware, its router (which matches the path
-against the routes, twice in FastAPI 0.165), its per-request exit stacks and the route's
-request wrapper before the endpoint runs. For the trigger that machinery measured as about a
-tenth of its CPU (docs/performance.md). TriggerHotPath, the outermost middleware, hands POST
-/api/trigger to the route's own handler (TriggerRoute) with what those layers would have done
-for it: the same metrics and body-size limit (the same middleware classes), `scope["app"]` and
-`scope["route"]`, and the app's exception handlers. Any other request goes the usual way.
+Every request passes FastAPI's and Starlette's entry points, Starlette's ServerErrorMiddleware,
+FastAPI's exception and body-limit middleware, its router (which matches the path against the
+routes, twice in FastAPI 0.165), its per-request exit stacks and the route's request wrapper
+before the endpoint runs. For the trigger, the router and what follows measured as about a
+tenth of its CPU, and the layers before our middleware as another tenth (docs/performance.md).
+XNovuAPI.__call__ (api/app.py) hands POST /api/trigger to TriggerHotPath, which gives it what
+those layers would have done for it: the request id, the same metrics and body-size limit (the
+same middleware classes), `scope["app"]` and `scope["route"]`, the app's exception handlers,
+and for a bug the JSON 500 that ServerErrorMiddleware would have sent, the error raised on to
+the server. Any other request goes the usual way; so do triggers when FastAPI's own
+OpenTelemetry instrumentation is on (FASTAPI_TELEMETRY), so that they get its spans.
 
 tests/api/test_trigger_route.py sends the same requests here and to the same endpoint served
 by FastAPI's own route and stack, and expects the same answers.
@@ -34,13 +38,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from api.deps import get_principal
 from api.limits import BodySizeLimit
 from api.metrics import MetricsMiddleware
 from api.ratelimit import get_rate_limiter
+from api.request_ids import RequestIds
 from shared.notifications.schemas import TriggerRequest
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
@@ -62,14 +67,20 @@ class _DirectRoute:
             response = await self.handle(request)
         except Exception as exc:
             handler = self._handler_for(exc)
-            if handler is None:
-                raise  # to ServerErrorMiddleware, as from any route: a JSON 500
-            response = await handler(request, exc)
+            if handler is not None:
+                response = await handler(request, exc)
+            else:
+                # A bug: what Starlette's ServerErrorMiddleware does with it, as for any route:
+                # the app's handler for Exception answers (a JSON 500), and the error goes on to
+                # the server, which logs it.
+                answer = await self._server_error(request, exc)
+                await answer(scope, receive, send)
+                raise
         await response(scope, receive, send)
 
     def _handler_for(self, exc: Exception) -> Handler | None:
         # As Starlette's ExceptionMiddleware: the nearest class in the error's MRO; the
-        # handler for Exception itself belongs to ServerErrorMiddleware.
+        # handler for Exception itself belongs to ServerErrorMiddleware (_server_error).
         handlers: dict[Any, Any] = self.app.exception_handlers
         for cls in type(exc).__mro__:
             if cls is Exception:
@@ -79,30 +90,36 @@ class _DirectRoute:
                 return handler
         return None
 
+    async def _server_error(self, request: Request, exc: Exception) -> Response:
+        handlers: dict[Any, Any] = self.app.exception_handlers
+        handler: Handler | None = handlers.get(500) or handlers.get(Exception)
+        if handler is None:
+            return PlainTextResponse("Internal Server Error", status_code=500)
+        return await handler(request, exc)
+
 
 class TriggerHotPath:
-    """Outermost middleware: POST to the route's path goes to the route directly (through the
-    metrics and body-size middleware), anything else to the app's usual stack."""
+    """POST /api/trigger, ahead of the app's whole stack (XNovuAPI.__call__ asks `serves`):
+    the request id, the metrics and the body-size limit every request gets (the same
+    middleware classes), then the route's own handler, errors answered as the app's stack
+    would (_DirectRoute)."""
 
-    def __init__(
-        self, app: ASGIApp, *, fastapi_app: FastAPI, route: APIRoute, max_body_bytes: int
-    ) -> None:
-        self.app = app
+    def __init__(self, fastapi_app: FastAPI, route: APIRoute, *, max_body_bytes: int) -> None:
         self.path = route.path
-        self.direct = MetricsMiddleware(
-            BodySizeLimit(_DirectRoute(fastapi_app, route), max_body_bytes)
+        self.app = RequestIds(
+            MetricsMiddleware(BodySizeLimit(_DirectRoute(fastapi_app, route), max_body_bytes))
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
+    def serves(self, scope: Scope) -> bool:
+        return (
             scope["type"] == "http"
             and scope["path"] == self.path
             and scope["method"] == "POST"
             and not scope.get("root_path")
-        ):
-            await self.direct(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
 
 class TriggerRoute(APIRoute):

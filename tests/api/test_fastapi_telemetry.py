@@ -23,3 +23,5 @@ def test_fastapi_telemetry_follows_the_setting(monkeypatch, stack, value, on):
         get_settings.cache_clear()
     config = app._telemetry  # FastAPI's TelemetryConfig, as given to FastAPI(telemetry=...)
     assert (config["tracing"], config["metrics"], config["logs"]) == (on, on, on)
+    # With FastAPI's spans on, triggers take the app's stack too (api/hotpath.py).
+    assert (app.trigger_path is None) is on

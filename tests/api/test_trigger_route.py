@@ -94,3 +94,28 @@ def test_trigger_route_answers_as_fastapis_generic_handler(
     generic = both.post(GENERIC, content=body, headers=headers)
     assert _answer(lean) == _answer(generic)
     assert lean.headers.get("content-type") == generic.headers.get("content-type")
+
+
+def test_a_bug_behind_the_trigger_route_is_a_json_500_either_way(
+    stack: Stack, owner: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not an error the app has a handler for: the JSON 500 Starlette's ServerErrorMiddleware
+    sends for any route, and the error raised on to the server (TestClient re-raises it)."""
+    from shared.notifications import intake
+
+    async def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(intake, "accept", broken)
+    app = create_app()
+    assert app.trigger_path is not None  # the trigger is served ahead of the stack
+    app.router.add_api_route(
+        GENERIC, trigger.trigger, methods=["POST"], status_code=202, route_class_override=APIRoute
+    )
+    headers = {**JSON, **owner.headers}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        lean = client.post("/api/trigger", content=_good(), headers=headers)
+        generic = client.post(GENERIC, content=_good(), headers=headers)
+    assert _answer(lean) == _answer(generic) == (500, "internal_error", None)
+    with TestClient(app) as client, pytest.raises(RuntimeError, match="a bug"):
+        client.post("/api/trigger", content=_good(), headers=headers)
