@@ -44,7 +44,7 @@ from shared.notifications.novu_trigger import (
     subscriber_namespace,
 )
 from shared.notifications.publisher import publish_enterprise
-from shared.notifications.recorder import Answer, trigger_recorder
+from shared.notifications.recorder import Answer, log_accepted, trigger_recorder
 from shared.notifications.repository import (
     NewNotification,
     Recorded,
@@ -162,17 +162,15 @@ async def accept(
 
 def _log_accepted(result: Result) -> None:
     """The line of a trigger naming a stored notification, as the recorder logs each one it
-    records (shared/notifications/recorder.py): what `grep <notification id>` finds first."""
+    records: what `grep <notification id>` finds first."""
     if isinstance(result, Accepted):
-        log.info(
-            "notification accepted",
-            extra={
-                "enterprise_id": str(result.enterprise_id),
-                "notification_id": result.notification_id,
-                "transaction_id": result.transaction_id,
-                "workflow_id": result.workflow_key,
-                "replayed": result.replayed,
-            },
+        log_accepted(
+            log,
+            result.enterprise_id,
+            result.notification_id,
+            result.transaction_id,
+            result.workflow_key,
+            replayed=result.replayed,
         )
 
 

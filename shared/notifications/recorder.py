@@ -387,17 +387,40 @@ def _log_accepted(settled: Sequence[_Settlement]) -> None:
         for submission, answers in settled:
             for answer in answers:
                 if isinstance(answer, Recorded) and answer.result is not RecordResult.CONFLICT:
-                    log.info(
-                        "notification accepted",
-                        extra={
-                            "enterprise_id": str(submission.enterprise_id),
-                            "notification_id": answer.notification_id,
-                            "transaction_id": answer.transaction_id,
-                            "workflow_id": answer.workflow_key,
-                            "replayed": answer.result is RecordResult.REPLAYED,
-                            "request_id": submission.request_id,
-                        },
+                    log_accepted(
+                        log,
+                        submission.enterprise_id,
+                        answer.notification_id,
+                        answer.transaction_id,
+                        answer.workflow_key,
+                        replayed=answer.result is RecordResult.REPLAYED,
+                        request_id=submission.request_id,
                     )
+
+
+def log_accepted(
+    logger: logging.Logger,
+    enterprise_id: uuid.UUID,
+    notification_id: int,
+    transaction_id: str,
+    workflow_key: str,
+    *,
+    replayed: bool,
+    request_id: str | None = None,
+) -> None:
+    """The `notification accepted` line, wherever a trigger is accepted (here for the rows
+    this thread records, in intake for a trigger naming a stored notification). Without
+    `request_id`, the line gets the current request's (shared/logs.py)."""
+    fields: dict[str, Any] = {
+        "enterprise_id": str(enterprise_id),
+        "notification_id": notification_id,
+        "transaction_id": transaction_id,
+        "workflow_id": workflow_key,
+        "replayed": replayed,
+    }
+    if request_id is not None:
+        fields["request_id"] = request_id
+    logger.info("notification accepted", extra=fields)
 
 
 def _answer_all(settled: Sequence[_Settlement]) -> None:

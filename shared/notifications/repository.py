@@ -210,11 +210,7 @@ def _insert_chunk(
     taken: list[int] = []
     for position, transaction_id in zip(to_insert, transaction_ids, strict=True):
         if transaction_id in inserted:
-            item, created = chunk[position], RecordResult.CREATED
-            row_id = inserted[transaction_id]
-            recorded[position] = Recorded(
-                item.index, created, row_id, transaction_id, item.workflow_key, item.scheduled_for
-            )
+            recorded[position] = _created(chunk[position], inserted[transaction_id], transaction_id)
         else:
             taken.append(position)
 
@@ -234,6 +230,17 @@ def _insert_chunk(
             result = RecordResult.REPLAYED if same else RecordResult.CONFLICT
             recorded[position] = replace(row, index=item.index, result=result)
     return [recorded[position] for position in range(len(chunk))]
+
+
+def _created(item: NewNotification, row_id: int, transaction_id: str) -> Recorded:
+    return Recorded(
+        item.index,
+        RecordResult.CREATED,
+        row_id,
+        transaction_id,
+        item.workflow_key,
+        item.scheduled_for,
+    )
 
 
 def _insert_parameters(
@@ -268,14 +275,7 @@ class KeylessInsert:
                 f"{len(self.notifications)} rows inserted without keys, {len(ids)} returned"
             )
         return [
-            Recorded(
-                item.index,
-                RecordResult.CREATED,
-                ids[transaction_id],
-                transaction_id,
-                item.workflow_key,
-                item.scheduled_for,
-            )
+            _created(item, ids[transaction_id], transaction_id)
             for item, transaction_id in zip(self.notifications, self.transaction_ids, strict=True)
         ]
 
