@@ -35,13 +35,16 @@ from api.ui import auth as ui_auth
 from api.ui import routes as ui_routes
 from shared import logs
 from shared.notifications.recorder import trigger_recorder
+from shared.process import freeze_startup_objects
 from shared.settings import get_settings
 
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-    """On shutdown (after uvicorn has finished the requests in flight), record what the trigger
-    recorder still holds before the process exits."""
+    """On startup, freeze what the process has built (shared/process.py). On shutdown (after
+    uvicorn has finished the requests in flight), record what the trigger recorder still holds
+    before the process exits."""
+    freeze_startup_objects()
     yield
     await run_in_threadpool(trigger_recorder().stop)
 

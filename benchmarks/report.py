@@ -131,15 +131,17 @@ def _rows_tokens(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 def _rows_a(a: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     trig, bare = a["trigger"], a["bare"]
+    rounds = a.get("rounds", [])
+    worst_p99 = max([trig["p99_ms"], *(r["trigger_p99_ms"] for r in rounds)])
     return [
         (
-            "(a) bare FastAPI JSON POST",
+            "(a) bare FastAPI JSON POST (median round)",
             f"{bare['rate']:,.0f} req/s",
             f"p50 {bare['p50_ms']:.1f} ms, p99 {bare['p99_ms']:.1f} ms",
             "baseline",
         ),
         (
-            "(a) POST /api/trigger",
+            "(a) POST /api/trigger (median round)",
             f"{trig['rate']:,.0f} req/s",
             f"p50 {trig['p50_ms']:.1f} ms, p99 {trig['p99_ms']:.1f} ms"
             + (f", {trig['non_2xx']} non-2xx" if trig["non_2xx"] else ""),
@@ -148,14 +150,16 @@ def _rows_a(a: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         (
             "(a) ratio trigger / bare",
             f"{a['ratio']:.2f}",
-            "",
+            f"the median of {len(rounds)} rounds: " + ", ".join(f"{r['ratio']:.2f}" for r in rounds)
+            if len(rounds) > 1
+            else "",
             f">= 0.40: {_met(a['ratio'] >= 0.4)}",
         ),
         (
-            "(a) trigger p99",
-            f"{trig['p99_ms']:.1f} ms",
+            "(a) trigger p99, the worst round",
+            f"{worst_p99:.1f} ms",
             "",
-            f"<= 50 ms: {_met(trig['p99_ms'] <= 50)}",
+            f"<= 50 ms: {_met(worst_p99 <= 50)}",
         ),
     ]
 

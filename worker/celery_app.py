@@ -23,6 +23,7 @@ from celery.signals import (
 from shared import logs, metrics
 from shared.db.session import reset_engine
 from shared.novu.sync import PERIODIC_CHECK, request_sync
+from shared.process import freeze_startup_objects
 from shared.queue import QueueName, TaskName, celery_config
 from shared.settings import get_settings
 from worker.broker import serve_redis_schemes
@@ -138,6 +139,8 @@ def _task_context(task_id: str | None = None, task: Any = None, **_: Any) -> Non
 def _fresh_connections(**_: Any) -> None:
     # A forked pool process must not share the parent's database sockets.
     reset_engine()
+    # What it made since its parent froze (shared/process.py) is frozen too.
+    freeze_startup_objects()
 
 
 @worker_ready.connect
@@ -164,6 +167,13 @@ _metrics_dir: list[Path] = []
 
 
 @worker_init.connect
+def _freeze_before_forking(**_: Any) -> None:
+    # Modules and tasks are imported; the pool is not forked yet: the main process and the
+    # children it forks leave all of it out of the collector's full passes.
+    freeze_startup_objects()
+
+
+@worker_init.connect
 def _serve_worker_metrics(**_: Any) -> None:
     port = settings.worker_metrics_port
     if port is None:
@@ -182,6 +192,11 @@ def _serve_worker_metrics(**_: Any) -> None:
 def _remove_metrics_dir(**_: Any) -> None:
     for directory in _metrics_dir:
         metrics.remove_directory(directory)
+
+
+@beat_init.connect
+def _freeze_beat(**_: Any) -> None:
+    freeze_startup_objects()
 
 
 @beat_init.connect
