@@ -142,14 +142,21 @@ class BenchStack:
             "the Novu emulator",
         )
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Process:
-        """Start a process of this run (own session, output to `<root>/<name>.log`)."""
+    def spawn(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cwd: Path = REPO,
+    ) -> Process:
+        """Start a process of this run (own session, output to `<root>/<name>.log`), in this
+        checkout unless `cwd` names another."""
         log = self.root / f"{name}.log"
         handle = log.open("ab")
         popen = subprocess.Popen(
             args,
             env={**self.env, **(env or {})},
-            cwd=REPO,
+            cwd=cwd,
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -34,13 +34,23 @@ from benchmarks.run import (
     request_throughput,
     truncate_notifications,
 )
-from benchmarks.stack import PY, BenchStack, Process, _listeners, bench_stack, free_port, wait_for
+from benchmarks.stack import (
+    PY,
+    REPO,
+    BenchStack,
+    Process,
+    _listeners,
+    bench_stack,
+    free_port,
+    wait_for,
+)
 
 
 @dataclass
 class Variant:
     name: str
     env: dict[str, str]
+    tree: Path = REPO  # the checkout serving it, with its own .venv (benchmarks/ab.py)
     url: str = ""
     process: Process | None = None
     turns: list[tuple[float, float, float, float]] = field(default_factory=list)
@@ -62,8 +72,11 @@ def parse_variant(text: str) -> Variant:
 
 def _serve(stack: BenchStack, variant: Variant) -> None:
     port = free_port()
-    command = [PY, "-m", "benchmarks.serve", "api.app:app", "--port", str(port), "--workers", "2"]
-    variant.process = stack.spawn(f"api-{variant.name}", command, env=variant.env)
+    python = PY if variant.tree == REPO else str(variant.tree / ".venv/bin/python")
+    command = [python, "-m", "benchmarks.serve", "api.app:app", "--port", str(port)]
+    variant.process = stack.spawn(
+        f"api-{variant.name}", [*command, "--workers", "2"], env=variant.env, cwd=variant.tree
+    )
     variant.url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(f"{variant.url}/healthz").status_code == 200, 60, variant.url)
     wait_for(lambda: _listeners(port) >= 2, 30, f"two API processes of {variant.name}")
@@ -107,16 +120,12 @@ def _turn(
     truncate_notifications()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variants", nargs="+", type=parse_variant)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=8.0)
-    args = parser.parse_args()
+def compare(variants: list[Variant], *, rounds: int, seconds: float) -> None:
+    """Serve every variant, warm each up, then run (a)'s load on each in turn for `rounds`
+    rounds, the order swapped every round; print each turn and the medians."""
     full = Sizes.of(quick=False)
-    sizes = Sizes(**{**vars(full), "load_seconds": args.seconds, "warmup_seconds": 1.0})
+    sizes = Sizes(**{**vars(full), "load_seconds": seconds, "warmup_seconds": 1.0})
     warmup = Sizes(**{**vars(full), "load_seconds": 2.0, "warmup_seconds": 0.5})
-    variants: list[Variant] = args.variants
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     with (
@@ -129,7 +138,7 @@ def main() -> int:
             body = {"workflowId": "building-alert", "payload": ALERT}
             request_throughput(loop, f"{variant.url}/api/trigger", body, warmup, AUTH)
             purge_queue(stack)
-        for number in range(args.rounds):
+        for number in range(rounds):
             print(f"round {number + 1}", flush=True)
             for variant in variants if number % 2 == 0 else variants[::-1]:
                 _turn(loop, stack, variant, sizes)
@@ -137,10 +146,20 @@ def main() -> int:
         rate, cpu, system, switches = (
             statistics.median(turn[i] for turn in variant.turns) for i in range(4)
         )
+        where = variant.env or ("" if variant.tree == REPO else str(variant.tree))
         print(
-            f"{variant.name} {variant.env}: median {rate:,.0f} req/s, {cpu:.0f} µs API "
+            f"{variant.name} {where}: median {rate:,.0f} req/s, {cpu:.0f} µs API "
             f"CPU/trigger ({system:.0f} in the kernel), {switches:.2f} context switches/trigger"
         )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="+", type=parse_variant)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    args = parser.parse_args()
+    compare(args.variants, rounds=args.rounds, seconds=args.seconds)
     return 0
 
 
