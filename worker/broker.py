@@ -1,4 +1,5 @@
-"""kombu's Redis transport, with one change that keeps the worker alive across a Redis crash.
+"""kombu's Redis transport, with one change that keeps the worker alive across a Redis crash
+and one that makes its publishing cheaper.
 
 Celery 5.7.0's consumer, on a lost broker connection, calls `connection.collect()` (which drops
 the transport's client) and then `connection.close()`. When the channel was waiting in BRPOP,
@@ -14,11 +15,22 @@ after `visibility_timeout`, and their notifications are in PostgreSQL, where the
 finds them sooner (docs/architecture.md, guarantee 2). Used for `redis://`, `rediss://` and
 `sentinel://` brokers, by kombu's aliases of those schemes (`serve_redis_schemes`, called by
 worker/celery_app.py); remove it once Celery or kombu no longer need it.
+
+The second: for every command it sends outside its polling (each task event the worker
+publishes for Flower, each message it publishes, each queue length), kombu 5.7.0 builds a new
+redis-py client on the channel's connection pool, and a client's constructor copies its ~250
+response callbacks. With events on, that was a sixth of the worker's main process under single
+deliveries at 100/s (docs/performance.md, "The worker's main process"). A channel here keeps
+one such client per pool: a redis-py client holds no connection of its own (each command
+takes one from the pool and gives it back), so one serves every caller as the fresh ones did;
+a channel whose pool was replaced (after a reconnect) builds a client on the new one.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from kombu.transport import TRANSPORT_ALIASES, _transport_cache
@@ -44,7 +56,24 @@ class QoS(kombu_redis.QoS):
         super().restore_unacked(client)  # type: ignore[no-untyped-call]  # kombu is untyped
 
 
-class Channel(kombu_redis.Channel):
+class _OneClientPerPool:
+    """kombu's `conn_or_acquire` with the client it would build kept (the module's docstring)."""
+
+    _kept_client: Any = None
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        if client:
+            yield client
+            return
+        kept = self._kept_client
+        pool = self.pool  # type: ignore[attr-defined]  # kombu's Channel
+        if kept is None or kept.connection_pool is not pool:
+            kept = self._kept_client = self._create_client()  # type: ignore[attr-defined]
+        yield kept
+
+
+class Channel(_OneClientPerPool, kombu_redis.Channel):
     QoS = QoS
 
 
@@ -52,7 +81,7 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-class SentinelChannel(kombu_redis.SentinelChannel):
+class SentinelChannel(_OneClientPerPool, kombu_redis.SentinelChannel):
     QoS = QoS
 
 
