@@ -95,7 +95,7 @@ class Sizes:
     large_table: int
     table_requests: int
     warmup_notifications: int
-    # (a) runs in rounds, each a turn of the bare app and one of the trigger (see Bench.a).
+    # (a) runs in rounds, each a turn of the bare app and one of the trigger (see Run.a).
     a_rounds: int = 1
     a_turn_seconds: float = 2.0
 

@@ -64,7 +64,7 @@ def freeze_startup_objects() -> None:
     them: some 160,000 in an API or worker process, 85 to 125 ms of CPU per pass, during which
     the process serves nothing. Under load a full pass comes every ten to twenty seconds per
     process (the requests and tasks in flight outlive the young generations); after the freeze
-    the same pass walks the 10,000 or so objects made since, in 0.5 to 6 ms
+    the same pass walks the objects made since, up to some 30,000, in 0.4 to 6 ms
     (docs/performance.md, "The collector's full passes"). Garbage is collected first, so that
     none is kept forever; what the process makes later is collected as usual. In a parent
     that forks (Celery's prefork pool), frozen objects are also never written by the
