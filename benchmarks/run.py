@@ -96,8 +96,8 @@ class Sizes:
     table_requests: int
     warmup_notifications: int
     # (a) runs in rounds, each a turn of the bare app and one of the trigger (see Run.a).
-    a_rounds: int = 1
-    a_turn_seconds: float = 2.0
+    a_rounds: int
+    a_turn_seconds: float
 
     @classmethod
     def of(cls, quick: bool) -> Sizes:
@@ -717,10 +717,11 @@ class Run:
                     measured[name] = request_throughput(
                         self.loop, url, body, self.sizes, headers, self.sizes.a_turn_seconds
                     )
-                # The worker is not running yet: drop what the trigger queued, so that every
-                # round (and then (b)) starts from nothing.
-                purge_queue(self.stack)
-                truncate_notifications()
+                if name == "a":
+                    # The worker is not running yet: drop what the trigger queued and recorded,
+                    # so that every round (and then (b)) starts from nothing.
+                    purge_queue(self.stack)
+                    truncate_notifications()
             rounds.append(measured)
             self.step(
                 f"(a) round {number + 1}: bare FastAPI {measured['a_bare'].rate:,.0f} req/s,"
