@@ -18,6 +18,7 @@ from shared.db.enums import NotificationStatus
 from shared.db.models import Notification
 from shared.db.session import transaction
 from shared.notifications import intake
+from shared.notifications.recorder import PREPARED_INSERT
 from tests.conftest import make_tenant, signup_payload
 
 
@@ -44,20 +45,24 @@ def _rows(ids: list[int]) -> dict[int, Notification]:
 NOTIFICATION_INSERT = re.compile(
     r"\s*(?:WITH\s+\w+\s+AS\s*\(\s*)?INSERT INTO notify\.ent_notification\s", re.IGNORECASE
 )
+# The recorder's keyless batches run its prepared INSERT, one EXECUTE per statement.
+PREPARED_NOTIFICATION_INSERT = re.compile(rf"\bEXECUTE {PREPARED_INSERT}\b")
 
 
 @pytest.fixture()
 def inserts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The INSERT statements on ent_notification psycopg cursors of this process send while the
     test runs (the trigger recorder records on a connection of its own, outside the engine,
-    pipelined or not)."""
+    a batch without idempotency keys as EXECUTEs of its prepared INSERT)."""
     seen: list[str] = []
     real_execute = psycopg.Cursor.execute
 
     def execute(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
         # The insert, bare or as the first step of a WITH (its timeline events follow).
-        if isinstance(query, str) and NOTIFICATION_INSERT.match(query):
-            seen.append(query)
+        if isinstance(query, str):
+            if NOTIFICATION_INSERT.match(query):
+                seen.append(query)
+            seen.extend(PREPARED_NOTIFICATION_INSERT.findall(query))
         return real_execute(self, query, *args, **kwargs)
 
     monkeypatch.setattr(psycopg.Cursor, "execute", execute)

@@ -21,7 +21,7 @@ from shared.db.session import transaction
 from shared.errors import Unavailable
 from shared.notifications.recorder import TriggerRecorder
 from shared.notifications.repository import NewNotification, Recorded, RecordResult
-from tests.conftest import Stack, Tenant, signup_payload
+from tests.conftest import Stack, Tenant, make_tenant, signup_payload
 
 
 @pytest.fixture()
@@ -202,3 +202,54 @@ def test_a_submission_not_taken_in_time_answers_each_trigger_unavailable_without
     assert len(taken) == 1 and isinstance(taken[0], Recorded)
     assert len(late) == 2 and all(isinstance(answer, Unavailable) for answer in late)
     assert set(_rows(tenant.enterprise_id)) == {taken[0].notification_id}
+
+
+def _session_state(recorder: TriggerRecorder) -> tuple[str, str, str]:
+    """The recorder connection's role, enterprise scope and transaction status between batches."""
+    connection = recorder._connection._connection
+    assert connection is not None
+    row = connection.execute(
+        "SELECT current_user, current_setting('xnovu.enterprise_id', true)"
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1] or "", connection.info.transaction_status.name
+
+
+def test_a_batch_scope_ends_with_its_transaction(
+    recorder: TriggerRecorder, tenant: Tenant, stack: Stack
+) -> None:
+    # Keyless batches are one implicit transaction (scope, INSERTs): the role and enterprise it
+    # sets must not outlive it, or the next batch, another enterprise's, would start scoped.
+    other = make_tenant()
+    [mine] = asyncio.run(_record_all(recorder, tenant.enterprise_id, [_notification()]))
+    assert isinstance(mine, Recorded)
+    role, scope, status = _session_state(recorder)
+    assert scope == "" and status == "IDLE"
+    assert role != "xnovu_app"
+    [theirs] = asyncio.run(_record_all(recorder, other.enterprise_id, [_notification()]))
+    assert isinstance(theirs, Recorded)
+    assert set(_rows(tenant.enterprise_id)) == {mine.notification_id}
+    assert set(_rows(other.enterprise_id)) == {theirs.notification_id}
+
+
+def test_a_lost_connection_fails_its_batch_and_the_next_batch_reconnects(
+    recorder: TriggerRecorder, tenant: Tenant, stack: Stack
+) -> None:
+    # The keyless INSERT is prepared per connection: a new connection must prepare it again.
+    [first] = asyncio.run(_record_all(recorder, tenant.enterprise_id, [_notification()]))
+    assert isinstance(first, Recorded)
+    connection = recorder._connection._connection
+    assert connection is not None
+    with psycopg.connect(stack.database_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (connection.info.backend_pid,))
+    [lost] = asyncio.run(_record_all(recorder, tenant.enterprise_id, [_notification()]))
+    assert isinstance(lost, psycopg.OperationalError), lost
+    answer = api_error_of(lost)
+    assert answer is not None and answer.status_code == 503
+    again = asyncio.run(_record_all(recorder, tenant.enterprise_id, [_notification()] * 3))
+    assert all(isinstance(answer, Recorded) for answer in again), again
+    assert recorder._connection._connection is not connection
+    assert set(_rows(tenant.enterprise_id)) == {
+        first.notification_id,
+        *(a.notification_id for a in again if isinstance(a, Recorded)),
+    }
