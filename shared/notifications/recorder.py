@@ -455,7 +455,7 @@ def log_accepted(
     }
     if request_id is not None:
         fields["request_id"] = request_id
-    logger.info("notification accepted", extra=fields)
+    logs.info(logger, "notification accepted", fields)
 
 
 def _answer_all(settled: Sequence[_Settlement]) -> None:

@@ -4,6 +4,7 @@ written as their repr, never a failed line."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -133,3 +134,81 @@ def test_a_line_that_cannot_be_written_does_not_raise_into_the_caller(capsys):
     finally:
         logger.removeHandler(handler)
     assert "disk full" in capsys.readouterr().err  # reported as logging reports its errors
+
+
+@contextlib.contextmanager
+def _root_json() -> Iterator[io.StringIO]:
+    """The root logger as `logs.configure` leaves it (one JSON LineHandler), into a buffer.
+    Entered in the test itself: pytest adds its own handlers to the root for each phase."""
+    stream = io.StringIO()
+    handler = logs.LineHandler(stream)
+    handler.setFormatter(
+        logs.JsonLines([structlog.contextvars.merge_contextvars, logs.add_request_id, logs.redact])
+    )
+    handler.addFilter(logs.QuietMaintenance())
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        root.handlers[:] = saved
+        root.setLevel(level)
+        logs.clear()
+
+
+def test_info_makes_the_line_logging_makes_without_a_record(monkeypatch):
+    logger = logging.getLogger("tests.fast_lines")
+    fields = {"notification_id": 7, "workflow_id": 'a "quoted" key', "replayed": False}
+    logs.bind(enterprise_id="e-1")
+    token = logs.REQUEST_ID.set("req-9")
+    records: list[logging.LogRecord] = []
+    make_record = logging.getLogRecordFactory()
+
+    def counting(*args, **kwargs):
+        records.append(make_record(*args, **kwargs))
+        return records[-1]
+
+    monkeypatch.setattr(logging, "_logRecordFactory", counting)
+    try:
+        with _root_json() as stream:
+            logs.info(logger, "notification accepted", dict(fields))
+            assert records == []  # the fast way: no LogRecord
+            logger.info("notification accepted", extra=dict(fields))
+            assert len(records) == 1
+    finally:
+        logs.REQUEST_ID.reset(token)
+    fast, logged = _written(stream)
+    assert list(fast) == list(logged)  # the same fields in the same order
+    assert {**fast, "timestamp": None} == {**logged, "timestamp": None}
+    assert fast["workflow_id"] == 'a "quoted" key' and fast["request_id"] == "req-9"
+
+
+def test_info_goes_through_logging_when_another_handler_listens():
+    listened: list[logging.LogRecord] = []
+
+    class Listening(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            listened.append(record)
+
+    logger = logging.getLogger("tests.fast_lines")
+    with _root_json() as stream:
+        logging.getLogger().addHandler(Listening())
+        logs.info(logger, "notification accepted", {"notification_id": 8})
+        logger.setLevel(logging.WARNING)
+        try:
+            logs.info(logger, "not at this level", {"notification_id": 9})
+        finally:
+            logger.setLevel(logging.NOTSET)
+    assert [(r.getMessage(), r.notification_id) for r in listened] == [  # type: ignore[attr-defined]
+        ("notification accepted", 8)
+    ]
+    assert [line["notification_id"] for line in _written(stream)] == [8]
+
+
+def test_an_integer_over_64_bits_is_written_exactly(lines):
+    logger, stream = lines
+    logger.info("big", extra={"count": 2**70, "ratio": 0.5})
+    [line] = _written(stream)
+    assert line["count"] == 2**70 and line["ratio"] == 0.5
