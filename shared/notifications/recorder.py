@@ -279,6 +279,8 @@ _KEYLESS_SCOPE = (
     " set_config('xnovu.enterprise_id', %s, true) AS enterprise"
 )
 _KEYLESS_INSERT = f"EXECUTE {PREPARED_INSERT} (%s, %s, %s)"
+if "%(" in _PREPARE_KEYLESS:  # INSERT_SQL grew a parameter the prepared statement lacks
+    raise RuntimeError("INSERT_SQL's parameters changed: update _PREPARE_KEYLESS")
 
 
 def _insert_keyless(

@@ -253,3 +253,29 @@ def test_a_lost_connection_fails_its_batch_and_the_next_batch_reconnects(
         first.notification_id,
         *(a.notification_id for a in again if isinstance(a, Recorded)),
     }
+
+
+def test_values_bound_into_the_batch_message_are_stored_as_sent(
+    recorder: TriggerRecorder, tenant: Tenant
+) -> None:
+    # A keyless batch's parameters travel inside the SQL text as quoted literals: whatever a
+    # tenant sends must come back byte for byte and never end the literal early.
+    nasty = [
+        "'); DELETE FROM notify.ent_notification; --",
+        "back\\\\slash \\\\' and \\\\\\\\",
+        "$$ dollar $tag$ ; semicolon",
+        "E'\\\\x00' newline\\nand tab\\t",
+        "ünïcödé ✉️ 𝔘",
+    ]
+    notifications = [
+        _notification(payload={**signup_payload(f"n{i}"), "note": text}, tags=[text[:40]])
+        for i, text in enumerate(nasty)
+    ]
+    results = asyncio.run(_record_all(recorder, tenant.enterprise_id, notifications))
+    assert all(isinstance(r, Recorded) for r in results), results
+    rows = _rows(tenant.enterprise_id)
+    assert len(rows) == len(nasty)
+    for result, text in zip(results, nasty, strict=True):
+        assert isinstance(result, Recorded)
+        row = rows[result.notification_id]
+        assert row.payload["note"] == text and row.tags == [text[:40]]
