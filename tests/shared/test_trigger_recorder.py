@@ -265,7 +265,7 @@ def test_values_bound_into_the_batch_message_are_stored_as_sent(
         "back\\\\slash \\\\' and \\\\\\\\",
         "$$ dollar $tag$ ; semicolon",
         "E'\\\\x00' newline\\nand tab\\t",
-        "ünïcödé ✉️ 𝔘",
+        "ünïcödé ✉️ \U0001d518 (outside the BMP)",
     ]
     notifications = [
         _notification(payload={**signup_payload(f"n{i}"), "note": text}, tags=[text[:40]])
