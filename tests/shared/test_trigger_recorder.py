@@ -264,7 +264,7 @@ def test_values_bound_into_the_batch_message_are_stored_as_sent(
         "'); DELETE FROM notify.ent_notification; --",
         "back\\\\slash \\\\' and \\\\\\\\",
         "$$ dollar $tag$ ; semicolon",
-        "E'\\\\x00' newline\\nand tab\\t",
+        "E'\\\\x00' newline\nand tab\t",
         "ünïcödé ✉️ \U0001d518 (outside the BMP)",
     ]
     notifications = [
