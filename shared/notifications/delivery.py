@@ -57,7 +57,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from shared import metrics
 from shared.db.enums import NotificationStatus as S
-from shared.db.session import connection, enterprise_transaction
+from shared.db.session import ScopedMessage, connection, enterprise_transaction
 from shared.notifications.direct_rows import vet
 from shared.notifications.fairness import FairRenders, RenderLanes, in_lane_thread, wait_for
 from shared.notifications.novu_trigger import (
@@ -322,13 +322,12 @@ def _launch(
     made here, already answered, when there is none), single triggers on the pool; refund the
     tokens paid for rows not sent. None when nothing was claimed."""
     report = run.report
-    with enterprise_transaction(conn, run.enterprise_id):
-        rows, generation = claim_due(
-            conn,
-            enterprise_id=run.enterprise_id,
-            notification_ids=chunk,
-            lease_seconds=run.settings.processing_lease_seconds,
-        )
+    rows, generation = claim_due(
+        ScopedMessage(conn, run.enterprise_id),
+        enterprise_id=run.enterprise_id,
+        notification_ids=chunk,
+        lease_seconds=run.settings.processing_lease_seconds,
+    )
     report.skipped += len(chunk) - len(rows)
     if rows:
         report.claimed += len(rows)
@@ -498,10 +497,12 @@ def _land(conn: Connection, run: _Run, flight: _Flight) -> None:
         outcomes.extend(_single_outcomes(run, sent_rows, flight.singles, flight))
 
     since_due: dict[int, float] = {}
-    with enterprise_transaction(conn, run.enterprise_id):
-        moved = record_outcomes(
-            conn, enterprise_id=run.enterprise_id, outcomes=outcomes, since_due=since_due
-        )
+    moved = record_outcomes(
+        ScopedMessage(conn, run.enterprise_id),
+        enterprise_id=run.enterprise_id,
+        outcomes=outcomes,
+        since_due=since_due,
+    )
     if log.isEnabledFor(logging.INFO):
         _log_outcomes(flight.rows, outcomes, moved)
     try:

@@ -41,7 +41,13 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared import logs
-from shared.db.session import APP_ROLE, SCOPE_SQL, get_engine
+from shared.db.session import (
+    APP_ROLE,
+    SCOPE_MESSAGE_SQL,
+    SCOPE_SQL,
+    get_engine,
+    scope_parameters,
+)
 from shared.errors import Unavailable
 from shared.notifications.publisher import publish_enterprise
 from shared.notifications.repository import (
@@ -274,18 +280,14 @@ PREPARED_INSERT = "xnovu_insert_pending"
 _PREPARE_KEYLESS = f"PREPARE {PREPARED_INSERT} (uuid, text, text) AS " + INSERT_SQL.replace(
     "%(enterprise_id)s", "$1"
 ).replace("%(created_by)s", "$2").replace("%(rows)s", "$3")
-_KEYLESS_SCOPE = (
-    "SELECT set_config('role', %s, true) AS role,"
-    " set_config('xnovu.enterprise_id', %s, true) AS enterprise"
-)
-_KEYLESS_INSERT = f"EXECUTE {PREPARED_INSERT} (%s, %s, %s)"
+_KEYLESS_INSERT = "EXECUTE {name} (%(enterprise_id_{n})s, %(created_by_{n})s, %(rows_{n})s)"
 if "%(" in _PREPARE_KEYLESS:  # INSERT_SQL grew a parameter the prepared statement lacks
     raise RuntimeError("INSERT_SQL's parameters changed: update _PREPARE_KEYLESS")
 
 
 def _insert_keyless(
     connection: psycopg.Connection[Any],
-    scope: tuple[str, str],
+    enterprise_id: uuid.UUID,
     statements: Sequence[dict[str, Any]],
 ) -> list[list[Any]]:
     """Run the scope and the INSERTs (KeylessInsert.statements) as one transaction in one
@@ -298,10 +300,13 @@ def _insert_keyless(
     pipeline mode, BEGIN, the scope, the INSERT and COMMIT were one round trip too, but each
     statement its own send: 33 system calls per batch against 4 now (strace), each one letting
     go of the GIL, and about twice this function's CPU (docs/performance.md)."""
-    query = ";\n".join([_KEYLESS_SCOPE] + [_KEYLESS_INSERT] * len(statements))
-    parameters: list[Any] = list(scope)
-    for statement in statements:
-        parameters += [statement["enterprise_id"], statement["created_by"], statement["rows"]]
+    query = ";\n".join(
+        [SCOPE_MESSAGE_SQL]
+        + [_KEYLESS_INSERT.format(name=PREPARED_INSERT, n=n) for n in range(len(statements))]
+    )
+    parameters: dict[str, Any] = {**scope_parameters(enterprise_id)}
+    for n, statement in enumerate(statements):
+        parameters |= {f"{key}_{n}": value for key, value in statement.items()}
     cursor = psycopg.ClientCursor(connection, row_factory=namedtuple_row)
     cursor.execute(query, parameters)
     rows = []
@@ -333,7 +338,9 @@ class _Connection:
         try:
             keyless = keyless_insert(enterprise_id, notifications, created_by)
             if keyless is not None:
-                return keyless.recorded(_insert_keyless(connection, scope, keyless.statements))
+                return keyless.recorded(
+                    _insert_keyless(connection, enterprise_id, keyless.statements)
+                )
             with connection.transaction():
                 connection.execute(SCOPE_SQL, scope)
                 cursor = connection.cursor(row_factory=namedtuple_row)

@@ -38,6 +38,7 @@ from shared.db.models import (
     NotificationWorkflow,
     RegistryGeneration,
 )
+from shared.db.session import ScopedMessage
 from shared.ids import uuid4s
 from shared.notifications.timeline import excerpt, worker_identity
 
@@ -421,7 +422,7 @@ _CLAIM = text(
 
 
 def claim_due(
-    connection: Connection | Session,
+    connection: Connection | Session | ScopedMessage,
     *,
     enterprise_id: uuid.UUID,
     notification_ids: Sequence[int],
@@ -533,7 +534,7 @@ _RECORD_OUTCOMES = text(
 
 
 def record_outcomes(
-    connection: Connection | Session,
+    connection: Connection | Session | ScopedMessage,
     *,
     enterprise_id: uuid.UUID,
     outcomes: Sequence[AttemptOutcome],

@@ -53,7 +53,7 @@ def test_one_grep_finds_a_notifications_lines_in_the_api_and_the_worker(stack, w
     [accepted] = [
         line
         for line in _lines(api_log, str(notification_id))
-        if line["event"] == "notification accepted"
+        if line["event"] == "notification accepted" and line["notification_id"] == notification_id
     ]
     assert accepted["notification_id"] == notification_id
     assert accepted["request_id"] == "req-logs-1"
@@ -63,10 +63,13 @@ def test_one_grep_finds_a_notifications_lines_in_the_api_and_the_worker(stack, w
     deadline = time.monotonic() + 10
     sent: list[dict] = []
     while time.monotonic() < deadline and not sent:
+        # The grep finds every line naming the id, and lines whose other numbers contain its
+        # digits (the session's worker log holds every test's lines): the id's own are these.
         sent = [
             line
             for line in _json_lines(worker.log, str(notification_id))
             if line.get("event") == "notification sent"
+            and line.get("notification_id") == notification_id
         ]
         time.sleep(0.2)
     assert sent, f"no worker line names notification {notification_id}"
