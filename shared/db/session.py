@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
 
 import psycopg
+from psycopg.rows import RowFactory, tuple_row
 from sqlalchemy import Connection, Dialect, Engine, TextClause, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
@@ -93,17 +94,12 @@ def unscope_session(session: Session) -> None:
 # What scopes a transaction, with (APP_ROLE, enterprise id or "") as its parameters; also run
 # on the trigger recorder's plain psycopg connection (shared/notifications/recorder.py).
 SCOPE_SQL = "SELECT set_config('role', %s, true), set_config('xnovu.enterprise_id', %s, true)"
-# The same, first statement of a one-message transaction (ScopedMessage, the recorder's keyless
-# batches), its parameters named so that the statements after it can bind their own.
+# The same, first statement of a one-message transaction (scoped_message), its parameters
+# named so that the statements after it can bind their own.
 SCOPE_MESSAGE_SQL = (
     "SELECT set_config('role', %(scope_role)s, true) AS scope_role,"
     " set_config('xnovu.enterprise_id', %(scope_enterprise)s, true) AS scope_enterprise"
 )
-
-
-def scope_parameters(enterprise_id: uuid.UUID) -> dict[str, str]:
-    """SCOPE_MESSAGE_SQL's parameters for an enterprise."""
-    return {"scope_role": APP_ROLE, "scope_enterprise": str(enterprise_id)}
 
 
 @event.listens_for(Session, "after_begin")
@@ -141,14 +137,40 @@ def enterprise_transaction(conn: Connection, enterprise_id: uuid.UUID) -> Iterat
         yield conn
 
 
+def scoped_message(
+    raw: psycopg.Connection[Any],
+    enterprise_id: uuid.UUID,
+    statements: Sequence[str],
+    parameters: dict[str, Any],
+    *,
+    row_factory: RowFactory[Any] = tuple_row,
+) -> list[list[Any]]:
+    """Send the enterprise's scope and `statements` (psycopg's `%(name)s` placeholders, all
+    bound from `parameters`) as one simple-query message on `raw`, in autocommit mode and idle;
+    each statement's rows.
+
+    PostgreSQL runs the statements of one simple-query message as one implicit transaction:
+    all committed when the last succeeds, none when any fails, the scope's `set_config(...,
+    true)` ending with it. The parameters are bound into the text by psycopg's ClientCursor
+    (quoted as literals), which is what lets several statements share the message: one round
+    trip where BEGIN, the scope, each statement and COMMIT took one each."""
+    cursor = psycopg.ClientCursor(raw, row_factory=row_factory)
+    cursor.execute(
+        ";\n".join([SCOPE_MESSAGE_SQL, *statements]),
+        {**parameters, "scope_role": APP_ROLE, "scope_enterprise": str(enterprise_id)},
+    )
+    results = []
+    for _ in statements:
+        cursor.nextset()
+        results.append(cursor.fetchall())
+    return results
+
+
 class ScopedMessage:
     """Runs a statement as `with enterprise_transaction(conn, enterprise_id): conn.execute(...)`
-    does, in one message and one round trip instead of four (BEGIN, the scope, the statement,
-    COMMIT): the scope and the statement go as one simple-query message, which PostgreSQL runs
-    as one implicit transaction (committed when the statement succeeds, rolled back with the
-    scope when it fails), the parameters bound into the text by psycopg's ClientCursor (quoted
-    as literals). The delivery engine's claim and outcome statements run this way; measured, a
-    claim costs the worker about a third of the CPU it did (docs/performance.md).
+    does, as one message (`scoped_message`) on the connection behind `conn`. The delivery
+    engine's claim and outcome statements run this way; measured, a claim costs the worker
+    about two fifths of the CPU it did (docs/performance.md).
 
     `execute(...).all()` answers the statement's rows as tuples. Errors are SQLAlchemy's, as
     `conn.execute` raises them; after a lost connection `conn` is invalidated, and its next use
@@ -162,21 +184,23 @@ class ScopedMessage:
         conn = self.conn
         if conn.in_transaction():
             raise RuntimeError("a ScopedMessage needs a connection outside any transaction")
-        query = f"{SCOPE_MESSAGE_SQL};\n{_compiled(statement, conn.dialect)}"
-        values = {**parameters, **scope_parameters(self.enterprise_id)}
+        sql = _compiled(statement, conn.dialect)
         raw = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
         raw.autocommit = True
         try:
-            cursor = psycopg.ClientCursor(raw)
-            cursor.execute(query, values)
-            cursor.nextset()
-            return _Rows(cursor.fetchall())
+            [rows] = scoped_message(raw, self.enterprise_id, [sql], parameters)
+            return _Rows(rows)
         except psycopg.Error as exc:
             lost = raw.broken or raw.closed
             if lost:
                 conn.invalidate(exc)
             raise DBAPIError.instance(
-                query, values, exc, psycopg.Error, connection_invalidated=lost, dialect=conn.dialect
+                sql,
+                parameters,
+                exc,
+                psycopg.Error,
+                connection_invalidated=lost,
+                dialect=conn.dialect,
             ) from exc
         finally:
             if raw.closed:

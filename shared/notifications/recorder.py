@@ -41,13 +41,7 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared import logs
-from shared.db.session import (
-    APP_ROLE,
-    SCOPE_MESSAGE_SQL,
-    SCOPE_SQL,
-    get_engine,
-    scope_parameters,
-)
+from shared.db.session import APP_ROLE, SCOPE_SQL, get_engine, scoped_message
 from shared.errors import Unavailable
 from shared.notifications.publisher import publish_enterprise
 from shared.notifications.repository import (
@@ -290,30 +284,20 @@ def _insert_keyless(
     enterprise_id: uuid.UUID,
     statements: Sequence[dict[str, Any]],
 ) -> list[list[Any]]:
-    """Run the scope and the INSERTs (KeylessInsert.statements) as one transaction in one
-    message and one round trip; each INSERT's rows.
-
-    PostgreSQL runs the statements of one simple-query message as one implicit transaction: all
-    committed when the last succeeds, none when any fails, the scope's `set_config(..., true)`
-    ending with it. The parameters are bound into the text by psycopg's ClientCursor (quoted as
-    literals), which is what lets several statements share the message. Through psycopg's
-    pipeline mode, BEGIN, the scope, the INSERT and COMMIT were one round trip too, but each
-    statement its own send: 33 system calls per batch against 4 now (strace), each one letting
-    go of the GIL, and about twice this function's CPU (docs/performance.md)."""
-    query = ";\n".join(
-        [SCOPE_MESSAGE_SQL]
-        + [_KEYLESS_INSERT.format(name=PREPARED_INSERT, n=n) for n in range(len(statements))]
+    """The scope and the INSERTs (KeylessInsert.statements) as one message, one transaction
+    and one round trip (shared/db/session.py, `scoped_message`); each INSERT's rows. Through
+    psycopg's pipeline mode, BEGIN, the scope, the INSERT and COMMIT were one round trip too,
+    but each statement its own send: 33 system calls per batch against 4 now (strace), each one
+    letting go of the GIL, and about twice this function's CPU (docs/performance.md)."""
+    parameters = {
+        f"{key}_{n}": value
+        for n, statement in enumerate(statements)
+        for key, value in statement.items()
+    }
+    inserts = [_KEYLESS_INSERT.format(name=PREPARED_INSERT, n=n) for n in range(len(statements))]
+    return scoped_message(
+        connection, enterprise_id, inserts, parameters, row_factory=namedtuple_row
     )
-    parameters: dict[str, Any] = {**scope_parameters(enterprise_id)}
-    for n, statement in enumerate(statements):
-        parameters |= {f"{key}_{n}": value for key, value in statement.items()}
-    cursor = psycopg.ClientCursor(connection, row_factory=namedtuple_row)
-    cursor.execute(query, parameters)
-    rows = []
-    for _ in statements:
-        cursor.nextset()
-        rows.append(cursor.fetchall())
-    return rows
 
 
 class _Connection:
