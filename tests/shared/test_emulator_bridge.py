@@ -657,6 +657,10 @@ def test_a_trigger_whose_delay_ended_cannot_be_cancelled(novu, bridge):
     bridge.workflows["welcome"] = ["delay", "email"]
     bridge.delay_outputs = {"type": "regular", "amount": 0.1, "unit": "seconds"}
     configure(novu, bridge)
+    # The bridge answers each step after 0.5 s: the cancel below reaches the emulator while
+    # the delay step is still being executed, before it holds the run (a job Novu has not
+    # delayed yet is not cancellable), rather than racing the step's answer.
+    bridge.delay = 0.5
     transaction_id = trigger(novu)
     assert novu.delete(f"/v1/events/trigger/{transaction_id}").json() == {"data": False}
     wait_until(lambda: len(messages(novu, transactionId=transaction_id)) == 1)
