@@ -318,7 +318,6 @@ class _Connection:
         """One transaction of one enterprise's notifications, committed, rows in the order
         given."""
         connection = self._open()
-        scope = (APP_ROLE, str(enterprise_id))
         try:
             keyless = keyless_insert(enterprise_id, notifications, created_by)
             if keyless is not None:
@@ -326,7 +325,7 @@ class _Connection:
                     _insert_keyless(connection, enterprise_id, keyless.statements)
                 )
             with connection.transaction():
-                connection.execute(SCOPE_SQL, scope)
+                connection.execute(SCOPE_SQL, (APP_ROLE, str(enterprise_id)))
                 cursor = connection.cursor(row_factory=namedtuple_row)
 
                 def execute(sql: str, parameters: dict[str, Any]) -> Sequence[Any]:
