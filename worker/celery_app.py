@@ -26,6 +26,7 @@ from shared.novu.sync import PERIODIC_CHECK, request_sync
 from shared.process import freeze_startup_objects
 from shared.queue import QueueName, TaskName, celery_config
 from shared.settings import get_settings
+from worker import warmup
 from worker.broker import serve_redis_schemes
 
 settings = get_settings()
@@ -139,6 +140,7 @@ def _task_context(task_id: str | None = None, task: Any = None, **_: Any) -> Non
 def _fresh_connections(**_: Any) -> None:
     # A forked pool process must not share the parent's database sockets.
     reset_engine()
+    warmup.in_child()
     # What it made since its parent froze (shared/process.py) is frozen too.
     freeze_startup_objects()
 
@@ -170,6 +172,7 @@ _metrics_dir: list[Path] = []
 def _freeze_before_forking(**_: Any) -> None:
     # Modules and tasks are imported; the pool is not forked yet: the main process and the
     # children it forks leave all of it out of the collector's full passes.
+    warmup.before_fork()
     freeze_startup_objects()
 
 
