@@ -12,10 +12,11 @@ import json
 import logging
 import ssl
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+import redis
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
@@ -209,18 +210,48 @@ class RedisTaskWriter:
     ) -> None:
         """LPUSH every message (to its task's queue, or to `queue`) in one round trip; raises
         when Redis cannot be reached."""
+        self.send(messages, countdown=countdown, queue=queue)()
+
+    def send(
+        self,
+        messages: Sequence[tuple[TaskName, Sequence[Any]]],
+        *,
+        countdown: float | None = None,
+        queue: str | None = None,
+    ) -> Callable[[], None]:
+        """publish() in two halves: the LPUSHes (one per queue) are written now, and the
+        function returned reads Redis's answers, raising as publish() does. In between, the
+        caller may do other work rather than wait for the round trip (the trigger recorder
+        records its next batch). Until then the connection is the caller's, out of the pool."""
         by_queue: dict[str, list[bytes]] = {}
         for task, args in messages:
             name = queue or TASK_QUEUES[task].value
             by_queue.setdefault(name, []).append(self.envelope(task, args, name, countdown))
-        if len(by_queue) == 1:  # the usual case: one command, no pipeline to set up
-            [(name, envelopes)] = by_queue.items()
-            self._redis.lpush(name, *envelopes)
-            return
-        with self._redis.pipeline(transaction=False) as pipe:
-            for name, envelopes in by_queue.items():
-                pipe.lpush(name, *envelopes)
-            pipe.execute()
+        commands = [("LPUSH", name, *envelopes) for name, envelopes in by_queue.items()]
+        pool = self._redis.connection_pool
+        connection = pool.get_connection()
+        # redis-py's Connection is untyped.
+        packed = connection.pack_commands(commands)  # type: ignore[no-untyped-call]
+        try:
+            connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
+        except BaseException:
+            connection.disconnect()  # type: ignore[no-untyped-call]
+            pool.release(connection)
+            raise
+
+        def answers() -> None:
+            try:
+                for _ in commands:
+                    answer = connection.read_response()
+                    if isinstance(answer, redis.ResponseError):
+                        raise answer
+            except BaseException:
+                connection.disconnect()  # type: ignore[no-untyped-call]
+                raise
+            finally:
+                pool.release(connection)
+
+        return answers
 
 
 @lru_cache(maxsize=1)
@@ -234,10 +265,17 @@ def task_writer() -> RedisTaskWriter | None:
 
 
 def _send(messages: Sequence[tuple[TaskName, Sequence[Any]]], countdown: float | None) -> None:
+    _start(messages, countdown)()
+
+
+def _start(
+    messages: Sequence[tuple[TaskName, Sequence[Any]]], countdown: float | None
+) -> Callable[[], None]:
+    """Send the messages; the function returned waits for the broker's answer (RedisTaskWriter
+    .send). Through `send_task`, every message is sent and answered before this returns."""
     writer = task_writer()
     if writer is not None:
-        writer.publish(messages, countdown=countdown)
-        return
+        return writer.send(messages, countdown=countdown)
     app = producer()
     for task, args in messages:
         app.send_task(
@@ -247,6 +285,11 @@ def _send(messages: Sequence[tuple[TaskName, Sequence[Any]]], countdown: float |
             countdown=countdown,
             retry=False,
         )
+    return _answered
+
+
+def _answered() -> None:
+    """The answer of messages already answered."""
 
 
 def queue_depth(queue: QueueName) -> int | None:
@@ -281,19 +324,50 @@ def publish_deliver_batch(
     """Publish deliver_batch(enterprise, ids) messages of at most `ids_per_message` ids
     (MAX_BATCH_MESSAGE_IDS at most), one enterprise per message; returns the ids that could not
     be published."""
-    ids = list(notification_ids)
-    if not ids:
-        return []
+    answers = send_deliver_batches(
+        {enterprise_id: notification_ids}, countdown=countdown, ids_per_message=ids_per_message
+    )
+    return answers().get(enterprise_id, [])
+
+
+def send_deliver_batches(
+    batches: Mapping[uuid.UUID, Sequence[int]],
+    *,
+    countdown: float | None = None,
+    ids_per_message: int | None = None,
+) -> Callable[[], dict[uuid.UUID, list[int]]]:
+    """publish_deliver_batch() for several enterprises at once, in two halves: the messages are
+    sent now (one LPUSH), and the function returned waits for the broker's answer and returns,
+    by enterprise, the ids that could not be published (all of them, or none)."""
     size = min(ids_per_message or MAX_BATCH_MESSAGE_IDS, MAX_BATCH_MESSAGE_IDS)
-    chunks = [ids[start : start + size] for start in range(0, len(ids), size)]
+    messages = [
+        (TaskName.DELIVER_BATCH, [str(enterprise_id), list(ids[start : start + size])])
+        for enterprise_id, ids in batches.items()
+        for start in range(0, len(ids), size)
+    ]
+    count = sum(len(ids) for ids in batches.values())
+
+    def unpublished(exc: Exception) -> dict[uuid.UUID, list[int]]:
+        # Broker down: the reconciler will publish these later.
+        log.warning("publish failed for a batch of %d notifications: %s", count, exc)
+        return {enterprise_id: list(ids) for enterprise_id, ids in batches.items() if ids}
+
+    if not messages:
+        return dict
     try:
-        _send(
-            [(TaskName.DELIVER_BATCH, [str(enterprise_id), chunk]) for chunk in chunks], countdown
-        )
-    except Exception as exc:  # broker down: the reconciler will publish these later
-        log.warning("publish failed for a batch of %d notifications: %s", len(ids), exc)
-        return ids
-    return []
+        answer = _start(messages, countdown)
+    except Exception as exc:
+        failed = unpublished(exc)
+        return lambda: failed
+
+    def answers() -> dict[uuid.UUID, list[int]]:
+        try:
+            answer()
+        except Exception as exc:
+            return unpublished(exc)
+        return {}
+
+    return answers
 
 
 def publish_webhook_deliveries(claims: Sequence[Sequence[Any]]) -> bool:

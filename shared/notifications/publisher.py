@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.db.session import transaction
 from shared.notifications.transitions import Target, by_enterprise, clear_enqueued
-from shared.queue import publish_deliver_batch
+from shared.queue import send_deliver_batches
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,28 @@ def publish_deliveries(
     """Publish deliver_batch messages for committed rows, one enterprise per message (at most
     `ids_per_message` ids each, default the broker's limit); rows whose publish failed are left
     for beat. Returns how many rows were published."""
-    published = 0
-    for enterprise_id, ids in by_enterprise(targets).items():
-        failed = publish_deliver_batch(
-            enterprise_id, ids, countdown=countdown, ids_per_message=ids_per_message
-        )
-        if failed:
-            _leave_for_beat(enterprise_id, failed)
-        published += len(ids) - len(failed)
+    return start_publishing(
+        by_enterprise(targets), countdown=countdown, ids_per_message=ids_per_message
+    )()
+
+
+def start_publishing(
+    batches: Mapping[uuid.UUID, Sequence[int]],
+    *,
+    countdown: float | None = None,
+    ids_per_message: int | None = None,
+) -> Callable[[], int]:
+    """publish_deliveries() in two halves: the messages of every enterprise's rows are sent
+    now, and the function returned waits for the broker's answer, leaves for beat the rows
+    whose publish failed, and returns how many rows were published."""
+    answers = send_deliver_batches(batches, countdown=countdown, ids_per_message=ids_per_message)
+
+    def published() -> int:
+        failed = answers()
+        for enterprise_id, ids in failed.items():
+            _leave_for_beat(enterprise_id, ids)
+        return sum(map(len, batches.values())) - sum(map(len, failed.values()))
+
     return published
 
 

@@ -265,35 +265,40 @@ def test_values_postgresql_cannot_store_are_rejected_for_that_event_only(client,
 def test_when_the_broker_is_down_events_are_still_accepted_and_left_for_beat(
     client, tenant, monkeypatch
 ):
-    import shared.notifications.publisher as publisher
+    from shared.queue import RedisTaskWriter, producer
 
-    published: list[list[int]] = []
-    failed_at: list[dt.datetime] = []
+    sent: list[list[Any]] = []
 
-    def broker_down(enterprise_id: uuid.UUID, ids: list[int], **_: Any) -> list[int]:
-        failed_at.append(dt.datetime.now(dt.UTC))
-        published.append(list(ids))
-        return list(ids)  # nothing could be published
+    class Unreachable(RedisTaskWriter):
+        def send(self, messages: Any, **options: Any) -> Any:
+            sent.append([args for _, args in messages])
+            return super().send(messages, **options)
 
-    monkeypatch.setattr(publisher, "publish_deliver_batch", broker_down)
+    # Nothing listens on port 1: every publish is refused.
+    monkeypatch.setattr(
+        "shared.queue.task_writer", lambda: Unreachable(producer(), "redis://127.0.0.1:1/0")
+    )
     events = [_event(scheduledFor=None), _event(scheduledFor=None), _event()]
-    results = _bulk(client, tenant.headers, events).json()["results"]
+    response = _bulk(client, tenant.headers, events)
+    answered_at = dt.datetime.now(dt.UTC)
+    results = response.json()["results"]
     assert [r["statusCode"] for r in results] == [202, 202, 202]
     due_ids = [results[0]["notificationId"], results[1]["notificationId"]]
 
-    # The recorder answers first and publishes right after: wait for that publish.
-    # The publish failed, so the rows are left for beat: enqueued_at cleared, or set again after
-    # the failure when a beat is running (worker tests came first) and published them.
+    # The recorder answers first and publishes right after. The publish failed, so the rows are
+    # left for beat: enqueued_at cleared, or set again after the answer when a beat is running
+    # (worker tests came first) and published them.
     def left_for_beat() -> bool:
-        return bool(failed_at) and all(
-            row.enqueued_at is None or row.enqueued_at > failed_at[0]
+        return bool(sent) and all(
+            row.enqueued_at is None or row.enqueued_at > answered_at
             for row in _rows(due_ids).values()
         )
 
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not left_for_beat():
         time.sleep(0.05)
-    assert published == [due_ids]  # one message for the due ones; the scheduled one waits
+    # One message for the due ones; the scheduled one waits.
+    assert sent == [[[str(tenant.enterprise_id), due_ids]]]
     assert left_for_beat()
     for notification_id in due_ids:  # leave nothing for a later test's worker to send
         client.post(f"/api/notifications/{notification_id}/cancel", headers=tenant.headers)

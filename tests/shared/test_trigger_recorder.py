@@ -279,3 +279,42 @@ def test_values_bound_into_the_batch_message_are_stored_as_sent(
         assert isinstance(result, Recorded)
         row = rows[result.notification_id]
         assert row.payload["note"] == text and row.tags == [text[:40]]
+
+
+def test_a_publish_answer_is_read_as_soon_as_nothing_waits_to_be_recorded(
+    recorder: TriggerRecorder, tenant: Tenant, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    from shared.queue import RedisTaskWriter, producer
+
+    scratch = f"xnovu.test.{uuid.uuid4().hex}"  # no worker consumes it
+
+    class Scratch(RedisTaskWriter):
+        def send(self, messages: Any, **options: Any) -> Any:
+            return super().send(messages, countdown=options.get("countdown"), queue=scratch)
+
+    writer = Scratch(producer(), stack.redis_url)
+    monkeypatch.setattr("shared.queue.task_writer", lambda: writer)
+    [recorded] = asyncio.run(
+        _record_all(recorder, tenant.enterprise_id, [_notification(scheduled_for=None)])
+    )
+    assert isinstance(recorded, Recorded)
+    broker = redis.Redis.from_url(stack.redis_url)
+    try:
+        deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+        pool = writer._redis.connection_pool
+        while (pool._in_use_connections or not pool._available_connections) and (
+            dt.datetime.now(dt.UTC) < deadline
+        ):
+            threading.Event().wait(0.01)
+        # The recorder sent the message, then, with nothing else to record, read its answer
+        # and gave the connection back.
+        assert not pool._in_use_connections and pool._available_connections
+        assert broker.llen(scratch) == 1
+    finally:
+        broker.delete(scratch)
+        broker.close()
+    with transaction() as session:
+        row = session.get(Notification, recorded.notification_id)
+        assert row is not None and row.enqueued_at is not None  # published, not left for beat
