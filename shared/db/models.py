@@ -456,9 +456,7 @@ class WebhookEndpoint(Base):
     description: Mapped[str | None] = mapped_column(Text)
     secret: Mapped[str] = mapped_column(Text, nullable=False)
     previous_secret: Mapped[str | None] = mapped_column(Text)
-    previous_secret_expires_at: Mapped[dt.datetime | None] = mapped_column(
-        DateTime(timezone=True)
-    )
+    previous_secret_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     disabled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
@@ -481,9 +479,7 @@ class WebhookMessage(Base):
     __tablename__ = "webhook_message"
     __table_args__ = (
         UniqueConstraint("msg_id"),
-        CheckConstraint(
-            "status IN ('pending', 'delivered', 'failed')", name="status_known"
-        ),
+        CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status_known"),
         # The dispatcher: an endpoint's due messages, oldest first.
         Index(
             "ix_webhook_message_pending_due",

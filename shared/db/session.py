@@ -91,15 +91,20 @@ def unscope_session(session: Session) -> None:
     session.info.pop(_SCOPE, None)
 
 
-# What scopes a transaction, with (APP_ROLE, enterprise id or "") as its parameters; also run
-# on the trigger recorder's plain psycopg connection (shared/notifications/recorder.py).
-SCOPE_SQL = "SELECT set_config('role', %s, true), set_config('xnovu.enterprise_id', %s, true)"
-# The same, first statement of a one-message transaction (scoped_message), its parameters
-# named so that the statements after it can bind their own.
-SCOPE_MESSAGE_SQL = (
+# What scopes a transaction (its parameters: `scope_parameters`); also the first statement of a
+# one-message transaction (scoped_message), its parameters named so that the statements after
+# it can bind their own, and run on the trigger recorder's plain psycopg connection
+# (shared/notifications/recorder.py).
+SCOPE_SQL = (
     "SELECT set_config('role', %(scope_role)s, true) AS scope_role,"
     " set_config('xnovu.enterprise_id', %(scope_enterprise)s, true) AS scope_enterprise"
 )
+
+
+def scope_parameters(enterprise_id: uuid.UUID | str) -> dict[str, str]:
+    """SCOPE_SQL's parameters: the application role, and the enterprise ("" for a system
+    transaction)."""
+    return {"scope_role": APP_ROLE, "scope_enterprise": str(enterprise_id)}
 
 
 @event.listens_for(Session, "after_begin")
@@ -108,7 +113,7 @@ def _apply_scope(
 ) -> None:
     scope = session.info.get(_SCOPE)
     if scope is not None:
-        connection.exec_driver_sql(SCOPE_SQL, (APP_ROLE, scope))
+        connection.exec_driver_sql(SCOPE_SQL, scope_parameters(scope))
 
 
 def reset_engine() -> None:
@@ -133,7 +138,7 @@ def enterprise_transaction(conn: Connection, enterprise_id: uuid.UUID) -> Iterat
 
     After a disconnect SQLAlchemy invalidates `conn`; the next transaction on it reconnects."""
     with conn.begin():
-        conn.exec_driver_sql(SCOPE_SQL, (APP_ROLE, str(enterprise_id)))
+        conn.exec_driver_sql(SCOPE_SQL, scope_parameters(enterprise_id))
         yield conn
 
 
@@ -156,8 +161,8 @@ def scoped_message(
     trip where BEGIN, the scope, each statement and COMMIT took one each."""
     cursor = psycopg.ClientCursor(raw, row_factory=row_factory)
     cursor.execute(
-        ";\n".join([SCOPE_MESSAGE_SQL, *statements]),
-        {**parameters, "scope_role": APP_ROLE, "scope_enterprise": str(enterprise_id)},
+        ";\n".join([SCOPE_SQL, *statements]),
+        {**parameters, **scope_parameters(enterprise_id)},
     )
     results = []
     for _ in statements:

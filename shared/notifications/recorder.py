@@ -41,7 +41,7 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared import logs
-from shared.db.session import APP_ROLE, SCOPE_SQL, get_engine, scoped_message
+from shared.db.session import SCOPE_SQL, get_engine, scope_parameters, scoped_message
 from shared.errors import Unavailable
 from shared.notifications.publisher import start_publishing
 from shared.notifications.repository import (
@@ -328,7 +328,7 @@ class _Connection:
                     _insert_keyless(connection, enterprise_id, keyless.statements)
                 )
             with connection.transaction():
-                connection.execute(SCOPE_SQL, (APP_ROLE, str(enterprise_id)))
+                connection.execute(SCOPE_SQL, scope_parameters(enterprise_id))
                 cursor = connection.cursor(row_factory=namedtuple_row)
 
                 def execute(sql: str, parameters: dict[str, Any]) -> Sequence[Any]:

@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from shared.db.models import Notification, NovuDeliveryEvent
-from shared.db.session import APP_ROLE, SCOPE_SQL
+from shared.db.session import SCOPE_SQL, scope_parameters
 from shared.notifications.novu_trigger import subscriber_namespace
 from shared.notifications.timeline import NewEvent, append_events, excerpt
 from shared.payloads import json_depth
@@ -254,7 +254,7 @@ def record(connection: Connection, event: MessageEvent) -> Outcome:
         except ValueError:
             return Outcome.FOREIGN_SUBSCRIBER
         # From here on as the enterprise, under row-level security, as every enterprise write.
-        connection.exec_driver_sql(SCOPE_SQL, (APP_ROLE, str(enterprise_id)))
+        connection.exec_driver_sql(SCOPE_SQL, scope_parameters(enterprise_id))
         inserted = connection.execute(
             insert(NovuDeliveryEvent)
             .values(

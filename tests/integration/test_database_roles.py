@@ -23,7 +23,7 @@ import httpx
 import psycopg
 import pytest
 
-from shared.db.session import APP_ROLE, SCOPE_SQL
+from shared.db.session import APP_ROLE, SCOPE_SQL, scope_parameters
 from tests.api.test_novu_webhooks import novu_event, signed
 from tests.conftest import REPO, Stack, api_process, signup_payload
 
@@ -200,7 +200,7 @@ def test_row_level_security_applies_to_enterprise_transactions_of_the_service_ro
         assert {a, b} <= seen
         conn.rollback()
         # An enterprise transaction runs as xnovu_app, without BYPASSRLS: only its own rows.
-        conn.execute(SCOPE_SQL, (APP_ROLE, str(a)))
+        conn.execute(SCOPE_SQL, scope_parameters(a))
         assert conn.execute("SELECT current_user").fetchone() == (APP_ROLE,)
         scoped = {row[0] for row in conn.execute("SELECT enterprise_id FROM notify.ent_api_key")}
         assert scoped == {a}
