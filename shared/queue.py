@@ -292,6 +292,11 @@ def _answered() -> None:
     """The answer of messages already answered."""
 
 
+def _none_failed() -> dict[uuid.UUID, list[int]]:
+    """The answer of nothing to publish."""
+    return {}
+
+
 def queue_depth(queue: QueueName) -> int | None:
     """Messages waiting in `queue` (not those workers already hold); None when the broker
     cannot be reached."""
@@ -353,7 +358,7 @@ def send_deliver_batches(
         return {enterprise_id: list(ids) for enterprise_id, ids in batches.items() if ids}
 
     if not messages:
-        return dict
+        return _none_failed
     try:
         answer = _start(messages, countdown)
     except Exception as exc:
