@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from typing import Any, cast
 import psycopg
 from psycopg.rows import RowFactory, tuple_row
 from sqlalchemy import Connection, Dialect, Engine, TextClause, create_engine, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from shared.process import PerProcess
@@ -36,11 +37,10 @@ def build_engine(settings: Settings) -> Engine:
     over a handful of ids) that generic plan scanned the whole table, and at 100 single
     triggers a second the database spent ~10 ms of CPU per notification (docs/performance.md).
     Planning these short statements costs far less than one such scan."""
-    return create_engine(
+    engine = create_engine(
         settings.require_database_url(),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
-        pool_pre_ping=True,
         pool_recycle=1800,
         pool_timeout=2,
         connect_args={
@@ -50,6 +50,26 @@ def build_engine(settings: Settings) -> Engine:
             "application_name": f"xnovu-{os.getpid()}",
         },
     )
+    event.listen(engine, "checkout", _check_alive)
+    return engine
+
+
+def _check_alive(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """What SQLAlchemy's pre-ping finds, without its round trip: a pooled connection the server
+    closed while it sat idle (PostgreSQL restarted, the backend terminated, an idle timeout)
+    has a readable socket, the server's last words and the end of the stream, where a live
+    idle connection has nothing to read (none of ours LISTENs). The pre-ping's `;` cost each
+    delivery a round trip (docs/performance.md). As after a failed pre-ping, every connection
+    pooled before this one is dropped and this checkout connects afresh."""
+    connection = cast("psycopg.Connection[Any]", dbapi_connection)
+    if connection.closed or connection.broken or _readable(connection.fileno()):
+        raise InvalidatePoolError("the server closed the connection while it was pooled")
+
+
+def _readable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +146,7 @@ def reset_engine() -> None:
 @contextmanager
 def connection() -> Iterator[Connection]:
     """A pooled Core connection, for code that runs many small transactions in a row (the
-    delivery tasks): one checkout (and one pre-ping) for all of them, and no ORM session."""
+    delivery tasks): one checkout (and one liveness check) for all of them, and no ORM session."""
     with get_engine().connect() as conn:
         yield conn
 
