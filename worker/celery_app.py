@@ -47,6 +47,8 @@ app = Celery(
     ],
 )
 app.conf.update(celery_config(settings))
+# Task events for Flower go out in batches, at most a tenth of a second late (worker/consumer.py).
+app.conf.worker_consumer = "worker.consumer:Consumer"
 # Beat's own scheduler, with a heartbeat /readyz and `xnovu health beat` read (worker/beat.py).
 app.conf.beat_scheduler = "worker.beat:HeartbeatScheduler"
 app.conf.beat_schedule = {
