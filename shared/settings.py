@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     trigger_batch_max_rows: int = Field(default=500, ge=1, le=1000, alias="TRIGGER_BATCH_MAX_ROWS")
     db_statement_timeout_ms: int = Field(default=5000, ge=100, alias="DB_STATEMENT_TIMEOUT_MS")
     db_pool_size: int = Field(default=10, ge=1, alias="DB_POOL_SIZE")
+    # DATABASE_URL is a pooler in transaction mode (PgBouncer's pool_mode = transaction): the
+    # service then keeps nothing in a server session between transactions (docs/scaling.md).
+    db_transaction_pooler: bool = Field(default=False, alias="DB_TRANSACTION_POOLER")
 
     # Workflows and templates.
     workflows_dir: Path | None = Field(default=None, alias="XNOVU_WORKFLOWS_DIR")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import uuid
@@ -24,6 +25,7 @@ from shared.settings import Settings, get_settings
 # the enterprise in `xnovu.enterprise_id`, and sees only that enterprise's ent_* rows. A
 # session scoped to no enterprise ("") sees none; an unscoped session (no key in info) is a
 # system session and runs as the connecting role, e.g. the reconciler.
+_log = logging.getLogger(__name__)
 APP_ROLE = "xnovu_app"
 _SCOPE = "xnovu_enterprise_scope"
 
@@ -37,21 +39,59 @@ def build_engine(settings: Settings) -> Engine:
     over a handful of ids) that generic plan scanned the whole table, and at 100 single
     triggers a second the database spent ~10 ms of CPU per notification (docs/performance.md).
     Planning these short statements costs far less than one such scan."""
+    connect_args: dict[str, Any] = {
+        "connect_timeout": 2,
+        "application_name": f"xnovu-{os.getpid()}",
+    }
+    if settings.db_transaction_pooler:
+        # Behind a pooler in transaction mode consecutive transactions may run on different
+        # server sessions, and other clients' transactions on ours: no prepared statements
+        # (psycopg's, after a statement's fifth run), and no startup options (PgBouncer refuses
+        # them). The two settings below come from the database role instead (docs/scaling.md).
+        connect_args["prepare_threshold"] = None
+    else:
+        connect_args["options"] = " ".join(f"-c {k}={v}" for k, v in session_defaults(settings))
     engine = create_engine(
         settings.require_database_url(),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_recycle=1800,
         pool_timeout=2,
-        connect_args={
-            "connect_timeout": 2,
-            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}"
-            " -c plan_cache_mode=force_custom_plan",
-            "application_name": f"xnovu-{os.getpid()}",
-        },
+        connect_args=connect_args,
     )
     event.listen(engine, "checkout", _check_alive)
+    if settings.db_transaction_pooler:
+        event.listen(engine, "first_connect", _check_session_defaults)
     return engine
+
+
+def session_defaults(settings: Settings) -> list[tuple[str, str]]:
+    """What every server session of the service runs with: the statement timeout, and a plan
+    made for each statement's values (build_engine)."""
+    return [
+        ("statement_timeout", str(settings.db_statement_timeout_ms)),
+        ("plan_cache_mode", "force_custom_plan"),
+    ]
+
+
+def _check_session_defaults(dbapi_connection: Any, _record: Any) -> None:
+    """Behind a transaction pooler the session's settings are the role's (or the pooler's
+    `connect_query`): say so, once per process, when they are not the service's."""
+    connection = cast("psycopg.Connection[Any]", dbapi_connection)
+    differ = []
+    for name, wanted in session_defaults(get_settings()):
+        row = connection.execute(
+            "SELECT setting FROM pg_settings WHERE name = %s", (name,)
+        ).fetchone()
+        if row is None or row[0] != wanted:
+            differ.append(f"{name} is {row[0] if row else 'unknown'}, not {wanted}")
+    connection.rollback()
+    if differ:
+        _log.error(
+            "DB_TRANSACTION_POOLER: the database sessions' %s; set them on the database role"
+            " (docs/scaling.md)",
+            "; ".join(differ),
+        )
 
 
 def _check_alive(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:

@@ -282,10 +282,24 @@ if "%(" in _PREPARE_KEYLESS:  # INSERT_SQL grew a parameter the prepared stateme
     raise RuntimeError("INSERT_SQL's parameters changed: update _PREPARE_KEYLESS")
 
 
+def _keyless_statement(n: int, *, prepared: bool) -> str:
+    """The n-th INSERT of a keyless message: the prepared statement's EXECUTE, or (behind a
+    transaction pooler, where a session's prepared statement is not ours) the INSERT itself."""
+    if prepared:
+        return _KEYLESS_INSERT.format(name=PREPARED_INSERT, n=n)
+    return (
+        INSERT_SQL.replace("%(enterprise_id)s", f"%(enterprise_id_{n})s")
+        .replace("%(created_by)s", f"%(created_by_{n})s")
+        .replace("%(rows)s", f"%(rows_{n})s")
+    )
+
+
 def _insert_keyless(
     connection: psycopg.Connection[Any],
     enterprise_id: uuid.UUID,
     statements: Sequence[dict[str, Any]],
+    *,
+    prepared: bool = True,
 ) -> list[list[Any]]:
     """The scope and the INSERTs (KeylessInsert.statements) as one message, one transaction
     and one round trip (shared/db/session.py, `scoped_message`); each INSERT's rows. Through
@@ -297,7 +311,7 @@ def _insert_keyless(
         for n, statement in enumerate(statements)
         for key, value in statement.items()
     }
-    inserts = [_KEYLESS_INSERT.format(name=PREPARED_INSERT, n=n) for n in range(len(statements))]
+    inserts = [_keyless_statement(n, prepared=prepared) for n in range(len(statements))]
     return scoped_message(
         connection, enterprise_id, inserts, parameters, row_factory=namedtuple_row
     )
@@ -311,6 +325,9 @@ class _Connection:
 
     def __init__(self) -> None:
         self._connection: psycopg.Connection[Any] | None = None
+        # A session of our own to keep a prepared statement in (not behind a transaction
+        # pooler, where each transaction may run in another server session).
+        self._prepared = not get_settings().db_transaction_pooler
 
     def record(
         self,
@@ -325,7 +342,9 @@ class _Connection:
             keyless = keyless_insert(enterprise_id, notifications, created_by)
             if keyless is not None:
                 return keyless.recorded(
-                    _insert_keyless(connection, enterprise_id, keyless.statements)
+                    _insert_keyless(
+                        connection, enterprise_id, keyless.statements, prepared=self._prepared
+                    )
                 )
             with connection.transaction():
                 connection.execute(SCOPE_SQL, scope_parameters(enterprise_id))
@@ -350,11 +369,12 @@ class _Connection:
             fairy = get_engine().raw_connection()
             fairy.detach()  # this thread's own, never returned to the pool
             connection = cast("psycopg.Connection[Any]", fairy.dbapi_connection)
-            # The INSERT's generic plan is as good as a custom one (it reads no table to
-            # choose): let PostgreSQL reuse it rather than plan every batch.
-            connection.execute("SET plan_cache_mode = auto")
-            connection.execute(_PREPARE_KEYLESS)
-            connection.commit()
+            if self._prepared:
+                # The INSERT's generic plan is as good as a custom one (it reads no table to
+                # choose): let PostgreSQL reuse it rather than plan every batch.
+                connection.execute("SET plan_cache_mode = auto")
+                connection.execute(_PREPARE_KEYLESS)
+                connection.commit()
             # Transactions are explicit: `transaction()` blocks, or _insert_keyless's one
             # implicit transaction.
             connection.autocommit = True
