@@ -169,6 +169,10 @@ class RedisTaskWriter:
     def __init__(self, app: Celery, url: str) -> None:
         self._app = app
         self._redis = fail_fast_client(url, PUBLISH_TIMEOUT_SECONDS)
+        # How many messages the longest list held right after this process's last answered
+        # push, its own included (LPUSH answers the list's length): more than a few means the
+        # workers are behind (the trigger recorder then lets messages grow, recorder.py).
+        self.queue_length: int | None = None
 
     def envelope(
         self, task: TaskName, args: Sequence[Any], queue: str, countdown: float | None
@@ -241,10 +245,13 @@ class RedisTaskWriter:
 
         def answers() -> None:
             try:
+                longest = 0
                 for _ in commands:
                     answer = connection.read_response()
                     if isinstance(answer, redis.ResponseError):
                         raise answer
+                    longest = max(longest, int(answer))
+                self.queue_length = longest
             except BaseException:
                 connection.disconnect()  # type: ignore[no-untyped-call]
                 raise
@@ -290,6 +297,13 @@ def _start(
 
 def _answered() -> None:
     """The answer of messages already answered."""
+
+
+def pushed_queue_length() -> int | None:
+    """The longest delivery list's length after this process's last answered publish
+    (RedisTaskWriter.queue_length); None before one, or when messages go through `send_task`."""
+    writer = task_writer()
+    return None if writer is None else writer.queue_length
 
 
 def _none_failed() -> dict[uuid.UUID, list[int]]:

@@ -52,6 +52,7 @@ from shared.notifications.repository import (
     insert_pending,
     keyless_insert,
 )
+from shared.queue import pushed_queue_length
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,13 @@ _STOP = None
 # message; and how many ids make a message worth sending at once.
 PUBLISH_MAX_DELAY_SECONDS = 0.005
 PUBLISH_MAX_IDS = 500
+# When the last publish found the workers behind (the delivery list held at least
+# BACKLOG_MESSAGES messages, its own included), rows are held up to BACKLOG_DELAY_SECONDS
+# even with no trigger waiting, so that the triggers of the next milliseconds share their
+# message: a message would wait behind the others anyway, and the workers take fewer, larger
+# messages, at a fraction of the CPU per notification (docs/performance.md).
+BACKLOG_MESSAGES = 3
+BACKLOG_DELAY_SECONDS = 0.02
 
 # How long a trigger may wait for the recorder to take it: as long as a request waited for a
 # pooled connection before (the pool's timeout), then 503.
@@ -205,7 +213,7 @@ class TriggerRecorder:
             _answer_all(settled)
             if stopping:
                 break
-            if self._queue.empty() or self._held.due():
+            if self._held.due() or (self._queue.empty() and not self._held.backlogged):
                 self._held.publish()
         self._held.publish()
         self._held.answers()
@@ -407,6 +415,8 @@ class _Held:
         self._since = 0.0
         self._answer: Callable[[], int] | None = None
         self.messages = 0
+        # The last answered publish found the workers behind (BACKLOG_MESSAGES).
+        self.backlogged = False
 
     def add(self, enterprise_id: uuid.UUID, recorded: Sequence[Recorded]) -> None:
         due = [row.notification_id for row in recorded if row.publish]
@@ -417,16 +427,19 @@ class _Held:
         self._ids.setdefault(enterprise_id, []).extend(due)
         self._count += len(due)
 
+    def _delay(self) -> float:
+        return BACKLOG_DELAY_SECONDS if self.backlogged else PUBLISH_MAX_DELAY_SECONDS
+
     def due(self) -> bool:
         return self._count >= PUBLISH_MAX_IDS or (
-            self._count > 0 and time.monotonic() - self._since >= PUBLISH_MAX_DELAY_SECONDS
+            self._count > 0 and time.monotonic() - self._since >= self._delay()
         )
 
     def wait_seconds(self) -> float | None:
         """How long the recorder may wait for the next trigger before publishing."""
         if not self._count:
             return None
-        return max(0.0, self._since + PUBLISH_MAX_DELAY_SECONDS - time.monotonic())
+        return max(0.0, self._since + self._delay() - time.monotonic())
 
     @property
     def unanswered(self) -> bool:
@@ -442,10 +455,13 @@ class _Held:
             self._answer = start_publishing(held)
 
     def answers(self) -> None:
-        """Read the last publish's answer (its failed rows are left for beat)."""
+        """Read the last publish's answer (its failed rows are left for beat), and from it
+        whether the workers are behind."""
         answer, self._answer = self._answer, None
         if answer is not None:
             answer()
+            length = pushed_queue_length()
+            self.backlogged = length is not None and length >= BACKLOG_MESSAGES
 
 
 def _log_accepted(settled: Sequence[_Settlement]) -> None:

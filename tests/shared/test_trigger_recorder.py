@@ -281,14 +281,12 @@ def test_values_bound_into_the_batch_message_are_stored_as_sent(
         assert row.payload["note"] == text and row.tags == [text[:40]]
 
 
-def test_a_publish_answer_is_read_as_soon_as_nothing_waits_to_be_recorded(
-    recorder: TriggerRecorder, tenant: Tenant, stack: Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import redis
-
+def _scratch_writer(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
+    """The process's task writer, pushing every message onto a list of its own that no worker
+    consumes; and that list's name."""
     from shared.queue import RedisTaskWriter, producer
 
-    scratch = f"xnovu.test.{uuid.uuid4().hex}"  # no worker consumes it
+    scratch = f"xnovu.test.{uuid.uuid4().hex}"
 
     class Scratch(RedisTaskWriter):
         def send(self, messages: Any, **options: Any) -> Any:
@@ -296,6 +294,15 @@ def test_a_publish_answer_is_read_as_soon_as_nothing_waits_to_be_recorded(
 
     writer = Scratch(producer(), stack.redis_url)
     monkeypatch.setattr("shared.queue.task_writer", lambda: writer)
+    return writer, scratch
+
+
+def test_a_publish_answer_is_read_as_soon_as_nothing_waits_to_be_recorded(
+    recorder: TriggerRecorder, tenant: Tenant, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    writer, scratch = _scratch_writer(stack, monkeypatch)
     [recorded] = asyncio.run(
         _record_all(recorder, tenant.enterprise_id, [_notification(scheduled_for=None)])
     )
@@ -318,3 +325,57 @@ def test_a_publish_answer_is_read_as_soon_as_nothing_waits_to_be_recorded(
     with transaction() as session:
         row = session.get(Notification, recorded.notification_id)
         assert row is not None and row.enqueued_at is not None  # published, not left for beat
+
+
+def test_when_the_workers_are_behind_the_next_triggers_share_a_message(
+    recorder: TriggerRecorder, tenant: Tenant, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+    import json
+
+    import redis
+
+    from shared.notifications.recorder import BACKLOG_MESSAGES
+
+    _, scratch = _scratch_writer(stack, monkeypatch)
+    broker = redis.Redis.from_url(stack.redis_url)
+
+    def spaced(count: int) -> list[int]:
+        """`count` triggers, each sent 10 ms after the previous one was answered."""
+        ids = []
+        for _ in range(count):
+            [recorded] = asyncio.run(
+                _record_all(recorder, tenant.enterprise_id, [_notification(scheduled_for=None)])
+            )
+            assert isinstance(recorded, Recorded)
+            ids.append(recorded.notification_id)
+            threading.Event().wait(0.01)
+        threading.Event().wait(0.1)  # the last one's publish
+        return ids
+
+    def messages_of(ids: list[int]) -> list[list[int]]:
+        bodies = [json.loads(m) for m in broker.lrange(scratch, 0, -1)]
+        found = []
+        for body in bodies:
+            if "body" in body:  # a message of the recorder's, not one put there to wait
+                args = json.loads(base64.b64decode(body["body"]))[0]
+                if set(args[1]) & set(ids):
+                    found.append(args[1])
+        return found
+
+    try:
+        # Messages no worker has taken: the first trigger's publish finds them waiting.
+        broker.lpush(scratch, *[json.dumps({"waiting": n}) for n in range(BACKLOG_MESSAGES)])
+        ids = spaced(4)
+        shared = messages_of(ids)
+        assert sorted(i for message in shared for i in message) == sorted(ids)
+        assert len(shared) < len(ids), shared
+        assert max(map(len, shared)) >= 2, shared
+        # The workers caught up (the list is empty): each trigger is published at once again.
+        broker.delete(scratch)
+        spaced(1)  # its publish finds the list empty
+        ids = spaced(3)
+        assert sorted(messages_of(ids)) == sorted([i] for i in ids)
+    finally:
+        broker.delete(scratch)
+        broker.close()
