@@ -114,13 +114,17 @@ def test_stale_rows_are_republished_only_while_the_deliver_queue_is_short(
         )
         assert response.status_code == 202, response.text
 
-    # One at a time: concurrent triggers share a commit and one deliver_batch message, and the
-    # queue's depth counts messages.
+    # One at a time, each once the last one's message is queued: triggers that arrive
+    # together, or while the recorder holds rows because the queue is long (BACKLOG_MESSAGES),
+    # share one deliver_batch message, and the queue's depth counts messages.
     with httpx.Client(
         base_url=stack.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=10
     ) as http:
         for index in range(backlog):
             trigger(index)
+            deadline = time.monotonic() + 10
+            while _queued(stack) < index + 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
     assert _queued(stack) == backlog
     time.sleep(REDELIVER_AFTER_SECONDS + 0.5)  # every row is now "published long ago"
 
