@@ -300,8 +300,9 @@ def _answered() -> None:
 
 
 def pushed_queue_length() -> int | None:
-    """The longest delivery list's length after this process's last answered publish
-    (RedisTaskWriter.queue_length); None before one, or when messages go through `send_task`."""
+    """The longest list's length after this process's last answered publish (in the API, the
+    delivery list: RedisTaskWriter.queue_length); None before one, or when messages go through
+    `send_task`."""
     writer = task_writer()
     return None if writer is None else writer.queue_length
 

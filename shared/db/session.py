@@ -61,7 +61,11 @@ def build_engine(settings: Settings) -> Engine:
     )
     event.listen(engine, "checkout", _check_alive)
     if settings.db_transaction_pooler:
-        event.listen(engine, "first_connect", _check_session_defaults)
+
+        def check(dbapi_connection: Any, _record: Any) -> None:
+            _check_session_defaults(dbapi_connection, settings)
+
+        event.listen(engine, "first_connect", check)
     return engine
 
 
@@ -74,12 +78,12 @@ def session_defaults(settings: Settings) -> list[tuple[str, str]]:
     ]
 
 
-def _check_session_defaults(dbapi_connection: Any, _record: Any) -> None:
+def _check_session_defaults(dbapi_connection: Any, settings: Settings) -> None:
     """Behind a transaction pooler the session's settings are the role's (or the pooler's
     `connect_query`): say so, once per process, when they are not the service's."""
     connection = cast("psycopg.Connection[Any]", dbapi_connection)
     differ = []
-    for name, wanted in session_defaults(get_settings()):
+    for name, wanted in session_defaults(settings):
         row = connection.execute(
             "SELECT setting FROM pg_settings WHERE name = %s", (name,)
         ).fetchone()
