@@ -54,8 +54,13 @@ def notification_stats(
     """The enterprise's notifications created in a range of at most 31 days: counts by status
     and by workflow and status, and the latency from due to SENT (p50, p90, p99, max, in
     milliseconds) of those sent."""
-    end = createdBefore or dt.datetime.now(dt.UTC)
-    start = createdAfter or end - dt.timedelta(days=1)
+    try:
+        end = (createdBefore or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+        start = createdAfter.astimezone(dt.UTC) if createdAfter else end - dt.timedelta(days=1)
+    except OverflowError:  # beyond what a datetime holds once in UTC, or a day before it
+        raise ApiError(
+            422, "invalid_range", "createdAfter and createdBefore must lie in years 1 to 9999, UTC"
+        ) from None
     if start >= end:
         raise ApiError(422, "invalid_range", "createdAfter must be before createdBefore")
     if end - start > MAX_RANGE:

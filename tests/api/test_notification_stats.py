@@ -73,6 +73,11 @@ def test_counts_and_latency_of_the_enterprise_only(client, worker, emulator):
             {"createdAfter": "2026-01-02T00:00:00Z", "createdBefore": "2026-01-01T00:00:00Z"},
             "invalid_range",
         ),
+        # The default start, a day before, is before the first representable instant.
+        ({"createdBefore": "0001-01-01T00:00:00Z"}, "invalid_range"),
+        # Before year 1 once in UTC.
+        ({"createdBefore": "0001-01-01T00:00:00+14:00"}, "invalid_range"),
+        ({"createdAfter": "0001-01-01T00:00:00+14:00"}, "invalid_range"),
         ({"createdAfter": "2026-01-01T00:00:00"}, "validation_error"),  # no offset
         ({"createdBefore": "yesterday"}, "validation_error"),
     ],

@@ -98,7 +98,17 @@ def test_a_failed_notification_is_a_failed_task_in_flower(client, tenant, worker
     assert task["exception"] == reason(row["error_details"])
     assert "novu_rejected" in task["exception"]
     assert task["worker"]  # the worker that failed it
-    # Its parent: the delivery task that ran the attempt (which itself succeeded).
+    # Its parent: the delivery task that ran the attempt (which itself succeeded). The worker
+    # publishes its own task events up to 0.1 s late (worker/consumer.py), so Flower may hear
+    # of the failed notification before it hears of that task's end.
+    _wait_for(
+        lambda: any(
+            t["state"] == "SUCCESS"
+            for t in _named(flower, "xnovu.deliver_batch", failed["notificationId"])
+        ),
+        30,
+        "the delivery task's success in Flower",
+    )
     [batch] = _named(flower, "xnovu.deliver_batch", failed["notificationId"])
     assert task["parent_id"] == batch["uuid"] and batch["state"] == "SUCCESS"
     # The worker's count of failed tasks, as the dashboard shows it, is no longer 0.
